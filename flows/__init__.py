@@ -1,0 +1,1 @@
+"""Prefect flows: each reads like the recipe, a list of stage calls."""

@@ -1,0 +1,173 @@
+"""The `sftmill` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sftmill.config import RecipeError, load_recipe
+
+app = typer.Typer(
+    help="sftmill: turn raw domain texts into supervised fine-tuning (SFT) data "
+    "with Prefect flows.  Every intermediate table lives in one DuckDB file in the "
+    "recipe's output_dir; re-running a recipe reuses every finished stage and "
+    "every LLM call that already succeeded.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _load_checked(recipe_path: Path, skip_preflight: bool = False):
+    from sftmill.preflight import preflight
+
+    try:
+        recipe = load_recipe(recipe_path)
+        if not skip_preflight:
+            preflight(recipe)
+    except RecipeError as err:
+        _fail(str(err))
+    return recipe
+
+
+class RichReporter:
+    """Progress bars per stage, drawn by rich."""
+
+    def __init__(self, progress):
+        self.progress = progress
+
+    def start(self, stage: str, total: int):
+        return self.progress.add_task(stage, total=total)
+
+    def advance(self, handle, n: int = 1) -> None:
+        self.progress.advance(handle, n)
+
+    def finish(self, handle, note: str = "") -> None:
+        task = self.progress.tasks[[t.id for t in self.progress.tasks].index(handle)]
+        desc = task.description + (f" ({note})" if note else "")
+        self.progress.update(handle, completed=task.total, description=desc)
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def print_summary(store, run_id: str | None, elapsed: float | None = None) -> None:
+    from sftmill.summary import summarize
+
+    s = summarize(store)
+    stages = Table(title="Stages", title_justify="left")
+    for col in ("stage", "in", "out", "seconds", ""):
+        stages.add_column(col, justify="right" if col in ("in", "out", "seconds") else "left")
+    for row in s.stages:
+        reused = "reused from cache" if run_id and row["run_id"] != run_id else ""
+        stages.add_row(row["stage"], str(row["n_in"]), str(row["n_out"]),
+                       f"{row['seconds']:.1f}", reused)
+    console.print(stages)
+    if s.rejects:
+        rejects = Table(title="Dropped, by reason", title_justify="left")
+        for col in ("stage", "reason", "count"):
+            rejects.add_column(col)
+        for stage, reason, n in s.rejects:
+            rejects.add_row(stage, reason, str(n))
+        console.print(rejects)
+    if s.llm:
+        llm = Table(title="LLM calls", title_justify="left")
+        for col in ("stage", "model", "sent", "cache hits", "errors", "tokens in", "tokens out",
+                    "seconds"):
+            llm.add_column(col)
+        for r in s.llm:
+            llm.add_row(r["stage"], r["model"], str(r["sent"]), str(r["cache_hits"]),
+                        str(r["errors"]), str(r["tokens_in"]), str(r["tokens_out"]),
+                        f"{r['seconds']:.1f}")
+        console.print(llm)
+    if elapsed is not None:
+        console.print(f"Run database: {store.path}  ({elapsed:.0f} s)")
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file (see data/example/recipe.yaml)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
+) -> None:
+    """Run the pipeline on RECIPE locally, in Prefect's ephemeral mode (no server needed).
+
+    Checks the recipe, its inputs and its endpoints first; a problem stops the
+    run with one line naming it.  Stages already done with the same inputs
+    come back from Prefect's cache; LLM calls already answered come back from
+    the run's llm_calls table.
+    """
+    checked = _load_checked(recipe)
+    _quiet_prefect(verbose)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows.prompt_flow import prompt_flow
+    from sftmill.progress import set_reporter
+    from sftmill.store import Store
+
+    started = time.perf_counter()
+    console.print(f"sftmill: running recipe [bold]{checked.name}[/] → {checked.run_dir}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as bars:
+        previous = set_reporter(RichReporter(bars))
+        try:
+            state = prompt_flow(str(recipe.resolve()), return_state=True)
+        finally:
+            set_reporter(previous)
+    run_id = str(state.state_details.flow_run_id)
+    store = Store.open(checked.db_path)
+    if not state.is_completed():
+        print_summary(store, run_id)
+        _fail(f"run failed: {state.message}. Finished stages and LLM calls are kept; "
+              "run the same command again to resume.", code=1)
+    print_summary(store, run_id, time.perf_counter() - started)
+    Store.close_all()
+
+
+@app.command()
+def validate(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    offline: bool = typer.Option(False, help="Skip the endpoint and model checks."),
+) -> None:
+    """Check RECIPE (keys, types, input paths, endpoints) without running anything."""
+    checked = _load_checked(recipe, skip_preflight=offline)
+    console.print(f"recipe {checked.name}: ok (output_dir {checked.run_dir})")
+
+
+@app.command()
+def stats(
+    run_dir: Path = typer.Argument(..., help="A run's output_dir (holds sftmill.duckdb)."),
+) -> None:
+    """Show per-stage counts, drop reasons and LLM usage of an earlier run."""
+    from sftmill.store import Store
+
+    db = run_dir / "sftmill.duckdb"
+    if not db.is_file():
+        _fail(f"{run_dir}: no sftmill.duckdb here")
+    print_summary(Store.open(db), None)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted: finished stages and LLM calls are kept in the run database")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

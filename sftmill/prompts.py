@@ -1,0 +1,76 @@
+"""Prompt templates: one Jinja2 file per LLM step in `prompts/`, with the JSON
+schema of the expected answer beside it.
+
+    prompts/<step>.jinja2        {% block system %}…{% endblock %}
+                                 {% block user %}…{% endblock %}
+    prompts/<step>.schema.json   JSON schema of the answer
+
+`StrictUndefined` makes a missing variable fail loudly.  A template's version
+is a hash of both files; it travels into every row the step produces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+PROMPTS_DIR = Path(os.environ.get("SFTMILL_PROMPTS_DIR", Path(__file__).resolve().parents[1] / "prompts"))
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    template: jinja2.Template
+    schema: dict[str, Any] | None
+    version: str
+
+    def messages(self, **variables: Any) -> list[dict[str, str]]:
+        """Render the template's blocks into chat messages."""
+        out = []
+        for role in ("system", "user"):
+            block = self.template.blocks.get(role)
+            if block is None:
+                continue
+            text = "".join(block(self.template.new_context(variables))).strip()
+            if text:
+                out.append({"role": role, "content": text})
+        if not any(m["role"] == "user" for m in out):
+            raise ValueError(f"prompt template {self.name} rendered no user message")
+        return out
+
+
+def _environment(folder: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(folder)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+
+
+@lru_cache(maxsize=64)
+def load_template(name: str, folder: str | None = None) -> PromptTemplate:
+    base = Path(folder) if folder else PROMPTS_DIR
+    source = base / f"{name}.jinja2"
+    if not source.is_file():
+        raise FileNotFoundError(f"prompt template not found: {source}")
+    schema_file = base / f"{name}.schema.json"
+    schema = json.loads(schema_file.read_text(encoding="utf-8")) if schema_file.is_file() else None
+    digest = hashlib.sha256(source.read_bytes())
+    if schema_file.is_file():
+        digest.update(schema_file.read_bytes())
+    template = _environment(base).get_template(source.name)
+    return PromptTemplate(name, template, schema, f"{name}@{digest.hexdigest()[:10]}")
+
+
+def template_names(folder: str | None = None) -> list[str]:
+    base = Path(folder) if folder else PROMPTS_DIR
+    return sorted(p.name[: -len(".jinja2")] for p in base.glob("*.jinja2"))

@@ -1,0 +1,118 @@
+"""What every pipeline stage shares: the Prefect task wrapper (retries,
+caching, persisted results), its cache key, and the stage result.
+
+Cache keys cover a stage's real inputs, never object identities:
+the fingerprints of the tables it reads, the recipe sections it uses, the
+versions of its prompt templates, the source of its function, and the ID of
+the run database (so a deleted run folder never yields a stale cache hit).
+Editing a template or a recipe section reruns exactly the stages that read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any, Callable
+
+from sftmill.config import Recipe
+from sftmill.prompts import load_template
+from sftmill.store import Store, TableRef, content_id
+
+STAGE_RETRIES = 2
+STAGE_RETRY_DELAYS = [2, 10]
+CACHE_EXPIRATION = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage task returns (small, so Prefect persists it cheaply)."""
+
+    stage: str
+    out: TableRef
+    n_in: int
+    n_out: int
+    seconds: float
+    note: str = ""
+
+
+@lru_cache(maxsize=None)
+def _source_hash(fn: Callable) -> str:
+    try:
+        source = inspect.getsource(inspect.getmodule(fn))
+    except (OSError, TypeError):
+        source = fn.__qualname__
+    return hashlib.sha256(source.encode()).hexdigest()[:12]
+
+
+def _token(value: Any, sections: tuple[str, ...]) -> Any:
+    if isinstance(value, Recipe):
+        return value.fingerprint(*sections)
+    if isinstance(value, TableRef):
+        return [value.table, value.fingerprint, Store.open(value.db_path).store_id()]
+    if isinstance(value, StageResult):
+        return _token(value.out, sections)
+    if isinstance(value, (list, tuple)):
+        return [_token(v, sections) for v in value]
+    return value
+
+
+def cache_key(fn: Callable, sections: tuple[str, ...], templates: tuple[str, ...],
+              parameters: dict[str, Any]) -> str:
+    parts = [fn.__module__, fn.__qualname__, _source_hash(fn),
+             [load_template(t).version for t in templates]]
+    parts += [[k, _token(v, sections)] for k, v in sorted(parameters.items())]
+    return content_id(*parts)
+
+
+def stage_task(name: str, *, sections: tuple[str, ...], templates: tuple[str, ...] = ()):
+    """Wrap a stage function as a Prefect task with retries and caching.
+
+    `sections`: the recipe sections the stage reads (its cache key covers
+    only those).  `templates`: the prompt templates it renders.
+    """
+    from prefect import task
+
+    def wrap(fn: Callable) -> Any:
+        return task(
+            fn,
+            name=name,
+            retries=STAGE_RETRIES,
+            retry_delay_seconds=STAGE_RETRY_DELAYS,
+            cache_key_fn=lambda _ctx, params: cache_key(fn, sections, templates, params),
+            cache_expiration=CACHE_EXPIRATION,
+            persist_result=True,
+        )
+
+    return wrap
+
+
+def current_run_id() -> str:
+    try:
+        from prefect.runtime import flow_run
+
+        if flow_run.id:
+            return str(flow_run.id)
+    except Exception:
+        pass
+    return uuid.uuid4().hex
+
+
+class StageTimer:
+    """Times a stage and writes its row in `stage_stats`."""
+
+    def __init__(self, store: Store, stage: str):
+        self.store, self.stage = store, stage
+        self.started = time.perf_counter()
+
+    def done(self, out: TableRef, n_in: int, n_out: int, note: str = "") -> StageResult:
+        seconds = time.perf_counter() - self.started
+        self.store.insert("stage_stats", [{
+            "run_id": current_run_id(), "stage": self.stage, "n_in": n_in,
+            "n_out": n_out, "seconds": seconds,
+        }], replace=True)
+        return StageResult(self.stage, out, n_in, n_out, seconds, note)

@@ -1,0 +1,245 @@
+"""DuckDB store: one database file per run, one table per stage.
+
+Row IDs are content hashes (`content_id`), and every insert is
+`INSERT OR IGNORE`, so re-running a stage adds no duplicates.  Every row keeps
+the IDs of its parents, which gives lineage from a final record back to the
+source document.  Prefect tasks pass `TableRef`s (a table name plus a
+fingerprint of its IDs) between each other, never DataFrames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import duckdb
+
+SCHEMA: dict[str, str] = {
+    "meta": """
+        key VARCHAR PRIMARY KEY,
+        value VARCHAR
+    """,
+    # Every document that entered the run: local files, table rows, web pages.
+    "documents": """
+        doc_id VARCHAR PRIMARY KEY,
+        uri VARCHAR,
+        source_kind VARCHAR,          -- file | table | url | web
+        title VARCHAR,
+        text VARCHAR,
+        n_chars INTEGER,
+        query_id VARCHAR,             -- web documents: the search query that found them
+        round INTEGER,
+        created_at TIMESTAMP DEFAULT current_timestamp
+    """,
+    # Anything dropped by any stage, with a reason from a fixed vocabulary.
+    "rejects": """
+        stage VARCHAR,
+        item_id VARCHAR,
+        reason VARCHAR,
+        detail VARCHAR,
+        score DOUBLE,
+        created_at TIMESTAMP DEFAULT current_timestamp,
+        PRIMARY KEY (stage, item_id)
+    """,
+    "chunks": """
+        chunk_id VARCHAR PRIMARY KEY,
+        doc_id VARCHAR,
+        idx INTEGER,
+        char_start INTEGER,
+        char_end INTEGER,
+        heading VARCHAR,
+        text VARCHAR,
+        n_tokens INTEGER
+    """,
+    "relevance": """
+        chunk_id VARCHAR PRIMARY KEY,
+        score DOUBLE,
+        reason VARCHAR,
+        model VARCHAR,
+        template_version VARCHAR,
+        call_key VARCHAR
+    """,
+    "profiles": """
+        profile_id VARCHAR PRIMARY KEY,
+        chunk_id VARCHAR,
+        domain VARCHAR,
+        subdomain VARCHAR,
+        topic VARCHAR,
+        use_case VARCHAR,
+        summary VARCHAR,
+        model VARCHAR,
+        template_version VARCHAR,
+        call_key VARCHAR
+    """,
+    "stage_stats": """
+        run_id VARCHAR,
+        stage VARCHAR,
+        n_in INTEGER,
+        n_out INTEGER,
+        seconds DOUBLE,
+        finished_at TIMESTAMP DEFAULT current_timestamp,
+        PRIMARY KEY (run_id, stage)
+    """,
+    # One row per logical LLM call (status ok | error | cache_hit).
+    "llm_calls": """
+        call_id VARCHAR PRIMARY KEY,
+        key VARCHAR,
+        model VARCHAR,
+        backend VARCHAR,
+        stage VARCHAR,
+        status VARCHAR,
+        request_json VARCHAR,
+        response_text VARCHAR,
+        error VARCHAR,
+        attempts INTEGER,
+        tokens_in INTEGER,
+        tokens_out INTEGER,
+        latency_s DOUBLE,
+        created_at TIMESTAMP DEFAULT current_timestamp
+    """,
+    "embeddings": """
+        text_hash VARCHAR,
+        model VARCHAR,
+        vector FLOAT[],
+        PRIMARY KEY (text_hash, model)
+    """,
+}
+
+
+def content_id(*parts: Any) -> str:
+    """A stable 16-hex-digit ID from the JSON form of `parts`."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """What a stage task returns: a table and a fingerprint of its rows.
+
+    The fingerprint makes Prefect's INPUTS cache policy follow table contents.
+    """
+
+    db_path: str
+    table: str
+    fingerprint: str
+    rows: int
+
+
+class Store:
+    """A DuckDB file shared by all tasks of one process (DuckDB allows one
+    writing process per file; threads share the connection under a lock)."""
+
+    _open: dict[str, "Store"] = {}
+    _open_lock = threading.Lock()
+
+    def __init__(self, path: str | Path):
+        self.path = str(Path(path).resolve())
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(self.path)
+        self._lock = threading.RLock()
+        self.ensure_tables(SCHEMA)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Store":
+        """The process-wide store for `path` (opened on first use)."""
+        key = str(Path(path).resolve())
+        with cls._open_lock:
+            store = cls._open.get(key)
+            if store is None:
+                store = cls._open[key] = cls(key)
+            return store
+
+    @classmethod
+    def close_all(cls) -> None:
+        with cls._open_lock:
+            for store in cls._open.values():
+                store._con.close()
+            cls._open.clear()
+
+    def ensure_tables(self, schema: dict[str, str]) -> None:
+        with self._lock:
+            for name, columns in schema.items():
+                self._con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+
+    def execute(self, sql: str, params: Iterable[Any] | None = None) -> list[tuple]:
+        with self._lock:
+            return self._con.execute(sql, params or []).fetchall()
+
+    def query_dicts(self, sql: str, params: Iterable[Any] | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._con.execute(sql, params or [])
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def scalar(self, sql: str, params: Iterable[Any] | None = None) -> Any:
+        rows = self.execute(sql, params)
+        return rows[0][0] if rows else None
+
+    def insert(self, table: str, rows: list[dict[str, Any]], replace: bool = False) -> int:
+        """Insert rows by column name; rows whose key exists are ignored
+        (or replaced when `replace`).  Returns the number of rows offered."""
+        if not rows:
+            return 0
+        import pyarrow as pa
+
+        columns = list(rows[0])
+        arrow = pa.table({c: [r.get(c) for r in rows] for c in columns})
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        with self._lock:
+            self._con.register("_incoming", arrow)
+            try:
+                self._con.execute(f"{verb} INTO {table} BY NAME SELECT * FROM _incoming")
+            finally:
+                self._con.unregister("_incoming")
+        return len(rows)
+
+    def count(self, table: str) -> int:
+        return int(self.scalar(f"SELECT count(*) FROM {table}"))
+
+    def ref(self, table: str, id_column: str) -> TableRef:
+        """A TableRef whose fingerprint changes whenever the set of IDs does."""
+        fp, n = self.execute(
+            f"SELECT md5(coalesce(string_agg({id_column}, ',' ORDER BY {id_column}), '')), "
+            f"count(*) FROM {table}"
+        )[0]
+        return TableRef(self.path, table, fp[:16], int(n))
+
+    def reject(self, stage: str, item_id: str, reason: str, detail: str = "",
+               score: float | None = None) -> None:
+        self.insert(
+            "rejects",
+            [{"stage": stage, "item_id": item_id, "reason": reason,
+              "detail": detail[:2000], "score": score}],
+            replace=True,
+        )
+
+    def reject_counts(self, stage: str | None = None) -> list[tuple[str, str, int]]:
+        where = "WHERE stage = ?" if stage else ""
+        return self.execute(
+            f"SELECT stage, reason, count(*) FROM rejects {where} "
+            "GROUP BY ALL ORDER BY stage, count(*) DESC",
+            [stage] if stage else None,
+        )
+
+    def get_meta(self, key: str) -> str | None:
+        return self.scalar("SELECT value FROM meta WHERE key = ?", [key])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.insert("meta", [{"key": key, "value": value}], replace=True)
+
+    def store_id(self) -> str:
+        """A random ID minted when the database file was created.  Part of
+        every stage's cache key, so deleting the run folder never lets a
+        cached task claim a table that no longer exists."""
+        existing = self.get_meta("store_id")
+        if existing:
+            return existing
+        import uuid
+
+        new = uuid.uuid4().hex[:16]
+        self.set_meta("store_id", new)
+        return new

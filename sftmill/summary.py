@@ -1,0 +1,39 @@
+"""What a run did, read back from its DuckDB file: per-stage counts, reject
+reasons, LLM usage.  Used by `sftmill run` (closing summary) and `sftmill stats`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sftmill.store import Store
+
+
+@dataclass
+class RunSummary:
+    stages: list[dict] = field(default_factory=list)
+    rejects: list[tuple[str, str, int]] = field(default_factory=list)
+    llm: list[dict] = field(default_factory=list)
+    tables: dict[str, int] = field(default_factory=dict)
+
+
+def summarize(store: Store, run_id: str | None = None) -> RunSummary:
+    """Per-stage rows of the latest run that computed each stage (or of `run_id`)."""
+    if run_id is None:
+        stages = store.query_dicts(
+            "SELECT stage, n_in, n_out, seconds, run_id FROM stage_stats "
+            "QUALIFY row_number() OVER (PARTITION BY stage ORDER BY finished_at DESC) = 1 "
+            "ORDER BY finished_at")
+    else:
+        stages = store.query_dicts(
+            "SELECT stage, n_in, n_out, seconds, run_id FROM stage_stats WHERE run_id = ? "
+            "ORDER BY finished_at", [run_id])
+    llm = store.query_dicts(
+        "SELECT model, stage, count(*) FILTER (WHERE status = 'ok') AS sent, "
+        "count(*) FILTER (WHERE status = 'cache_hit') AS cache_hits, "
+        "count(*) FILTER (WHERE status = 'error') AS errors, "
+        "coalesce(sum(tokens_in) FILTER (WHERE status = 'ok'), 0) AS tokens_in, "
+        "coalesce(sum(tokens_out) FILTER (WHERE status = 'ok'), 0) AS tokens_out, "
+        "coalesce(sum(latency_s) FILTER (WHERE status = 'ok'), 0) AS seconds "
+        "FROM llm_calls GROUP BY ALL ORDER BY stage, model")
+    tables = {t: store.count(t) for t in ("documents", "chunks", "relevance", "profiles")}
+    return RunSummary(stages, store.reject_counts(), llm, tables)

@@ -1,0 +1,213 @@
+"""Stage 1 — collect raw texts into the `documents` table.
+
+Inputs: files (txt, md, rst, html, pdf), folders, globs, JSONL/Parquet with a
+text column.  Identical texts are stored once (the document ID is a hash of
+the text).  Bad input never stops the run and never vanishes: it is skipped
+with a reason from this vocabulary and shown in the summary:
+
+    empty, binary, undecodable, too_large, unsupported_format, no_text_extracted,
+    read_error, missing_text_column, bad_row
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from sftmill.config import InputSource, Recipe
+from sftmill.stages import StageTimer, stage_task
+from sftmill.store import Store, content_id
+
+STAGE = "collect"
+TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".text", ""}
+HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
+TABLE_SUFFIXES = {".jsonl", ".parquet"}
+
+
+class Skip(Exception):
+    """One input item cannot be used; `reason` is from the module's vocabulary."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class Doc:
+    uri: str
+    text: str
+    title: str = ""
+    source_kind: str = "file"
+
+
+def expand_source(source: InputSource, recipe: Recipe) -> list[Path]:
+    """The files one `path` input stands for (a file, a folder, or a glob)."""
+    resolved = recipe.resolve(source.path)
+    if glob.has_magic(source.path):
+        return sorted(Path(p) for p in glob.glob(str(resolved), recursive=True) if Path(p).is_file())
+    if resolved.is_dir():
+        return sorted(p for p in resolved.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return [resolved]
+
+
+def decode_text(raw: bytes) -> str:
+    if b"\x00" in raw[:8192]:
+        raise Skip("binary", "NUL bytes in the first 8 KiB")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise Skip("undecodable", f"not UTF-8 at byte {err.start}") from None
+
+
+def html_to_text(html: str) -> tuple[str, str]:
+    import trafilatura
+
+    text = trafilatura.extract(html, include_comments=False, include_tables=True,
+                               favor_recall=True) or ""
+    title = ""
+    meta = trafilatura.extract_metadata(html)
+    if meta is not None and meta.title:
+        title = meta.title
+    return text, title
+
+
+def pdf_to_text(path: Path) -> str:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(str(path))
+        return "\n\n".join((page.extract_text() or "") for page in reader.pages)
+    except (PdfReadError, ValueError, KeyError) as err:
+        raise Skip("read_error", f"PDF: {err}") from None
+
+
+def read_file(path: Path, max_bytes: int) -> Doc:
+    """One local file as a document, or `Skip` with the reason."""
+    size = path.stat().st_size
+    if size == 0:
+        raise Skip("empty", "0 bytes")
+    if size > max_bytes:
+        raise Skip("too_large", f"{size} bytes > limit {max_bytes}")
+    suffix = path.suffix.lower()
+    title = ""
+    if suffix == ".pdf":
+        text = pdf_to_text(path)
+    elif suffix in HTML_SUFFIXES:
+        text, title = html_to_text(decode_text(path.read_bytes()))
+    elif suffix in TEXT_SUFFIXES:
+        text = decode_text(path.read_bytes())
+    else:
+        decode_text(path.read_bytes())  # binary / undecodable take precedence
+        raise Skip("unsupported_format", f"suffix {suffix}")
+    if not text.strip():
+        raise Skip("no_text_extracted" if suffix in HTML_SUFFIXES | {".pdf"} else "empty",
+                   "no text")
+    return Doc(path.as_uri(), text, title or path.stem)
+
+
+def read_table(path: Path, source: InputSource) -> Iterator[Doc | Skip]:
+    """Rows of a JSONL or Parquet file as documents (bad rows become Skips)."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        if source.text_column not in table.column_names:
+            yield Skip("missing_text_column", f"{path.name} has no column {source.text_column!r}")
+            return
+        rows = table.to_pylist()
+    else:
+        rows = []
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    yield Skip("bad_row", f"{path.name}:{n}: not JSON")
+    for n, row in enumerate(rows, 1):
+        text = row.get(source.text_column) if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            yield Skip("missing_text_column", f"{path.name} row {n}: no {source.text_column!r}")
+        elif not text.strip():
+            yield Skip("empty", f"{path.name} row {n}: empty text")
+        else:
+            row_id = row.get(source.id_column) if source.id_column else n
+            yield Doc(f"{path.as_uri()}#{row_id}", text, str(row_id), "table")
+
+
+def iter_documents(recipe: Recipe) -> Iterator[tuple[str, Doc | Skip]]:
+    """(uri, Doc or Skip) for every item of every input."""
+    for source in recipe.inputs:
+        if source.url is not None:
+            from tasks.fetch import Fetcher
+
+            fetched = Fetcher.from_recipe(recipe).fetch_many([source.url])[0]
+            if fetched.ok:
+                yield source.url, Doc(fetched.final_url, fetched.text, fetched.title, "url")
+            else:
+                yield source.url, Skip(fetched.reason, fetched.detail)
+            continue
+        for path in expand_source(source, recipe):
+            if path.suffix.lower() in TABLE_SUFFIXES:
+                for item in read_table(path, source):
+                    yield path.as_uri(), item
+                continue
+            try:
+                yield path.as_uri(), read_file(path, recipe.limits.max_file_bytes)
+            except Skip as skip:
+                yield path.as_uri(), skip
+            except OSError as err:
+                yield path.as_uri(), Skip("read_error", str(err))
+
+
+def document_row(doc: Doc, query_id: str | None = None, round_no: int = 0) -> dict:
+    text = doc.text.strip()
+    return {"doc_id": content_id(text), "uri": doc.uri, "source_kind": doc.source_kind,
+            "title": doc.title, "text": text, "n_chars": len(text),
+            "query_id": query_id, "round": round_no}
+
+
+def collect_into(store: Store, recipe: Recipe) -> tuple[int, int]:
+    """Fill `documents`; return (items seen, documents stored)."""
+    seen, rows = 0, {}
+    for uri, item in iter_documents(recipe):
+        seen += 1
+        if isinstance(item, Skip):
+            detail = f"{uri}: {item.detail}" if item.detail else uri
+            store.reject(STAGE, content_id(uri, item.detail), item.reason, detail)
+            continue
+        row = document_row(item)
+        rows.setdefault(row["doc_id"], row)  # identical texts are stored once
+    store.insert("documents", list(rows.values()))
+    return seen, len(rows)
+
+
+@stage_task("collect", sections=("inputs", "limits", "search"))
+def collect(recipe: Recipe, db: str, inputs_fp: str):
+    """Read every input into `documents` (`inputs_fp`: see inputs_fingerprint)."""
+    store = Store.open(db)
+    timer = StageTimer(store, STAGE)
+    seen, stored = collect_into(store, recipe)
+    return timer.done(store.ref("documents", "doc_id"), seen, stored)
+
+
+def inputs_fingerprint(recipe: Recipe) -> str:
+    """Changes when any input file is added, removed or modified, so the
+    collect stage's cache follows the files, not only the recipe."""
+    parts = []
+    for source in recipe.inputs:
+        if source.url is not None:
+            parts.append(source.url)
+            continue
+        for path in expand_source(source, recipe):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            parts.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return content_id(parts)

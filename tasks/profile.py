@@ -1,0 +1,71 @@
+"""Stage 4 — one profile per kept chunk: domain, subdomain, topic, use case
+and a short summary, written by the generator LLM.
+
+When the recipe lists subdomains, the answer's schema restricts `subdomain`
+to them (llama.cpp's grammar and vLLM's guided decoding both enforce enums),
+which keeps even a tiny model on the recipe's map.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from sftmill.batch import llm_map
+from sftmill.config import Recipe
+from sftmill.llm import LLMOutputError, make_llm
+from sftmill.prompts import PromptTemplate, load_template
+from sftmill.stages import StageResult, StageTimer, stage_task
+from sftmill.store import Store, content_id
+from tasks.relevance import kept_chunk_ids
+
+STAGE = "profile"
+TEMPLATE = "profile"
+
+
+def schema_for(recipe: Recipe, template: PromptTemplate) -> dict:
+    schema = copy.deepcopy(template.schema)
+    names = [s.name for s in recipe.domain.subdomains]
+    if names:
+        schema["properties"]["subdomain"] = {"type": "string", "enum": names}
+    return schema
+
+
+def profile_chunks(store: Store, recipe: Recipe, chunk_ids: list[str]) -> int:
+    """Profile the chunks that have none yet; return how many were asked."""
+    todo = store.execute(
+        "SELECT chunk_id, heading, text FROM chunks WHERE chunk_id IN (SELECT unnest(?)) "
+        "AND chunk_id NOT IN (SELECT chunk_id FROM profiles) ORDER BY chunk_id", [chunk_ids])
+    base = load_template(TEMPLATE)
+    template = PromptTemplate(base.name, base.template, schema_for(recipe, base), base.version)
+    endpoint = recipe.llm.generator
+    llm = make_llm(endpoint, store)
+    domain = recipe.domain
+    results = llm_map(
+        llm, endpoint, template, todo,
+        lambda row: {"domain": domain.name, "subdomains": [s.name for s in domain.subdomains],
+                     "use_cases": domain.use_cases, "heading": row[1] or "", "text": row[2]},
+        stage=STAGE, seed=recipe.seed)
+    rows = []
+    for (chunk_id, _h, _t), result in results:
+        if isinstance(result, LLMOutputError):
+            store.reject(STAGE, chunk_id, "llm_invalid_output", str(result))
+            continue
+        p = result.data
+        rows.append({"profile_id": content_id(chunk_id, p), "chunk_id": chunk_id,
+                     "domain": p["domain"], "subdomain": p["subdomain"], "topic": p["topic"],
+                     "use_case": p["use_case"], "summary": p["summary"], "model": llm.model,
+                     "template_version": template.version, "call_key": result.key})
+    store.insert("profiles", rows)
+    return len(todo)
+
+
+@stage_task("profile", sections=("domain", "llm", "thresholds", "seed"), templates=(TEMPLATE,))
+def profile(recipe: Recipe, relevant: StageResult) -> StageResult:
+    store = Store.open(relevant.out.db_path)
+    timer = StageTimer(store, STAGE)
+    kept = kept_chunk_ids(store, recipe.thresholds.relevance)
+    asked = profile_chunks(store, recipe, kept)
+    n_out = int(store.scalar(
+        "SELECT count(*) FROM profiles WHERE chunk_id IN (SELECT unnest(?))", [kept]))
+    return timer.done(store.ref("profiles", "profile_id"), len(kept), n_out,
+                      f"{asked} chunks sent to the generator")
