@@ -111,8 +111,8 @@ def run(
     come back from Prefect's cache; LLM calls already answered come back from
     the run's llm_calls table.
     """
+    _quiet_prefect(verbose)  # before anything imports Prefect
     checked = _load_checked(recipe)
-    _quiet_prefect(verbose)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.prompt_flow import prompt_flow
@@ -120,7 +120,7 @@ def run(
     from sftmill.store import Store
 
     started = time.perf_counter()
-    console.print(f"sftmill: running recipe [bold]{checked.name}[/] → {checked.run_dir}")
+    console.print(f"sftmill: running recipe [bold]{checked.name}[/] → {checked.run_dir.resolve()}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as bars:
         previous = set_reporter(RichReporter(bars))

@@ -68,7 +68,9 @@ class Embedder:
 
     @property
     def dim(self) -> int:
-        return int(self._model().get_sentence_embedding_dimension())
+        model = self._model()
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(get_dim())
 
     def _from_cache(self, hashes: list[str]) -> dict[str, np.ndarray]:
         if self.store is None or not hashes:

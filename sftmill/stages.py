@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from sftmill.prompts import load_template
 from sftmill.store import Store, TableRef, content_id
 
 STAGE_RETRIES = 2
-STAGE_RETRY_DELAYS = [2, 10]
+# Seconds before each retry; tests shorten them with SFTMILL_TASK_RETRY_DELAYS=0,0.
+STAGE_RETRY_DELAYS = [float(x) for x in os.environ.get("SFTMILL_TASK_RETRY_DELAYS", "2,10").split(",")]
 CACHE_EXPIRATION = timedelta(days=30)
 
 

@@ -10,9 +10,9 @@ a llama.cpp context is not thread-safe.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
-from functools import lru_cache
 from pathlib import Path
 
 from sftmill.config import LLMEndpoint
@@ -23,6 +23,7 @@ DEFAULT_MODEL = "smollm2-135m"
 _GGUF_IN_WHEEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _LOAD_LOCK = threading.Lock()
 _CALL_LOCK = threading.Lock()
+GRAMMAR_MAX_REPEAT = 32
 
 
 class EmbeddedModelMissing(Exception):
@@ -53,11 +54,49 @@ def default_threads() -> int:
                else (os.cpu_count() or 1))
 
 
-@lru_cache(maxsize=4)
-def _load(path: str, n_ctx: int, n_threads: int):
-    from llama_cpp import Llama
+def grammar_schema(schema):
+    """The schema llama.cpp turns into a grammar.
 
-    return Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+    llama.cpp expands `maxLength` into nested optional repetitions; past a few
+    hundred it rejects the grammar, and on these machines the process then
+    crashed with a segfault (llama-cpp-python 0.3.x).  So length caps are left
+    out of the grammar (`max_tokens` bounds the answer, and the base class
+    still validates the full schema afterwards) and long `minLength`s are
+    shortened for the same reason.
+    """
+    if isinstance(schema, list):
+        return [grammar_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in ("maxLength", "maxItems") and isinstance(value, int) and value > GRAMMAR_MAX_REPEAT:
+            continue
+        if key in ("minLength", "minItems") and isinstance(value, int):
+            value = min(value, GRAMMAR_MAX_REPEAT)
+        out[key] = grammar_schema(value)
+    return out
+
+
+_MODELS: dict[tuple[str, int, int], object] = {}
+
+
+def _load(path: str, n_ctx: int, n_threads: int):
+    key = (path, n_ctx, n_threads)
+    if key not in _MODELS:
+        from llama_cpp import Llama
+
+        if not _MODELS:
+            atexit.register(_close_models)
+        _MODELS[key] = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+    return _MODELS[key]
+
+
+def _close_models() -> None:
+    # Closing before interpreter teardown avoids llama.cpp's noisy __del__.
+    for model in _MODELS.values():
+        model.close()
+    _MODELS.clear()
 
 
 class EmbeddedLLM(LLM):
@@ -79,7 +118,8 @@ class EmbeddedLLM(LLM):
         llama = self._llama()
         kwargs = {}
         if request.schema is not None:
-            kwargs["response_format"] = {"type": "json_object", "schema": request.schema}
+            kwargs["response_format"] = {"type": "json_object",
+                                         "schema": grammar_schema(request.schema)}
         with _CALL_LOCK:
             try:
                 out = llama.create_chat_completion(

@@ -82,7 +82,12 @@ class OpenAIChatLLM(LLM):
                 "json_schema": {"name": "answer", "schema": request.schema, "strict": True},
             }
         elif request.schema is not None and mode == "json_object":
-            body["response_format"] = {"type": "json_object", "schema": request.schema}
+            # The llama.cpp servers' convention; their grammar builder needs
+            # the same length-cap trimming as the embedded backend.
+            from sftmill.llm.embedded import grammar_schema
+
+            body["response_format"] = {"type": "json_object",
+                                       "schema": grammar_schema(request.schema)}
         return body
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:

@@ -8,7 +8,7 @@ def test_content_id_is_stable_and_order_sensitive():
 
 
 def test_reinserting_rows_adds_no_duplicates(tmp_path):
-    store = Store(tmp_path / "run.duckdb")
+    store = Store.open(tmp_path / "run.duckdb")
     row = {"chunk_id": "c1", "doc_id": "d1", "idx": 0, "char_start": 0, "char_end": 4,
            "heading": "", "text": "text", "n_tokens": 1}
     store.insert("chunks", [row])
@@ -17,7 +17,7 @@ def test_reinserting_rows_adds_no_duplicates(tmp_path):
 
 
 def test_ref_fingerprint_follows_ids(tmp_path):
-    store = Store(tmp_path / "run.duckdb")
+    store = Store.open(tmp_path / "run.duckdb")
     empty = store.ref("documents", "doc_id")
     store.insert("documents", [{"doc_id": "d1", "text": "x"}])
     one = store.ref("documents", "doc_id")
@@ -27,7 +27,7 @@ def test_ref_fingerprint_follows_ids(tmp_path):
 
 
 def test_store_id_survives_reopen_and_changes_with_a_new_file(tmp_path):
-    first = Store(tmp_path / "a.duckdb").store_id()
+    first = Store.open(tmp_path / "a.duckdb").store_id()
     Store.close_all()
     again = Store.open(tmp_path / "a.duckdb").store_id()
     other = Store.open(tmp_path / "b.duckdb").store_id()
@@ -35,7 +35,7 @@ def test_store_id_survives_reopen_and_changes_with_a_new_file(tmp_path):
 
 
 def test_reject_keeps_reason_and_counts(tmp_path):
-    store = Store(tmp_path / "run.duckdb")
+    store = Store.open(tmp_path / "run.duckdb")
     store.reject("collect", "i1", "empty", "file:///x")
     store.reject("collect", "i2", "binary")
     store.reject("collect", "i3", "empty")

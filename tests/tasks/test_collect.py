@@ -31,7 +31,7 @@ def test_bad_files_are_skipped_with_reasons_and_good_ones_kept(tmp_path):
         "<html><head><title>Gluons</title></head><body><article><p>"
         + TEXT + "</p></article></body></html>")
     recipe = make_recipe(tmp_path, [{"path": "docs"}], limits={"max_file_bytes": 4000})
-    store = Store(tmp_path / "run.duckdb")
+    store = Store.open(tmp_path / "run.duckdb")
     seen, stored = collect_into(store, recipe)
     assert (seen, stored) == (9, 2)
     reasons = {r["detail"].split(":")[1].rsplit("/", 1)[-1]: r["reason"]
@@ -46,7 +46,7 @@ def test_bad_files_are_skipped_with_reasons_and_good_ones_kept(tmp_path):
 def test_rerun_adds_no_duplicates(tmp_path):
     (tmp_path / "a.txt").write_text(TEXT)
     recipe = make_recipe(tmp_path, [{"path": "a.txt"}])
-    store = Store(tmp_path / "run.duckdb")
+    store = Store.open(tmp_path / "run.duckdb")
     collect_into(store, recipe)
     collect_into(store, recipe)
     assert store.count("documents") == 1
@@ -59,7 +59,7 @@ def test_jsonl_and_parquet_rows_become_documents(tmp_path):
                    tmp_path / "t.parquet")
     recipe = make_recipe(tmp_path, [{"path": "t.jsonl", "text_column": "body", "id_column": "id"},
                                     {"path": "t.parquet", "text_column": "body"}])
-    store = Store(tmp_path / "run.duckdb")
+    store = Store.open(tmp_path / "run.duckdb")
     collect_into(store, recipe)
     uris = sorted(r[0] for r in store.execute("SELECT uri FROM documents"))
     assert [u.rsplit("/", 1)[-1] for u in uris] == ["t.jsonl#r1", "t.parquet#1"]

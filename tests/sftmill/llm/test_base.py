@@ -1,0 +1,87 @@
+import pytest
+
+from fakes import ScriptedLLM, down
+from sftmill.llm import ChatRequest, LLMOutputError, LLMUnavailableError, parse_structured
+from sftmill.store import Store
+
+SCHEMA = {"type": "object", "properties": {"score": {"type": "integer"}},
+          "required": ["score"], "additionalProperties": False}
+
+
+def req(text: str, **kw) -> ChatRequest:
+    return ChatRequest.build([{"role": "user", "content": text}], schema=SCHEMA, **kw)
+
+
+def test_success_is_cached_and_never_sent_twice(tmp_path):
+    store = Store.open(tmp_path / "run.duckdb")
+    llm = ScriptedLLM(lambda r: {"score": 3}, store)
+    first = llm.chat(req("a"))
+    second = ScriptedLLM(lambda r: pytest.fail("must not be sent"), store).chat(req("a"))
+    assert first.data == second.data == {"score": 3}
+    assert (first.cached, second.cached) == (False, True)
+    statuses = [r[0] for r in store.execute("SELECT status FROM llm_calls ORDER BY created_at")]
+    assert statuses == ["ok", "cache_hit"]
+
+
+def test_key_covers_sampling_parameters_and_seed():
+    base = req("a")
+    assert base.key("m") != req("a", temperature=0.1).key("m")
+    assert base.key("m") != req("a", seed=1).key("m")
+    assert base.key("m") != base.key("other-model")
+    assert base.key("m") == req("a", stage="another stage").key("m")
+
+
+def test_broken_json_is_repaired_without_a_second_call():
+    llm = ScriptedLLM(lambda r: '{"score": 4,')
+    assert llm.chat(req("a")).data == {"score": 4}
+    assert len(llm.requests) == 1
+
+
+def test_invalid_answer_is_reprompted_once_then_accepted():
+    answers = iter([{"score": "high"}, {"score": 5}])
+    llm = ScriptedLLM(lambda r: next(answers))
+    assert llm.chat(req("a")).data == {"score": 5}
+    assert len(llm.requests) == 2
+    assert "not valid" in llm.requests[1].messages[-1][1]
+
+
+def test_answer_invalid_twice_is_a_record_error(tmp_path):
+    store = Store.open(tmp_path / "run.duckdb")
+    llm = ScriptedLLM(lambda r: "no json here at all", store)
+    with pytest.raises(LLMOutputError):
+        llm.chat(req("a"))
+    assert store.execute("SELECT status FROM llm_calls") == [("error",)]
+
+
+def test_batch_keeps_going_past_bad_records():
+    llm = ScriptedLLM(lambda r: {"score": 1} if "good" in r.messages[0][1] else "nonsense")
+    results = llm.chat_many([req("good 1"), req("bad"), req("good 2")])
+    assert [type(r).__name__ for r in results] == ["ChatResult", "LLMOutputError", "ChatResult"]
+
+
+def test_unavailable_endpoint_fails_the_batch_after_caching_the_successes(tmp_path):
+    store = Store.open(tmp_path / "run.duckdb")
+
+    def flaky(r):
+        if "3" in r.messages[0][1]:
+            return down(r)
+        return {"score": 1}
+
+    llm = ScriptedLLM(flaky, store)
+    llm.max_concurrency = 1
+    with pytest.raises(LLMUnavailableError):
+        llm.chat_many([req(f"item {i}") for i in range(6)])
+    sent_before = len(llm.requests)
+    ok_before = store.scalar("SELECT count(*) FROM llm_calls WHERE status = 'ok'")
+    assert ok_before == 3  # items 0-2 succeeded, item 3 failed, 4-5 were not sent
+
+    retry = ScriptedLLM(lambda r: {"score": 1}, store)
+    retry.chat_many([req(f"item {i}") for i in range(6)])
+    assert len(retry.requests) == 3  # only items 3, 4, 5 are sent again
+    assert sent_before == 4
+
+
+@pytest.mark.parametrize("text", ["", "   ", "[]", "null"])
+def test_parse_structured_rejects_empty_answers(text):
+    with pytest.raises(ValueError):
+        parse_structured(text, SCHEMA)

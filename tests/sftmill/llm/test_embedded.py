@@ -1,0 +1,46 @@
+"""The real embedded model (SmolLM2-135M through llama.cpp) behind the LLM layer."""
+
+import jsonschema
+import pytest
+
+from sftmill.config import LLMEndpoint
+from sftmill.llm import ChatRequest, make_llm
+from sftmill.llm.embedded import grammar_schema
+from sftmill.prompts import load_template
+from sftmill.store import Store
+
+pytestmark = pytest.mark.real_model
+
+
+def test_real_model_answers_valid_json_for_the_profile_schema(tmp_path):
+    store = Store.open(tmp_path / "run.duckdb")
+    llm = make_llm(LLMEndpoint(temperature=0.7, max_tokens=300), store)
+    template = load_template("profile")
+    messages = template.messages(
+        domain="Particle physics", subdomains=["Quarks", "Gluons"], use_cases=["exam revision"],
+        heading="Colour", text="Quarks carry colour charge; hadrons are colour-neutral.")
+    result = llm.chat(ChatRequest.build(messages, schema=template.schema, max_tokens=300))
+    jsonschema.validate(result.data, template.schema)
+    assert result.tokens_out > 0 and result.tokens_in > 0
+    row = store.query_dicts("SELECT model, status, tokens_out FROM llm_calls")[0]
+    assert row["model"] == "llama.cpp:SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert row["status"] == "ok" and row["tokens_out"] == result.tokens_out
+
+
+def test_enum_in_schema_is_enforced_by_the_grammar():
+    llm = make_llm(LLMEndpoint(temperature=1.0, max_tokens=40))
+    schema = {"type": "object", "properties": {"label": {"type": "string", "enum": ["yes", "no"]}},
+              "required": ["label"], "additionalProperties": False}
+    for seed in range(3):
+        request = ChatRequest.build([{"role": "user", "content": "Is a gluon a boson?"}],
+                                    schema=schema, seed=seed, max_tokens=40, temperature=1.0)
+        assert llm.chat(request).data["label"] in ("yes", "no")
+
+
+def test_grammar_schema_drops_long_caps_only():
+    schema = {"type": "object", "properties": {
+        "a": {"type": "string", "minLength": 200, "maxLength": 1200},
+        "b": {"type": "string", "maxLength": 8}}}
+    trimmed = grammar_schema(schema)
+    assert trimmed["properties"]["a"] == {"type": "string", "minLength": 32}
+    assert trimmed["properties"]["b"] == {"type": "string", "maxLength": 8}

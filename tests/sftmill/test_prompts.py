@@ -1,0 +1,45 @@
+import jinja2
+import pytest
+
+from sftmill.prompts import load_template, template_names
+
+# Variables each template needs; a test fails when a template gains one
+# that is missing here, so this list stays the templates' contract.
+SAMPLE = {
+    "relevance": dict(domain="Physics", description="d", relevant="r", subdomains=["QCD"],
+                      heading="Quarks", text="Quarks are confined."),
+    "profile": dict(domain="Physics", subdomains=["QCD"], use_cases=["exam"], heading="",
+                    text="Gluons carry colour."),
+}
+
+
+def test_every_template_has_sample_variables():
+    assert set(template_names()) <= set(SAMPLE), "add sample variables for new templates"
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLE))
+def test_every_template_renders_with_a_schema(name):
+    template = load_template(name)
+    messages = template.messages(**SAMPLE[name])
+    assert messages[-1]["role"] == "user"
+    assert SAMPLE[name]["text"] in messages[-1]["content"]
+    assert "{{" not in messages[-1]["content"] and "{%" not in messages[-1]["content"]
+    assert template.schema["type"] == "object" and template.schema["required"]
+    assert template.version.startswith(f"{name}@")
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLE))
+def test_missing_variable_fails_loudly(name):
+    variables = dict(SAMPLE[name])
+    variables.pop("text")
+    with pytest.raises(jinja2.UndefinedError):
+        load_template(name).messages(**variables)
+
+
+def test_version_changes_with_the_file(tmp_path):
+    (tmp_path / "x.jinja2").write_text("{% block user %}hi {{ who }}{% endblock %}")
+    first = load_template("x", str(tmp_path)).version
+    load_template.cache_clear()
+    (tmp_path / "x.jinja2").write_text("{% block user %}hello {{ who }}{% endblock %}")
+    assert load_template("x", str(tmp_path)).version != first
+    assert load_template("x", str(tmp_path)).messages(who="you") == [{"role": "user", "content": "hello you"}]
