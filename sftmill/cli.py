@@ -66,10 +66,11 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def print_summary(store, run_id: str | None, elapsed: float | None = None) -> None:
+def print_summary(store, run_id: str | None, elapsed: float | None = None,
+                  targets: dict[str, float] | None = None) -> None:
     from sftmill.summary import summarize
 
-    s = summarize(store)
+    s = summarize(store, None, targets)
     stages = Table(title="Stages", title_justify="left")
     for col in ("stage", "in", "out", "seconds", ""):
         stages.add_column(col, justify="right" if col in ("in", "out", "seconds") else "left")
@@ -95,6 +96,19 @@ def print_summary(store, run_id: str | None, elapsed: float | None = None) -> No
                         str(r["errors"]), str(r["tokens_in"]), str(r["tokens_out"]),
                         f"{r['seconds']:.1f}")
         console.print(llm)
+    if s.tables.get("prompts"):
+        shares = Table(title="Prompts per subdomain", title_justify="left")
+        for col in ("subdomain", "target", "actual", "prompts"):
+            shares.add_column(col)
+        for r in s.shares:
+            target = "-" if r["target"] is None else f"{r['target']:.0%}"
+            shares.add_row(r["subdomain"], target, f"{r['actual']:.0%}", str(r["prompts"]))
+        console.print(shares)
+    if s.openings:
+        (w0, s0), (w1, s1) = s.openings["before"], s.openings["after"]
+        console.print(f'Most common opening: "{w0}" {s0:.0%} of prompts before rephrasing, '
+                      f'"{w1}" {s1:.0%} after')
+    console.print("Rows: " + ", ".join(f"{k} {v}" for k, v in s.tables.items()))
     if elapsed is not None:
         console.print(f"Run database: {store.path}  ({elapsed:.0f} s)")
 
@@ -130,11 +144,14 @@ def run(
             set_reporter(previous)
     run_id = str(state.state_details.flow_run_id)
     store = Store.open(checked.db_path)
+    from tasks.generate import target_shares
+
+    targets = target_shares(checked)
     if not state.is_completed():
-        print_summary(store, run_id)
+        print_summary(store, run_id, targets=targets)
         _fail(f"run failed: {state.message}. Finished stages and LLM calls are kept; "
               "run the same command again to resume.", code=1)
-    print_summary(store, run_id, time.perf_counter() - started)
+    print_summary(store, run_id, time.perf_counter() - started, targets)
     Store.close_all()
 
 

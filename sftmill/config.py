@@ -161,7 +161,11 @@ class Chunking(_Strict):
 
 class Thresholds(_Strict):
     relevance: float = Field(default=0.5, ge=0, le=1, description="Keep chunks scoring at least this.")
-    dedup_cosine: float = Field(default=0.92, gt=0, le=1)
+    prompt_quality: float = Field(
+        default=0.5, ge=0, le=1, description="Keep prompts the judge scores at least this (0-1).")
+    dedup_cosine: float = Field(
+        default=0.92, gt=0, le=1,
+        description="Prompts at least this cosine-similar are near duplicates.")
 
 
 class Limits(_Strict):
@@ -170,13 +174,27 @@ class Limits(_Strict):
 
 
 class Search(_Strict):
-    backend: Literal["local", "searxng", "brave", "tavily", "none"] = "local"
+    backend: Literal["local", "searxng", "brave", "tavily", "none"] = Field(
+        default="local",
+        description="'local': BM25 over a folder of saved pages (offline); 'searxng': a "
+        "self-hosted SearxNG's JSON API; 'brave'/'tavily': hosted APIs (key from the "
+        "environment); 'none': no web round.")
     local_dir: str | None = Field(default=None, description="Folder of saved pages for 'local'.")
     searxng_url: str | None = None
+    api_key_env: str | None = Field(
+        default=None, description="Variable holding the brave/tavily key "
+        "(default BRAVE_API_KEY / TAVILY_API_KEY).")
     results_per_query: int = Field(default=3, ge=1, le=50)
     allow_private_addresses: bool = Field(
-        default=False, description="Allow fetching loopback/private/link-local hosts."
-    )
+        default=False, description="Allow fetching loopback/private/link-local hosts.")
+    respect_robots: bool = True
+    fetch_timeout_s: float = Field(default=30, gt=0, description="Whole-page time limit.")
+    per_host_delay_s: float = Field(default=0.5, ge=0)
+    per_host_concurrency: int = Field(default=2, ge=1, le=64)
+
+    def key_env(self) -> str | None:
+        defaults = {"brave": "BRAVE_API_KEY", "tavily": "TAVILY_API_KEY"}
+        return self.api_key_env or defaults.get(self.backend)
 
 
 class Recipe(_Strict):
@@ -245,6 +263,12 @@ def _check_inputs(recipe: Recipe) -> None:
             )
     if recipe.search.backend == "searxng" and not recipe.search.searxng_url:
         raise RecipeError("search.searxng_url: required when search.backend is 'searxng'")
+    if recipe.search.backend == "local" and not recipe.search.local_dir:
+        raise RecipeError("search.local_dir: required when search.backend is 'local' "
+                          "(or set search.backend: none)")
+    key_env = recipe.search.key_env()
+    if key_env and key_env not in os.environ:
+        raise RecipeError(f"search.api_key_env: environment variable {key_env} is not set")
     for role, endpoint in (("generator", recipe.llm.generator), ("judge", recipe.llm.judge)):
         if endpoint.api_key_env and endpoint.api_key_env not in os.environ:
             raise RecipeError(

@@ -47,8 +47,11 @@ def model_available(name: str) -> str | None:
 def _load(resolved: str, device: str):
     if Path(resolved).is_dir():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # its bars would tear sftmill's progress display
     return SentenceTransformer(resolved, device=device)
 
 

@@ -74,3 +74,19 @@ def load_template(name: str, folder: str | None = None) -> PromptTemplate:
 def template_names(folder: str | None = None) -> list[str]:
     base = Path(folder) if folder else PROMPTS_DIR
     return sorted(p.name[: -len(".jinja2")] for p in base.glob("*.jinja2"))
+
+
+def with_schema(template: PromptTemplate, schema: dict[str, Any]) -> PromptTemplate:
+    """The same template expecting a narrowed schema (an enum of the recipe's
+    subdomains, an exact list length); the version stays the file's."""
+    return PromptTemplate(template.name, template.template, schema, template.version)
+
+
+def exact_items(schema: dict[str, Any], field: str, n: int) -> dict[str, Any]:
+    """A copy of `schema` whose array `field` must hold exactly `n` items."""
+    import copy
+
+    out = copy.deepcopy(schema)
+    out["properties"][field]["minItems"] = n
+    out["properties"][field]["maxItems"] = n
+    return out

@@ -113,8 +113,16 @@ class StageTimer:
 
     def done(self, out: TableRef, n_in: int, n_out: int, note: str = "") -> StageResult:
         seconds = time.perf_counter() - self.started
+        run_id = current_run_id()
+        # A stage that runs again in the same run (chunk, relevance and profile
+        # in every web round) gets its own row: chunk, chunk#2, …
+        earlier = self.store.scalar(
+            "SELECT count(*) FROM stage_stats WHERE run_id = ? AND (stage = ? OR stage LIKE ?)",
+            [run_id, self.stage, self.stage + "#%"])
+        if earlier:
+            self.stage = f"{self.stage}#{earlier + 1}"
         self.store.insert("stage_stats", [{
-            "run_id": current_run_id(), "stage": self.stage, "n_in": n_in,
+            "run_id": run_id, "stage": self.stage, "n_in": n_in,
             "n_out": n_out, "seconds": seconds,
         }], replace=True)
         return StageResult(self.stage, out, n_in, n_out, seconds, note)

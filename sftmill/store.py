@@ -75,6 +75,81 @@ SCHEMA: dict[str, str] = {
         template_version VARCHAR,
         call_key VARCHAR
     """,
+    # Web search: queries written from profiles, the URLs they found.
+    "queries": """
+        query_id VARCHAR PRIMARY KEY,
+        profile_id VARCHAR,
+        query VARCHAR,
+        round INTEGER,
+        model VARCHAR,
+        template_version VARCHAR,
+        call_key VARCHAR
+    """,
+    "search_results": """
+        query_id VARCHAR,
+        url VARCHAR,
+        rank INTEGER,
+        title VARCHAR,
+        snippet VARCHAR,
+        backend VARCHAR,
+        PRIMARY KEY (query_id, url)
+    """,
+    "fetches": """
+        url VARCHAR PRIMARY KEY,
+        ok BOOLEAN,
+        reason VARCHAR,
+        detail VARCHAR,
+        final_url VARCHAR,
+        doc_id VARCHAR,
+        round INTEGER
+    """,
+    # Local search backend: a BM25 index over a folder of saved pages.
+    "search_pages": """
+        page_id VARCHAR PRIMARY KEY,
+        uri VARCHAR,
+        title VARCHAR,
+        n_terms INTEGER
+    """,
+    "search_terms": """
+        page_id VARCHAR,
+        term VARCHAR,
+        tf INTEGER,
+        PRIMARY KEY (page_id, term)
+    """,
+    # Every prompt made by generate / broaden / rephrase, before filtering.
+    "candidate_prompts": """
+        prompt_id VARCHAR PRIMARY KEY,
+        text VARCHAR,
+        origin VARCHAR,               -- generated | broadened | rephrased
+        parent_id VARCHAR,            -- profile (generated, broadened) or prompt (rephrased)
+        profile_id VARCHAR,
+        task_type VARCHAR,
+        model VARCHAR,
+        template_version VARCHAR,
+        call_key VARCHAR
+    """,
+    "prompt_scores": """
+        prompt_id VARCHAR PRIMARY KEY,
+        score DOUBLE,
+        reason VARCHAR,
+        model VARCHAR,
+        template_version VARCHAR,
+        call_key VARCHAR
+    """,
+    # The prompt flow's output: kept prompts after filter and dedup.
+    "prompts": """
+        prompt_id VARCHAR PRIMARY KEY,
+        text VARCHAR,
+        origin VARCHAR,
+        parent_id VARCHAR,
+        profile_id VARCHAR,
+        chunk_id VARCHAR,
+        doc_id VARCHAR,
+        subdomain VARCHAR,
+        task_type VARCHAR,
+        quality DOUBLE,
+        n_near_duplicates INTEGER
+    """,
     "stage_stats": """
         run_id VARCHAR,
         stage VARCHAR,

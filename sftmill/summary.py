@@ -3,6 +3,7 @@ reasons, LLM usage.  Used by `sftmill run` (closing summary) and `sftmill stats`
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from sftmill.store import Store
@@ -14,9 +15,21 @@ class RunSummary:
     rejects: list[tuple[str, str, int]] = field(default_factory=list)
     llm: list[dict] = field(default_factory=list)
     tables: dict[str, int] = field(default_factory=dict)
+    shares: list[dict] = field(default_factory=list)  # subdomain, target, actual
+    openings: dict | None = None
 
 
-def summarize(store: Store, run_id: str | None = None) -> RunSummary:
+def subdomain_shares(store: Store, targets: dict[str, float]) -> list[dict]:
+    """Target vs actual share of final prompts per subdomain."""
+    counts = dict(store.execute("SELECT coalesce(subdomain, '(none)'), count(*) FROM prompts GROUP BY ALL"))
+    total = sum(counts.values()) or 1
+    names = list(targets) + sorted(set(counts) - set(targets))
+    return [{"subdomain": n, "target": targets.get(n), "actual": counts.get(n, 0) / total,
+             "prompts": counts.get(n, 0)} for n in names]
+
+
+def summarize(store: Store, run_id: str | None = None,
+              targets: dict[str, float] | None = None) -> RunSummary:
     """Per-stage rows of the latest run that computed each stage (or of `run_id`)."""
     if run_id is None:
         stages = store.query_dicts(
@@ -35,5 +48,9 @@ def summarize(store: Store, run_id: str | None = None) -> RunSummary:
         "coalesce(sum(tokens_out) FILTER (WHERE status = 'ok'), 0) AS tokens_out, "
         "coalesce(sum(latency_s) FILTER (WHERE status = 'ok'), 0) AS seconds "
         "FROM llm_calls GROUP BY ALL ORDER BY stage, model")
-    tables = {t: store.count(t) for t in ("documents", "chunks", "relevance", "profiles")}
-    return RunSummary(stages, store.reject_counts(), llm, tables)
+    tables = {t: store.count(t) for t in ("documents", "chunks", "profiles", "queries",
+                                          "candidate_prompts", "prompts")}
+    openings = store.get_meta("opening_share")
+    return RunSummary(stages, store.reject_counts(), llm, tables,
+                      subdomain_shares(store, targets or {}),
+                      json.loads(openings) if openings else None)

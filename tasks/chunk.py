@@ -169,6 +169,7 @@ def chunk_documents(store: Store, recipe: Recipe, doc_ids: list[str] | None = No
 
 @stage_task("chunk", sections=("chunking",))
 def chunk(recipe: Recipe, documents: StageResult) -> StageResult:
+    """Chunk every document (re-chunking replaces a document's old chunks)."""
     store = Store.open(documents.out.db_path)
     timer = StageTimer(store, STAGE)
     n_docs, n_chunks = chunk_documents(store, recipe)

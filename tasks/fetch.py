@@ -83,8 +83,15 @@ class Fetcher:
 
     @classmethod
     def from_recipe(cls, recipe) -> "Fetcher":
+        search = recipe.search
         return cls(FetchConfig(max_bytes=recipe.limits.max_page_bytes,
-                               allow_private=recipe.search.allow_private_addresses))
+                               allow_private=search.allow_private_addresses,
+                               respect_robots=search.respect_robots,
+                               total_timeout_s=search.fetch_timeout_s,
+                               read_timeout_s=min(15.0, search.fetch_timeout_s),
+                               connect_timeout_s=min(5.0, search.fetch_timeout_s),
+                               per_host_delay_s=search.per_host_delay_s,
+                               per_host_concurrency=search.per_host_concurrency))
 
     # -- guards -------------------------------------------------------------
     def _check_url(self, url: str) -> None:

@@ -36,3 +36,60 @@ def down(_request):
 
 def user_text(request: ChatRequest) -> str:
     return next(c for r, c in reversed(request.messages) if r == "user")
+
+
+OFF_TOPIC = ("sourdough", "football", "goalless")
+
+
+def schema_answers(request: ChatRequest):
+    """Plausible answers for every sftmill template, chosen by the schema's
+    fields: deterministic, and different for different inputs."""
+    import hashlib
+
+    schema = request.schema or {}
+    props = schema.get("properties", {})
+    text = user_text(request)
+    tag = hashlib.sha1(text.encode()).hexdigest()[:6]
+
+    def n_items(field):
+        return props[field].get("minItems", 1)
+
+    if set(props) == {"score", "reason"}:
+        off = any(w in text.lower() for w in OFF_TOPIC)
+        return {"score": 1 if off else 5, "reason": "scripted judgement"}
+    if "summary" in props:
+        enum = props["subdomain"].get("enum")
+        sub = enum[int(tag, 16) % len(enum)] if enum else "Physics"
+        return {"domain": "Physics", "subdomain": sub, "topic": f"topic {tag}",
+                "use_case": "exam revision", "summary": f"A passage about quarks and gluons ({tag})."}
+    if "queries" in props:
+        words = ["top quark discovery", "lattice QCD grid", "mesons and baryons", "gluon jets"]
+        return {"queries": [words[(int(tag, 16) + i) % len(words)] for i in range(n_items("queries"))]}
+    if "variants" in props:
+        return {"variants": [f"Rephrased ({i}) request {tag}: tell me about it in detail."
+                             for i in range(n_items("variants"))]}
+    if "prompts" in props:
+        item_props = props["prompts"]["items"]["properties"]
+        if "task_type" in item_props:
+            return {"prompts": [{"task_type": "question",
+                                 "prompt": f"Question {i} about passage {tag}: how do quarks bind?"}
+                                for i in range(n_items("prompts"))]}
+        return {"prompts": [{"topic": f"neighbour {i}",
+                             "prompt": f"Broader request {i} from {tag} about hadron physics?"}
+                            for i in range(n_items("prompts"))]}
+    raise AssertionError(f"no scripted answer for schema {sorted(props)}")
+
+
+LLM_USERS = ("tasks.relevance", "tasks.profile", "tasks.web", "tasks.generate",
+             "tasks.rephrase", "tasks.prompt_filter")
+
+
+def route_llm(monkeypatch, llm: ScriptedLLM) -> ScriptedLLM:
+    """Make every LLM stage use `llm` (recording into the stage's store)."""
+    def make(endpoint, store=None):
+        llm.store = store
+        return llm
+
+    for module in LLM_USERS:
+        monkeypatch.setattr(f"{module}.make_llm", make)
+    return llm

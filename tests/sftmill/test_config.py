@@ -13,6 +13,7 @@ output_dir: out
 domain: {name: Physics}
 inputs:
   - path: docs
+search: {backend: none}
 """
 
 
@@ -43,6 +44,9 @@ def test_minimal_recipe_gets_defaults_and_resolves_paths(tmp_path):
     (MINIMAL + "llm: {judge: {backend: openai, base_url: 'http://x/v1', api_key_env: SFTMILL_NO_SUCH_VAR}}\n",
      "environment variable SFTMILL_NO_SUCH_VAR is not set"),
     (MINIMAL.replace("domain: {name: Physics}", ""), "domain: required key is missing"),
+    (MINIMAL.replace("backend: none", "backend: local"), "search.local_dir: required"),
+    (MINIMAL.replace("backend: none", "backend: brave, api_key_env: SFTMILL_NO_SUCH_VAR"),
+     "search.api_key_env: environment variable SFTMILL_NO_SUCH_VAR is not set"),
     ("name: [unclosed", "not valid YAML"),
 ])
 def test_bad_recipe_names_the_problem_in_one_line(tmp_path, body, expected):

@@ -12,7 +12,8 @@ TEXT = "Quarks are bound by gluons into hadrons such as protons. " * 5
 
 
 def make_recipe(tmp_path, inputs, **extra):
-    data = {"name": "t", "output_dir": "out", "domain": {"name": "Physics"}, "inputs": inputs, **extra}
+    data = {"name": "t", "output_dir": "out", "domain": {"name": "Physics"}, "inputs": inputs,
+            "search": {"backend": "none"}, **extra}
     return parse_recipe(data, tmp_path)
 
 

@@ -1,0 +1,166 @@
+"""Stages 6–7 — generate prompts from profiles, then broaden.
+
+Profiles are first selected to meet the recipe's subdomain shares
+(`allocate`, `select_profiles`); the generator then writes
+`prompts_per_profile` prompts of mixed task types from each selected
+profile and its chunk, and `broaden_per_profile` prompts on neighbouring
+topics and use cases of the same domain.  Every prompt lands in
+`candidate_prompts` with its parent profile; identical texts are stored once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+from sftmill.batch import llm_map
+from sftmill.config import Recipe
+from sftmill.llm import LLMOutputError, make_llm
+from sftmill.prompts import exact_items, load_template, with_schema
+from sftmill.stages import StageResult, StageTimer, stage_task
+from sftmill.store import Store, content_id
+from tasks.web import needed_profiles
+
+GENERATE_STAGE = "generate"
+BROADEN_STAGE = "broaden"
+TASK_TYPES = ["question", "explanation", "comparison", "how_to", "problem_solving"]
+OTHER = "(other)"
+
+
+def target_shares(recipe: Recipe) -> dict[str, float]:
+    """Subdomain → target share; subdomains without a share split what is left."""
+    subs = recipe.domain.subdomains
+    if not subs:
+        return {}
+    fixed = sum(s.share for s in subs if s.share is not None)
+    free = [s for s in subs if s.share is None]
+    rest = (1.0 - fixed) / len(free) if free else 0.0
+    shares = {s.name: (s.share if s.share is not None else rest) for s in subs}
+    total = sum(shares.values()) or 1.0
+    return {k: v / total for k, v in shares.items()}
+
+
+def allocate(n: int, shares: dict[str, float], available: dict[str, int]) -> dict[str, int]:
+    """How many profiles to take per subdomain: `n` split by `shares`
+    (largest remainders), capped by what is available, the shortfall moved
+    to subdomains that have spare profiles."""
+    n = min(n, sum(available.values()))
+    if not shares:
+        shares = {k: 1.0 / len(available) for k in available} if available else {}
+    raw = {k: shares.get(k, 0.0) * n for k in set(shares) | set(available)}
+    quota = {k: int(v) for k, v in raw.items()}
+    for k in sorted(raw, key=lambda k: (raw[k] - quota[k], k), reverse=True)[: n - sum(quota.values())]:
+        quota[k] += 1
+    quota = {k: min(q, available.get(k, 0)) for k, q in quota.items()}
+    short = n - sum(quota.values())
+    while short > 0:
+        spare = sorted((k for k in available if available[k] > quota.get(k, 0)),
+                       key=lambda k: (-shares.get(k, 0.0), k))
+        if not spare:
+            break
+        for k in spare[:short]:
+            quota[k] = quota.get(k, 0) + 1
+            short -= 1
+    return {k: q for k, q in quota.items() if q > 0}
+
+
+def select_profiles(profiles: list[dict], recipe: Recipe) -> list[dict]:
+    """A deterministic sample of profiles that meets the target shares."""
+    shares = target_shares(recipe)
+    by_sub: dict[str, list[dict]] = defaultdict(list)
+    for p in sorted(profiles, key=lambda p: p["profile_id"]):
+        by_sub[p["subdomain"] if p["subdomain"] in shares or not shares else OTHER].append(p)
+    quota = allocate(needed_profiles(recipe), shares, {k: len(v) for k, v in by_sub.items()})
+    rng = random.Random(recipe.seed)
+    chosen = []
+    for sub in sorted(quota):
+        chosen += rng.sample(by_sub[sub], quota[sub])
+    return sorted(chosen, key=lambda p: p["profile_id"])
+
+
+def prompt_row(text: str, origin: str, parent_id: str, profile_id: str, task_type: str,
+               model: str, template_version: str, call_key: str) -> dict:
+    text = " ".join(text.split())
+    return {"prompt_id": content_id(text.lower()), "text": text, "origin": origin,
+            "parent_id": parent_id, "profile_id": profile_id, "task_type": task_type,
+            "model": model, "template_version": template_version, "call_key": call_key}
+
+
+def selected_profiles(store: Store, recipe: Recipe) -> list[dict]:
+    rows = store.query_dicts(
+        "SELECT p.*, c.text AS chunk_text FROM profiles p JOIN chunks c USING (chunk_id)")
+    return select_profiles(rows, recipe)
+
+
+def generate_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
+    n = recipe.sizes.prompts_per_profile
+    base = load_template("generate")
+    template = with_schema(base, exact_items(base.schema, "prompts", n))
+    endpoint = recipe.llm.generator
+    llm = make_llm(endpoint, store)
+    results = llm_map(llm, endpoint, template, profiles,
+                      lambda p: {"domain": recipe.domain.name, "profile": p, "text": p["chunk_text"],
+                                 "n": n, "task_types": TASK_TYPES,
+                                 "use_cases": recipe.domain.use_cases},
+                      stage=GENERATE_STAGE, seed=recipe.seed)
+    rows = []
+    for profile, result in results:
+        if isinstance(result, LLMOutputError):
+            store.reject(GENERATE_STAGE, profile["profile_id"], "llm_invalid_output", str(result))
+            continue
+        rows += [prompt_row(item["prompt"], "generated", profile["profile_id"],
+                            profile["profile_id"], item["task_type"], llm.model,
+                            template.version, result.key)
+                 for item in result.data["prompts"]]
+    store.insert("candidate_prompts", rows)
+    return len(rows)
+
+
+def broaden_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
+    n = recipe.sizes.broaden_per_profile
+    if n == 0 or not profiles:
+        return 0
+    base = load_template("broaden")
+    template = with_schema(base, exact_items(base.schema, "prompts", n))
+    examples = defaultdict(list)
+    for profile_id, text in store.execute(
+            "SELECT profile_id, text FROM candidate_prompts WHERE origin = 'generated' "
+            "ORDER BY prompt_id"):
+        examples[profile_id].append(text)
+    endpoint = recipe.llm.generator
+    llm = make_llm(endpoint, store)
+    subdomains = [s.name for s in recipe.domain.subdomains]
+    results = llm_map(llm, endpoint, template, profiles,
+                      lambda p: {"domain": recipe.domain.name, "subdomains": subdomains,
+                                 "profile": p, "examples": examples[p["profile_id"]][:3], "n": n},
+                      stage=BROADEN_STAGE, seed=recipe.seed)
+    rows = []
+    for profile, result in results:
+        if isinstance(result, LLMOutputError):
+            store.reject(BROADEN_STAGE, profile["profile_id"], "llm_invalid_output", str(result))
+            continue
+        rows += [prompt_row(item["prompt"], "broadened", profile["profile_id"],
+                            profile["profile_id"], "broadened", llm.model, template.version,
+                            result.key)
+                 for item in result.data["prompts"]]
+    store.insert("candidate_prompts", rows)
+    return len(rows)
+
+
+@stage_task("generate", sections=("domain", "llm", "sizes", "seed"), templates=("generate",))
+def generate(recipe: Recipe, profiles: StageResult) -> StageResult:
+    store = Store.open(profiles.out.db_path)
+    timer = StageTimer(store, GENERATE_STAGE)
+    chosen = selected_profiles(store, recipe)
+    made = generate_prompts(store, recipe, chosen)
+    return timer.done(store.ref("candidate_prompts", "prompt_id"), len(chosen), made,
+                      f"{len(chosen)} of {profiles.out.rows} profiles selected")
+
+
+@stage_task("broaden", sections=("domain", "llm", "sizes", "seed"), templates=("broaden",))
+def broaden(recipe: Recipe, generated: StageResult) -> StageResult:
+    store = Store.open(generated.out.db_path)
+    timer = StageTimer(store, BROADEN_STAGE)
+    chosen = selected_profiles(store, recipe)
+    made = broaden_prompts(store, recipe, chosen)
+    return timer.done(store.ref("candidate_prompts", "prompt_id"), len(chosen), made)

@@ -1,0 +1,148 @@
+"""Stage 5 — fresh documents from the web.
+
+`web_queries`: the generator writes `queries_per_profile` search queries for
+every profile that has none yet.  `search_and_fetch`: the search backend
+turns each query into URLs; pages are fetched with the guards of
+`tasks.fetch` (or read from disk for the local backend's `file://` results),
+cleaned with trafilatura and stored as documents that remember their query
+and round.  The flow then sends them through chunk → relevance → profile,
+round after round.
+
+Reject reasons: llm_invalid_output (queries), search_failed, and the
+fetch reasons of `tasks.fetch` (fetch_timeout, too_large, redirect_loop,
+not_html, robots_disallowed, blocked_address, http_error, …).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+from sftmill.batch import llm_map
+from sftmill.config import Recipe
+from sftmill.llm import LLMOutputError, make_llm
+from sftmill.progress import progress
+from sftmill.prompts import exact_items, load_template, with_schema
+from sftmill.stages import StageResult, StageTimer, stage_task
+from sftmill.store import Store, content_id
+from tasks.collect import Doc, Skip, document_row, read_file
+from tasks.fetch import Fetched, Fetcher
+from tasks.search import SearchError, make_search
+
+QUERY_STAGE = "web_queries"
+FETCH_STAGE = "search_fetch"
+TEMPLATE = "web_queries"
+
+
+def needed_profiles(recipe: Recipe) -> int:
+    """Profiles the generation stage needs to reach the target prompt count."""
+    per_profile = recipe.sizes.prompts_per_profile * (1 + recipe.sizes.rephrasings_per_prompt)
+    return -(-recipe.sizes.target_prompts // per_profile)
+
+
+def enough_profiles(profiles: StageResult, recipe: Recipe) -> bool:
+    return profiles.out.rows >= needed_profiles(recipe)
+
+
+def write_queries(store: Store, recipe: Recipe, round_no: int) -> int:
+    n = recipe.sizes.queries_per_profile
+    todo = store.query_dicts(
+        "SELECT * FROM profiles WHERE profile_id NOT IN (SELECT profile_id FROM queries) "
+        "ORDER BY profile_id")
+    base = load_template(TEMPLATE)
+    template = with_schema(base, exact_items(base.schema, "queries", n))
+    endpoint = recipe.llm.generator
+    llm = make_llm(endpoint, store)
+    results = llm_map(llm, endpoint, template, todo,
+                      lambda p: {"domain": recipe.domain.name, "profile": p, "n": n},
+                      stage=QUERY_STAGE, seed=recipe.seed)
+    rows = []
+    for profile, result in results:
+        if isinstance(result, LLMOutputError):
+            store.reject(QUERY_STAGE, profile["profile_id"], "llm_invalid_output", str(result))
+            continue
+        for query in dict.fromkeys(q.strip() for q in result.data["queries"] if q.strip()):
+            rows.append({"query_id": content_id(profile["profile_id"], query),
+                         "profile_id": profile["profile_id"], "query": query, "round": round_no,
+                         "model": llm.model, "template_version": template.version,
+                         "call_key": result.key})
+    store.insert("queries", rows)
+    return len(rows)
+
+
+def read_local(url: str) -> Fetched:
+    path = Path(url2pathname(urlsplit(url).path))
+    try:
+        doc = read_file(path, 20_000_000)
+    except Skip as skip:
+        return Fetched(url, False, reason=skip.reason, detail=skip.detail)
+    except OSError as err:
+        return Fetched(url, False, reason="fetch_error", detail=str(err))
+    return Fetched(url, True, url, doc.text, doc.title)
+
+
+def run_searches(store: Store, recipe: Recipe, round_no: int) -> None:
+    backend = make_search(recipe, store)
+    queries = store.execute(
+        "SELECT query_id, query FROM queries WHERE round = ? AND query_id NOT IN "
+        "(SELECT query_id FROM search_results) ORDER BY query_id", [round_no])
+    rows = []
+    with progress("search", len(queries)) as bar:
+        for query_id, query in queries:
+            try:
+                results = backend.search(query, recipe.search.results_per_query)
+            except SearchError as err:
+                store.reject(FETCH_STAGE, query_id, "search_failed", str(err))
+                results = []
+            rows += [{"query_id": query_id, "url": r.url, "rank": rank, "title": r.title,
+                      "snippet": r.snippet, "backend": backend.name}
+                     for rank, r in enumerate(results, 1)]
+            bar.advance()
+    store.insert("search_results", rows)
+
+
+def fetch_new_pages(store: Store, recipe: Recipe, round_no: int) -> tuple[int, int]:
+    """Fetch every found URL not fetched before; return (pages tried, documents added)."""
+    todo = store.execute(
+        "SELECT url, min_by(query_id, rank) FROM search_results WHERE url NOT IN "
+        "(SELECT url FROM fetches) GROUP BY url ORDER BY url")
+    web = [u for u, _ in todo if not u.startswith("file:")]
+    fetched = dict(zip(web, Fetcher.from_recipe(recipe).fetch_many(web)))
+    fetched.update({u: read_local(u) for u, _ in todo if u.startswith("file:")})
+    docs, log = [], []
+    for url, query_id in todo:
+        page = fetched[url]
+        doc_id = None
+        if page.ok:
+            row = document_row(Doc(page.final_url or url, page.text, page.title, "web"),
+                               query_id, round_no)
+            doc_id = row["doc_id"]
+            docs.append(row)
+        else:
+            store.reject(FETCH_STAGE, content_id(url), page.reason, f"{url}: {page.detail}")
+        log.append({"url": url, "ok": page.ok, "reason": page.reason, "detail": page.detail,
+                    "final_url": page.final_url, "doc_id": doc_id, "round": round_no})
+    known = {r[0] for r in store.execute("SELECT doc_id FROM documents")}
+    added = [d for d in docs if d["doc_id"] not in known]
+    store.insert("documents", docs)
+    store.insert("fetches", log)
+    return len(todo), len({d["doc_id"] for d in added})
+
+
+@stage_task("web_queries", sections=("domain", "llm", "sizes", "seed"), templates=(TEMPLATE,))
+def web_queries(recipe: Recipe, profiles: StageResult, round_no: int) -> StageResult:
+    store = Store.open(profiles.out.db_path)
+    timer = StageTimer(store, QUERY_STAGE)
+    written = write_queries(store, recipe, round_no)
+    return timer.done(store.ref("queries", "query_id"), profiles.out.rows, written)
+
+
+@stage_task("search_fetch", sections=("search", "limits"))
+def search_and_fetch(recipe: Recipe, queries: StageResult, round_no: int) -> StageResult:
+    store = Store.open(queries.out.db_path)
+    timer = StageTimer(store, FETCH_STAGE)
+    run_searches(store, recipe, round_no)
+    tried, added = fetch_new_pages(store, recipe, round_no)
+    return timer.done(store.ref("documents", "doc_id"), tried, added,
+                      f"{added} new documents from {tried} pages")
