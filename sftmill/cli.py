@@ -118,7 +118,10 @@ def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML file (see data/example/recipe.yaml)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
 ) -> None:
-    """Run the pipeline on RECIPE locally, in Prefect's ephemeral mode (no server needed).
+    """Run the whole pipeline on RECIPE locally, in Prefect's ephemeral mode (no server needed).
+
+    Raw texts → prompts → grounded answers → RUN_DIR/dataset.jsonl,
+    dataset.parquet and card.md (RUN_DIR is the recipe's output_dir).
 
     Checks the recipe, its inputs and its endpoints first; a problem stops the
     run with one line naming it.  Stages already done with the same inputs
@@ -129,7 +132,7 @@ def run(
     checked = _load_checked(recipe)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flows.prompt_flow import prompt_flow
+    from flows.pipeline import pipeline
     from sftmill.progress import set_reporter
     from sftmill.store import Store
 
@@ -139,7 +142,7 @@ def run(
                   TimeElapsedColumn(), console=console, transient=False) as bars:
         previous = set_reporter(RichReporter(bars))
         try:
-            state = prompt_flow(str(recipe.resolve()), return_state=True)
+            state = pipeline(str(recipe.resolve()), return_state=True)
         finally:
             set_reporter(previous)
     run_id = str(state.state_details.flow_run_id)
@@ -152,6 +155,9 @@ def run(
         _fail(f"run failed: {state.message}. Finished stages and LLM calls are kept; "
               "run the same command again to resume.", code=1)
     print_summary(store, run_id, time.perf_counter() - started, targets)
+    run_dir = checked.run_dir.resolve()
+    console.print(f"Dataset: {run_dir / 'dataset.jsonl'} ({checked.export.format} format), "
+                  f"{run_dir / 'dataset.parquet'}; card: {run_dir / 'card.md'}")
     Store.close_all()
 
 
@@ -163,6 +169,32 @@ def validate(
     """Check RECIPE (keys, types, input paths, endpoints) without running anything."""
     checked = _load_checked(recipe, skip_preflight=offline)
     console.print(f"recipe {checked.name}: ok (output_dir {checked.run_dir})")
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="A run's output_dir (holds sftmill.duckdb)."),
+    format: str = typer.Option("openai", "--format", "-f",
+                               help="openai (messages), sharegpt (conversations) or alpaca."),
+    out: Path = typer.Option(None, "--out", "-o",
+                             help="Output JSONL path (default RUN_DIR/dataset.<format>.jsonl)."),
+) -> None:
+    """Write a finished run's dataset in another format, with its lineage metadata.
+
+    Reads the run's `dataset` table; writes atomically (a crash never leaves a
+    half-written file that looks complete).
+    """
+    from sftmill.store import Store
+    from tasks.export import FORMATS, export_jsonl
+
+    if format not in FORMATS:
+        _fail(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
+    db = run_dir / "sftmill.duckdb"
+    if not db.is_file():
+        _fail(f"{run_dir}: no sftmill.duckdb here")
+    target = out or run_dir / f"dataset.{format}.jsonl"
+    n = export_jsonl(Store.open(db), format, target)
+    console.print(f"wrote {n} records to {target}")
 
 
 @app.command()

@@ -197,6 +197,33 @@ class Search(_Strict):
         return self.api_key_env or defaults.get(self.backend)
 
 
+class Answers(_Strict):
+    """The answer half: extended queries, chop-n-RAG, grounded answers, checks."""
+
+    queries_per_prompt: int = Field(default=2, ge=0, le=20,
+                                    description="Extended search queries per prompt (0: none).")
+    top_k: int = Field(default=4, ge=1, le=20, description="Passages retrieved per prompt.")
+    min_similarity: float = Field(
+        default=0.3, ge=-1, le=1, description="Passages below this cosine are not retrieved.")
+    allow_ungrounded: bool = Field(
+        default=False, description="Answer a prompt with no passage above min_similarity "
+        "without context (flagged grounded=false) instead of dropping it.")
+    min_chars: int = Field(default=40, ge=1)
+    max_chars: int = Field(default=6000, ge=1)
+    min_groundedness: float = Field(
+        default=0.5, ge=0, le=1, description="Judge's groundedness score (0-1) to keep an answer.")
+    min_lexical_support: float = Field(
+        default=0.2, ge=0, le=1,
+        description="Share of the answer's content words found in its cited passages.")
+
+
+class Export(_Strict):
+    format: Literal["openai", "sharegpt", "alpaca"] = "openai"
+    keep_citations: bool = Field(
+        default=False, description="Keep [n] markers in exported answers (the passages "
+        "are in metadata either way).")
+
+
 class Recipe(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = Field(description="Run directory; relative to the recipe file.")
@@ -209,6 +236,8 @@ class Recipe(_Strict):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     limits: Limits = Field(default_factory=Limits)
     search: Search = Field(default_factory=Search)
+    answers: Answers = Field(default_factory=Answers)
+    export: Export = Field(default_factory=Export)
     seed: int = 0
     base_dir: str = Field(default=".", description="Set by the loader: the recipe's folder.")
 

@@ -71,23 +71,28 @@ def cache_key(fn: Callable, sections: tuple[str, ...], templates: tuple[str, ...
     return content_id(*parts)
 
 
-def stage_task(name: str, *, sections: tuple[str, ...], templates: tuple[str, ...] = ()):
+def stage_task(name: str, *, sections: tuple[str, ...], templates: tuple[str, ...] = (),
+               cached: bool = True):
     """Wrap a stage function as a Prefect task with retries and caching.
 
     `sections`: the recipe sections the stage reads (its cache key covers
-    only those).  `templates`: the prompt templates it renders.
+    only those).  `templates`: the prompt templates it renders.  `cached=False`
+    for stages that write files outside the run database (they always run).
     """
     from prefect import task
+    from prefect.cache_policies import NO_CACHE
 
     def wrap(fn: Callable) -> Any:
+        caching: dict[str, Any] = (
+            {"cache_key_fn": lambda _ctx, params: cache_key(fn, sections, templates, params),
+             "cache_expiration": CACHE_EXPIRATION} if cached else {"cache_policy": NO_CACHE})
         return task(
             fn,
             name=name,
             retries=STAGE_RETRIES,
             retry_delay_seconds=STAGE_RETRY_DELAYS,
-            cache_key_fn=lambda _ctx, params: cache_key(fn, sections, templates, params),
-            cache_expiration=CACHE_EXPIRATION,
             persist_result=True,
+            **caching,
         )
 
     return wrap

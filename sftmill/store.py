@@ -150,6 +150,55 @@ SCHEMA: dict[str, str] = {
         quality DOUBLE,
         n_near_duplicates INTEGER
     """,
+    # The answer half.
+    "answer_queries": """
+        query_id VARCHAR PRIMARY KEY,
+        prompt_id VARCHAR,
+        query VARCHAR,
+        model VARCHAR,
+        template_version VARCHAR,
+        call_key VARCHAR
+    """,
+    "retrievals": """
+        prompt_id VARCHAR,
+        rank INTEGER,
+        chunk_id VARCHAR,
+        similarity DOUBLE,
+        PRIMARY KEY (prompt_id, chunk_id)
+    """,
+    "answers": """
+        answer_id VARCHAR PRIMARY KEY,
+        prompt_id VARCHAR,
+        text VARCHAR,
+        grounded BOOLEAN,
+        cited_chunk_ids VARCHAR[],
+        cited_numbers INTEGER[],
+        model VARCHAR,
+        template_version VARCHAR,
+        call_key VARCHAR
+    """,
+    "answer_checks": """
+        answer_id VARCHAR PRIMARY KEY,
+        groundedness DOUBLE,
+        judge_reason VARCHAR,
+        lexical_support DOUBLE,
+        n_chars INTEGER,
+        refusal BOOLEAN,
+        citations_valid BOOLEAN,
+        model VARCHAR,
+        template_version VARCHAR,
+        call_key VARCHAR
+    """,
+    # The final SFT records (one per kept answer).
+    "dataset": """
+        record_id VARCHAR PRIMARY KEY,
+        prompt_id VARCHAR,
+        answer_id VARCHAR,
+        prompt VARCHAR,
+        answer VARCHAR,
+        grounded BOOLEAN,
+        metadata VARCHAR              -- JSON: lineage, models, template versions, scores
+    """,
     "stage_stats": """
         run_id VARCHAR,
         stage VARCHAR,

@@ -102,7 +102,8 @@ def run_searches(store: Store, recipe: Recipe, round_no: int) -> None:
     store.insert("search_results", rows)
 
 
-def fetch_new_pages(store: Store, recipe: Recipe, round_no: int) -> tuple[int, int]:
+def fetch_new_pages(store: Store, recipe: Recipe, round_no: int,
+                    stage: str = FETCH_STAGE) -> tuple[int, int]:
     """Fetch every found URL not fetched before; return (pages tried, documents added)."""
     todo = store.execute(
         "SELECT url, min_by(query_id, rank) FROM search_results WHERE url NOT IN "
@@ -120,7 +121,7 @@ def fetch_new_pages(store: Store, recipe: Recipe, round_no: int) -> tuple[int, i
             doc_id = row["doc_id"]
             docs.append(row)
         else:
-            store.reject(FETCH_STAGE, content_id(url), page.reason, f"{url}: {page.detail}")
+            store.reject(stage, content_id(url), page.reason, f"{url}: {page.detail}")
         log.append({"url": url, "ok": page.ok, "reason": page.reason, "detail": page.detail,
                     "final_url": page.final_url, "doc_id": doc_id, "round": round_no})
     known = {r[0] for r in store.execute("SELECT doc_id FROM documents")}

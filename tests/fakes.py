@@ -54,6 +54,13 @@ def schema_answers(request: ChatRequest):
     def n_items(field):
         return props[field].get("minItems", 1)
 
+    if "citations" in props:
+        enum = props["citations"].get("items", {}).get("enum", [])
+        if not enum:
+            return {"answer": f"Without sources: quarks are confined by gluons ({tag}).",
+                    "citations": []}
+        first = text.split("[1] ", 1)[1].split("\n", 1)[0]
+        return {"answer": f"{first[:300]} [1]", "citations": [1]}
     if set(props) == {"score", "reason"}:
         off = any(w in text.lower() for w in OFF_TOPIC)
         return {"score": 1 if off else 5, "reason": "scripted judgement"}
@@ -81,7 +88,7 @@ def schema_answers(request: ChatRequest):
 
 
 LLM_USERS = ("tasks.relevance", "tasks.profile", "tasks.web", "tasks.generate",
-             "tasks.rephrase", "tasks.prompt_filter")
+             "tasks.rephrase", "tasks.prompt_filter", "tasks.rag", "tasks.answer")
 
 
 def route_llm(monkeypatch, llm: ScriptedLLM) -> ScriptedLLM:

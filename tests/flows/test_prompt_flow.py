@@ -1,31 +1,15 @@
 """The prompt flow end to end: with a scripted LLM for the logic, and with
 the real embedded model on the bundled example."""
 
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
+from examples import example_recipe
 from fakes import ScriptedLLM, route_llm, schema_answers
 from sftmill.llm import LLMUnavailableError
 from sftmill.store import Store
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "data" / "example"
-
-
-def example_recipe(tmp_path: Path, **overrides) -> Path:
-    shutil.copytree(EXAMPLE / "corpus", tmp_path / "corpus")
-    shutil.copytree(EXAMPLE / "web", tmp_path / "web")
-    data = yaml.safe_load((EXAMPLE / "recipe.yaml").read_text())
-    data["output_dir"] = "run"
-    for key, value in overrides.items():
-        data[key] = {**data[key], **value} if isinstance(value, dict) else value
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
 
 @pytest.fixture
 def scripted(monkeypatch):

@@ -1,0 +1,238 @@
+"""Answer steps 2–4 — grounded answers with citations, then answer checks.
+
+`answer`: the generator answers each kept prompt from its retrieved
+passages, numbered [1]…[k]; its JSON lists the numbers it cited (the schema
+allows only 1…k) and the text may carry [n] markers.  A prompt with no
+passage above the minimum similarity is answered without context only if
+`answers.allow_ungrounded`, and is then flagged `grounded = false`;
+otherwise it is dropped as `no_supporting_passage`.
+
+`check_answers` scores every answer (score first, decide second):
+length, refusal/boilerplate, citation validity (every cited number, in the
+list or in the text, names a retrieved passage), a cheap lexical support
+score (share of the answer's content words found in its cited passages) and
+the judge's groundedness (1–5 → 0–1).  `decide` applies the recipe's
+thresholds and writes the `dataset` table; reject reasons: too_short,
+too_long, refusal, invalid_citation, no_citations, low_lexical_support,
+not_grounded, llm_invalid_output.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+from sftmill.batch import llm_map
+from sftmill.config import Recipe
+from sftmill.llm import LLMOutputError, make_llm
+from sftmill.prompts import load_template, with_schema
+from sftmill.stages import StageResult, StageTimer, stage_task
+from sftmill.store import Store, content_id
+from tasks.relevance import normalise_score
+from tasks.search import terms
+
+ANSWER_STAGE = "answer"
+CHECK_STAGE = "answer_checks"
+_MARKER = re.compile(r"\[(\d{1,3})\]")
+REFUSAL = re.compile(
+    r"\b(as an ai\b|as a language model|i(?:'m| am) (?:sorry|unable)|i apologi[sz]e|"
+    r"i can(?:no|')t (?:help|answer|assist|provide)|i do not have access|i don't have access)",
+    re.IGNORECASE)
+
+
+def answer_schema(template_schema: dict, n_passages: int) -> dict:
+    schema = copy.deepcopy(template_schema)
+    citations = schema["properties"]["citations"]
+    if n_passages:
+        citations["items"] = {"type": "integer", "enum": list(range(1, n_passages + 1))}
+        citations["minItems"] = 1
+        citations["maxItems"] = n_passages
+    else:
+        citations["maxItems"] = 0
+    return schema
+
+
+def cited_numbers(answer: str, listed: list[int]) -> list[int]:
+    return sorted(set(listed) | {int(n) for n in _MARKER.findall(answer)})
+
+
+def citations_valid(numbers: list[int], n_passages: int) -> bool:
+    return all(1 <= n <= n_passages for n in numbers)
+
+
+def lexical_support(answer: str, passages: list[str]) -> float:
+    words = set(terms(_MARKER.sub(" ", answer)))
+    if not words:
+        return 0.0
+    support = set(terms(" ".join(passages)))
+    return len(words & support) / len(words)
+
+
+def strip_markers(text: str) -> str:
+    return re.sub(r"\s+([.,;:!?])", r"\1", re.sub(r"\s*\[\d{1,3}\]", "", text)).strip()
+
+
+def passages_by_prompt(store: Store) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in store.query_dicts(
+            "SELECT r.prompt_id, r.rank, r.chunk_id, r.similarity, c.text, c.doc_id "
+            "FROM retrievals r JOIN chunks c USING (chunk_id) ORDER BY r.prompt_id, r.rank"):
+        out.setdefault(row["prompt_id"], []).append(row)
+    return out
+
+
+def write_answers(store: Store, recipe: Recipe) -> tuple[int, int]:
+    prompts = store.query_dicts("SELECT prompt_id, text FROM prompts ORDER BY prompt_id")
+    passages = passages_by_prompt(store)
+    todo = []
+    store.execute("DELETE FROM rejects WHERE stage = ? AND reason = 'no_supporting_passage'",
+                  [ANSWER_STAGE])
+    for p in prompts:
+        found = passages.get(p["prompt_id"], [])
+        if not found and not recipe.answers.allow_ungrounded:
+            store.reject(ANSWER_STAGE, p["prompt_id"], "no_supporting_passage",
+                         f"no passage with cosine >= {recipe.answers.min_similarity}")
+            continue
+        todo.append((p, found))
+    base = load_template(ANSWER_STAGE)
+    endpoint = recipe.llm.generator
+    llm = make_llm(endpoint, store)
+    # The schema depends on how many passages a prompt has: group by that count.
+    rows = []
+    for n in sorted({len(found) for _, found in todo}):
+        group = [(p, found) for p, found in todo if len(found) == n]
+        template = with_schema(base, answer_schema(base.schema, n))
+        results = llm_map(llm, endpoint, template, group,
+                          lambda item: {"domain": recipe.domain.name, "prompt": item[0]["text"],
+                                        "passages": [x["text"] for x in item[1]]},
+                          stage=ANSWER_STAGE, seed=recipe.seed)
+        for (p, found), result in results:
+            if isinstance(result, LLMOutputError):
+                store.reject(ANSWER_STAGE, p["prompt_id"], "llm_invalid_output", str(result))
+                continue
+            text = result.data["answer"].strip()
+            numbers = cited_numbers(text, result.data["citations"])
+            rows.append({
+                "answer_id": content_id(p["prompt_id"], text), "prompt_id": p["prompt_id"],
+                "text": text, "grounded": bool(found),
+                "cited_chunk_ids": [found[i - 1]["chunk_id"] for i in numbers if 1 <= i <= len(found)],
+                "cited_numbers": numbers, "model": llm.model,
+                "template_version": template.version, "call_key": result.key})
+    # Every kept prompt is answered on every run (repeats come from the call
+    # table), so the table holds exactly the current answers.
+    store.execute("DELETE FROM answers")
+    store.insert("answers", rows)
+    return len(prompts), len(rows)
+
+
+def check_answers(store: Store, recipe: Recipe) -> int:
+    """Score every answer without checks yet; return how many were judged by the LLM."""
+    answers = store.query_dicts(
+        "SELECT a.*, p.text AS prompt FROM answers a JOIN prompts p USING (prompt_id) "
+        "WHERE a.answer_id NOT IN (SELECT answer_id FROM answer_checks) ORDER BY a.answer_id")
+    passages = passages_by_prompt(store)
+    cheap = []
+    for a in answers:
+        found = [x["text"] for x in passages.get(a["prompt_id"], [])]
+        cited = [found[n - 1] for n in a["cited_numbers"] if 1 <= n <= len(found)]
+        cheap.append({
+            "answer_id": a["answer_id"], "n_chars": len(a["text"]),
+            "refusal": bool(REFUSAL.search(a["text"])),
+            "citations_valid": citations_valid(a["cited_numbers"], len(found)),
+            "lexical_support": lexical_support(a["text"], cited) if cited else 0.0,
+            "groundedness": None, "judge_reason": None, "model": None,
+            "template_version": None, "call_key": None, "_passages": found, "_answer": a})
+    judge_these = [c for c in cheap if c["_answer"]["grounded"] and c["citations_valid"]
+                   and not c["refusal"] and recipe.answers.min_chars <= c["n_chars"]]
+    template = load_template("groundedness")
+    endpoint = recipe.llm.judge
+    llm = make_llm(endpoint, store)
+    results = llm_map(llm, endpoint, template, judge_these,
+                      lambda c: {"passages": c["_passages"], "prompt": c["_answer"]["prompt"],
+                                 "answer": c["_answer"]["text"]},
+                      stage=CHECK_STAGE, seed=recipe.seed)
+    for c, result in results:
+        if isinstance(result, LLMOutputError):
+            c["judge_reason"] = f"llm_invalid_output: {result}"
+            continue
+        c.update(groundedness=normalise_score(result.data["score"]),
+                 judge_reason=result.data["reason"], model=llm.model,
+                 template_version=template.version, call_key=result.key)
+    store.insert("answer_checks", [{k: v for k, v in c.items() if not k.startswith("_")}
+                                   for c in cheap])
+    return len(judge_these)
+
+
+def reject_reason(check: dict, grounded: bool, recipe: Recipe) -> str | None:
+    """Why an answer is dropped under the recipe's thresholds (None: kept)."""
+    cfg = recipe.answers
+    if check["n_chars"] < cfg.min_chars:
+        return "too_short"
+    if check["n_chars"] > cfg.max_chars:
+        return "too_long"
+    if check["refusal"]:
+        return "refusal"
+    if not check["citations_valid"]:
+        return "invalid_citation"
+    if not grounded:
+        return None  # allowed ungrounded: kept, flagged grounded = false
+    if not check["cited"]:
+        return "no_citations"
+    if check["lexical_support"] < cfg.min_lexical_support:
+        return "low_lexical_support"
+    if check["groundedness"] is None:
+        return "llm_invalid_output"
+    if check["groundedness"] < cfg.min_groundedness:
+        return "not_grounded"
+    return None
+
+
+def decide(store: Store, recipe: Recipe) -> int:
+    """Apply the thresholds: rejects for dropped answers, the rest to `dataset`."""
+    from tasks.export import build_metadata
+
+    rows = store.query_dicts(
+        "SELECT a.*, k.groundedness, k.judge_reason, k.lexical_support, k.n_chars, k.refusal, "
+        "k.citations_valid, k.model AS judge_model, len(a.cited_numbers) > 0 AS cited, "
+        "p.text AS prompt "
+        "FROM answers a JOIN answer_checks k USING (answer_id) JOIN prompts p USING (prompt_id) "
+        "ORDER BY a.prompt_id, a.answer_id")
+    store.execute("DELETE FROM rejects WHERE stage = ?", [CHECK_STAGE])
+    store.execute("DELETE FROM dataset")
+    kept, seen_prompts = [], set()
+    for row in rows:
+        reason = reject_reason(row, row["grounded"], recipe)
+        if reason:
+            detail = row["judge_reason"] or "" if reason in ("not_grounded", "llm_invalid_output") else ""
+            store.reject(CHECK_STAGE, row["answer_id"], reason, detail, row["groundedness"])
+        elif row["prompt_id"] not in seen_prompts:  # one answer per prompt
+            seen_prompts.add(row["prompt_id"])
+            kept.append(row)
+    records = []
+    for row in kept:
+        answer = row["text"] if recipe.export.keep_citations else strip_markers(row["text"])
+        records.append({"record_id": content_id(row["prompt_id"], row["answer_id"]),
+                        "prompt_id": row["prompt_id"], "answer_id": row["answer_id"],
+                        "prompt": row["prompt"], "answer": answer, "grounded": row["grounded"],
+                        "metadata": build_metadata(store, recipe, row)})
+    store.insert("dataset", records)
+    return len(records)
+
+
+@stage_task("answer", sections=("domain", "llm", "answers", "seed"), templates=(ANSWER_STAGE,))
+def answer(recipe: Recipe, retrieved: StageResult) -> StageResult:
+    store = Store.open(retrieved.out.db_path)
+    timer = StageTimer(store, ANSWER_STAGE)
+    n_prompts, n_answers = write_answers(store, recipe)
+    return timer.done(store.ref("answers", "answer_id"), n_prompts, n_answers)
+
+
+@stage_task("answer_checks", sections=("domain", "llm", "answers", "export", "seed", "name"),
+            templates=("groundedness",))
+def answer_checks(recipe: Recipe, answers: StageResult) -> StageResult:
+    store = Store.open(answers.out.db_path)
+    timer = StageTimer(store, CHECK_STAGE)
+    judged = check_answers(store, recipe)
+    kept = decide(store, recipe)
+    return timer.done(store.ref("dataset", "record_id"), answers.out.rows, kept,
+                      f"{judged} answers sent to the judge")

@@ -1,0 +1,140 @@
+"""Answer step 6 — the dataset card: `card.md` in the run folder, with PNG
+plots it embeds (`plots/subdomains.png`, `plots/lengths.png`).
+
+Contents: counts in/out per stage with reject reasons, subdomain
+distribution against the recipe's targets, prompt and answer length
+statistics, near-duplicate rate, grounded share, tokens and time per stage
+and model.  Everything is read back from the run database.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from sftmill.config import Recipe
+from sftmill.stages import StageResult, StageTimer, stage_task
+from sftmill.store import Store
+from sftmill.summary import summarize
+from tasks.export import write_atomic
+from tasks.generate import target_shares
+
+STAGE = "card"
+
+
+def length_stats(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {"n": 0, "min": 0, "median": 0, "mean": 0, "max": 0}
+    return {"n": len(values), "min": min(values), "median": statistics.median(values),
+            "mean": round(statistics.fmean(values), 1), "max": max(values)}
+
+
+def _plots(folder: Path, shares: list[dict], prompt_lengths: list[int],
+           answer_lengths: list[int]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    if shares:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        names = [s["subdomain"] for s in shares]
+        xs = range(len(names))
+        ax.bar([x - 0.2 for x in xs], [100 * (s["target"] or 0) for s in shares], 0.4, label="target")
+        ax.bar([x + 0.2 for x in xs], [100 * s["actual"] for s in shares], 0.4, label="actual")
+        ax.set_xticks(list(xs), names, rotation=20, ha="right")
+        ax.set_ylabel("% of records")
+        ax.set_title("Records per subdomain")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / "subdomains.png", dpi=100)
+        plt.close(fig)
+        made.append("subdomains.png")
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist([prompt_lengths or [0], answer_lengths or [0]], bins=20, label=["prompts", "answers"])
+    ax.set_xlabel("characters")
+    ax.set_ylabel("records")
+    ax.set_title("Lengths")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "lengths.png", dpi=100)
+    plt.close(fig)
+    made.append("lengths.png")
+    return made
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def record_shares(store: Store, targets: dict[str, float]) -> list[dict]:
+    counts = dict(store.execute(
+        "SELECT coalesce(p.subdomain, '(none)'), count(*) FROM dataset d "
+        "JOIN prompts p USING (prompt_id) GROUP BY ALL"))
+    total = sum(counts.values()) or 1
+    names = list(targets) + sorted(set(counts) - set(targets))
+    return [{"subdomain": n, "target": targets.get(n), "actual": counts.get(n, 0) / total,
+             "records": counts.get(n, 0)} for n in names]
+
+
+def write_card(store: Store, recipe: Recipe) -> Path:
+    run_dir = recipe.run_dir
+    summary = summarize(store, None, target_shares(recipe))
+    records = store.query_dicts("SELECT prompt, answer, grounded FROM dataset")
+    prompt_lengths = [len(r["prompt"]) for r in records]
+    answer_lengths = [len(r["answer"]) for r in records]
+    shares = record_shares(store, target_shares(recipe))
+    plots = _plots(run_dir / "plots", shares, prompt_lengths, answer_lengths)
+    dedup = next((s for s in summary.stages if s["stage"] == "dedup"), None)
+    dup_rate = (1 - dedup["n_out"] / dedup["n_in"]) if dedup and dedup["n_in"] else 0.0
+    grounded = sum(1 for r in records if r["grounded"])
+    parts = [
+        f"# Dataset card: {recipe.name}",
+        f"{len(records)} instruction–response pairs about **{recipe.domain.name}**, made by "
+        f"sftmill (recipe fingerprint `{recipe.fingerprint()}`). {grounded} of them are grounded "
+        "in retrieved passages with citations; the rest were answered without context "
+        "(`grounded: false` in their metadata).",
+        "Files: `dataset.jsonl` (" + recipe.export.format + " format), `dataset.parquet`, "
+        "and `sftmill.duckdb` with every intermediate table.",
+        "## Stages",
+        _table(["stage", "in", "out", "seconds"],
+               [[s["stage"], s["n_in"], s["n_out"], f"{s['seconds']:.1f}"] for s in summary.stages]),
+        "## Dropped, by reason",
+        _table(["stage", "reason", "count"], [list(r) for r in summary.rejects]) if summary.rejects
+        else "Nothing was dropped.",
+        "## Subdomains: target vs actual",
+        _table(["subdomain", "target", "actual", "records"],
+               [[s["subdomain"], "-" if s["target"] is None else f"{s['target']:.0%}",
+                 f"{s['actual']:.0%}", s["records"]] for s in shares]),
+        "## Lengths (characters)",
+        _table(["", "n", "min", "median", "mean", "max"],
+               [["prompts", *length_stats(prompt_lengths).values()],
+                ["answers", *length_stats(answer_lengths).values()]]),
+        f"Near-duplicate rate among filtered prompts: {dup_rate:.1%}.",
+        "## LLM usage (tokens and time per stage and model)",
+        _table(["stage", "model", "calls sent", "cache hits", "errors", "tokens in", "tokens out",
+                "seconds"],
+               [[r["stage"], r["model"], r["sent"], r["cache_hits"], r["errors"], r["tokens_in"],
+                 r["tokens_out"], f"{r['seconds']:.1f}"] for r in summary.llm]),
+        "## Plots",
+        *[f"![{name}](plots/{name})" for name in plots],
+    ]
+    if summary.openings:
+        (w0, s0), (w1, s1) = summary.openings["before"], summary.openings["after"]
+        parts.insert(-2, f'Most common opening: "{w0}" in {s0:.0%} of prompts before rephrasing, '
+                         f'"{w1}" in {s1:.0%} after.')
+    card = run_dir / "card.md"
+    write_atomic(card, ["\n\n".join(parts).encode() + b"\n"])
+    return card
+
+
+@stage_task("card", sections=(), cached=False)
+def dataset_card(recipe: Recipe, exported: StageResult) -> StageResult:
+    store = Store.open(exported.out.db_path)
+    timer = StageTimer(store, STAGE)
+    card = write_card(store, recipe)
+    return timer.done(exported.out, exported.n_out, exported.n_out, str(card))

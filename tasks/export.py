@@ -1,0 +1,139 @@
+"""Answer step 5 — export the `dataset` table as SFT records with provenance.
+
+Formats (one JSON object per line):
+    openai    {"messages": [{"role": "user", …}, {"role": "assistant", …}], "metadata": {…}}
+    sharegpt  {"conversations": [{"from": "human", …}, {"from": "gpt", …}], "metadata": {…}}
+    alpaca    {"instruction": …, "input": "", "output": …, "metadata": {…}}
+plus a Parquet file with one row per record.  Every record's metadata
+carries its lineage: source document URI, chunk ID, profile, the queries that
+brought web sources in, the cited passages and URLs, model names, template
+versions and scores.  Files are written to a temporary name, flushed and
+renamed, so a crash never leaves a half-written file that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from sftmill.config import Recipe
+from sftmill.stages import StageResult, StageTimer, stage_task
+from sftmill.store import Store
+
+STAGE = "export"
+FORMATS = ("openai", "sharegpt", "alpaca")
+
+
+def _one(store: Store, sql: str, params: list) -> dict:
+    rows = store.query_dicts(sql, params)
+    return rows[0] if rows else {}
+
+
+def build_metadata(store: Store, recipe: Recipe, row: dict) -> str:
+    """JSON lineage of one kept answer (`row` joins answers, checks and prompts)."""
+    prompt = _one(store, "SELECT * FROM prompts WHERE prompt_id = ?", [row["prompt_id"]])
+    candidate = _one(store, "SELECT model, template_version FROM candidate_prompts WHERE prompt_id = ?",
+                     [row["prompt_id"]])
+    profile = _one(store, "SELECT * FROM profiles WHERE profile_id = ?", [prompt.get("profile_id")])
+    source = _one(store, "SELECT d.doc_id, d.uri, d.source_kind, q.query FROM documents d "
+                         "LEFT JOIN queries q USING (query_id) WHERE d.doc_id = ?", [prompt.get("doc_id")])
+    relevance = _one(store, "SELECT score FROM relevance WHERE chunk_id = ?", [prompt.get("chunk_id")])
+    cited = store.query_dicts(
+        "SELECT r.rank AS n, r.chunk_id, r.similarity, d.doc_id, d.uri FROM retrievals r "
+        "JOIN chunks c USING (chunk_id) JOIN documents d USING (doc_id) "
+        "WHERE r.prompt_id = ? AND list_contains(?, r.rank) ORDER BY r.rank",
+        [row["prompt_id"], row["cited_numbers"] or []])
+    answer_queries = [q for (q,) in store.execute(
+        "SELECT query FROM answer_queries WHERE prompt_id = ? ORDER BY query", [row["prompt_id"]])]
+    meta = {
+        "record": {"prompt_id": row["prompt_id"], "answer_id": row["answer_id"],
+                   "origin": prompt.get("origin"), "task_type": prompt.get("task_type"),
+                   "grounded": row["grounded"]},
+        "source": {"doc_id": source.get("doc_id"), "uri": source.get("uri"),
+                   "kind": source.get("source_kind"), "chunk_id": prompt.get("chunk_id"),
+                   "found_by_query": source.get("query")},
+        "profile": {k: profile.get(k) for k in ("profile_id", "domain", "subdomain", "topic", "use_case")},
+        "answer_queries": answer_queries,
+        "citations": [{"n": c["n"], "chunk_id": c["chunk_id"], "doc_id": c["doc_id"],
+                       "uri": c["uri"], "similarity": round(c["similarity"], 4)} for c in cited],
+        "cited_urls": sorted({c["uri"] for c in cited}),
+        "models": {"prompt": candidate.get("model"), "profile": profile.get("model"),
+                   "answer": row["model"], "judge": row.get("judge_model")},
+        "templates": {"prompt": candidate.get("template_version"),
+                      "profile": profile.get("template_version"),
+                      "answer": row["template_version"]},
+        "scores": {"relevance": relevance.get("score"), "prompt_quality": prompt.get("quality"),
+                   "groundedness": row.get("groundedness"),
+                   "lexical_support": row.get("lexical_support")},
+        "recipe": {"name": recipe.name, "fingerprint": recipe.fingerprint()},
+    }
+    return json.dumps(meta, ensure_ascii=False, default=str)
+
+
+def to_record(fmt: str, prompt: str, answer: str, metadata: dict) -> dict:
+    if fmt == "openai":
+        return {"messages": [{"role": "user", "content": prompt},
+                             {"role": "assistant", "content": answer}], "metadata": metadata}
+    if fmt == "sharegpt":
+        return {"conversations": [{"from": "human", "value": prompt},
+                                  {"from": "gpt", "value": answer}], "metadata": metadata}
+    if fmt == "alpaca":
+        return {"instruction": prompt, "input": "", "output": answer, "metadata": metadata}
+    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def write_atomic(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dataset_rows(store: Store) -> list[dict]:
+    return store.query_dicts("SELECT * FROM dataset ORDER BY record_id")
+
+
+def export_jsonl(store: Store, fmt: str, out: Path) -> int:
+    rows = dataset_rows(store)
+    write_atomic(out, (json.dumps(to_record(fmt, r["prompt"], r["answer"], json.loads(r["metadata"])),
+                                  ensure_ascii=False).encode() + b"\n" for r in rows))
+    return len(rows)
+
+
+def export_parquet(store: Store, out: Path) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = dataset_rows(store)
+    table = pa.table({k: [r[k] for r in rows] for k in
+                      ("record_id", "prompt_id", "answer_id", "prompt", "answer", "grounded", "metadata")})
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    write_atomic(out, [buffer.getvalue().to_pybytes()])
+    return len(rows)
+
+
+def export_run(store: Store, recipe: Recipe) -> int:
+    n = export_jsonl(store, recipe.export.format, recipe.run_dir / "dataset.jsonl")
+    export_parquet(store, recipe.run_dir / "dataset.parquet")
+    return n
+
+
+@stage_task("export", sections=("export", "output_dir"), cached=False)
+def export(recipe: Recipe, dataset: StageResult) -> StageResult:
+    store = Store.open(dataset.out.db_path)
+    timer = StageTimer(store, STAGE)
+    n = export_run(store, recipe)
+    return timer.done(dataset.out, dataset.out.rows, n, f"{recipe.run_dir / 'dataset.jsonl'}")

@@ -1,0 +1,145 @@
+"""Answer steps 1–2 — extended queries and chop-n-RAG.
+
+`extended_search`: the generator writes `answers.queries_per_prompt` search
+queries per kept prompt covering more details and aspects of it; the search
+backend and the guarded fetcher of the prompt flow bring pages in (same
+limits, same `fetches` log, so a URL is fetched once per run); new pages are
+chunked.  `retrieve`: every chunk of the run — the recipe's own sources
+always included — is a candidate passage; prompts and passages are embedded
+and FAISS (exact inner product) returns the `top_k` passages per prompt with
+cosine ≥ `answers.min_similarity`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sftmill.batch import llm_map
+from sftmill.config import Recipe
+from sftmill.embeddings import Embedder
+from sftmill.llm import LLMOutputError, make_llm
+from sftmill.progress import progress
+from sftmill.prompts import exact_items, load_template, with_schema
+from sftmill.stages import StageResult, StageTimer, stage_task
+from sftmill.store import Store, TableRef, content_id
+from tasks.chunk import chunk_documents
+from tasks.search import SearchError, make_search
+from tasks.web import fetch_new_pages
+
+QUERY_STAGE = "answer_queries"
+SEARCH_STAGE = "answer_search"
+RETRIEVE_STAGE = "retrieve"
+TEMPLATE = "answer_queries"
+
+
+def write_answer_queries(store: Store, recipe: Recipe) -> int:
+    n = recipe.answers.queries_per_prompt
+    todo = store.execute("SELECT prompt_id, text FROM prompts WHERE prompt_id NOT IN "
+                         "(SELECT prompt_id FROM answer_queries) ORDER BY prompt_id")
+    if n == 0 or not todo:
+        return 0
+    base = load_template(TEMPLATE)
+    template = with_schema(base, exact_items(base.schema, "queries", n))
+    endpoint = recipe.llm.generator
+    llm = make_llm(endpoint, store)
+    results = llm_map(llm, endpoint, template, todo,
+                      lambda row: {"domain": recipe.domain.name, "prompt": row[1], "n": n},
+                      stage=QUERY_STAGE, seed=recipe.seed)
+    rows = []
+    for (prompt_id, _text), result in results:
+        if isinstance(result, LLMOutputError):
+            store.reject(QUERY_STAGE, prompt_id, "llm_invalid_output", str(result))
+            continue
+        for query in dict.fromkeys(q.strip() for q in result.data["queries"] if q.strip()):
+            rows.append({"query_id": content_id("answer", prompt_id, query), "prompt_id": prompt_id,
+                         "query": query, "model": llm.model, "template_version": template.version,
+                         "call_key": result.key})
+    store.insert("answer_queries", rows)
+    return len(rows)
+
+
+def search_answer_queries(store: Store, recipe: Recipe) -> None:
+    backend = make_search(recipe, store)
+    todo = store.execute("SELECT query_id, query FROM answer_queries WHERE query_id NOT IN "
+                         "(SELECT query_id FROM search_results) ORDER BY query_id")
+    rows = []
+    with progress("answer search", len(todo)) as bar:
+        for query_id, query in todo:
+            try:
+                found = backend.search(query, recipe.search.results_per_query)
+            except SearchError as err:
+                store.reject(SEARCH_STAGE, query_id, "search_failed", str(err))
+                found = []
+            rows += [{"query_id": query_id, "url": r.url, "rank": rank, "title": r.title,
+                      "snippet": r.snippet, "backend": backend.name}
+                     for rank, r in enumerate(found, 1)]
+            bar.advance()
+    store.insert("search_results", rows)
+
+
+def extended_search_into(store: Store, recipe: Recipe) -> tuple[int, int]:
+    """Queries → search → fetch → chunk; return (queries written, documents added)."""
+    written = write_answer_queries(store, recipe)
+    if recipe.search.backend == "none":
+        return written, 0
+    search_answer_queries(store, recipe)
+    before = {r[0] for r in store.execute("SELECT doc_id FROM documents")}
+    _tried, added = fetch_new_pages(store, recipe, round_no=0, stage=SEARCH_STAGE)
+    new_docs = [r[0] for r in store.execute("SELECT doc_id FROM documents")
+                if r[0] not in before]
+    if new_docs:
+        chunk_documents(store, recipe, new_docs)
+    return written, added
+
+
+def top_passages(prompt_vectors: np.ndarray, passage_vectors: np.ndarray, k: int,
+                 min_similarity: float) -> list[list[tuple[int, float]]]:
+    """Per prompt, up to k (passage index, cosine) with cosine ≥ min_similarity, best first."""
+    import faiss
+
+    if len(passage_vectors) == 0:
+        return [[] for _ in range(len(prompt_vectors))]
+    index = faiss.IndexFlatIP(passage_vectors.shape[1])
+    index.add(np.ascontiguousarray(passage_vectors, dtype=np.float32))
+    sims, ids = index.search(np.ascontiguousarray(prompt_vectors, dtype=np.float32),
+                             min(k, len(passage_vectors)))
+    return [[(int(j), float(s)) for j, s in zip(row_ids, row_sims) if j >= 0 and s >= min_similarity]
+            for row_ids, row_sims in zip(ids, sims)]
+
+
+def retrieve_into(store: Store, recipe: Recipe) -> tuple[int, int]:
+    """Fill `retrievals`; return (prompts, prompts with at least one passage)."""
+    prompts = store.execute("SELECT prompt_id, text FROM prompts ORDER BY prompt_id")
+    passages = store.execute("SELECT chunk_id, text FROM chunks ORDER BY chunk_id")
+    embedder = Embedder(recipe.embedding, store)
+    with progress("retrieve", len(prompts)) as bar:
+        prompt_vectors = embedder.embed([t for _, t in prompts])
+        passage_vectors = embedder.embed([t for _, t in passages])
+        hits = top_passages(prompt_vectors, passage_vectors, recipe.answers.top_k,
+                            recipe.answers.min_similarity)
+        bar.advance(len(prompts))
+    rows = [{"prompt_id": prompts[i][0], "rank": rank, "chunk_id": passages[j][0], "similarity": s}
+            for i, found in enumerate(hits) for rank, (j, s) in enumerate(found, 1)]
+    store.execute("DELETE FROM retrievals")
+    store.insert("retrievals", rows)
+    return len(prompts), sum(1 for found in hits if found)
+
+
+@stage_task("answer_search", sections=("domain", "llm", "search", "limits", "chunking",
+                                       "answers", "seed"), templates=(TEMPLATE,))
+def extended_search(recipe: Recipe, prompts: TableRef) -> StageResult:
+    store = Store.open(prompts.db_path)
+    timer = StageTimer(store, SEARCH_STAGE)
+    written, added = extended_search_into(store, recipe)
+    return timer.done(store.ref("chunks", "chunk_id"), prompts.rows, added,
+                      f"{written} queries, {added} new documents")
+
+
+@stage_task("retrieve", sections=("embedding", "answers"))
+def retrieve(recipe: Recipe, prompts: TableRef, passages: StageResult) -> StageResult:
+    store = Store.open(passages.out.db_path)
+    timer = StageTimer(store, RETRIEVE_STAGE)
+    n_prompts, supported = retrieve_into(store, recipe)
+    return timer.done(store.ref("retrievals", "prompt_id || chunk_id"), n_prompts, supported,
+                      f"{n_prompts - supported} prompts without a passage above the minimum")
+

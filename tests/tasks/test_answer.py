@@ -1,0 +1,100 @@
+import pytest
+
+from fakes import ScriptedLLM, route_llm, schema_answers
+from sftmill.config import parse_recipe
+from sftmill.store import Store
+from tasks.answer import (answer_schema, check_answers, cited_numbers, citations_valid, decide,
+                          lexical_support, reject_reason, strip_markers, write_answers)
+
+
+def test_cited_numbers_merge_list_and_markers():
+    assert cited_numbers("Quarks [2] are confined [3].", [1, 2]) == [1, 2, 3]
+    assert cited_numbers("No markers.", []) == []
+
+
+def test_citation_validity():
+    assert citations_valid([1, 2], 2)
+    assert not citations_valid([3], 2)
+    assert not citations_valid([1], 0)
+    assert citations_valid([], 0)
+
+
+def test_lexical_support():
+    passages = ["Gluons carry colour charge and bind quarks."]
+    assert lexical_support("Gluons bind quarks [1].", passages) == 1.0
+    assert lexical_support("Bananas grow on trees.", passages) == 0.0
+
+
+def test_strip_markers():
+    assert strip_markers("Six flavours exist [1], in three generations [2][3].") == \
+        "Six flavours exist, in three generations."
+
+
+def test_answer_schema_limits_citations_to_the_passages():
+    base = {"type": "object", "properties": {"answer": {"type": "string"},
+                                             "citations": {"type": "array", "items": {"type": "integer"}}}}
+    with_two = answer_schema(base, 2)
+    assert with_two["properties"]["citations"]["items"]["enum"] == [1, 2]
+    assert with_two["properties"]["citations"]["minItems"] == 1
+    assert answer_schema(base, 0)["properties"]["citations"]["maxItems"] == 0
+
+
+def make_recipe(tmp_path, **answers):
+    (tmp_path / "a.txt").write_text("x")
+    return parse_recipe({"name": "t", "output_dir": "run", "inputs": [{"path": "a.txt"}],
+                         "search": {"backend": "none"}, "domain": {"name": "Physics"},
+                         "answers": answers}, tmp_path)
+
+
+CHECK = {"n_chars": 100, "refusal": False, "citations_valid": True, "cited": True,
+         "lexical_support": 0.8, "groundedness": 0.75}
+
+
+@pytest.mark.parametrize("change, grounded, reason", [
+    ({}, True, None),
+    ({"n_chars": 5}, True, "too_short"),
+    ({"n_chars": 99999}, True, "too_long"),
+    ({"refusal": True}, True, "refusal"),
+    ({"citations_valid": False}, True, "invalid_citation"),
+    ({"cited": False}, True, "no_citations"),
+    ({"lexical_support": 0.05}, True, "low_lexical_support"),
+    ({"groundedness": 0.25}, True, "not_grounded"),
+    ({"groundedness": None}, True, "llm_invalid_output"),
+    ({"cited": False, "groundedness": None}, False, None),  # ungrounded answers are flagged, kept
+])
+def test_reject_reasons(tmp_path, change, grounded, reason):
+    assert reject_reason({**CHECK, **change}, grounded, make_recipe(tmp_path)) == reason
+
+
+def prepared_store(tmp_path):
+    """Two kept prompts; only the first has a retrieved passage."""
+    store = Store.open(tmp_path / "run" / "sftmill.duckdb")
+    store.insert("documents", [{"doc_id": "d1", "uri": "file:///notes.md", "text": "t"}])
+    store.insert("chunks", [{"chunk_id": "c1", "doc_id": "d1", "idx": 0, "char_start": 0,
+                             "char_end": 10, "heading": "",
+                             "text": "Gluons carry colour charge and bind quarks into hadrons.",
+                             "n_tokens": 12}])
+    store.insert("prompts", [
+        {"prompt_id": "p1", "text": "What do gluons do?", "origin": "generated"},
+        {"prompt_id": "p2", "text": "Who won the cup final?", "origin": "generated"}])
+    store.insert("retrievals", [{"prompt_id": "p1", "rank": 1, "chunk_id": "c1", "similarity": 0.7}])
+    return store
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_prompt_without_passages_is_dropped_or_flagged_never_grounded(tmp_path, monkeypatch, allow):
+    route_llm(monkeypatch, ScriptedLLM(schema_answers))
+    recipe = make_recipe(tmp_path, allow_ungrounded=allow)
+    store = prepared_store(tmp_path)
+    write_answers(store, recipe)
+    check_answers(store, recipe)
+    decide(store, recipe)
+    records = {r["prompt_id"]: r for r in store.query_dicts("SELECT * FROM dataset")}
+    assert records["p1"]["grounded"] is True
+    if allow:
+        assert records["p2"]["grounded"] is False
+        assert '"citations": []' in records["p2"]["metadata"]
+    else:
+        assert "p2" not in records
+        assert store.execute("SELECT item_id, reason FROM rejects WHERE stage = 'answer'") == [
+            ("p2", "no_supporting_passage")]
