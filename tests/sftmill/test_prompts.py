@@ -20,7 +20,15 @@ SAMPLE = {
                     examples=["Why are quarks confined?"], n=2),
     "rephrase": dict(prompt="MARK", n=2, avoid_openings=["could you please"]),
     "prompt_filter": dict(domain="Physics", subdomains=["QCD"], prompt="MARK"),
+    "answer_queries": dict(domain="Physics", prompt="MARK", n=2),
+    "answer": dict(domain="Physics", prompt="Why?", passages=["MARK passage"]),
+    "groundedness": dict(passages=["p"], prompt="Why?", answer="MARK [1]"),
 }
+
+
+def test_answer_template_without_passages_says_so():
+    messages = load_template("answer").messages(domain="Physics", prompt="Why?", passages=[])
+    assert "No sources are available" in messages[-1]["content"]
 
 
 def test_every_template_has_sample_variables():
