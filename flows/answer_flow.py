@@ -7,7 +7,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from sftmill.config import load_recipe
+from flows.params import RunParams, stage
 from sftmill.stages import StageResult
 from sftmill.store import Store
 from tasks.answer import answer, answer_checks
@@ -17,15 +17,15 @@ from tasks.rag import extended_search, retrieve
 
 
 @flow(name="sftmill-answers", task_runner=ThreadPoolTaskRunner(max_workers=4))
-def answer_flow(recipe_path: str) -> list[StageResult]:
+def answer_flow(params: RunParams) -> list[StageResult]:
     """Extended queries → chop-n-RAG retrieval → grounded answers → answer
     checks → export → dataset card."""
-    recipe = load_recipe(recipe_path)
+    recipe, r = params.load(), params.refresh
     prompts = Store.open(recipe.db_path).ref("prompts", "prompt_id")
-    passages = extended_search(recipe, prompts)
-    retrieved = retrieve(recipe, prompts, passages)
-    answers = answer(recipe, retrieved)
-    dataset = answer_checks(recipe, answers)
+    passages = stage(extended_search, "answer_search", r)(recipe, prompts)
+    retrieved = stage(retrieve, "retrieve", r)(recipe, prompts, passages)
+    answers = stage(answer, "answer", r)(recipe, retrieved)
+    dataset = stage(answer_checks, "answer_checks", r)(recipe, answers)
     exported = export(recipe, dataset)
     card = dataset_card(recipe, exported)
     return [passages, retrieved, answers, dataset, exported, card]

@@ -5,11 +5,12 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.answer_flow import answer_flow
+from flows.params import RunParams
 from flows.prompt_flow import prompt_flow
 from sftmill.stages import StageResult
 
 
 @flow(name="sftmill-pipeline")
-def pipeline(recipe_path: str) -> list[StageResult]:
+def pipeline(params: RunParams) -> list[StageResult]:
     """Raw texts → prompts → grounded answers → exported dataset and card."""
-    return prompt_flow(recipe_path) + answer_flow(recipe_path)
+    return prompt_flow(params) + answer_flow(params)

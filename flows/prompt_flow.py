@@ -7,7 +7,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from sftmill.config import load_recipe
+from flows.params import RunParams, stage
 from sftmill.stages import StageResult
 from tasks.chunk import chunk
 from tasks.collect import collect, inputs_fingerprint
@@ -21,31 +21,31 @@ from tasks.web import enough_profiles, search_and_fetch, web_queries
 
 
 @flow(name="sftmill-prompts", task_runner=ThreadPoolTaskRunner(max_workers=4))
-def prompt_flow(recipe_path: str) -> list[StageResult]:
+def prompt_flow(params: RunParams) -> list[StageResult]:
     """Collect → chunk → relevance → profile → (web queries → search and
     fetch → chunk → relevance → profile)* → generate → broaden → rephrase →
     filter → near-duplicate removal."""
-    recipe = load_recipe(recipe_path)
-    documents = collect(recipe, str(recipe.db_path), inputs_fingerprint(recipe))
-    chunks = chunk(recipe, documents)
-    relevant = relevance(recipe, chunks)
-    profiles = profile(recipe, relevant)
+    recipe, r = params.load(), params.refresh
+    documents = stage(collect, "collect", r)(recipe, str(recipe.db_path), inputs_fingerprint(recipe))
+    chunks = stage(chunk, "chunk", r)(recipe, documents)
+    relevant = stage(relevance, "relevance", r)(recipe, chunks)
+    profiles = stage(profile, "profile", r)(recipe, relevant)
     done = [documents, chunks, relevant, profiles]
     if recipe.search.backend != "none" and recipe.sizes.queries_per_profile > 0:
         for round_no in range(1, recipe.sizes.max_rounds + 1):
             if enough_profiles(profiles, recipe):
                 break
-            queries = web_queries(recipe, profiles, round_no)
-            fetched = search_and_fetch(recipe, queries, round_no)
+            queries = stage(web_queries, "web_queries", r)(recipe, profiles, round_no)
+            fetched = stage(search_and_fetch, "search_fetch", r)(recipe, queries, round_no)
             if fetched.n_out == 0:
                 break
-            chunks = chunk(recipe, fetched)
-            relevant = relevance(recipe, chunks)
-            profiles = profile(recipe, relevant)
+            chunks = stage(chunk, "chunk", r)(recipe, fetched)
+            relevant = stage(relevance, "relevance", r)(recipe, chunks)
+            profiles = stage(profile, "profile", r)(recipe, relevant)
             done += [queries, fetched, chunks, relevant, profiles]
-    generated = generate(recipe, profiles)
-    broadened = broaden(recipe, generated)
-    rephrased = rephrase(recipe, broadened)
-    filtered = prompt_filter(recipe, rephrased)
-    kept = dedup(recipe, filtered)
+    generated = stage(generate, "generate", r)(recipe, profiles)
+    broadened = stage(broaden, "broaden", r)(recipe, generated)
+    rephrased = stage(rephrase, "rephrase", r)(recipe, broadened)
+    filtered = stage(prompt_filter, "prompt_filter", r)(recipe, rephrased)
+    kept = stage(dedup, "dedup", r)(recipe, filtered)
     return done + [generated, broadened, rephrased, filtered, kept]

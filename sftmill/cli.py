@@ -132,6 +132,7 @@ def run(
     checked = _load_checked(recipe)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from flows.params import RunParams
     from flows.pipeline import pipeline
     from sftmill.progress import set_reporter
     from sftmill.store import Store
@@ -142,7 +143,7 @@ def run(
                   TimeElapsedColumn(), console=console, transient=False) as bars:
         previous = set_reporter(RichReporter(bars))
         try:
-            state = pipeline(str(recipe.resolve()), return_state=True)
+            state = pipeline(RunParams(recipe_path=str(recipe.resolve())), return_state=True)
         finally:
             set_reporter(previous)
     run_id = str(state.state_details.flow_run_id)
@@ -169,6 +170,57 @@ def validate(
     """Check RECIPE (keys, types, input paths, endpoints) without running anything."""
     checked = _load_checked(recipe, skip_preflight=offline)
     console.print(f"recipe {checked.name}: ok (output_dir {checked.run_dir})")
+
+
+@app.command()
+def serve(
+    recipe: Path = typer.Argument(None, help="Default recipe for runs of the deployments "
+                                  "(its schedule section, if any, schedules the pipeline)."),
+    cron: str = typer.Option(None, help="Run the pipeline on this cron schedule (overrides the recipe's)."),
+    interval: int = typer.Option(None, help="Run the pipeline every N minutes (overrides the recipe's)."),
+    limit: int = typer.Option(1, help="Flow runs this process executes at once."),
+) -> None:
+    """Register the deployments (pipeline, prompts, answers) with the Prefect
+    server named by PREFECT_API_URL and execute their runs until stopped.
+
+    Trigger runs from the Prefect UI (a form shows every parameter), with
+    `prefect deployment run 'sftmill-pipeline/pipeline'`, or on a schedule;
+    retry a failed run from the UI's Retry button or `prefect flow-run retry ID`:
+    completed stages come back Cached and LLM calls that succeeded are not sent again.
+    """
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("PREFECT_API_URL is not set: start a server (prefect server start) and "
+              "export PREFECT_API_URL=http://127.0.0.1:4200/api")
+    defaults: dict = {}
+    schedule = {}
+    if recipe is not None:
+        checked = _load_checked(recipe, skip_preflight=True)
+        defaults = {"params": {"recipe_path": str(recipe.resolve())}}
+        if checked.schedule.cron:
+            schedule = {"cron": checked.schedule.cron}
+        elif checked.schedule.interval_minutes:
+            schedule = {"interval": checked.schedule.interval_minutes * 60}
+    if cron and interval:
+        _fail("give --cron or --interval, not both")
+    if cron:
+        schedule = {"cron": cron}
+    elif interval:
+        schedule = {"interval": interval * 60}
+    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
+    from prefect import serve as prefect_serve
+
+    from flows.answer_flow import answer_flow
+    from flows.pipeline import pipeline
+    from flows.prompt_flow import prompt_flow
+
+    deployments = [
+        pipeline.to_deployment(name="pipeline", parameters=defaults, **schedule),
+        prompt_flow.to_deployment(name="prompts", parameters=defaults),
+        answer_flow.to_deployment(name="answers", parameters=defaults),
+    ]
+    console.print(f"serving {len(deployments)} deployments on {os.environ['PREFECT_API_URL']}"
+                  + (f" (pipeline schedule: {schedule})" if schedule else ""))
+    prefect_serve(*deployments, limit=limit)
 
 
 @app.command("export")

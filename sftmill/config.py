@@ -224,6 +224,22 @@ class Export(_Strict):
         "are in metadata either way).")
 
 
+class Schedule(_Strict):
+    """When `sftmill serve` should run the pipeline on its own (at most one)."""
+
+    cron: str | None = Field(default=None, description="e.g. '0 3 * * *' (daily at 03:00)")
+    interval_minutes: int | None = Field(default=None, ge=1)
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> "Schedule":
+        if self.cron and self.interval_minutes:
+            raise ValueError("give cron or interval_minutes, not both")
+        if self.cron is not None and len(self.cron.split()) not in (5, 6):
+            raise ValueError(f"cron needs 5 fields: {self.cron!r}")
+        return self
+
+
 class Recipe(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = Field(description="Run directory; relative to the recipe file.")
@@ -238,6 +254,7 @@ class Recipe(_Strict):
     search: Search = Field(default_factory=Search)
     answers: Answers = Field(default_factory=Answers)
     export: Export = Field(default_factory=Export)
+    schedule: Schedule = Field(default_factory=Schedule)
     seed: int = 0
     base_dir: str = Field(default=".", description="Set by the loader: the recipe's folder.")
 

@@ -50,7 +50,48 @@ class LogReporter:
         _logger().info("%s: done %s", handle["stage"], note)
 
 
-_reporter: Reporter = LogReporter()
+class PrefectReporter(LogReporter):
+    """Logs like LogReporter and, inside a Prefect task run, keeps a progress
+    artifact up to date so the UI shows how far a long stage is."""
+
+    def start(self, stage: str, total: int) -> object:
+        handle = super().start(stage, total)
+        handle["artifact"] = None
+        try:
+            from prefect.artifacts import create_progress_artifact
+            from prefect.context import TaskRunContext
+
+            if TaskRunContext.get() is not None:
+                handle["artifact"] = create_progress_artifact(
+                    progress=0.0, description=f"{stage}: {total} items")
+        except Exception:  # no API to talk to: the log lines still say it
+            handle["artifact"] = None
+        handle["shown"] = 0
+        return handle
+
+    def advance(self, handle: object, n: int = 1) -> None:
+        super().advance(handle, n)
+        percent = 100 * handle["done"] // max(1, handle["total"])
+        if handle.get("artifact") is not None and percent >= handle["shown"] + 5:
+            handle["shown"] = percent
+            self._update(handle, float(percent))
+
+    def finish(self, handle: object, note: str = "") -> None:
+        super().finish(handle, note)
+        if handle.get("artifact") is not None:
+            self._update(handle, 100.0)
+
+    @staticmethod
+    def _update(handle: dict, percent: float) -> None:
+        try:
+            from prefect.artifacts import update_progress_artifact
+
+            update_progress_artifact(artifact_id=handle["artifact"], progress=percent)
+        except Exception:
+            handle["artifact"] = None
+
+
+_reporter: Reporter = PrefectReporter()
 
 
 def set_reporter(reporter: Reporter) -> Reporter:

@@ -9,6 +9,7 @@ fingerprint of its IDs) between each other, never DataFrames.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import threading
@@ -274,6 +275,8 @@ class Store:
         with cls._open_lock:
             store = cls._open.get(key)
             if store is None:
+                if not cls._open:
+                    atexit.register(cls.close_all)  # flush and close before teardown
                 store = cls._open[key] = cls(key)
             return store
 

@@ -128,8 +128,27 @@ def write_card(store: Store, recipe: Recipe) -> Path:
         parts.insert(-2, f'Most common opening: "{w0}" in {s0:.0%} of prompts before rephrasing, '
                          f'"{w1}" in {s1:.0%} after.')
     card = run_dir / "card.md"
-    write_atomic(card, ["\n\n".join(parts).encode() + b"\n"])
+    text = "\n\n".join(parts) + "\n"
+    write_atomic(card, [text.encode()])
+    publish_artifacts(summary, text)
     return card
+
+
+def publish_artifacts(summary, card_text: str) -> None:
+    """In a Prefect run: the per-stage counts and reject reasons as a table
+    artifact, the card as a markdown artifact (outside a run: nothing)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.context import TaskRunContext
+
+    if TaskRunContext.get() is None:
+        return
+    rows = [{"stage": s["stage"], "in": s["n_in"], "out": s["n_out"],
+             "seconds": round(s["seconds"], 1),
+             "dropped": ", ".join(f"{reason} {n}" for st, reason, n in summary.rejects
+                                  if st == s["stage"].split("#")[0])}
+            for s in summary.stages]
+    create_table_artifact(rows, key="sftmill-stages", description="Per-stage counts and drop reasons")
+    create_markdown_artifact(card_text, key="sftmill-dataset-card", description="Dataset card")
 
 
 @stage_task("card", sections=(), cached=False)

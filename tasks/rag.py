@@ -23,8 +23,7 @@ from sftmill.prompts import exact_items, load_template, with_schema
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, TableRef, content_id
 from tasks.chunk import chunk_documents
-from tasks.search import SearchError, make_search
-from tasks.web import fetch_new_pages
+from tasks.web import fetch_new_pages, run_searches
 
 QUERY_STAGE = "answer_queries"
 SEARCH_STAGE = "answer_search"
@@ -58,31 +57,14 @@ def write_answer_queries(store: Store, recipe: Recipe) -> int:
     return len(rows)
 
 
-def search_answer_queries(store: Store, recipe: Recipe) -> None:
-    backend = make_search(recipe, store)
-    todo = store.execute("SELECT query_id, query FROM answer_queries WHERE query_id NOT IN "
-                         "(SELECT query_id FROM search_results) ORDER BY query_id")
-    rows = []
-    with progress("answer search", len(todo)) as bar:
-        for query_id, query in todo:
-            try:
-                found = backend.search(query, recipe.search.results_per_query)
-            except SearchError as err:
-                store.reject(SEARCH_STAGE, query_id, "search_failed", str(err))
-                found = []
-            rows += [{"query_id": query_id, "url": r.url, "rank": rank, "title": r.title,
-                      "snippet": r.snippet, "backend": backend.name}
-                     for rank, r in enumerate(found, 1)]
-            bar.advance()
-    store.insert("search_results", rows)
-
-
 def extended_search_into(store: Store, recipe: Recipe) -> tuple[int, int]:
     """Queries → search → fetch → chunk; return (queries written, documents added)."""
     written = write_answer_queries(store, recipe)
     if recipe.search.backend == "none":
         return written, 0
-    search_answer_queries(store, recipe)
+    run_searches(store, recipe, store.execute(
+        "SELECT query_id, query FROM answer_queries WHERE query_id NOT IN "
+        "(SELECT query_id FROM search_results) ORDER BY query_id"), SEARCH_STAGE)
     before = {r[0] for r in store.execute("SELECT doc_id FROM documents")}
     _tried, added = fetch_new_pages(store, recipe, round_no=0, stage=SEARCH_STAGE)
     new_docs = [r[0] for r in store.execute("SELECT doc_id FROM documents")

@@ -82,18 +82,17 @@ def read_local(url: str) -> Fetched:
     return Fetched(url, True, url, doc.text, doc.title)
 
 
-def run_searches(store: Store, recipe: Recipe, round_no: int) -> None:
+def run_searches(store: Store, recipe: Recipe, queries: list[tuple[str, str]],
+                 stage: str = FETCH_STAGE) -> None:
+    """Send (query_id, query) pairs to the search backend; results go to `search_results`."""
     backend = make_search(recipe, store)
-    queries = store.execute(
-        "SELECT query_id, query FROM queries WHERE round = ? AND query_id NOT IN "
-        "(SELECT query_id FROM search_results) ORDER BY query_id", [round_no])
     rows = []
     with progress("search", len(queries)) as bar:
         for query_id, query in queries:
             try:
                 results = backend.search(query, recipe.search.results_per_query)
             except SearchError as err:
-                store.reject(FETCH_STAGE, query_id, "search_failed", str(err))
+                store.reject(stage, query_id, "search_failed", str(err))
                 results = []
             rows += [{"query_id": query_id, "url": r.url, "rank": rank, "title": r.title,
                       "snippet": r.snippet, "backend": backend.name}
@@ -143,7 +142,9 @@ def web_queries(recipe: Recipe, profiles: StageResult, round_no: int) -> StageRe
 def search_and_fetch(recipe: Recipe, queries: StageResult, round_no: int) -> StageResult:
     store = Store.open(queries.out.db_path)
     timer = StageTimer(store, FETCH_STAGE)
-    run_searches(store, recipe, round_no)
+    run_searches(store, recipe, store.execute(
+        "SELECT query_id, query FROM queries WHERE round = ? AND query_id NOT IN "
+        "(SELECT query_id FROM search_results) ORDER BY query_id", [round_no]))
     tried, added = fetch_new_pages(store, recipe, round_no)
     return timer.done(store.ref("documents", "doc_id"), tried, added,
                       f"{added} new documents from {tried} pages")

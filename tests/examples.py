@@ -18,3 +18,10 @@ def example_recipe(tmp_path: Path, **overrides) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def params(recipe: Path, **overrides):
+    """Flow parameters for a recipe file."""
+    from flows.params import RunParams
+
+    return RunParams(recipe_path=str(recipe), **overrides)

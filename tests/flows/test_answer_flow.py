@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fakes import ScriptedLLM, route_llm, schema_answers
-from examples import example_recipe
+from examples import example_recipe, params
 from sftmill.store import Store
 
 ROLES = {"openai": ("messages", "role", "content", ["user", "assistant"]),
@@ -45,7 +45,7 @@ def finished_run(prefect_harness, tmp_path_factory):
     try:
         route_llm(patch, ScriptedLLM(schema_answers))
         recipe = example_recipe(tmp)
-        results = pipeline(str(recipe))
+        results = pipeline(params(recipe))
     finally:
         patch.undo()
     return tmp / "run", results
@@ -61,6 +61,19 @@ def test_pipeline_ends_with_export_and_card(finished_run):
                     "## Lengths", "## LLM usage", "![subdomains.png](plots/subdomains.png)"):
         assert heading in card
     assert (run_dir / "plots" / "lengths.png").stat().st_size > 1000
+
+
+def test_run_publishes_table_and_card_artifacts(finished_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["sftmill-stages", "sftmill-dataset-card"])))
+    kinds = {a.key: a.type for a in found}
+    assert kinds == {"sftmill-stages": "table", "sftmill-dataset-card": "markdown"}
+    card = next(a for a in found if a.key == "sftmill-dataset-card")
+    assert "# Dataset card" in card.data
 
 
 @pytest.mark.parametrize("fmt", ["openai", "sharegpt", "alpaca"])
@@ -107,11 +120,11 @@ def test_answer_flow_with_the_real_embedded_model(prefect_harness, tmp_path, mon
     recipe = example_recipe(tmp_path, answers={"queries_per_prompt": 1, "top_k": 2})
     with monkeypatch.context() as patch:
         route_llm(patch, ScriptedLLM(schema_answers))
-        prompt_flow(str(recipe))
+        prompt_flow(params(recipe))
     store = Store.open(tmp_path / "run" / "sftmill.duckdb")
     store.execute("DELETE FROM prompts WHERE prompt_id NOT IN "
                   "(SELECT prompt_id FROM prompts ORDER BY prompt_id LIMIT 3)")
-    results = answer_flow(str(recipe))
+    results = answer_flow(params(recipe))
     assert results[-1].stage == "card"
     # The tiny model may ramble past a schema's length cap; such an answer is
     # recorded as an error and its record skipped, so count calls of any status.

@@ -1,65 +1,20 @@
 """A run killed (SIGKILL) in the middle of an LLM stage and started again
 finishes without sending again the LLM calls that had completed."""
 
-import http.server
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import duckdb
 import yaml
 
-from fakes import schema_answers
-from sftmill.llm import ChatRequest
+from fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class FakeOpenAI:
-    """An OpenAI-compatible chat endpoint answering like the scripted LLM, slowly."""
-
-    def __init__(self, delay_s: float = 0.2):
-        self.requests = 0
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _json(self, payload):
-                body = json.dumps(payload).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                self._json({"data": [{"id": "fake"}]})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                server.requests += 1
-                time.sleep(delay_s)
-                schema = body["response_format"]["json_schema"]["schema"]
-                request = ChatRequest.build(body["messages"], schema=schema)
-                answer = json.dumps(schema_answers(request))
-                self._json({"choices": [{"message": {"content": answer}}],
-                            "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
-
-        self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.http.shutdown()
-        self.http.server_close()
 
 
 def start_run(recipe: Path, home: Path) -> subprocess.Popen:

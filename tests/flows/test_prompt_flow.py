@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from examples import example_recipe
+from examples import example_recipe, params
 from fakes import ScriptedLLM, route_llm, schema_answers
 from sftmill.llm import LLMUnavailableError
 from sftmill.store import Store
@@ -20,7 +20,7 @@ def test_flow_runs_every_stage_with_lineage(prefect_harness, tmp_path, scripted)
     from flows.prompt_flow import prompt_flow
 
     # A target above what the corpus gives forces one web round (local backend).
-    results = prompt_flow(str(example_recipe(tmp_path, sizes={"target_prompts": 200})))
+    results = prompt_flow(params(example_recipe(tmp_path, sizes={"target_prompts": 200})))
     stages = [r.stage for r in results]
     assert stages == ["collect", "chunk", "relevance", "profile", "web_queries", "search_fetch",
                       "chunk#2", "relevance#2", "profile#2", "generate", "broaden", "rephrase",
@@ -51,16 +51,16 @@ def test_rerun_sends_no_llm_call_again(prefect_harness, tmp_path, scripted):
     from flows.prompt_flow import prompt_flow
 
     recipe = example_recipe(tmp_path)
-    prompt_flow(str(recipe))
+    prompt_flow(params(recipe))
     sent = len(scripted.requests)
-    prompt_flow(str(recipe))  # stages come back from Prefect's cache
+    prompt_flow(params(recipe))  # stages come back from Prefect's cache
     assert len(scripted.requests) == sent
     # A changed threshold reruns the deciding stages, but every LLM call is
     # answered from the run's call table.
     data = yaml.safe_load(recipe.read_text())
     data["thresholds"]["relevance"] = 0.9
     recipe.write_text(yaml.safe_dump(data))
-    prompt_flow(str(recipe))
+    prompt_flow(params(recipe))
     assert len(scripted.requests) == sent
 
 
@@ -78,7 +78,7 @@ def test_failed_stage_resumes_without_paying_twice(prefect_harness, tmp_path, mo
     llm = route_llm(monkeypatch, ScriptedLLM(answers))
     llm.max_concurrency = 1
     recipe = str(example_recipe(tmp_path))
-    state = prompt_flow(recipe, return_state=True)
+    state = prompt_flow(params(recipe), return_state=True)
     assert state.is_failed()
     store = Store.open(tmp_path / "run" / "sftmill.duckdb")
     ok_keys = {r[0] for r in store.execute("SELECT key FROM llm_calls WHERE status = 'ok'")}
@@ -86,7 +86,7 @@ def test_failed_stage_resumes_without_paying_twice(prefect_harness, tmp_path, mo
 
     calls["down"] = False
     sent_before = len(llm.requests)
-    assert prompt_flow(recipe, return_state=True).is_completed()
+    assert prompt_flow(params(recipe), return_state=True).is_completed()
     resent = [r.key(llm.model) for r in llm.requests[sent_before:]]
     assert not ok_keys & set(resent)
 
@@ -100,7 +100,7 @@ def test_flow_with_the_real_embedded_model(prefect_harness, tmp_path):
         "max_chunks": 2, "target_prompts": 40, "prompts_per_profile": 2,
         "broaden_per_profile": 1, "rephrasings_per_prompt": 1, "queries_per_profile": 1,
         "max_rounds": 1})
-    results = prompt_flow(str(recipe))
+    results = prompt_flow(params(recipe))
     store = Store.open(tmp_path / "run" / "sftmill.duckdb")
     llm_stages = {r[0] for r in store.execute("SELECT DISTINCT stage FROM llm_calls WHERE status = 'ok'")}
     assert llm_stages >= {"relevance", "profile", "generate", "rephrase", "prompt_filter"}

@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 
+from examples import params
 from fakes import ScriptedLLM, route_llm, schema_answers
 from sftmill.store import Store
 from webserver import TinyWeb
@@ -42,7 +43,7 @@ def test_web_round_with_bad_pages(prefect_harness, tmp_path, monkeypatch, web):
           per_host_delay_s: 0
           per_host_concurrency: 8
     """))
-    results = prompt_flow(str(recipe))
+    results = prompt_flow(params(recipe))
     assert results[-1].stage == "dedup"
     store = Store.open(tmp_path / "run" / "sftmill.duckdb")
     skipped = {r["detail"].split(":", 2)[2].split("/", 1)[1].split(":")[0]: r["reason"]

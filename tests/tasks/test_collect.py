@@ -1,5 +1,4 @@
 import json
-import textwrap
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -1,0 +1,24 @@
+# The sftmill image: the project, its embedded models (SmolLM2 GGUF, MiniLM)
+# and llama-cpp-python compiled for the build machine's CPU.
+FROM python:3.11-slim
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential cmake git \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+# CPU build of torch first, so sentence-transformers does not pull a CUDA build.
+RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+COPY pyproject.toml README.md ./
+COPY sftmill ./sftmill
+COPY flows ./flows
+COPY tasks ./tasks
+COPY prompts ./prompts
+COPY data ./data
+# Editable, so prompts/ stays beside the code (see README, "Layout").
+RUN pip install --no-cache-dir -e .
+
+ENV PREFECT_RESULTS_PERSIST_BY_DEFAULT=true \
+    PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    HF_HUB_OFFLINE=1
+CMD ["sftmill", "--help"]

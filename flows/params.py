@@ -1,0 +1,72 @@
+"""Flow parameters as a pydantic model: the Prefect UI renders it as a form
+with descriptions, enums and bounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sftmill.config import Recipe, RecipeError, load_recipe, parse_recipe
+
+Stage = Literal["collect", "chunk", "relevance", "profile", "web_queries", "search_fetch",
+                "generate", "broaden", "rephrase", "prompt_filter", "dedup", "answer_search",
+                "retrieve", "answer", "answer_checks"]
+
+
+class RunParams(BaseModel):
+    """What a run needs: a recipe (a path on the worker, or inline YAML) and
+    optional overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipe_path: str | None = Field(
+        default=None, description="Recipe YAML file, as seen by the process that runs the flow.")
+    recipe_yaml: str | None = Field(
+        default=None, description="A whole recipe inline (used instead of recipe_path); "
+        "relative paths in it resolve against the worker's working directory.")
+    target_prompts: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Override sizes.target_prompts.")
+    generator_base_url: str | None = Field(
+        default=None, description="Override llm.generator.base_url (an OpenAI-compatible "
+        "server such as vLLM or Ollama); sets the generator's backend to 'openai'.")
+    generator_model: str | None = Field(default=None, description="Override llm.generator.model.")
+    judge_base_url: str | None = Field(
+        default=None, description="Override llm.judge.base_url; sets the judge's backend to 'openai'.")
+    judge_model: str | None = Field(default=None, description="Override llm.judge.model.")
+    refresh: list[Stage] = Field(
+        default_factory=list, description="Stages to recompute even when their cached result "
+        "is valid (LLM calls that already succeeded still come from the run's call table).")
+
+    @model_validator(mode="after")
+    def _one_recipe(self) -> "RunParams":
+        if not (self.recipe_path or self.recipe_yaml):
+            raise ValueError("give recipe_path or recipe_yaml")
+        return self
+
+    def load(self) -> Recipe:
+        """The recipe with the overrides applied, validated."""
+        if self.recipe_yaml:
+            base = parse_recipe(yaml.safe_load(self.recipe_yaml), Path.cwd())
+        else:
+            base = load_recipe(self.recipe_path)
+        data = base.model_dump(mode="json", exclude={"base_dir"})
+        if self.target_prompts:
+            data["sizes"]["target_prompts"] = self.target_prompts
+        for role in ("generator", "judge"):
+            url, model = getattr(self, f"{role}_base_url"), getattr(self, f"{role}_model")
+            if url:
+                data["llm"][role].update(backend="openai", base_url=url)
+            if model:
+                data["llm"][role]["model"] = model
+        try:
+            return parse_recipe(data, Path(base.base_dir))
+        except RecipeError as err:
+            raise RecipeError(f"run parameters: {err}") from None
+
+
+def stage(task, name: str, refresh: list[str]):
+    """`task`, made to ignore its cache when the run asks to refresh `name`."""
+    return task.with_options(refresh_cache=True) if name in refresh else task

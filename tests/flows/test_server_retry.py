@@ -1,0 +1,168 @@
+"""On a real Prefect server: `sftmill serve`, a run triggered through the API
+with parameters, a stage that fails because its LLM endpoint goes down, and
+a retry of the same flow run through the API once the endpoint is back.
+
+Asserts that the stages that had completed come back Cached, that only the
+failed stage (and those after it) ran again, and that no LLM call that had
+succeeded was sent twice.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+
+from fake_openai import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    log = (home / "server.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host",
+                             "127.0.0.1", "--port", str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+
+    def healthy():
+        if proc.poll() is not None:
+            pytest.fail(f"prefect server exited; see {home / 'server.log'}")
+        try:
+            return httpx.get(f"{api}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, 240, "the Prefect server")
+    yield api
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=60)
+    log.close()
+
+
+def read_only(db: Path):
+    """Open the run database once the flow-run process has let go of it."""
+    def attempt():
+        try:
+            return duckdb.connect(str(db), read_only=True)
+        except duckdb.IOException:
+            return None
+
+    return wait_for(attempt, 60, "the run database to be released")
+
+
+def task_runs(api: str, flow_run_id: str) -> list[dict]:
+    response = httpx.post(f"{api}/task_runs/filter", timeout=30,
+                          json={"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200})
+    response.raise_for_status()
+    return response.json()
+
+
+def flow_run_state(api: str, flow_run_id: str) -> str:
+    return httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30).json()["state"]["type"]
+
+
+def test_retry_on_the_server_reuses_completed_stages(prefect_server, tmp_path):
+    api = prefect_server
+    llm = FakeOpenAI(delay_s=0.02, down_after=14)  # relevance (11 calls) passes, profile fails
+    shutil.copytree(ROOT / "data" / "example" / "corpus", tmp_path / "corpus")
+    (tmp_path / "recipe.yaml").write_text(
+        (ROOT / "data" / "example" / "recipe.yaml").read_text()
+        .replace("../../runs/quarks-and-gluons", "run").replace("backend: local", "backend: none"))
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "client-home"),
+           "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
+           "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true", "SFTMILL_TASK_RETRY_DELAYS": "0,0",
+           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    log = (tmp_path / "serve.log").open("wb")
+    serve = subprocess.Popen([sys.executable, "-m", "sftmill.cli", "serve"], cwd=ROOT, env=env,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def deployment():
+            r = httpx.get(f"{api}/deployments/name/sftmill-prompts/prompts", timeout=10)
+            return r.json() if r.status_code == 200 else None
+
+        dep = wait_for(deployment, 120, "the served deployment")
+        form = json.dumps(dep["parameter_openapi_schema"]["definitions"]["RunParams"])
+        assert '"maximum": 1000000' in form and '"answer_checks"' in form  # bounds and enums
+        assert "Override sizes.target_prompts" in form  # descriptions
+        parameters = {"params": {"recipe_path": str(tmp_path / "recipe.yaml"),
+                                 "generator_base_url": llm.url, "generator_model": "fake",
+                                 "judge_base_url": llm.url, "judge_model": "fake",
+                                 "target_prompts": 12}}
+        run = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", timeout=30,
+                         json={"parameters": parameters}).json()
+        wait_for(lambda: flow_run_state(api, run["id"]) in ("FAILED", "COMPLETED", "CRASHED"),
+                 300, "the first attempt to end")
+        assert flow_run_state(api, run["id"]) == "FAILED"
+
+        db = tmp_path / "run" / "sftmill.duckdb"
+        con = read_only(db)
+        ok_before = {k for (k,) in con.execute("SELECT key FROM llm_calls WHERE status = 'ok'").fetchall()}
+        con.close()
+        assert len(ok_before) == 14
+
+        llm.down_after = None  # the endpoint is back
+        response = httpx.post(f"{api}/flow_runs/{run['id']}/set_state", timeout=30,
+                              json={"state": {"type": "SCHEDULED", "message": "retry from test"},
+                                    "force": True})
+        response.raise_for_status()
+        wait_for(lambda: flow_run_state(api, run["id"]) in ("FAILED", "COMPLETED", "CRASHED")
+                 and httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()["run_count"] >= 2,
+                 300, "the retried run to end")
+        assert flow_run_state(api, run["id"]) == "COMPLETED"
+
+        second = {}
+        for tr in task_runs(api, run["id"]):
+            if tr["flow_run_run_count"] == 2:
+                second.setdefault(tr["name"].rsplit("-", 1)[0], []).append(tr["state"]["name"])
+        assert second["collect"] == ["Cached"]
+        assert second["chunk"] == ["Cached"]
+        assert second["relevance"] == ["Cached"]
+        assert second["profile"] == ["Completed"]  # the stage that had failed ran again
+        assert second["dedup"] == ["Completed"]
+
+        con = read_only(db)
+        per_key = dict(con.execute(
+            "SELECT key, count(*) FROM llm_calls WHERE status = 'ok' GROUP BY key").fetchall())
+        con.close()
+        assert all(n == 1 for n in per_key.values())  # nothing that succeeded was sent again
+        assert ok_before <= set(per_key)
+
+        artifacts = httpx.post(f"{api}/artifacts/filter", timeout=30, json={
+            "artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+        progress = [a for a in artifacts if a["type"] == "progress"]
+        assert progress and all(a["data"] == 100.0 for a in progress)  # long stages showed progress
+    finally:
+        os.killpg(serve.pid, 15)
+        serve.wait(timeout=60)
+        log.close()
+        llm.close()
