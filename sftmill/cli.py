@@ -172,6 +172,19 @@ def validate(
     console.print(f"recipe {checked.name}: ok (output_dir {checked.run_dir})")
 
 
+def pipeline_schedule(recipe, cron: str | None, interval_minutes: int | None) -> dict:
+    """`to_deployment` schedule arguments: the command line wins over the recipe."""
+    if cron:
+        return {"cron": cron}
+    if interval_minutes:
+        return {"interval": interval_minutes * 60}
+    if recipe is not None and recipe.schedule.cron:
+        return {"cron": recipe.schedule.cron}
+    if recipe is not None and recipe.schedule.interval_minutes:
+        return {"interval": recipe.schedule.interval_minutes * 60}
+    return {}
+
+
 @app.command()
 def serve(
     recipe: Path = typer.Argument(None, help="Default recipe for runs of the deployments "
@@ -192,20 +205,13 @@ def serve(
         _fail("PREFECT_API_URL is not set: start a server (prefect server start) and "
               "export PREFECT_API_URL=http://127.0.0.1:4200/api")
     defaults: dict = {}
-    schedule = {}
+    checked = None
     if recipe is not None:
         checked = _load_checked(recipe, skip_preflight=True)
         defaults = {"params": {"recipe_path": str(recipe.resolve())}}
-        if checked.schedule.cron:
-            schedule = {"cron": checked.schedule.cron}
-        elif checked.schedule.interval_minutes:
-            schedule = {"interval": checked.schedule.interval_minutes * 60}
     if cron and interval:
         _fail("give --cron or --interval, not both")
-    if cron:
-        schedule = {"cron": cron}
-    elif interval:
-        schedule = {"interval": interval * 60}
+    schedule = pipeline_schedule(checked, cron, interval)
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
     from prefect import serve as prefect_serve
 

@@ -99,11 +99,13 @@ def stage_task(name: str, *, sections: tuple[str, ...], templates: tuple[str, ..
 
 
 def current_run_id() -> str:
+    """The top-level flow run (the pipeline, not its prompt/answer subflows)."""
     try:
         from prefect.runtime import flow_run
 
-        if flow_run.id:
-            return str(flow_run.id)
+        root = getattr(flow_run, "root_flow_run_id", None)
+        if root or flow_run.id:
+            return str(root or flow_run.id)
     except Exception:
         pass
     return uuid.uuid4().hex

@@ -22,13 +22,12 @@ from __future__ import annotations
 import copy
 import re
 
-from sftmill.batch import llm_map
+from sftmill.batch import llm_map, normalise_score
 from sftmill.config import Recipe
 from sftmill.llm import LLMOutputError, make_llm
 from sftmill.prompts import load_template, with_schema
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
-from tasks.relevance import normalise_score
 from tasks.search import terms
 
 ANSWER_STAGE = "answer"

@@ -6,13 +6,10 @@ reason and score), `llm_invalid_output`.
 
 from __future__ import annotations
 
-from sftmill.batch import llm_map
+from sftmill.batch import judge_into, record_low_scores
 from sftmill.config import Recipe
-from sftmill.llm import LLMOutputError, make_llm
-from sftmill.prompts import load_template
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store
-from tasks.relevance import normalise_score
 
 STAGE = "prompt_filter"
 TEMPLATE = "prompt_filter"
@@ -22,31 +19,15 @@ def score_prompts(store: Store, recipe: Recipe) -> int:
     todo = store.execute(
         "SELECT prompt_id, text FROM candidate_prompts WHERE prompt_id NOT IN "
         "(SELECT prompt_id FROM prompt_scores) ORDER BY prompt_id")
-    template = load_template(TEMPLATE)
-    endpoint = recipe.llm.judge
-    llm = make_llm(endpoint, store)
     subdomains = [s.name for s in recipe.domain.subdomains]
-    results = llm_map(llm, endpoint, template, todo,
-                      lambda row: {"domain": recipe.domain.name, "subdomains": subdomains,
-                                   "prompt": row[1]},
-                      stage=STAGE, seed=recipe.seed)
-    rows = []
-    for (prompt_id, _text), result in results:
-        if isinstance(result, LLMOutputError):
-            store.reject(STAGE, prompt_id, "llm_invalid_output", str(result))
-            continue
-        rows.append({"prompt_id": prompt_id, "score": normalise_score(result.data["score"]),
-                     "reason": result.data["reason"], "model": llm.model,
-                     "template_version": template.version, "call_key": result.key})
-    store.insert("prompt_scores", rows)
-    return len(todo)
+    items = [(prompt_id, {"domain": recipe.domain.name, "subdomains": subdomains, "prompt": text})
+             for prompt_id, text in todo]
+    return judge_into(store, recipe, TEMPLATE, items, stage=STAGE, table="prompt_scores",
+                      id_column="prompt_id")
 
 
 def decide(store: Store, threshold: float) -> int:
-    store.execute("DELETE FROM rejects WHERE stage = ? AND reason = 'low_prompt_quality'", [STAGE])
-    for prompt_id, score, reason in store.execute(
-            "SELECT prompt_id, score, reason FROM prompt_scores WHERE score < ?", [threshold]):
-        store.reject(STAGE, prompt_id, "low_prompt_quality", reason, score)
+    record_low_scores(store, STAGE, "prompt_scores", "prompt_id", threshold, "low_prompt_quality")
     return int(store.scalar("SELECT count(*) FROM prompt_scores WHERE score >= ?", [threshold]))
 
 

@@ -23,7 +23,7 @@ from sftmill.prompts import exact_items, load_template, with_schema
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, TableRef, content_id
 from tasks.chunk import chunk_documents
-from tasks.web import fetch_new_pages, run_searches
+from tasks.web import QUERY_TOKENS, fetch_new_pages, run_searches
 
 QUERY_STAGE = "answer_queries"
 SEARCH_STAGE = "answer_search"
@@ -43,7 +43,8 @@ def write_answer_queries(store: Store, recipe: Recipe) -> int:
     llm = make_llm(endpoint, store)
     results = llm_map(llm, endpoint, template, todo,
                       lambda row: {"domain": recipe.domain.name, "prompt": row[1], "n": n},
-                      stage=QUERY_STAGE, seed=recipe.seed)
+                      stage=QUERY_STAGE, seed=recipe.seed,
+                      max_tokens=QUERY_TOKENS * n + 16)
     rows = []
     for (prompt_id, _text), result in results:
         if isinstance(result, LLMOutputError):

@@ -9,20 +9,13 @@ threshold, with its score and reason) and `llm_invalid_output`.
 
 from __future__ import annotations
 
-from sftmill.batch import llm_map
+from sftmill.batch import judge_into, record_low_scores
 from sftmill.config import Recipe
-from sftmill.llm import LLMOutputError, make_llm
-from sftmill.prompts import load_template
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store
 
 STAGE = "relevance"
 TEMPLATE = "relevance"
-
-
-def normalise_score(score: int) -> float:
-    """1..5 → 0..1."""
-    return (score - 1) / 4
 
 
 def chunk_variables(recipe: Recipe, heading: str, text: str) -> dict:
@@ -40,31 +33,15 @@ def score_chunks(store: Store, recipe: Recipe) -> int:
     )
     if recipe.sizes.max_chunks is not None:
         todo = todo[: max(0, recipe.sizes.max_chunks - store.count("relevance"))]
-    template = load_template(TEMPLATE)
-    endpoint = recipe.llm.judge
-    llm = make_llm(endpoint, store)
-    results = llm_map(llm, endpoint, template, todo,
-                      lambda row: chunk_variables(recipe, row[1], row[2]),
-                      stage=STAGE, seed=recipe.seed)
-    rows = []
-    for (chunk_id, _heading, _text), result in results:
-        if isinstance(result, LLMOutputError):
-            store.reject(STAGE, chunk_id, "llm_invalid_output", str(result))
-            continue
-        rows.append({"chunk_id": chunk_id, "score": normalise_score(result.data["score"]),
-                     "reason": result.data["reason"], "model": llm.model,
-                     "template_version": template.version, "call_key": result.key})
-    store.insert("relevance", rows)
-    return len(todo)
+    items = [(chunk_id, chunk_variables(recipe, heading, text)) for chunk_id, heading, text in todo]
+    return judge_into(store, recipe, TEMPLATE, items, stage=STAGE, table="relevance",
+                      id_column="chunk_id")
 
 
 def decide(store: Store, threshold: float) -> int:
     """Record `not_relevant` rejects for scored chunks under the threshold
     (and clear them for chunks now above it); return the number kept."""
-    store.execute("DELETE FROM rejects WHERE stage = ? AND reason = 'not_relevant'", [STAGE])
-    low = store.execute("SELECT chunk_id, score, reason FROM relevance WHERE score < ?", [threshold])
-    for chunk_id, score, reason in low:
-        store.reject(STAGE, chunk_id, "not_relevant", reason, score)
+    record_low_scores(store, STAGE, "relevance", "chunk_id", threshold, "not_relevant")
     return len(kept_chunk_ids(store, threshold))
 
 

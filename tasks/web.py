@@ -32,6 +32,7 @@ from tasks.search import SearchError, make_search
 
 QUERY_STAGE = "web_queries"
 FETCH_STAGE = "search_fetch"
+QUERY_TOKENS = 32  # a search query is a few words; the cap stops a rambling model early
 TEMPLATE = "web_queries"
 
 
@@ -56,7 +57,8 @@ def write_queries(store: Store, recipe: Recipe, round_no: int) -> int:
     llm = make_llm(endpoint, store)
     results = llm_map(llm, endpoint, template, todo,
                       lambda p: {"domain": recipe.domain.name, "profile": p, "n": n},
-                      stage=QUERY_STAGE, seed=recipe.seed)
+                      stage=QUERY_STAGE, seed=recipe.seed,
+                      max_tokens=QUERY_TOKENS * n + 16)
     rows = []
     for profile, result in results:
         if isinstance(result, LLMOutputError):

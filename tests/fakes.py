@@ -87,8 +87,8 @@ def schema_answers(request: ChatRequest):
     raise AssertionError(f"no scripted answer for schema {sorted(props)}")
 
 
-LLM_USERS = ("tasks.relevance", "tasks.profile", "tasks.web", "tasks.generate",
-             "tasks.rephrase", "tasks.prompt_filter", "tasks.rag", "tasks.answer")
+LLM_USERS = ("tasks.profile", "tasks.web", "tasks.generate",
+             "tasks.rephrase", "tasks.rag", "tasks.answer", "sftmill.llm")
 
 
 def route_llm(monkeypatch, llm: ScriptedLLM) -> ScriptedLLM:

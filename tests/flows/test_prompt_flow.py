@@ -64,6 +64,20 @@ def test_rerun_sends_no_llm_call_again(prefect_harness, tmp_path, scripted):
     assert len(scripted.requests) == sent
 
 
+def test_refresh_recomputes_only_the_chosen_stage(prefect_harness, tmp_path, scripted):
+    from flows.prompt_flow import prompt_flow
+
+    recipe = example_recipe(tmp_path)
+    prompt_flow(params(recipe))
+    sent = len(scripted.requests)
+    state = prompt_flow(params(recipe, refresh=["relevance"]), return_state=True)
+    store = Store.open(tmp_path / "run" / "sftmill.duckdb")
+    recomputed = {r[0] for r in store.execute("SELECT stage FROM stage_stats WHERE run_id = ?",
+                                              [str(state.state_details.flow_run_id)])}
+    assert recomputed == {"relevance"}  # its output did not change, so nothing after it reran
+    assert len(scripted.requests) == sent  # and its LLM calls came from the call table
+
+
 def test_failed_stage_resumes_without_paying_twice(prefect_harness, tmp_path, monkeypatch):
     from flows.prompt_flow import prompt_flow
 

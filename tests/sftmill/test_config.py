@@ -44,6 +44,7 @@ def test_minimal_recipe_gets_defaults_and_resolves_paths(tmp_path):
     (MINIMAL + "llm: {judge: {backend: openai, base_url: 'http://x/v1', api_key_env: SFTMILL_NO_SUCH_VAR}}\n",
      "environment variable SFTMILL_NO_SUCH_VAR is not set"),
     (MINIMAL.replace("domain: {name: Physics}", ""), "domain: required key is missing"),
+    (MINIMAL + "schedule: {cron: 'daily'}\n", "schedule: Value error, cron needs 5 fields"),
     (MINIMAL.replace("backend: none", "backend: local"), "search.local_dir: required"),
     (MINIMAL.replace("backend: none", "backend: brave, api_key_env: SFTMILL_NO_SUCH_VAR"),
      "search.api_key_env: environment variable SFTMILL_NO_SUCH_VAR is not set"),
