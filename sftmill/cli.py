@@ -229,6 +229,66 @@ def serve(
     prefect_serve(*deployments, limit=limit)
 
 
+@app.command("self-instruct")
+def self_instruct(
+    seeds: Path = typer.Argument(..., help="Seed tasks, JSONL of {instruction, instances: "
+                                 "[{input, output}], is_classification} (see data/self_instruct)."),
+    target: int = typer.Option(100, help="Machine-generated instructions to keep."),
+    out: Path = typer.Option(Path("runs/self-instruct"), help="Run folder for the DuckDB file and exports."),
+    rounds: int = typer.Option(20, help="Most bootstrapping rounds."),
+    prompts_per_round: int = typer.Option(8, help="Generation prompts per round."),
+    format: str = typer.Option("openai", "--format", "-f", help="openai, sharegpt or alpaca."),
+    base_url: str = typer.Option(None, help="OpenAI-compatible server; default: the embedded model."),
+    model: str = typer.Option(None, help="Model name on that server."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
+) -> None:
+    """Self-Instruct (Wang et al., 2022): bootstrap instructions and instances
+    from SEEDS with the ROUGE-L novelty filter, then export with lineage."""
+    _quiet_prefect(verbose)
+    from sftmill.config import LLMEndpoint
+    from tasks.export import FORMATS
+    from tasks.self_instruct import SelfInstructConfig, load_seeds
+
+    if format not in FORMATS:
+        _fail(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
+    if not seeds.is_file():
+        _fail(f"{seeds}: seed file not found")
+    try:
+        load_seeds(seeds)
+    except RecipeError as err:
+        _fail(str(err))
+    generator = (LLMEndpoint(backend="openai", base_url=base_url, model=model or "default",
+                             max_tokens=400) if base_url else LLMEndpoint(max_tokens=400))
+    cfg = SelfInstructConfig(seeds_path=str(seeds.resolve()), output_dir=str(out.resolve()),
+                             target=target, max_rounds=rounds, prompts_per_round=prompts_per_round,
+                             generator=generator)
+    _run_flow("self_instruct", cfg, format, out)
+
+
+def _run_flow(kind: str, cfg, fmt: str, out: Path) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows.self_instruct_flow import self_instruct_flow
+    from sftmill.progress import set_reporter
+    from sftmill.store import Store
+
+    started = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as bars:
+        previous = set_reporter(RichReporter(bars))
+        try:
+            state = self_instruct_flow(cfg, fmt, return_state=True)
+        finally:
+            set_reporter(previous)
+    store = Store.open(Path(cfg.output_dir) / "sftmill.duckdb")
+    print_summary(store, str(state.state_details.flow_run_id))
+    if not state.is_completed():
+        _fail(f"run failed: {state.message}. Rerun the same command to resume.", code=1)
+    console.print(f"{kind}: {store.count('dataset')} records in {out / 'dataset.jsonl'} "
+                  f"({time.perf_counter() - started:.0f} s)")
+    Store.close_all()
+
+
 @app.command("export")
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="A run's output_dir (holds sftmill.duckdb)."),

@@ -20,6 +20,8 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import Any, Callable
 
+from pydantic import BaseModel
+
 from sftmill.config import Recipe
 from sftmill.prompts import load_template
 from sftmill.store import Store, TableRef, content_id
@@ -60,6 +62,8 @@ def _token(value: Any, sections: tuple[str, ...]) -> Any:
         return _token(value.out, sections)
     if isinstance(value, (list, tuple)):
         return [_token(v, sections) for v in value]
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
     return value
 
 

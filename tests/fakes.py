@@ -54,6 +54,25 @@ def schema_answers(request: ChatRequest):
     def n_items(field):
         return props[field].get("minItems", 1)
 
+    if "instructions" in props:  # Self-Instruct generation
+        greek = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi pi rho".split()
+        words = " ".join(greek[int(c, 16)] + str(i) for i, c in enumerate(tag))
+        return {"instructions": [
+            f"Describe {words}.",
+            "Classify " + " ".join(greek[15 - int(c, 16)] + "x" for c in tag) + " as quark or lepton.",
+            "Draw a diagram of a proton.",  # blocklisted keyword
+            f"Describe {words} please.",  # a ROUGE-L duplicate of the first
+        ]}
+    if "is_classification" in props:
+        last = text.rsplit("Task:", 1)[-1]
+        return {"is_classification": "Classify" in last}
+    if "instances" in props:
+        item_props = props["instances"]["items"]["properties"]
+        if "label" in item_props:
+            return {"instances": [{"label": "quark", "input": f"sample {tag}"},
+                                  {"label": "lepton", "input": f"other sample {tag}"}]}
+        return {"instances": [{"input": "", "output": f"An explanation ({tag})."},
+                              {"input": "same", "output": "same"}]}  # output equals input
     if "citations" in props:
         enum = props["citations"].get("items", {}).get("enum", [])
         if not enum:

@@ -23,6 +23,13 @@ SAMPLE = {
     "answer_queries": dict(domain="Physics", prompt="MARK", n=2),
     "answer": dict(domain="Physics", prompt="Why?", passages=["MARK passage"]),
     "groundedness": dict(passages=["p"], prompt="Why?", answer="MARK [1]"),
+    "self_instruct_generate": dict(examples=["MARK one", "two"], n=4),
+    "self_instruct_classify": dict(examples=[{"instruction": "Sort it.", "is_classification": True}],
+                                   instruction="MARK"),
+    "self_instruct_input_first": dict(examples=[{"instruction": "Add.", "instances": [
+        {"input": "1+1", "output": "2"}]}], instruction="MARK"),
+    "self_instruct_output_first": dict(examples=[{"instruction": "Label.", "instances": [
+        {"input": "x", "output": "yes"}]}], instruction="MARK"),
 }
 
 

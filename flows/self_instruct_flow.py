@@ -1,0 +1,23 @@
+"""Self-Instruct: bootstrap instructions from a seed pool, round after round,
+until the target count; then export with lineage."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from sftmill.stages import StageResult
+from tasks.self_instruct import SelfInstructConfig, bootstrap_round, export_self_instruct, load_seeds
+
+
+@flow(name="sftmill-self-instruct")
+def self_instruct_flow(cfg: SelfInstructConfig, fmt: str = "openai") -> list[StageResult]:
+    """Rounds of generate → filter → classify → instances, then export."""
+    load_seeds(cfg.seeds_path)  # a malformed seed file stops before any LLM call
+    rounds: list[StageResult] = []
+    pool = None
+    for round_no in range(1, cfg.max_rounds + 1):
+        pool = bootstrap_round(cfg, pool, round_no)
+        rounds.append(pool)
+        if pool.n_out >= cfg.target:
+            break
+    return rounds + [export_self_instruct(cfg, pool, fmt)]

@@ -1,0 +1,264 @@
+"""Self-Instruct (Wang et al., 2022): bootstrap instructions from a seed pool.
+
+Each round: several generation prompts, each showing 8 in-context
+instructions (6 from the human seeds, 2 from earlier machine-generated ones
+when there are any) for the model to continue; the textual filters and the
+ROUGE-L novelty check of `tasks.self_instruct_filters`; classification
+identification by few-shot prompting; instances generated output-first
+(label, then input) for classification tasks and input-first otherwise;
+the instance filters.  Kept instructions join the pool, until the target
+count or the round limit.  Every drop keeps its reason in `rejects`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sftmill.batch import llm_map
+from sftmill.config import LLMEndpoint, RecipeError
+from sftmill.llm import LLMOutputError, make_llm
+from sftmill.prompts import load_template
+from sftmill.stages import StageResult, StageTimer, stage_task
+from sftmill.store import Store, content_id
+from tasks.self_instruct_filters import (ROUGE_THRESHOLD, NoveltyIndex, instance_rejects,
+                                         instruction_reject)
+
+STAGE = "self_instruct"
+HUMAN_EXAMPLES, MACHINE_EXAMPLES = 6, 2
+
+SCHEMA = {
+    "si_tasks": """
+        task_id VARCHAR PRIMARY KEY,
+        instruction VARCHAR,
+        is_classification BOOLEAN,
+        origin VARCHAR,          -- seed | machine
+        round INTEGER,
+        model VARCHAR,
+        template_version VARCHAR,
+        call_key VARCHAR
+    """,
+    "si_instances": """
+        instance_id VARCHAR PRIMARY KEY,
+        task_id VARCHAR,
+        input VARCHAR,
+        output VARCHAR,
+        model VARCHAR,
+        template_version VARCHAR,
+        call_key VARCHAR
+    """,
+}
+
+
+class SelfInstructConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seeds_path: str = Field(description="JSONL of {instruction, instances, is_classification}.")
+    output_dir: str = Field(description="Run folder (DuckDB file and exports).")
+    target: int = Field(default=100, ge=1, description="Machine-generated instructions to keep.")
+    prompts_per_round: int = Field(default=8, ge=1, le=256)
+    new_per_prompt: int = Field(default=4, ge=1, le=20)
+    max_rounds: int = Field(default=20, ge=1)
+    rouge_threshold: float = Field(default=ROUGE_THRESHOLD, gt=0, le=1)
+    generator: LLMEndpoint = Field(default_factory=lambda: LLMEndpoint(max_tokens=400))
+    seed: int = 0
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.output_dir) / "sftmill.duckdb"
+
+
+def load_seeds(path: str | Path) -> list[dict]:
+    """The seed tasks; a malformed line is a fatal error naming the line."""
+    seeds = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            task = json.loads(line)
+            assert isinstance(task["instruction"], str) and task["instruction"].strip()
+            assert isinstance(task["is_classification"], bool)
+            assert all(isinstance(i["input"], str) and isinstance(i["output"], str)
+                       for i in task["instances"]) and task["instances"]
+        except (ValueError, KeyError, TypeError, AssertionError):
+            raise RecipeError(f"{path}:{n}: expected {{instruction, instances: [{{input, output}}], "
+                              "is_classification}") from None
+        seeds.append(task)
+    if len(seeds) < HUMAN_EXAMPLES:
+        raise RecipeError(f"{path}: needs at least {HUMAN_EXAMPLES} seed tasks, found {len(seeds)}")
+    return seeds
+
+
+def sample_examples(human: list[str], machine: list[str], rng: random.Random) -> list[str]:
+    """8 in-context instructions: 6 human + 2 machine (8 human while there are none)."""
+    n_machine = min(MACHINE_EXAMPLES, len(machine))
+    picked = rng.sample(human, min(len(human), HUMAN_EXAMPLES + MACHINE_EXAMPLES - n_machine))
+    picked += rng.sample(machine, n_machine)
+    rng.shuffle(picked)
+    return picked
+
+
+def seed_pool(store: Store, seeds: list[dict]) -> None:
+    store.insert("si_tasks", [{"task_id": content_id(s["instruction"]), "instruction": s["instruction"],
+                               "is_classification": s["is_classification"], "origin": "seed",
+                               "round": 0} for s in seeds])
+
+
+def propose(store: Store, cfg: SelfInstructConfig, llm, round_no: int) -> list[tuple[str, str]]:
+    """Ask for new instructions; return (instruction, call_key) pairs."""
+    rows = store.execute("SELECT instruction, origin FROM si_tasks ORDER BY task_id")
+    human = [i for i, o in rows if o == "seed"]
+    machine = [i for i, o in rows if o == "machine"]
+    rng = random.Random(cfg.seed * 100_003 + round_no)
+    batches = [sample_examples(human, machine, rng) for _ in range(cfg.prompts_per_round)]
+    template = load_template("self_instruct_generate")
+    results = llm_map(llm, cfg.generator, template, batches,
+                      lambda ex: {"examples": ex, "n": cfg.new_per_prompt},
+                      stage=f"{STAGE}_generate", seed=cfg.seed + round_no)
+    out = []
+    for _batch, result in results:
+        if isinstance(result, LLMOutputError):
+            store.reject(f"{STAGE}_generate", content_id(round_no, str(result)), "llm_invalid_output",
+                         str(result))
+            continue
+        out += [(i.strip(), result.key) for i in result.data["instructions"]]
+    return out
+
+
+def filter_instructions(store: Store, cfg: SelfInstructConfig, candidates: list[tuple[str, str]],
+                        ) -> list[tuple[str, str]]:
+    pool = [r[0] for r in store.execute("SELECT instruction FROM si_tasks")]
+    novelty = NoveltyIndex(cfg.rouge_threshold, pool)
+    kept = []
+    for instruction, key in candidates:
+        item = content_id(instruction)
+        reason = instruction_reject(instruction)
+        if reason is None and not novelty.is_novel(instruction):
+            reason = "rouge_l_duplicate"
+        if reason:
+            store.reject(f"{STAGE}_filter", item, reason, instruction[:300])
+            continue
+        novelty.add(instruction)
+        kept.append((instruction, key))
+    return kept
+
+
+def classify(store: Store, cfg: SelfInstructConfig, llm, seeds: list[dict],
+             instructions: list[str]) -> dict[str, bool]:
+    template = load_template("self_instruct_classify")
+    results = llm_map(llm, cfg.generator, template, instructions,
+                      lambda i: {"examples": seeds, "instruction": i},
+                      stage=f"{STAGE}_classify", seed=cfg.seed, max_tokens=16)
+    labels = {}
+    for instruction, result in results:
+        if isinstance(result, LLMOutputError):
+            store.reject(f"{STAGE}_classify", content_id(instruction), "llm_invalid_output", str(result))
+            continue
+        labels[instruction] = result.data["is_classification"]
+    return labels
+
+
+def make_instances(store: Store, cfg: SelfInstructConfig, llm, seeds: list[dict],
+                   labels: dict[str, bool]) -> dict[str, tuple[list[dict], str, str]]:
+    """Instances per instruction: output-first for classification, else input-first."""
+    out: dict[str, tuple[list[dict], str, str]] = {}
+    for is_cls, name in ((True, "self_instruct_output_first"), (False, "self_instruct_input_first")):
+        todo = [i for i, c in labels.items() if c is is_cls]
+        examples = [s for s in seeds if s["is_classification"] is is_cls][:3]
+        template = load_template(name)
+        results = llm_map(llm, cfg.generator, template, todo,
+                          lambda i: {"examples": examples, "instruction": i},
+                          stage=f"{STAGE}_instances", seed=cfg.seed)
+        for instruction, result in results:
+            if isinstance(result, LLMOutputError):
+                store.reject(f"{STAGE}_instances", content_id(instruction), "llm_invalid_output",
+                             str(result))
+                continue
+            instances = [{"input": x["input"], "output": x["label"] if is_cls else x["output"]}
+                         for x in result.data["instances"]]
+            out[instruction] = (instances, template.version, result.key)
+    return out
+
+
+def run_round(store: Store, cfg: SelfInstructConfig, seeds: list[dict], round_no: int) -> int:
+    """One bootstrapping round; returns the instructions it added to the pool."""
+    llm = make_llm(cfg.generator, store)
+    kept = filter_instructions(store, cfg, propose(store, cfg, llm, round_no))
+    labels = classify(store, cfg, llm, seeds, [i for i, _ in kept])
+    instances = make_instances(store, cfg, llm, seeds, labels)
+    gen_version = load_template("self_instruct_generate").version
+    tasks, rows = [], []
+    for instruction, key in kept:
+        if instruction not in instances:
+            continue
+        candidates, version, inst_key = instances[instruction]
+        reasons = instance_rejects(candidates)
+        task_id = content_id(instruction)
+        good = [c for c, r in zip(candidates, reasons) if r is None]
+        for c, r in zip(candidates, reasons):
+            if r:
+                store.reject(f"{STAGE}_instances", content_id(task_id, c), r, json.dumps(c)[:300])
+        if not good:
+            store.reject(f"{STAGE}_instances", task_id, "no_valid_instance", instruction[:300])
+            continue
+        tasks.append({"task_id": task_id, "instruction": instruction,
+                      "is_classification": labels[instruction], "origin": "machine",
+                      "round": round_no, "model": llm.model, "template_version": gen_version,
+                      "call_key": key})
+        rows += [{"instance_id": content_id(task_id, c["input"], c["output"]), "task_id": task_id,
+                  "input": c["input"], "output": c["output"], "model": llm.model,
+                  "template_version": version, "call_key": inst_key} for c in good]
+    store.insert("si_instances", rows)
+    store.insert("si_tasks", tasks)
+    return len(tasks)
+
+
+def machine_count(store: Store) -> int:
+    return int(store.scalar("SELECT count(*) FROM si_tasks WHERE origin = 'machine'"))
+
+
+def to_dataset(store: Store) -> int:
+    """One SFT record per kept machine instance, into the `dataset` table."""
+    rows = store.query_dicts(
+        "SELECT t.*, i.instance_id, i.input, i.output, i.template_version AS instance_template "
+        "FROM si_tasks t JOIN si_instances i USING (task_id) WHERE t.origin = 'machine' "
+        "ORDER BY i.instance_id")
+    store.execute("DELETE FROM dataset")
+    store.insert("dataset", [{
+        "record_id": r["instance_id"], "prompt_id": r["task_id"], "answer_id": r["instance_id"],
+        "prompt": r["instruction"] + (f"\n\n{r['input']}" if r["input"].strip() else ""),
+        "answer": r["output"], "grounded": False,
+        "metadata": json.dumps({"generator": "self-instruct", "task_id": r["task_id"],
+                                "instance_id": r["instance_id"], "round": r["round"],
+                                "is_classification": r["is_classification"],
+                                "model": r["model"], "templates": {
+                                    "instruction": r["template_version"],
+                                    "instances": r["instance_template"]}})} for r in rows])
+    return len(rows)
+
+
+@stage_task("self_instruct_round", sections=())
+def bootstrap_round(cfg: SelfInstructConfig, pool: StageResult | None, round_no: int) -> StageResult:
+    store = Store.open(cfg.db_path)
+    store.ensure_tables(SCHEMA)
+    timer = StageTimer(store, STAGE)
+    seeds = load_seeds(cfg.seeds_path)
+    seed_pool(store, seeds)
+    added = run_round(store, cfg, seeds, round_no)
+    return timer.done(store.ref("si_tasks", "task_id"), machine_count(store) - added,
+                      machine_count(store), f"round {round_no}: {added} instructions added")
+
+
+@stage_task("self_instruct_export", sections=(), cached=False)
+def export_self_instruct(cfg: SelfInstructConfig, pool: StageResult, fmt: str) -> StageResult:
+    from tasks.export import export_jsonl, export_parquet
+
+    store = Store.open(cfg.db_path)
+    timer = StageTimer(store, "export")
+    n = to_dataset(store)
+    export_jsonl(store, fmt, Path(cfg.output_dir) / "dataset.jsonl")
+    export_parquet(store, Path(cfg.output_dir) / "dataset.parquet")
+    return timer.done(store.ref("dataset", "record_id"), pool.n_out, n)
