@@ -108,7 +108,9 @@ def print_summary(store, run_id: str | None, elapsed: float | None = None,
         (w0, s0), (w1, s1) = s.openings["before"], s.openings["after"]
         console.print(f'Most common opening: "{w0}" {s0:.0%} of prompts before rephrasing, '
                       f'"{w1}" {s1:.0%} after')
-    console.print("Rows: " + ", ".join(f"{k} {v}" for k, v in s.tables.items()))
+    filled = {k: v for k, v in s.tables.items() if v}
+    if filled:
+        console.print("Rows: " + ", ".join(f"{k} {v}" for k, v in filled.items()))
     if elapsed is not None:
         console.print(f"Run database: {store.path}  ({elapsed:.0f} s)")
 
