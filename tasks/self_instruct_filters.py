@@ -131,6 +131,7 @@ class NoveltyIndex:
     def __init__(self, threshold: float = ROUGE_THRESHOLD, pool: Iterable[str] = ()):
         self.threshold = threshold
         self.items: list[list[str]] = []
+        self.counts: list[Counter[str]] = []
         self.postings: dict[str, set[int]] = defaultdict(set)
         self.df: Counter[str] = Counter()
         self.scored = 0  # exact ROUGE-L computations, for benchmarks
@@ -141,6 +142,7 @@ class NoveltyIndex:
         toks = tokens(text)
         idx = len(self.items)
         self.items.append(toks)
+        self.counts.append(Counter(toks))
         for token in set(toks):
             self.postings[token].add(idx)
             self.df[token] += 1
@@ -168,7 +170,7 @@ class NoveltyIndex:
             b = self.items[idx]
             if not lo < len(b) < hi:
                 continue
-            overlap = sum(min(n, counts[t]) for t, n in Counter(b).items() if t in counts)
+            overlap = sum(min(n, self.counts[idx][t]) for t, n in counts.items())
             if 2 * overlap / (len(a) + len(b)) <= theta:
                 continue
             self.scored += 1
