@@ -33,6 +33,20 @@ def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate, items: Se
     return list(zip(items, results))
 
 
+def answered(store, stage: str, pairs: Sequence[tuple[T, ChatResult | LLMOutputError]],
+             item_id: Callable[[T], str]) -> list[tuple[T, ChatResult]]:
+    """The (item, result) pairs of `llm_map` whose answer is usable; each
+    unusable one becomes an `llm_invalid_output` reject of `stage`, under
+    `item_id(item)`."""
+    usable = []
+    for item, result in pairs:
+        if isinstance(result, LLMOutputError):
+            store.reject(stage, item_id(item), "llm_invalid_output", str(result))
+        else:
+            usable.append((item, result))
+    return usable
+
+
 def normalise_score(score: int) -> float:
     """A judge's 1..5 → 0..1."""
     return (score - 1) / 4
@@ -52,14 +66,10 @@ def judge_into(store, recipe, template_name: str, items: Sequence[tuple[str, dic
     llm = make_llm(endpoint, store)
     results = llm_map(llm, endpoint, template, items, lambda item: item[1],
                       stage=stage, seed=recipe.seed)
-    rows = []
-    for (item_id, _variables), result in results:
-        if isinstance(result, LLMOutputError):
-            store.reject(stage, item_id, "llm_invalid_output", str(result))
-            continue
-        rows.append({id_column: item_id, "score": normalise_score(result.data["score"]),
-                     "reason": result.data["reason"], "model": llm.model,
-                     "template_version": template.version, "call_key": result.key})
+    rows = [{id_column: item_id, "score": normalise_score(result.data["score"]),
+             "reason": result.data["reason"], "model": llm.model,
+             "template_version": template.version, "call_key": result.key}
+            for (item_id, _variables), result in answered(store, stage, results, lambda i: i[0])]
     store.insert(table, rows)
     return len(items)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import re
 
-from sftmill.batch import llm_map, normalise_score
+from sftmill.batch import answered, llm_map, normalise_score
 from sftmill.config import Recipe
 from sftmill.llm import LLMOutputError, make_llm
 from sftmill.prompts import load_template, with_schema
@@ -105,10 +105,8 @@ def write_answers(store: Store, recipe: Recipe) -> tuple[int, int]:
                           lambda item: {"domain": recipe.domain.name, "prompt": item[0]["text"],
                                         "passages": [x["text"] for x in item[1]]},
                           stage=ANSWER_STAGE, seed=recipe.seed)
-        for (p, found), result in results:
-            if isinstance(result, LLMOutputError):
-                store.reject(ANSWER_STAGE, p["prompt_id"], "llm_invalid_output", str(result))
-                continue
+        for (p, found), result in answered(store, ANSWER_STAGE, results,
+                                           lambda item: item[0]["prompt_id"]):
             text = result.data["answer"].strip()
             numbers = cited_numbers(text, result.data["citations"])
             rows.append({

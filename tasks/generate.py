@@ -13,9 +13,9 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from sftmill.batch import llm_map
+from sftmill.batch import answered, llm_map
 from sftmill.config import Recipe
-from sftmill.llm import LLMOutputError, make_llm
+from sftmill.llm import make_llm
 from sftmill.prompts import exact_items, load_template, with_schema
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
@@ -104,10 +104,7 @@ def generate_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
                                  "use_cases": recipe.domain.use_cases},
                       stage=GENERATE_STAGE, seed=recipe.seed)
     rows = []
-    for profile, result in results:
-        if isinstance(result, LLMOutputError):
-            store.reject(GENERATE_STAGE, profile["profile_id"], "llm_invalid_output", str(result))
-            continue
+    for profile, result in answered(store, GENERATE_STAGE, results, lambda p: p["profile_id"]):
         rows += [prompt_row(item["prompt"], "generated", profile["profile_id"],
                             profile["profile_id"], item["task_type"], llm.model,
                             template.version, result.key)
@@ -135,10 +132,7 @@ def broaden_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
                                  "profile": p, "examples": examples[p["profile_id"]][:3], "n": n},
                       stage=BROADEN_STAGE, seed=recipe.seed)
     rows = []
-    for profile, result in results:
-        if isinstance(result, LLMOutputError):
-            store.reject(BROADEN_STAGE, profile["profile_id"], "llm_invalid_output", str(result))
-            continue
+    for profile, result in answered(store, BROADEN_STAGE, results, lambda p: p["profile_id"]):
         rows += [prompt_row(item["prompt"], "broadened", profile["profile_id"],
                             profile["profile_id"], "broadened", llm.model, template.version,
                             result.key)

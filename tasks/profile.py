@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import copy
 
-from sftmill.batch import llm_map
+from sftmill.batch import answered, llm_map
 from sftmill.config import Recipe
-from sftmill.llm import LLMOutputError, make_llm
+from sftmill.llm import make_llm
 from sftmill.prompts import PromptTemplate, load_template
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
@@ -46,10 +46,7 @@ def profile_chunks(store: Store, recipe: Recipe, chunk_ids: list[str]) -> int:
                      "use_cases": domain.use_cases, "heading": row[1] or "", "text": row[2]},
         stage=STAGE, seed=recipe.seed)
     rows = []
-    for (chunk_id, _h, _t), result in results:
-        if isinstance(result, LLMOutputError):
-            store.reject(STAGE, chunk_id, "llm_invalid_output", str(result))
-            continue
+    for (chunk_id, _h, _t), result in answered(store, STAGE, results, lambda row: row[0]):
         p = result.data
         rows.append({"profile_id": content_id(chunk_id, p), "chunk_id": chunk_id,
                      "domain": p["domain"], "subdomain": p["subdomain"], "topic": p["topic"],

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from sftmill.batch import llm_map
+from sftmill.batch import answered, llm_map
 from sftmill.config import Recipe
 from sftmill.embeddings import Embedder
-from sftmill.llm import LLMOutputError, make_llm
+from sftmill.llm import make_llm
 from sftmill.progress import progress
 from sftmill.prompts import exact_items, load_template, with_schema
 from sftmill.stages import StageResult, StageTimer, stage_task
@@ -46,10 +46,7 @@ def write_answer_queries(store: Store, recipe: Recipe) -> int:
                       stage=QUERY_STAGE, seed=recipe.seed,
                       max_tokens=QUERY_TOKENS * n + 16)
     rows = []
-    for (prompt_id, _text), result in results:
-        if isinstance(result, LLMOutputError):
-            store.reject(QUERY_STAGE, prompt_id, "llm_invalid_output", str(result))
-            continue
+    for (prompt_id, _text), result in answered(store, QUERY_STAGE, results, lambda row: row[0]):
         for query in dict.fromkeys(q.strip() for q in result.data["queries"] if q.strip()):
             rows.append({"query_id": content_id("answer", prompt_id, query), "prompt_id": prompt_id,
                          "query": query, "model": llm.model, "template_version": template.version,

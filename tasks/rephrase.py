@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from sftmill.batch import llm_map
+from sftmill.batch import answered, llm_map
 from sftmill.config import Recipe
-from sftmill.llm import LLMOutputError, make_llm
+from sftmill.llm import make_llm
 from sftmill.prompts import exact_items, load_template, with_schema
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store
@@ -51,10 +51,7 @@ def rephrase_prompts(store: Store, recipe: Recipe) -> tuple[int, int]:
                       lambda p: {"prompt": p["text"], "n": n, "avoid_openings": common},
                       stage=STAGE, seed=recipe.seed)
     rows = []
-    for parent, result in results:
-        if isinstance(result, LLMOutputError):
-            store.reject(STAGE, parent["prompt_id"], "llm_invalid_output", str(result))
-            continue
+    for parent, result in answered(store, STAGE, results, lambda p: p["prompt_id"]):
         rows += [prompt_row(v, "rephrased", parent["prompt_id"], parent["profile_id"],
                             parent["task_type"], llm.model, template.version, result.key)
                  for v in result.data["variants"]]

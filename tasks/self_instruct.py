@@ -18,9 +18,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sftmill.batch import llm_map
+from sftmill.batch import answered, llm_map
 from sftmill.config import LLMEndpoint, RecipeError
-from sftmill.llm import LLMOutputError, make_llm
+from sftmill.llm import make_llm
 from sftmill.prompts import load_template
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
@@ -119,11 +119,8 @@ def propose(store: Store, cfg: SelfInstructConfig, llm, round_no: int) -> list[t
                       lambda ex: {"examples": ex, "n": cfg.new_per_prompt},
                       stage=f"{STAGE}_generate", seed=cfg.seed + round_no)
     out = []
-    for _batch, result in results:
-        if isinstance(result, LLMOutputError):
-            store.reject(f"{STAGE}_generate", content_id(round_no, str(result)), "llm_invalid_output",
-                         str(result))
-            continue
+    for _batch, result in answered(store, f"{STAGE}_generate", results,
+                                   lambda batch: content_id(round_no, batch)):
         out += [(i.strip(), result.key) for i in result.data["instructions"]]
     return out
 
@@ -152,13 +149,8 @@ def classify(store: Store, cfg: SelfInstructConfig, llm, seeds: list[dict],
     results = llm_map(llm, cfg.generator, template, instructions,
                       lambda i: {"examples": seeds, "instruction": i},
                       stage=f"{STAGE}_classify", seed=cfg.seed, max_tokens=16)
-    labels = {}
-    for instruction, result in results:
-        if isinstance(result, LLMOutputError):
-            store.reject(f"{STAGE}_classify", content_id(instruction), "llm_invalid_output", str(result))
-            continue
-        labels[instruction] = result.data["is_classification"]
-    return labels
+    return {instruction: result.data["is_classification"]
+            for instruction, result in answered(store, f"{STAGE}_classify", results, content_id)}
 
 
 def make_instances(store: Store, cfg: SelfInstructConfig, llm, seeds: list[dict],
@@ -172,11 +164,7 @@ def make_instances(store: Store, cfg: SelfInstructConfig, llm, seeds: list[dict]
         results = llm_map(llm, cfg.generator, template, todo,
                           lambda i: {"examples": examples, "instruction": i},
                           stage=f"{STAGE}_instances", seed=cfg.seed)
-        for instruction, result in results:
-            if isinstance(result, LLMOutputError):
-                store.reject(f"{STAGE}_instances", content_id(instruction), "llm_invalid_output",
-                             str(result))
-                continue
+        for instruction, result in answered(store, f"{STAGE}_instances", results, content_id):
             instances = [{"input": x["input"], "output": x["label"] if is_cls else x["output"]}
                          for x in result.data["instances"]]
             out[instruction] = (instances, template.version, result.key)

@@ -19,9 +19,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from sftmill.batch import llm_map
+from sftmill.batch import answered, llm_map
 from sftmill.config import Recipe
-from sftmill.llm import LLMOutputError, make_llm
+from sftmill.llm import make_llm
 from sftmill.progress import progress
 from sftmill.prompts import exact_items, load_template, with_schema
 from sftmill.stages import StageResult, StageTimer, stage_task
@@ -60,10 +60,7 @@ def write_queries(store: Store, recipe: Recipe, round_no: int) -> int:
                       stage=QUERY_STAGE, seed=recipe.seed,
                       max_tokens=QUERY_TOKENS * n + 16)
     rows = []
-    for profile, result in results:
-        if isinstance(result, LLMOutputError):
-            store.reject(QUERY_STAGE, profile["profile_id"], "llm_invalid_output", str(result))
-            continue
+    for profile, result in answered(store, QUERY_STAGE, results, lambda p: p["profile_id"]):
         for query in dict.fromkeys(q.strip() for q in result.data["queries"] if q.strip()):
             rows.append({"query_id": content_id(profile["profile_id"], query),
                          "profile_id": profile["profile_id"], "query": query, "round": round_no,
