@@ -95,6 +95,25 @@ class LocalSearch:
         return [SearchResult(uri, title or "") for uri, title, _score in rows]
 
 
+def request_results(backend: str, method: str, url: str, path: tuple[str, ...],
+                    snippet_key: str, k: int, timeout_s: float, with_detail: bool = False,
+                    **request) -> list[SearchResult]:
+    """One search API call: the result objects at `path` in its JSON answer,
+    as SearchResults.  Any HTTP or JSON failure is a SearchError; the error's
+    text is left out for hosted APIs (`with_detail=False`)."""
+    try:
+        response = httpx.request(method, url, timeout=timeout_s, **request)
+        response.raise_for_status()
+        found = response.json()
+        for key in path:
+            found = found.get(key, {})
+    except (httpx.HTTPError, ValueError) as err:
+        detail = f": {err}" if with_detail else ""
+        raise SearchError(f"{backend}: {type(err).__name__}{detail}") from None
+    return [SearchResult(r["url"], r.get("title", ""), r.get(snippet_key, ""))
+            for r in found or [] if r.get("url")][:k]
+
+
 class SearxngSearch:
     name = "searxng"
 
@@ -102,15 +121,9 @@ class SearxngSearch:
         self.base_url, self.timeout_s = base_url.rstrip("/"), timeout_s
 
     def search(self, query: str, k: int) -> list[SearchResult]:
-        try:
-            response = httpx.get(f"{self.base_url}/search", params={"q": query, "format": "json"},
-                                 timeout=self.timeout_s)
-            response.raise_for_status()
-            results = response.json().get("results", [])
-        except (httpx.HTTPError, ValueError) as err:
-            raise SearchError(f"searxng: {type(err).__name__}: {err}") from None
-        return [SearchResult(r["url"], r.get("title", ""), r.get("content", ""))
-                for r in results if r.get("url")][:k]
+        return request_results(self.name, "GET", f"{self.base_url}/search", ("results",),
+                               "content", k, self.timeout_s, with_detail=True,
+                               params={"q": query, "format": "json"})
 
 
 class BraveSearch:
@@ -123,15 +136,8 @@ class BraveSearch:
     def search(self, query: str, k: int) -> list[SearchResult]:
         headers = {"X-Subscription-Token": os.environ.get(self.key_env, ""),
                    "Accept": "application/json"}
-        try:
-            response = httpx.get(self.URL, params={"q": query, "count": k}, headers=headers,
-                                 timeout=self.timeout_s)
-            response.raise_for_status()
-            results = response.json().get("web", {}).get("results", [])
-        except (httpx.HTTPError, ValueError) as err:
-            raise SearchError(f"brave: {type(err).__name__}") from None
-        return [SearchResult(r["url"], r.get("title", ""), r.get("description", ""))
-                for r in results if r.get("url")][:k]
+        return request_results(self.name, "GET", self.URL, ("web", "results"), "description", k,
+                               self.timeout_s, params={"q": query, "count": k}, headers=headers)
 
 
 class TavilySearch:
@@ -143,15 +149,9 @@ class TavilySearch:
 
     def search(self, query: str, k: int) -> list[SearchResult]:
         headers = {"Authorization": f"Bearer {os.environ.get(self.key_env, '')}"}
-        try:
-            response = httpx.post(self.URL, json={"query": query, "max_results": k},
-                                  headers=headers, timeout=self.timeout_s)
-            response.raise_for_status()
-            results = response.json().get("results", [])
-        except (httpx.HTTPError, ValueError) as err:
-            raise SearchError(f"tavily: {type(err).__name__}") from None
-        return [SearchResult(r["url"], r.get("title", ""), r.get("content", ""))
-                for r in results if r.get("url")][:k]
+        return request_results(self.name, "POST", self.URL, ("results",), "content", k,
+                               self.timeout_s, json={"query": query, "max_results": k},
+                               headers=headers)
 
 
 def make_search(recipe: Recipe, store: Store):

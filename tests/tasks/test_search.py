@@ -49,3 +49,28 @@ def test_searxng_client_reads_the_json_api():
             SearxngSearch(web.url("/nowhere")).search("quarks", 2)
     finally:
         web.close()
+
+
+def test_hosted_clients_read_their_result_paths(monkeypatch):
+    import httpx
+
+    from tasks.search import BraveSearch, TavilySearch
+
+    answers = {"brave": {"web": {"results": [{"url": "https://a.org", "title": "A",
+                                              "description": "about a"}]}},
+               "tavily": {"results": [{"url": "https://b.org", "title": "B", "content": "about b"}]}}
+    sent = []
+
+    def fake(method, url, **kwargs):
+        sent.append((method, kwargs["headers"]))
+        key = "brave" if "brave" in url else "tavily"
+        return httpx.Response(200, json=answers[key], request=httpx.Request(method, url))
+
+    monkeypatch.setattr(httpx, "request", fake)
+    monkeypatch.setenv("K", "secret")
+    (brave,) = BraveSearch("K").search("q", 3)
+    (tavily,) = TavilySearch("K").search("q", 3)
+    assert (brave.url, brave.snippet, tavily.url, tavily.snippet) == (
+        "https://a.org", "about a", "https://b.org", "about b")
+    assert sent[0] == ("GET", {"X-Subscription-Token": "secret", "Accept": "application/json"})
+    assert sent[1] == ("POST", {"Authorization": "Bearer secret"})
