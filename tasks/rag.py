@@ -63,13 +63,10 @@ def extended_search_into(store: Store, recipe: Recipe) -> tuple[int, int]:
     run_searches(store, recipe, store.execute(
         "SELECT query_id, query FROM answer_queries WHERE query_id NOT IN "
         "(SELECT query_id FROM search_results) ORDER BY query_id"), SEARCH_STAGE)
-    before = {r[0] for r in store.execute("SELECT doc_id FROM documents")}
-    _tried, added = fetch_new_pages(store, recipe, round_no=0, stage=SEARCH_STAGE)
-    new_docs = [r[0] for r in store.execute("SELECT doc_id FROM documents")
-                if r[0] not in before]
+    _tried, new_docs = fetch_new_pages(store, recipe, round_no=0, stage=SEARCH_STAGE)
     if new_docs:
         chunk_documents(store, recipe, new_docs)
-    return written, added
+    return written, len(new_docs)
 
 
 def top_passages(prompt_vectors: np.ndarray, passage_vectors: np.ndarray, k: int,

@@ -101,8 +101,9 @@ def run_searches(store: Store, recipe: Recipe, queries: list[tuple[str, str]],
 
 
 def fetch_new_pages(store: Store, recipe: Recipe, round_no: int,
-                    stage: str = FETCH_STAGE) -> tuple[int, int]:
-    """Fetch every found URL not fetched before; return (pages tried, documents added)."""
+                    stage: str = FETCH_STAGE) -> tuple[int, list[str]]:
+    """Fetch every found URL not fetched before; return (pages tried, IDs of the
+    documents this added)."""
     todo = store.execute(
         "SELECT url, min_by(query_id, rank) FROM search_results WHERE url NOT IN "
         "(SELECT url FROM fetches) GROUP BY url ORDER BY url")
@@ -122,11 +123,12 @@ def fetch_new_pages(store: Store, recipe: Recipe, round_no: int,
             store.reject(stage, content_id(url), page.reason, f"{url}: {page.detail}")
         log.append({"url": url, "ok": page.ok, "reason": page.reason, "detail": page.detail,
                     "final_url": page.final_url, "doc_id": doc_id, "round": round_no})
-    known = {r[0] for r in store.execute("SELECT doc_id FROM documents")}
-    added = [d for d in docs if d["doc_id"] not in known]
+    ids = sorted({d["doc_id"] for d in docs})
+    known = {r[0] for r in store.execute(
+        "SELECT doc_id FROM documents WHERE doc_id IN (SELECT unnest(?))", [ids])}
     store.insert("documents", docs)
     store.insert("fetches", log)
-    return len(todo), len({d["doc_id"] for d in added})
+    return len(todo), [i for i in ids if i not in known]
 
 
 @stage_task("web_queries", sections=("domain", "llm", "sizes", "seed"), templates=(TEMPLATE,))
@@ -144,6 +146,7 @@ def search_and_fetch(recipe: Recipe, queries: StageResult, round_no: int) -> Sta
     run_searches(store, recipe, store.execute(
         "SELECT query_id, query FROM queries WHERE round = ? AND query_id NOT IN "
         "(SELECT query_id FROM search_results) ORDER BY query_id", [round_no]))
-    tried, added = fetch_new_pages(store, recipe, round_no)
+    tried, new_docs = fetch_new_pages(store, recipe, round_no)
+    added = len(new_docs)
     return timer.done(store.ref("documents", "doc_id"), tried, added,
                       f"{added} new documents from {tried} pages")
