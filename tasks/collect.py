@@ -141,16 +141,20 @@ def read_table(path: Path, source: InputSource) -> Iterator[Doc | Skip]:
 
 
 def iter_documents(recipe: Recipe) -> Iterator[tuple[str, Doc | Skip]]:
-    """(uri, Doc or Skip) for every item of every input."""
+    """(uri, Doc or Skip) for every item of every input, in recipe order."""
+    urls = [source.url for source in recipe.inputs if source.url is not None]
+    fetched = {}
+    if urls:  # one batch: shared robots.txt cache and per-host politeness
+        from tasks.fetch import Fetcher
+
+        fetched = dict(zip(urls, Fetcher.from_recipe(recipe).fetch_many(urls)))
     for source in recipe.inputs:
         if source.url is not None:
-            from tasks.fetch import Fetcher
-
-            fetched = Fetcher.from_recipe(recipe).fetch_many([source.url])[0]
-            if fetched.ok:
-                yield source.url, Doc(fetched.final_url, fetched.text, fetched.title, "url")
+            page = fetched[source.url]
+            if page.ok:
+                yield source.url, Doc(page.final_url, page.text, page.title, "url")
             else:
-                yield source.url, Skip(fetched.reason, fetched.detail)
+                yield source.url, Skip(page.reason, page.detail)
             continue
         for path in expand_source(source, recipe):
             if path.suffix.lower() in TABLE_SUFFIXES:

@@ -65,3 +65,19 @@ def test_jsonl_and_parquet_rows_become_documents(tmp_path):
     assert [u.rsplit("/", 1)[-1] for u in uris] == ["t.jsonl#r1", "t.parquet#1"]
     assert sorted(r[0] for r in store.execute("SELECT reason FROM rejects")) == [
         "bad_row", "empty", "missing_text_column"]
+
+
+def test_url_inputs_are_fetched_with_their_skip_reasons(tmp_path):
+    from webserver import TinyWeb
+
+    web = TinyWeb()
+    try:
+        recipe = make_recipe(tmp_path, [{"url": web.url("/quark-colour")},
+                                        {"url": web.url("/image.png")}],
+                             search={"backend": "none", "allow_private_addresses": True})
+        store = Store.open(tmp_path / "run.duckdb")
+        assert collect_into(store, recipe) == (2, 1)
+        assert store.scalar("SELECT source_kind FROM documents") == "url"
+        assert store.execute("SELECT reason FROM rejects") == [("not_html",)]
+    finally:
+        web.close()
