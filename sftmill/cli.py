@@ -70,7 +70,7 @@ def print_summary(store, run_id: str | None, elapsed: float | None = None,
                   targets: dict[str, float] | None = None) -> None:
     from sftmill.summary import summarize
 
-    s = summarize(store, None, targets)
+    s = summarize(store, targets)
     stages = Table(title="Stages", title_justify="left")
     for col in ("stage", "in", "out", "seconds", ""):
         stages.add_column(col, justify="right" if col in ("in", "out", "seconds") else "left")

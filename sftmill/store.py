@@ -275,13 +275,12 @@ class Store:
         with cls._open_lock:
             store = cls._open.get(key)
             if store is None:
-                if not cls._open:
-                    atexit.register(cls.close_all)  # flush and close before teardown
                 store = cls._open[key] = cls(key)
             return store
 
     @classmethod
     def close_all(cls) -> None:
+        """Close every store opened with `open` (also run at interpreter exit)."""
         with cls._open_lock:
             for store in cls._open.values():
                 store._con.close()
@@ -370,3 +369,6 @@ class Store:
         new = uuid.uuid4().hex[:16]
         self.set_meta("store_id", new)
         return new
+
+
+atexit.register(Store.close_all)  # flush and close before interpreter teardown

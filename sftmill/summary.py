@@ -28,18 +28,12 @@ def subdomain_shares(store: Store, targets: dict[str, float]) -> list[dict]:
              "prompts": counts.get(n, 0)} for n in names]
 
 
-def summarize(store: Store, run_id: str | None = None,
-              targets: dict[str, float] | None = None) -> RunSummary:
-    """Per-stage rows of the latest run that computed each stage (or of `run_id`)."""
-    if run_id is None:
-        stages = store.query_dicts(
-            "SELECT stage, n_in, n_out, seconds, run_id FROM stage_stats "
-            "QUALIFY row_number() OVER (PARTITION BY stage ORDER BY finished_at DESC) = 1 "
-            "ORDER BY finished_at")
-    else:
-        stages = store.query_dicts(
-            "SELECT stage, n_in, n_out, seconds, run_id FROM stage_stats WHERE run_id = ? "
-            "ORDER BY finished_at", [run_id])
+def summarize(store: Store, targets: dict[str, float] | None = None) -> RunSummary:
+    """Per stage, the row of the latest run that computed it."""
+    stages = store.query_dicts(
+        "SELECT stage, n_in, n_out, seconds, run_id FROM stage_stats "
+        "QUALIFY row_number() OVER (PARTITION BY stage ORDER BY finished_at DESC) = 1 "
+        "ORDER BY finished_at")
     llm = store.query_dicts(
         "SELECT model, stage, count(*) FILTER (WHERE status = 'ok') AS sent, "
         "count(*) FILTER (WHERE status = 'cache_hit') AS cache_hits, "

@@ -83,7 +83,7 @@ def record_shares(store: Store, targets: dict[str, float]) -> list[dict]:
 
 def write_card(store: Store, recipe: Recipe) -> Path:
     run_dir = recipe.run_dir
-    summary = summarize(store, None, target_shares(recipe))
+    summary = summarize(store, target_shares(recipe))
     records = store.query_dicts("SELECT prompt, answer, grounded FROM dataset")
     prompt_lengths = [len(r["prompt"]) for r in records]
     answer_lengths = [len(r["answer"]) for r in records]

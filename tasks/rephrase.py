@@ -7,6 +7,7 @@ the most common first three words before and after.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 
@@ -68,6 +69,7 @@ def rephrase(recipe: Recipe, broadened: StageResult) -> StageResult:
     n_in, made = rephrase_prompts(store, recipe)
     after = [r[0] for r in store.execute("SELECT text FROM candidate_prompts")]
     (w0, s0), (w1, s1) = top_opening(before), top_opening(after)
-    store.set_meta("opening_share", f'{{"before": ["{w0}", {s0:.3f}], "after": ["{w1}", {s1:.3f}]}}')
+    store.set_meta("opening_share", json.dumps({"before": [w0, round(s0, 3)],
+                                                "after": [w1, round(s1, 3)]}))
     return timer.done(store.ref("candidate_prompts", "prompt_id"), n_in, made,
                       f'top opening "{w0}" {s0:.0%} before, "{w1}" {s1:.0%} after')
