@@ -19,7 +19,7 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import jsonschema
@@ -87,16 +87,6 @@ class ChatResult:
     latency_s: float = 0.0
 
 
-@dataclass
-class _Usage:
-    calls: int = 0
-    cache_hits: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    errors: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 def parse_structured(text: str, schema: dict[str, Any]) -> Any:
     """Parse `text` as JSON (repairing it if needed) and validate it.
 
@@ -128,7 +118,6 @@ class LLM:
     def __init__(self, model: str, store: Store | None = None):
         self.model = model
         self.store = store
-        self.usage = _Usage()
 
     # -- backend hook -------------------------------------------------------
     async def _raw_complete(self, request: ChatRequest) -> RawCompletion:
@@ -148,15 +137,6 @@ class LLM:
     def _record(self, key: str, request: ChatRequest, status: str, *, text: str = "",
                 error: str = "", attempts: int = 0, tokens_in: int = 0,
                 tokens_out: int = 0, latency_s: float = 0.0) -> None:
-        with self.usage.lock:
-            if status == "cache_hit":
-                self.usage.cache_hits += 1
-            elif status == "ok":
-                self.usage.calls += 1
-                self.usage.tokens_in += tokens_in
-                self.usage.tokens_out += tokens_out
-            else:
-                self.usage.errors += 1
         if self.store is None:
             return
         request_json = "" if status == "cache_hit" else json.dumps(
@@ -259,9 +239,6 @@ class LLM:
         """Run a batch; a record whose answer is unusable comes back as its
         `LLMOutputError`; an unreachable endpoint raises `LLMUnavailableError`."""
         return run_sync(self.achat_many(requests, on_result))
-
-    def close(self) -> None:
-        """Release connections (HTTP backends)."""
 
 
 def run_sync(coro):
