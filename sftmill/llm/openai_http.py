@@ -32,6 +32,13 @@ _CLIENT: contextvars.ContextVar[httpx.AsyncClient | None] = contextvars.ContextV
 FATAL_STATUS = {401, 403, 404}
 
 
+def auth_headers(endpoint: LLMEndpoint) -> dict[str, str]:
+    """The Authorization header, with the key read from the environment at
+    call time; it travels only here, never into the store, parameters or logs."""
+    key = os.environ.get(endpoint.api_key_env, "") if endpoint.api_key_env else ""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """Parse a Retry-After header (seconds or an HTTP date)."""
     if not value:
@@ -58,13 +65,6 @@ class OpenAIChatLLM(LLM):
         self.endpoint = endpoint
         self.max_concurrency = endpoint.max_concurrency
         self._transport = transport  # tests inject httpx.MockTransport
-
-    def _headers(self) -> dict[str, str]:
-        # The key is read at call time from the environment and only ever
-        # travels in this header: never into the store, parameters or logs.
-        env = self.endpoint.api_key_env
-        key = os.environ.get(env, "") if env else ""
-        return {"Authorization": f"Bearer {key}"} if key else {}
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -125,7 +125,7 @@ class OpenAIChatLLM(LLM):
             for attempt in range(self.endpoint.max_retries + 1):
                 retry_after = None
                 try:
-                    response = await client.post(url, json=body, headers=self._headers())
+                    response = await client.post(url, json=body, headers=auth_headers(self.endpoint))
                 except (httpx.TimeoutException, httpx.TransportError) as err:
                     last_problem = f"{type(err).__name__}: {err}"
                 else:
@@ -159,10 +159,8 @@ class OpenAIChatLLM(LLM):
 def check_reachable(endpoint: LLMEndpoint, timeout_s: float = 5.0) -> str | None:
     """None when the server answers `GET /models`; otherwise the problem."""
     url = endpoint.base_url.rstrip("/") + "/models"
-    env = endpoint.api_key_env
-    headers = {"Authorization": f"Bearer {os.environ[env]}"} if env and env in os.environ else {}
     try:
-        response = httpx.get(url, timeout=timeout_s, headers=headers)
+        response = httpx.get(url, timeout=timeout_s, headers=auth_headers(endpoint))
     except httpx.HTTPError as err:
         return f"cannot reach {url} ({type(err).__name__})"
     if response.status_code in (401, 403):
