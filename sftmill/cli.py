@@ -102,7 +102,7 @@ def print_summary(store, run_id: str | None, elapsed: float | None = None,
             shares.add_column(col)
         for r in s.shares:
             target = "-" if r["target"] is None else f"{r['target']:.0%}"
-            shares.add_row(r["subdomain"], target, f"{r['actual']:.0%}", str(r["prompts"]))
+            shares.add_row(r["subdomain"], target, f"{r['actual']:.0%}", str(r["count"]))
         console.print(shares)
     if s.openings:
         (w0, s0), (w1, s1) = s.openings["before"], s.openings["after"]

@@ -19,13 +19,20 @@ class RunSummary:
     openings: dict | None = None
 
 
-def subdomain_shares(store: Store, targets: dict[str, float]) -> list[dict]:
-    """Target vs actual share of final prompts per subdomain."""
-    counts = dict(store.execute("SELECT coalesce(subdomain, '(none)'), count(*) FROM prompts GROUP BY ALL"))
+PROMPTS_BY_SUBDOMAIN = "SELECT coalesce(subdomain, '(none)'), count(*) FROM prompts GROUP BY ALL"
+RECORDS_BY_SUBDOMAIN = ("SELECT coalesce(p.subdomain, '(none)'), count(*) FROM dataset d "
+                        "JOIN prompts p USING (prompt_id) GROUP BY ALL")
+
+
+def subdomain_shares(store: Store, targets: dict[str, float],
+                     count_sql: str = PROMPTS_BY_SUBDOMAIN) -> list[dict]:
+    """Target vs actual share per subdomain of what `count_sql` counts
+    (final prompts by default); `count` is the number behind each share."""
+    counts = dict(store.execute(count_sql))
     total = sum(counts.values()) or 1
     names = list(targets) + sorted(set(counts) - set(targets))
     return [{"subdomain": n, "target": targets.get(n), "actual": counts.get(n, 0) / total,
-             "prompts": counts.get(n, 0)} for n in names]
+             "count": counts.get(n, 0)} for n in names]
 
 
 def summarize(store: Store, targets: dict[str, float] | None = None) -> RunSummary:

@@ -15,7 +15,7 @@ from pathlib import Path
 from sftmill.config import Recipe
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store
-from sftmill.summary import summarize
+from sftmill.summary import RECORDS_BY_SUBDOMAIN, subdomain_shares, summarize
 from tasks.export import write_atomic
 from tasks.generate import target_shares
 
@@ -71,23 +71,13 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def record_shares(store: Store, targets: dict[str, float]) -> list[dict]:
-    counts = dict(store.execute(
-        "SELECT coalesce(p.subdomain, '(none)'), count(*) FROM dataset d "
-        "JOIN prompts p USING (prompt_id) GROUP BY ALL"))
-    total = sum(counts.values()) or 1
-    names = list(targets) + sorted(set(counts) - set(targets))
-    return [{"subdomain": n, "target": targets.get(n), "actual": counts.get(n, 0) / total,
-             "records": counts.get(n, 0)} for n in names]
-
-
 def write_card(store: Store, recipe: Recipe) -> Path:
     run_dir = recipe.run_dir
     summary = summarize(store, target_shares(recipe))
     records = store.query_dicts("SELECT prompt, answer, grounded FROM dataset")
     prompt_lengths = [len(r["prompt"]) for r in records]
     answer_lengths = [len(r["answer"]) for r in records]
-    shares = record_shares(store, target_shares(recipe))
+    shares = subdomain_shares(store, target_shares(recipe), RECORDS_BY_SUBDOMAIN)
     plots = _plots(run_dir / "plots", shares, prompt_lengths, answer_lengths)
     dedup = next((s for s in summary.stages if s["stage"] == "dedup"), None)
     dup_rate = (1 - dedup["n_out"] / dedup["n_in"]) if dedup and dedup["n_in"] else 0.0
@@ -109,7 +99,7 @@ def write_card(store: Store, recipe: Recipe) -> Path:
         "## Subdomains: target vs actual",
         _table(["subdomain", "target", "actual", "records"],
                [[s["subdomain"], "-" if s["target"] is None else f"{s['target']:.0%}",
-                 f"{s['actual']:.0%}", s["records"]] for s in shares]),
+                 f"{s['actual']:.0%}", s["count"]] for s in shares]),
         "## Lengths (characters)",
         _table(["", "n", "min", "median", "mean", "max"],
                [["prompts", *length_stats(prompt_lengths).values()],
