@@ -13,7 +13,7 @@ import copy
 from sftmill.batch import answered, llm_map
 from sftmill.config import Recipe
 from sftmill.llm import make_llm
-from sftmill.prompts import PromptTemplate, load_template
+from sftmill.prompts import PromptTemplate, load_template, with_schema
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
 from tasks.relevance import kept_chunk_ids
@@ -36,7 +36,7 @@ def profile_chunks(store: Store, recipe: Recipe, chunk_ids: list[str]) -> int:
         "SELECT chunk_id, heading, text FROM chunks WHERE chunk_id IN (SELECT unnest(?)) "
         "AND chunk_id NOT IN (SELECT chunk_id FROM profiles) ORDER BY chunk_id", [chunk_ids])
     base = load_template(TEMPLATE)
-    template = PromptTemplate(base.name, base.template, schema_for(recipe, base), base.version)
+    template = with_schema(base, schema_for(recipe, base))
     endpoint = recipe.llm.generator
     llm = make_llm(endpoint, store)
     domain = recipe.domain
