@@ -14,22 +14,23 @@ Instance filters: empty output [empty_output], output equal to input
 [conflicting_outputs], output ending with a colon [trailing_colon].
 
 Novelty: ROUGE-L F = 2·LCS/(|a|+|b|) over lowercase alphanumeric tokens.
-`NoveltyIndex` avoids the quadratic scan with two exact bounds: LCS is at
-most the multiset token overlap, so a pool instruction can exceed the
-threshold θ only if it shares more than θ|a|/(2−θ) of the candidate's token
-occurrences; by pigeonhole it must then contain one of the candidate's
-|a| − ⌊θ|a|/(2−θ)⌋ rarest occurrences.  Only instructions in those tokens'
-posting lists are scored exactly (bit-parallel LCS), so decisions match the
-brute-force check while most of the pool is never touched.
+`NoveltyIndex` avoids scoring the whole pool with one exact bound: LCS is at
+most the multiset token overlap, so a pool instruction b can exceed the
+threshold θ only if 2·overlap(a, b) > θ(|a|+|b|).  The overlaps of the
+candidate with every pool instruction come from the posting lists of its
+tokens in a few vectorised numpy additions; only instructions that pass the
+bound are scored exactly (bit-parallel LCS), so decisions match the
+brute-force check while almost none of the pool is scored.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import string
 from collections import Counter, defaultdict
 from typing import Iterable
+
+import numpy as np
 
 ROUGE_THRESHOLD = 0.7
 MIN_WORDS, MAX_WORDS = 3, 150
@@ -125,15 +126,33 @@ class BruteForceNovelty:
         self.pool.append(tokens(text))
 
 
+class _Postings:
+    """One token's posting list as growable numpy arrays (pool index, count)."""
+
+    __slots__ = ("ids", "counts", "size")
+
+    def __init__(self):
+        self.ids = np.empty(8, dtype=np.int32)
+        self.counts = np.empty(8, dtype=np.int16)
+        self.size = 0
+
+    def append(self, idx: int, count: int) -> None:
+        if self.size == len(self.ids):
+            self.ids = np.resize(self.ids, 2 * self.size)
+            self.counts = np.resize(self.counts, 2 * self.size)
+        self.ids[self.size] = idx
+        self.counts[self.size] = min(count, 32767)
+        self.size += 1
+
+
 class NoveltyIndex:
-    """Same decisions as BruteForceNovelty, without scanning the whole pool."""
+    """Same decisions as BruteForceNovelty, without scoring the whole pool."""
 
     def __init__(self, threshold: float = ROUGE_THRESHOLD, pool: Iterable[str] = ()):
         self.threshold = threshold
         self.items: list[list[str]] = []
-        self.counts: list[Counter[str]] = []
-        self.postings: dict[str, set[int]] = defaultdict(set)
-        self.df: Counter[str] = Counter()
+        self.lengths = np.zeros(1024, dtype=np.int32)
+        self.postings: dict[str, _Postings] = {}
         self.scored = 0  # exact ROUGE-L computations, for benchmarks
         for text in pool:
             self.add(text)
@@ -142,39 +161,38 @@ class NoveltyIndex:
         toks = tokens(text)
         idx = len(self.items)
         self.items.append(toks)
-        self.counts.append(Counter(toks))
-        for token in set(toks):
-            self.postings[token].add(idx)
-            self.df[token] += 1
+        if idx == len(self.lengths):
+            self.lengths = np.resize(self.lengths, 2 * idx)
+        self.lengths[idx] = len(toks)
+        for token, count in Counter(toks).items():
+            if token not in self.postings:
+                self.postings[token] = _Postings()
+            self.postings[token].append(idx, count)
 
-    def _candidates(self, a: list[str]) -> set[int]:
-        theta = self.threshold
-        must_share = theta * len(a) / (2 - theta)  # overlap must exceed this
-        prefix = len(a) - math.floor(must_share)
-        rarest_first = sorted(a, key=lambda t: (self.df.get(t, 0), t))
-        found: set[int] = set()
-        for token in rarest_first[:prefix]:
-            found |= self.postings.get(token, set())
-        return found
+    def _candidates(self, a: list[str]) -> np.ndarray:
+        """Pool indexes whose overlap bound 2·overlap/(|a|+|b|) exceeds θ."""
+        n = len(self.items)
+        overlap = np.zeros(n, dtype=np.int32)
+        for token, count in Counter(a).items():
+            plist = self.postings.get(token)
+            if plist is not None:
+                ids = plist.ids[:plist.size]
+                overlap[ids] += np.minimum(plist.counts[:plist.size], count)
+        bound_ok = 2 * overlap > self.threshold * (len(a) + self.lengths[:n])
+        return np.flatnonzero(bound_ok)
 
     def most_similar(self, text: str) -> float:
-        """The pool's highest ROUGE-L with `text` when it is above the
-        threshold; otherwise some value at most the threshold."""
+        """A ROUGE-L above the threshold when some pool instruction exceeds
+        it (the first one found); otherwise a value at most the threshold."""
         a = tokens(text)
-        if not a:
+        if not a or not self.items:
             return 0.0
-        theta, best = self.threshold, 0.0
-        lo, hi = theta * len(a) / (2 - theta), (2 - theta) * len(a) / theta
-        counts = Counter(a)
+        best = 0.0
         for idx in self._candidates(a):
-            b = self.items[idx]
-            if not lo < len(b) < hi:
-                continue
-            overlap = sum(min(n, self.counts[idx][t]) for t, n in counts.items())
-            if 2 * overlap / (len(a) + len(b)) <= theta:
-                continue
             self.scored += 1
-            best = max(best, rouge_l(a, b))
+            best = max(best, rouge_l(a, self.items[idx]))
+            if best > self.threshold:
+                break
         return best
 
     def is_novel(self, text: str) -> bool:
