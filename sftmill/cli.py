@@ -247,30 +247,94 @@ def self_instruct(
     """Self-Instruct (Wang et al., 2022): bootstrap instructions and instances
     from SEEDS with the ROUGE-L novelty filter, then export with lineage."""
     _quiet_prefect(verbose)
-    from sftmill.config import LLMEndpoint
-    from tasks.export import FORMATS
     from tasks.self_instruct import SelfInstructConfig, load_seeds
 
-    if format not in FORMATS:
-        _fail(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
+    _check_format(format)
     if not seeds.is_file():
         _fail(f"{seeds}: seed file not found")
     try:
         load_seeds(seeds)
     except RecipeError as err:
         _fail(str(err))
-    generator = (LLMEndpoint(backend="openai", base_url=base_url, model=model or "default",
-                             max_tokens=400) if base_url else LLMEndpoint(max_tokens=400))
+    from flows.self_instruct_flow import self_instruct_flow
+
     cfg = SelfInstructConfig(seeds_path=str(seeds.resolve()), output_dir=str(out.resolve()),
                              target=target, max_rounds=rounds, prompts_per_round=prompts_per_round,
-                             generator=generator)
-    _run_flow("self_instruct", cfg, format, out)
+                             generator=_endpoint(base_url, model))
+    _run_flow("self-instruct", self_instruct_flow, cfg, format, out)
 
 
-def _run_flow(kind: str, cfg, fmt: str, out: Path) -> None:
+def _endpoint(base_url: str | None, model: str | None, **settings):
+    """The embedded model, or an OpenAI-compatible server when `base_url` is given."""
+    from sftmill.config import LLMEndpoint
+
+    settings.setdefault("max_tokens", 400)
+    if base_url:
+        return LLMEndpoint(backend="openai", base_url=base_url, model=model or "default", **settings)
+    return LLMEndpoint(**settings)
+
+
+def _check_format(fmt: str) -> None:
+    from tasks.export import FORMATS
+
+    if fmt not in FORMATS:
+        _fail(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+
+
+def _check_input(path: Path) -> None:
+    from tasks.pairs_io import read_items
+
+    try:
+        read_items(path)
+    except RecipeError as err:
+        _fail(str(err))
+
+
+@app.command()
+def evol(
+    input: Path = typer.Argument(..., help="Instructions to evolve: a .txt file (one per line) or "
+                                 "JSONL (Alpaca, prompt/response, OpenAI messages, ShareGPT, or an "
+                                 "earlier sftmill export)."),
+    rounds: int = typer.Option(4, "--rounds", "-m", help="Evolution rounds M."),
+    out: Path = typer.Option(Path("runs/evol"), help="Run folder for the DuckDB file and exports."),
+    operations: str = typer.Option(",".join(("add_constraints", "deepen", "concretize",
+                                             "increase_reasoning", "complicate_input", "breadth")),
+                                   help="Comma-separated operations to draw from."),
+    judge: bool = typer.Option(True, help="Ask the judge LLM whether each evolution adds information."),
+    include_inputs: bool = typer.Option(False, help="Also export input pairs that have a response."),
+    format: str = typer.Option("openai", "--format", "-f", help="openai, sharegpt or alpaca."),
+    base_url: str = typer.Option(None, help="OpenAI-compatible server; default: the embedded model."),
+    model: str = typer.Option(None, help="Model name on that server."),
+    seed: int = typer.Option(0, help="Seed for operation draws and sampling."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
+) -> None:
+    """Evol-Instruct (Xu et al., 2023): evolve INPUT's instructions for M rounds
+    (in-depth: add constraints, deepen, concretize, increase reasoning,
+    complicate input; in-breadth: a rarer topic), drop failed evolutions with
+    their reason, answer the survivors, export with parent, operation and round."""
+    _quiet_prefect(verbose)
+    from pydantic import ValidationError
+
+    from flows.evol_flow import evol_flow
+    from tasks.evol import EvolConfig
+
+    _check_format(format)
+    _check_input(input)
+    try:
+        cfg = EvolConfig(input_path=str(input.resolve()), output_dir=str(out.resolve()),
+                         rounds=rounds, operations=tuple(o.strip() for o in operations.split(",")),
+                         judge_info_gain=judge, include_inputs=include_inputs, seed=seed,
+                         generator=_endpoint(base_url, model),
+                         judge=_endpoint(base_url, model, temperature=0.0, max_tokens=16))
+    except ValidationError as err:
+        first = err.errors()[0]
+        _fail(f"--{first['loc'][0]}: {first['msg']}".replace("_", "-"))
+    _run_flow("evol-instruct", evol_flow, cfg, format, out)
+
+
+def _run_flow(kind: str, flow_fn, cfg, fmt: str, out: Path) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flows.self_instruct_flow import self_instruct_flow
     from sftmill.progress import set_reporter
     from sftmill.store import Store
 
@@ -279,7 +343,7 @@ def _run_flow(kind: str, cfg, fmt: str, out: Path) -> None:
                   TimeElapsedColumn(), console=console) as bars:
         previous = set_reporter(RichReporter(bars))
         try:
-            state = self_instruct_flow(cfg, fmt, return_state=True)
+            state = flow_fn(cfg, fmt, return_state=True)
         finally:
             set_reporter(previous)
     store = Store.open(Path(cfg.output_dir) / "sftmill.duckdb")

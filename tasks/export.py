@@ -125,10 +125,15 @@ def export_parquet(store: Store, out: Path) -> int:
     return len(rows)
 
 
-def export_run(store: Store, recipe: Recipe) -> int:
-    n = export_jsonl(store, recipe.export.format, recipe.run_dir / "dataset.jsonl")
-    export_parquet(store, recipe.run_dir / "dataset.parquet")
+def export_files(store: Store, fmt: str, out_dir: Path) -> int:
+    """`dataset.jsonl` in `fmt` and `dataset.parquet` in `out_dir`."""
+    n = export_jsonl(store, fmt, out_dir / "dataset.jsonl")
+    export_parquet(store, out_dir / "dataset.parquet")
     return n
+
+
+def export_run(store: Store, recipe: Recipe) -> int:
+    return export_files(store, recipe.export.format, recipe.run_dir)
 
 
 @stage_task("export", sections=("export", "output_dir"), cached=False)
@@ -137,3 +142,13 @@ def export(recipe: Recipe, dataset: StageResult) -> StageResult:
     timer = StageTimer(store, STAGE)
     n = export_run(store, recipe)
     return timer.done(dataset.out, dataset.out.rows, n, f"{recipe.run_dir / 'dataset.jsonl'}")
+
+
+@stage_task("export", sections=(), cached=False)
+def export_dataset(output_dir: str, fmt: str, dataset: StageResult) -> StageResult:
+    """The export step of the classic generators (Self-Instruct, Evol-Instruct,
+    templates, augmentations): their `dataset` table into `output_dir`."""
+    store = Store.open(dataset.out.db_path)
+    timer = StageTimer(store, STAGE)
+    n = export_files(store, fmt, Path(output_dir))
+    return timer.done(dataset.out, dataset.out.rows, n, str(Path(output_dir) / "dataset.jsonl"))

@@ -242,11 +242,10 @@ def bootstrap_round(cfg: SelfInstructConfig, pool: StageResult | None, round_no:
 
 @stage_task("self_instruct_export", sections=(), cached=False)
 def export_self_instruct(cfg: SelfInstructConfig, pool: StageResult, fmt: str) -> StageResult:
-    from tasks.export import export_jsonl, export_parquet
+    from tasks.export import export_files
 
     store = Store.open(cfg.db_path)
     timer = StageTimer(store, "export")
     n = to_dataset(store)
-    export_jsonl(store, fmt, Path(cfg.output_dir) / "dataset.jsonl")
-    export_parquet(store, Path(cfg.output_dir) / "dataset.parquet")
+    export_files(store, fmt, Path(cfg.output_dir))
     return timer.done(store.ref("dataset", "record_id"), pool.n_out, n)

@@ -30,7 +30,18 @@ SAMPLE = {
         {"input": "1+1", "output": "2"}]}], instruction="MARK"),
     "self_instruct_output_first": dict(examples=[{"instruction": "Label.", "instances": [
         {"input": "x", "output": "yes"}]}], instruction="MARK"),
+    "respond": dict(instruction="MARK"),
+    **{f"evol_{op}": dict(instruction="MARK") for op in (
+        "add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input",
+        "breadth")},
+    "evol_equal": dict(parent="Explain spin.", child="MARK"),
+    "paraphrase_instruction": dict(text="MARK", n=2),
+    "paraphrase_response": dict(instruction="Why?", text="MARK", n=2),
+    "translate": dict(text="MARK", language="French"),
+    "template_slot_values": dict(domain="Physics", description="MARK", n=3, examples=["quark"]),
 }
+# Templates whose answer is free text (an instruction, a response, a translation).
+PLAIN_TEXT = {"respond", "translate", *(n for n in SAMPLE if n.startswith("evol_") and n != "evol_equal")}
 
 
 def test_answer_template_without_passages_says_so():
@@ -49,7 +60,10 @@ def test_every_template_renders_with_a_schema(name):
     assert messages[-1]["role"] == "user"
     assert "MARK" in messages[-1]["content"]
     assert "{{" not in messages[-1]["content"] and "{%" not in messages[-1]["content"]
-    assert template.schema["type"] == "object" and template.schema["required"]
+    if name in PLAIN_TEXT:
+        assert template.schema is None
+    else:
+        assert template.schema["type"] == "object" and template.schema["required"]
     assert template.version.startswith(f"{name}@")
 
 

@@ -1,0 +1,22 @@
+"""Evol-Instruct: M rounds of evolving every lineage's latest instruction,
+the eliminator, responses for the survivors; then export with lineage."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from sftmill.stages import StageResult
+from tasks.evol import EvolConfig, evol_dataset, evolve_round
+from tasks.export import export_dataset
+from tasks.pairs_io import file_fingerprint, load_inputs, read_items
+
+
+@flow(name="sftmill-evol-instruct")
+def evol_flow(cfg: EvolConfig, fmt: str = "openai") -> list[StageResult]:
+    """Inputs → rounds 1..M of evolve → eliminate → respond → dataset → export."""
+    read_items(cfg.input_path)  # an unusable input file stops before any LLM call
+    stages = [load_inputs(cfg.input_path, str(cfg.db_path), file_fingerprint(cfg.input_path))]
+    for round_no in range(1, cfg.rounds + 1):
+        stages.append(evolve_round(cfg, stages[-1], round_no))
+    stages.append(evol_dataset(cfg, stages[-1]))
+    return stages + [export_dataset(cfg.output_dir, fmt, stages[-1])]

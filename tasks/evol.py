@@ -1,0 +1,264 @@
+"""Evol-Instruct (Xu et al., 2023, WizardLM): rewrite instructions, round
+after round, into harder (in-depth) or rarer (in-breadth) ones.
+
+Each round evolves every lineage's latest instruction with one operation
+drawn at random (seeded per instruction and round) from:
+    in-depth   add_constraints, deepen, concretize, increase_reasoning,
+               complicate_input
+    in-breadth breadth (a new instruction: same domain and difficulty,
+               rarer topic)
+each an evolution prompt `prompts/evol_<operation>.jinja2`.  The
+eliminator drops a failed evolution with its reason:
+    empty_evolution         nothing came back
+    truncated_evolution     the rewrite used the whole token budget
+    copies_template_words   it repeats words of the evolution prompt
+                            ("given prompt", "rewritten prompt", …)
+    no_information_gain     identical to its parent, or the judge LLM finds
+                            the two equal (`prompts/evol_equal`)
+    empty_response, response_truncated, response_refusal,
+    response_too_short      the evolved instruction makes the generator
+                            answer poorly (`tasks.respond`)
+As in the paper, a failed evolution puts its parent back: the lineage is
+evolved again next round with a freshly drawn operation.  Survivors get
+their response and join `evol_items` with parent ID, operation and round.
+The dataset holds the evolved pairs of rounds 1..M (and, with
+`include_inputs`, the input pairs that came with a response).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sftmill.batch import answered, llm_map
+from sftmill.config import LLMEndpoint
+from sftmill.llm import make_llm
+from sftmill.prompts import load_template
+from sftmill.stages import StageResult, StageTimer, stage_task
+from sftmill.store import Store, content_id
+from tasks.pairs_io import SCHEMA as INPUT_SCHEMA
+from tasks.respond import respond, truncated
+
+STAGE = "evol"
+DEPTH = ("add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input")
+OPERATIONS = DEPTH + ("breadth",)
+Operation = Literal["add_constraints", "deepen", "concretize", "increase_reasoning",
+                    "complicate_input", "breadth"]
+TEMPLATE_WORDS_RE = re.compile(
+    r"(given|rewritten|created|original|new) (prompt|instruction)\b|#\s*(the )?(given|rewritten|"
+    r"created) prompt\s*#", re.IGNORECASE)
+
+SCHEMA = {
+    "evol_items": """
+        item_id VARCHAR PRIMARY KEY,
+        root_id VARCHAR,          -- the input item this lineage started from
+        parent_id VARCHAR,        -- NULL for round 0 (the inputs)
+        operation VARCHAR,        -- 'input' for round 0
+        round INTEGER,
+        instruction VARCHAR,
+        response VARCHAR,
+        model VARCHAR,
+        evolve_template VARCHAR,
+        response_template VARCHAR,
+        judge_model VARCHAR,
+        evolve_call VARCHAR,
+        response_call VARCHAR
+    """,
+}
+
+
+class EvolConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_path: str = Field(description="Plain instructions (.txt, one per line) or JSONL "
+                            "(Alpaca, prompt/response, OpenAI messages, ShareGPT, an earlier export).")
+    output_dir: str = Field(description="Run folder (DuckDB file and exports).")
+    rounds: int = Field(default=4, ge=1, le=20, description="Evolution rounds M.")
+    operations: tuple[Operation, ...] = Field(default=OPERATIONS, min_length=1,
+                                              description="Operations drawn from, uniformly.")
+    judge_info_gain: bool = Field(default=True, description="Ask the judge LLM whether an "
+                                  "evolution equals its parent (identical text is always dropped).")
+    include_inputs: bool = Field(default=False, description="Also export the input pairs that "
+                                 "came with a response (round 0).")
+    min_response_words: int = Field(default=3, ge=1)
+    generator: LLMEndpoint = Field(default_factory=lambda: LLMEndpoint(max_tokens=400))
+    judge: LLMEndpoint = Field(default_factory=lambda: LLMEndpoint(temperature=0.0, max_tokens=16))
+    seed: int = 0
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.output_dir) / "sftmill.duckdb"
+
+
+def pick_operation(cfg: EvolConfig, parent_id: str, round_no: int) -> str:
+    rng = random.Random(content_id(cfg.seed, parent_id, round_no))
+    return rng.choice(cfg.operations)
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split()).strip(" .?!")
+
+
+def evolution_problem(parent: str, text: str, was_truncated: bool) -> str | None:
+    """The eliminator's textual checks (the judge's is separate)."""
+    if not text.strip():
+        return "empty_evolution"
+    if was_truncated:
+        return "truncated_evolution"
+    if TEMPLATE_WORDS_RE.search(text):
+        return "copies_template_words"
+    if _normal(text) == _normal(parent):
+        return "no_information_gain"
+    return None
+
+
+def seed_inputs(store: Store) -> None:
+    """Round 0 of every lineage: the input items."""
+    store.insert("evol_items", [
+        {"item_id": r["item_id"], "root_id": r["item_id"], "parent_id": None, "operation": "input",
+         "round": 0, "instruction": r["instruction"], "response": r["response"]}
+        for r in store.query_dicts("SELECT * FROM input_items")])
+
+
+def frontier(store: Store, round_no: int) -> list[dict]:
+    """Each lineage's latest kept instruction before `round_no`."""
+    return store.query_dicts(
+        "SELECT * FROM evol_items WHERE round < ? "
+        "QUALIFY row_number() OVER (PARTITION BY root_id ORDER BY round DESC) = 1 "
+        "ORDER BY root_id", [round_no])
+
+
+def _reject(store: Store, parent: dict, op: str, round_no: int, reason: str, text: str,
+            score: float | None = None) -> None:
+    detail = json.dumps({"round": round_no, "operation": op, "parent_id": parent["item_id"],
+                         "text": text[:300]}, ensure_ascii=False)
+    store.reject(STAGE, content_id(parent["item_id"], round_no, op), reason, detail, score)
+
+
+def evolve(store: Store, cfg: EvolConfig, llm, parents: list[dict], round_no: int,
+           ) -> list[tuple[dict, str, str, str, str]]:
+    """Rewrite each parent; returns (parent, operation, text, template version,
+    call key) for the rewrites that pass the textual checks."""
+    by_op: dict[str, list[dict]] = {}
+    for parent in parents:
+        by_op.setdefault(pick_operation(cfg, parent["item_id"], round_no), []).append(parent)
+    out = []
+    for op, group in sorted(by_op.items()):
+        template = load_template(f"evol_{op}")
+        results = llm_map(llm, cfg.generator, template, group,
+                          lambda p: {"instruction": p["instruction"]},
+                          stage=f"{STAGE}_r{round_no}_{op}", seed=cfg.seed + round_no)
+        for parent, result in answered(store, STAGE, results,
+                                       lambda p, op=op: content_id(p["item_id"], round_no, op)):
+            text = result.text.strip()
+            problem = evolution_problem(parent["instruction"], text,
+                                        truncated(result, cfg.generator.max_tokens))
+            if problem:
+                _reject(store, parent, op, round_no, problem, text)
+            else:
+                out.append((parent, op, text, template.version, result.key))
+    return out
+
+
+def judge_equal(store: Store, cfg: EvolConfig, candidates: list[tuple], round_no: int,
+                ) -> tuple[list[tuple], str]:
+    """Drop the evolutions the judge finds equal to their parent."""
+    judge = make_llm(cfg.judge, store)
+    template = load_template("evol_equal")
+    results = llm_map(judge, cfg.judge, template, candidates,
+                      lambda c: {"parent": c[0]["instruction"], "child": c[2]},
+                      stage=f"{STAGE}_r{round_no}_judge", seed=cfg.seed)
+    kept = []
+    for cand, result in answered(store, STAGE, results,
+                                 lambda c: content_id(c[0]["item_id"], round_no, c[1])):
+        if result.data["equal"]:
+            _reject(store, cand[0], cand[1], round_no, "no_information_gain",
+                    f"{cand[2]} — the judge found it equal to its parent")
+        else:
+            kept.append(cand)
+    return kept, judge.model
+
+
+def run_round(store: Store, cfg: EvolConfig, round_no: int) -> int:
+    llm = make_llm(cfg.generator, store)
+    candidates = evolve(store, cfg, llm, frontier(store, round_no), round_no)
+    judge_model = None
+    if cfg.judge_info_gain and candidates:
+        candidates, judge_model = judge_equal(store, cfg, candidates, round_no)
+    ids = {content_id(p["root_id"], round_no, text): (p, op, text, version, key)
+           for p, op, text, version, key in candidates}
+    responses = respond(store, llm, cfg.generator, [(i, c[2]) for i, c in ids.items()],
+                        stage=STAGE, seed=cfg.seed, min_words=cfg.min_response_words)
+    rows = []
+    for item_id, (parent, op, text, version, key) in ids.items():
+        if item_id not in responses:
+            continue
+        response, response_key, response_version = responses[item_id]
+        rows.append({"item_id": item_id, "root_id": parent["root_id"], "parent_id": parent["item_id"],
+                     "operation": op, "round": round_no, "instruction": text, "response": response,
+                     "model": llm.model, "evolve_template": version,
+                     "response_template": response_version, "judge_model": judge_model,
+                     "evolve_call": key, "response_call": response_key})
+    store.insert("evol_items", rows)
+    return len(rows)
+
+
+@stage_task("evol_round", sections=())
+def evolve_round(cfg: EvolConfig, previous: StageResult, round_no: int) -> StageResult:
+    """One evolution round over every lineage."""
+    store = Store.open(cfg.db_path)
+    store.ensure_tables(INPUT_SCHEMA | SCHEMA)
+    timer = StageTimer(store, STAGE)
+    seed_inputs(store)
+    n_in = len(frontier(store, round_no))
+    # A retried round starts clean: rows of an interrupted attempt are replaced.
+    store.execute("DELETE FROM evol_items WHERE round = ?", [round_no])
+    added = run_round(store, cfg, round_no)
+    return timer.done(store.ref("evol_items", "item_id"), n_in, added,
+                      f"round {round_no}: {added} of {n_in} evolved")
+
+
+def evolution_path(items: dict[str, dict], item: dict) -> list[str]:
+    path = []
+    while item and item["parent_id"]:
+        path.append(item["operation"])
+        item = items.get(item["parent_id"])
+    return path[::-1]
+
+
+def to_dataset(store: Store, rounds: int, include_inputs: bool) -> int:
+    rows = store.query_dicts("SELECT e.*, i.source FROM evol_items e "
+                             "LEFT JOIN input_items i ON i.item_id = e.root_id "
+                             "WHERE e.round <= ? ORDER BY e.item_id", [rounds])
+    items = {r["item_id"]: r for r in rows}
+    records = []
+    for r in rows:
+        if r["round"] == 0 and not (include_inputs and r["response"]):
+            continue
+        records.append({
+            "record_id": r["item_id"], "prompt_id": r["item_id"], "answer_id": r["item_id"],
+            "prompt": r["instruction"], "answer": r["response"], "grounded": False,
+            "metadata": json.dumps({
+                "generator": "evol-instruct", "item_id": r["item_id"], "root_id": r["root_id"],
+                "parent_id": r["parent_id"], "operation": r["operation"], "round": r["round"],
+                "evolution_path": evolution_path(items, r),
+                "source": json.loads(r["source"] or "{}"),
+                "models": {"evolve": r["model"], "response": r["model"], "judge": r["judge_model"]},
+                "templates": {"evolve": r["evolve_template"], "response": r["response_template"]},
+            }, ensure_ascii=False, default=str)})
+    store.execute("DELETE FROM dataset")
+    store.insert("dataset", records)
+    return len(records)
+
+
+@stage_task("evol_dataset", sections=())
+def evol_dataset(cfg: EvolConfig, evolved: StageResult) -> StageResult:
+    store = Store.open(cfg.db_path)
+    timer = StageTimer(store, "dataset")
+    n = to_dataset(store, cfg.rounds, cfg.include_inputs)
+    return timer.done(store.ref("dataset", "record_id"), evolved.out.rows, n)

@@ -1,0 +1,135 @@
+"""The Evol-Instruct flow: scripted for the eliminator's logic, real model
+for the wiring."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fakes import ScriptedLLM, route_llm, user_text
+from sftmill.config import LLMEndpoint
+from sftmill.store import Store
+from tasks.evol import OPERATIONS, EvolConfig, evolution_problem
+from tasks.respond import response_problem
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_evolution_checks():
+    assert evolution_problem("Explain spin.", "", False) == "empty_evolution"
+    assert evolution_problem("Explain spin.", "Explain spin in two ways.", True) == "truncated_evolution"
+    assert evolution_problem("Explain spin.", "#Rewritten Prompt#: Explain spin.", False) \
+        == "copies_template_words"
+    assert evolution_problem("Explain spin.", "The given prompt asks to explain spin.", False) \
+        == "copies_template_words"
+    assert evolution_problem("Explain spin.", "explain  spin", False) == "no_information_gain"
+    assert evolution_problem("Explain spin.", "Explain spin with one worked example.", False) is None
+
+
+def test_response_checks():
+    assert response_problem("", False) == "empty_response"
+    assert response_problem("Spin is intrinsic angular momentum.", True) == "response_truncated"
+    assert response_problem("Sorry, I cannot answer that.", False) == "response_refusal"
+    long_apology = "I apologise for the delay. " + "Spin is intrinsic angular momentum. " * 20
+    assert response_problem(long_apology, False) is None
+    assert response_problem("Yes, it is.", False) == "response_too_short"
+    assert response_problem("Spin is intrinsic angular momentum.", False) is None
+
+
+def instruction_of(request) -> str:
+    return user_text(request).rsplit("Instruction:\n", 1)[-1].strip()
+
+
+def scripted(request):
+    """Evolutions that exercise each elimination reason, keyed by the input."""
+    system = request.messages[0][1]
+    if request.schema and "equal" in request.schema["properties"]:
+        return {"equal": "in the same way" in user_text(request)}
+    if "knowledgeable, careful assistant" in system:
+        text = user_text(request)
+        return "Sorry, I cannot." if "apologise" in text else f"A full answer about {text[:40]}."
+    parent = instruction_of(request)
+    if parent.startswith("Explain what colour charge"):
+        return parent + " Give one more example."
+    if parent.startswith("Why are quarks"):
+        return "#Rewritten Prompt#: " + parent
+    if parent.startswith("Describe how a proton"):
+        return parent
+    if parent.startswith("What is asymptotic"):
+        return "   "
+    if parent.startswith("Compare gluons"):
+        return parent + " in the same way"
+    return parent.rstrip(".") + " and apologise."
+
+
+def test_evol_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatch):
+    from flows.evol_flow import evol_flow
+
+    llm = route_llm(monkeypatch, ScriptedLLM(scripted))
+    cfg = EvolConfig(input_path=str(ROOT / "data" / "evol" / "instructions.txt"),
+                     output_dir=str(tmp_path / "evol"), rounds=2)
+    results = evol_flow(cfg, "alpaca")
+    assert [r.stage for r in results] == ["input", "evol", "evol#2", "dataset", "export"]
+    store = Store.open(cfg.db_path)
+    reasons = {r: n for r, n in store.execute(
+        "SELECT reason, count(*) FROM rejects WHERE stage = 'evol' GROUP BY reason")}
+    # every failing lineage fails in both rounds: its parent was put back
+    assert reasons == {"copies_template_words": 2, "no_information_gain": 4,
+                       "empty_evolution": 2, "response_refusal": 2}
+    parents = {json.loads(d)["parent_id"] for (d,) in store.execute(
+        "SELECT detail FROM rejects WHERE reason = 'copies_template_words'")}
+    assert len(parents) == 1  # round 2 evolved the same (original) instruction again
+    judged = [c for c in llm.requests if c.schema and "equal" in c.schema["properties"]]
+    assert judged, "the judge was asked about information gain"
+
+    records = [json.loads(x) for x in (tmp_path / "evol" / "dataset.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    first, second = sorted(records, key=lambda r: r["metadata"]["round"])
+    assert second["metadata"]["parent_id"] == first["metadata"]["item_id"]
+    assert first["metadata"]["parent_id"] == first["metadata"]["root_id"]
+    assert second["instruction"].endswith("Give one more example. Give one more example.")
+    assert len(second["metadata"]["evolution_path"]) == 2
+    assert set(second["metadata"]["evolution_path"]) <= set(OPERATIONS)
+    assert second["metadata"]["source"] == {"file": "instructions.txt", "line": 1}
+    assert second["output"].startswith("A full answer")
+
+    # A rerun sends nothing new and keeps the same dataset.
+    sent = len(llm.requests)
+    evol_flow(cfg, "alpaca")
+    assert len(llm.requests) == sent
+
+
+def test_evol_flow_without_judge_and_with_inputs(prefect_harness, tmp_path, monkeypatch):
+    from flows.evol_flow import evol_flow
+
+    route_llm(monkeypatch, ScriptedLLM(scripted))
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"prompt": "Compare gluons and photons.",
+                                  "response": "Both are gauge bosons."}) + "\n")
+    cfg = EvolConfig(input_path=str(source), output_dir=str(tmp_path / "evol"), rounds=1,
+                     judge_info_gain=False, include_inputs=True, operations=("breadth",))
+    evol_flow(cfg)
+    records = [json.loads(x) for x in (tmp_path / "evol" / "dataset.jsonl").read_text().splitlines()]
+    assert sorted(r["metadata"]["operation"] for r in records) == ["breadth", "input"]
+
+
+@pytest.mark.real_model
+def test_evol_flow_with_the_real_embedded_model(prefect_harness, tmp_path):
+    from flows.evol_flow import evol_flow
+
+    source = tmp_path / "in.txt"
+    source.write_text("Explain what colour charge is.\nList the six quark flavours.\n")
+    cfg = EvolConfig(input_path=str(source), output_dir=str(tmp_path / "evol"), rounds=1,
+                     generator=LLMEndpoint(max_tokens=120), judge=LLMEndpoint(temperature=0.0, max_tokens=16))
+    results = evol_flow(cfg)
+    store = Store.open(cfg.db_path)
+    models = {r[0] for r in store.execute("SELECT DISTINCT model FROM llm_calls")}
+    assert models == {"llama.cpp:SmolLM2-135M-Instruct.Q4_1.gguf"}
+    stages = {r[0] for r in store.execute("SELECT DISTINCT stage FROM llm_calls")}
+    assert any(s.startswith("evol_r1_") for s in stages)
+    # every lineage either evolved in round 1 or has a recorded reason
+    evolved = store.scalar("SELECT count(*) FROM evol_items WHERE round = 1")
+    rejected = store.scalar("SELECT count(*) FROM rejects WHERE stage = 'evol'")
+    assert evolved + rejected >= 2
+    lines = (tmp_path / "evol" / "dataset.jsonl").read_text().splitlines()
+    assert len(lines) == evolved == results[-1].n_out
