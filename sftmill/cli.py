@@ -332,6 +332,76 @@ def evol(
     _run_flow("evol-instruct", evol_flow, cfg, format, out)
 
 
+def _augment(kind: str, input: Path, out: Path, fmt: str, base_url, model, **settings) -> None:
+    from pydantic import ValidationError
+
+    from flows.augment_flow import augment_flow
+    from tasks.augment import AugmentConfig
+
+    _check_format(fmt)
+    _check_input(input)
+    try:
+        cfg = AugmentConfig(input_path=str(input.resolve()), output_dir=str(out.resolve()),
+                            generator=_endpoint(base_url, model), **settings)
+    except ValidationError as err:
+        first = err.errors()[0]
+        _fail(f"--{first['loc'][0]}: {first['msg']}".replace("_", "-"))
+    _run_flow(kind, augment_flow, cfg, fmt, out)
+
+
+def _fields(text: str) -> tuple[str, ...]:
+    return ("instruction", "response") if text == "both" else (text,)
+
+
+INPUT_HELP = ("Instructions or pairs: a .txt file (one instruction per line) or JSONL (Alpaca, "
+              "prompt/response, OpenAI messages, ShareGPT, or an earlier sftmill export); "
+              "instructions without a response get one from the generator.")
+
+
+@app.command()
+def paraphrase(
+    input: Path = typer.Argument(..., help=INPUT_HELP),
+    field: str = typer.Option("instruction", help="What to paraphrase: instruction, response or both."),
+    n: int = typer.Option(2, help="Paraphrases per text."),
+    min_similarity: float = typer.Option(0.75, help="Least embedding cosine with the original."),
+    originals: bool = typer.Option(True, help="Export the original pairs too."),
+    out: Path = typer.Option(Path("runs/paraphrase"), help="Run folder for the DuckDB file and exports."),
+    format: str = typer.Option("openai", "--format", "-f", help="openai, sharegpt or alpaca."),
+    base_url: str = typer.Option(None, help="OpenAI-compatible server; default: the embedded model."),
+    model: str = typer.Option(None, help="Model name on that server."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
+) -> None:
+    """Paraphrase the instructions and/or responses of INPUT with the LLM; drop
+    variants that are unchanged, repeated or drift in meaning (embedding
+    similarity), and export each kept variant as a pair with lineage."""
+    _quiet_prefect(verbose)
+    _augment("paraphrase", input, out, format, base_url, model, method="paraphrase",
+             fields=_fields(field), n=n, min_similarity=min_similarity, include_originals=originals)
+
+
+@app.command("back-translate")
+def back_translate(
+    input: Path = typer.Argument(..., help=INPUT_HELP),
+    pivot: list[str] = typer.Option(["French"], help="Pivot language (repeat for several)."),
+    source_language: str = typer.Option("English", help="The language of INPUT."),
+    field: str = typer.Option("instruction", help="What to translate: instruction, response or both."),
+    min_similarity: float = typer.Option(0.75, help="Least embedding cosine with the original."),
+    originals: bool = typer.Option(True, help="Export the original pairs too."),
+    out: Path = typer.Option(Path("runs/back-translate"), help="Run folder for the DuckDB file and exports."),
+    format: str = typer.Option("openai", "--format", "-f", help="openai, sharegpt or alpaca."),
+    base_url: str = typer.Option(None, help="OpenAI-compatible server; default: the embedded model."),
+    model: str = typer.Option(None, help="Model name on that server."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
+) -> None:
+    """Back-translate INPUT's instructions and/or responses through each pivot
+    language with the LLM (there and back); drop unchanged, repeated or
+    drifting variants; export each kept one as a pair with lineage."""
+    _quiet_prefect(verbose)
+    _augment("back-translation", input, out, format, base_url, model, method="back_translate",
+             fields=_fields(field), pivots=tuple(pivot), source_language=source_language,
+             min_similarity=min_similarity, include_originals=originals)
+
+
 def _run_flow(kind: str, flow_fn, cfg, fmt: str, out: Path) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

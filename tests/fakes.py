@@ -107,7 +107,8 @@ def schema_answers(request: ChatRequest):
 
 
 LLM_USERS = ("tasks.profile", "tasks.web", "tasks.generate",
-             "tasks.rephrase", "tasks.rag", "tasks.answer", "sftmill.llm", "tasks.evol")
+             "tasks.rephrase", "tasks.rag", "tasks.answer", "sftmill.llm", "tasks.evol",
+             "tasks.augment")
 
 
 def route_llm(monkeypatch, llm: ScriptedLLM) -> ScriptedLLM:

@@ -1,0 +1,22 @@
+"""Augmentations of an existing set: paraphrasing or back-translation of
+instructions and/or responses, then export with lineage."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from sftmill.stages import StageResult
+from tasks.augment import AugmentConfig, augment_dataset, complete_pairs, make_variants
+from tasks.export import export_dataset
+from tasks.pairs_io import file_fingerprint, load_inputs, read_items
+
+
+@flow(name="sftmill-augment")
+def augment_flow(cfg: AugmentConfig, fmt: str = "openai") -> list[StageResult]:
+    """Inputs → pairs (missing responses generated) → variants → checks → dataset → export."""
+    read_items(cfg.input_path)  # an unusable input file stops before any LLM call
+    inputs = load_inputs(cfg.input_path, str(cfg.db_path), file_fingerprint(cfg.input_path))
+    pairs = complete_pairs(cfg, inputs)
+    variants = make_variants(cfg, pairs)
+    dataset = augment_dataset(cfg, variants)
+    return [inputs, pairs, variants, dataset, export_dataset(cfg.output_dir, fmt, dataset)]
