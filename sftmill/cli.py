@@ -402,6 +402,34 @@ def back_translate(
              min_similarity=min_similarity, include_originals=originals)
 
 
+@app.command()
+def templates(
+    spec: Path = typer.Argument(..., help="YAML of instruction templates with [SLOT] placeholders and "
+                                "the slots' values (a list, or {llm: description, n: count}); "
+                                "see data/templates/particle_physics.yaml."),
+    out: Path = typer.Option(Path("runs/templates"), help="Run folder for the DuckDB file and exports."),
+    format: str = typer.Option("openai", "--format", "-f", help="openai, sharegpt or alpaca."),
+    base_url: str = typer.Option(None, help="OpenAI-compatible server; default: the embedded model."),
+    model: str = typer.Option(None, help="Model name on that server."),
+    seed: int = typer.Option(0, help="Seed for drawing fillings and sampling."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
+) -> None:
+    """Fill instruction templates' slots from lists or with the LLM, answer each
+    instruction with the generator, and export with the template and slot values."""
+    _quiet_prefect(verbose)
+    from flows.template_flow import template_flow
+    from tasks.templates import TemplatesConfig, load_spec
+
+    _check_format(format)
+    try:
+        load_spec(spec)
+    except RecipeError as err:
+        _fail(str(err))
+    cfg = TemplatesConfig(spec_path=str(spec.resolve()), output_dir=str(out.resolve()), seed=seed,
+                          generator=_endpoint(base_url, model))
+    _run_flow("templates", template_flow, cfg, format, out)
+
+
 def _run_flow(kind: str, flow_fn, cfg, fmt: str, out: Path) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -108,7 +108,7 @@ def schema_answers(request: ChatRequest):
 
 LLM_USERS = ("tasks.profile", "tasks.web", "tasks.generate",
              "tasks.rephrase", "tasks.rag", "tasks.answer", "sftmill.llm", "tasks.evol",
-             "tasks.augment")
+             "tasks.augment", "tasks.templates")
 
 
 def route_llm(monkeypatch, llm: ScriptedLLM) -> ScriptedLLM:
