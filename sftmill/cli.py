@@ -195,7 +195,8 @@ def serve(
     interval: int = typer.Option(None, help="Run the pipeline every N minutes (overrides the recipe's)."),
     limit: int = typer.Option(1, help="Flow runs this process executes at once."),
 ) -> None:
-    """Register the deployments (pipeline, prompts, answers) with the Prefect
+    """Register the deployments (pipeline, prompts, answers, and the classic
+    generators: self-instruct, evol, augment, templates) with the Prefect
     server named by PREFECT_API_URL and execute their runs until stopped.
 
     Trigger runs from the Prefect UI (a form shows every parameter), with
@@ -218,13 +219,22 @@ def serve(
     from prefect import serve as prefect_serve
 
     from flows.answer_flow import answer_flow
+    from flows.augment_flow import augment_flow
+    from flows.evol_flow import evol_flow
     from flows.pipeline import pipeline
     from flows.prompt_flow import prompt_flow
+    from flows.self_instruct_flow import self_instruct_flow
+    from flows.template_flow import template_flow
 
     deployments = [
         pipeline.to_deployment(name="pipeline", parameters=defaults, **schedule),
         prompt_flow.to_deployment(name="prompts", parameters=defaults),
         answer_flow.to_deployment(name="answers", parameters=defaults),
+        # The classic generators: their form is their config (input file, rounds, endpoints …).
+        self_instruct_flow.to_deployment(name="self-instruct"),
+        evol_flow.to_deployment(name="evol"),
+        augment_flow.to_deployment(name="augment"),
+        template_flow.to_deployment(name="templates"),
     ]
     console.print(f"serving {len(deployments)} deployments on {os.environ['PREFECT_API_URL']}"
                   + (f" (pipeline schedule: {schedule})" if schedule else ""))
@@ -350,6 +360,8 @@ def _augment(kind: str, input: Path, out: Path, fmt: str, base_url, model, **set
 
 
 def _fields(text: str) -> tuple[str, ...]:
+    if text not in ("instruction", "response", "both"):
+        _fail(f"--field: {text!r} is not one of instruction, response, both")
     return ("instruction", "response") if text == "both" else (text,)
 
 

@@ -133,3 +133,33 @@ def test_evol_flow_with_the_real_embedded_model(prefect_harness, tmp_path):
     assert evolved + rejected >= 2
     lines = (tmp_path / "evol" / "dataset.jsonl").read_text().splitlines()
     assert len(lines) == evolved == results[-1].n_out
+
+
+def test_evol_run_that_loses_its_llm_resumes_without_paying_twice(prefect_harness, tmp_path,
+                                                                  monkeypatch):
+    from flows.evol_flow import evol_flow
+    from sftmill.llm import LLMUnavailableError
+
+    budget = {"left": 14}
+
+    def flaky(request):
+        if budget["left"] <= 0:
+            raise LLMUnavailableError("server went away")
+        budget["left"] -= 1
+        return scripted(request)
+
+    llm = route_llm(monkeypatch, ScriptedLLM(flaky))
+    cfg = EvolConfig(input_path=str(ROOT / "data" / "evol" / "instructions.txt"),
+                     output_dir=str(tmp_path / "evol"), rounds=2)
+    state = evol_flow(cfg, return_state=True)
+    assert state.is_failed()
+    store = Store.open(cfg.db_path)
+    paid = {k for (k,) in store.execute("SELECT key FROM llm_calls WHERE status = 'ok'")}
+    assert store.scalar("SELECT count(*) FROM evol_items WHERE round = 1") == 1  # round 1 kept
+
+    budget["left"] = 10_000
+    first_requests = len(llm.requests)
+    evol_flow(cfg)
+    resent = [r for r in llm.requests[first_requests:] if r.key(llm.model) in paid]
+    assert resent == []
+    assert len((tmp_path / "evol" / "dataset.jsonl").read_text().splitlines()) == 2

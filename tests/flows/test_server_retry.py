@@ -111,6 +111,14 @@ def test_retry_on_the_server_reuses_completed_stages(prefect_server, tmp_path):
             return r.json() if r.status_code == 200 else None
 
         dep = wait_for(deployment, 120, "the served deployment")
+        for name in ("sftmill-self-instruct/self-instruct", "sftmill-evol-instruct/evol",
+                     "sftmill-augment/augment", "sftmill-templates/templates"):
+            def registered(name=name):
+                r = httpx.get(f"{api}/deployments/name/{name}", timeout=10)
+                return r.json() if r.status_code == 200 else None
+
+            generator = wait_for(registered, 60, name)
+            assert "cfg" in generator["parameter_openapi_schema"]["required"], name
         form = json.dumps(dep["parameter_openapi_schema"]["definitions"]["RunParams"])
         assert '"maximum": 1000000' in form and '"answer_checks"' in form  # bounds and enums
         assert "Override sizes.target_prompts" in form  # descriptions

@@ -33,3 +33,37 @@ def test_serve_needs_a_server(monkeypatch):
     proc = subprocess.run([sys.executable, "-m", "sftmill.cli", "serve"], capture_output=True,
                           text=True, timeout=60, env=env)
     assert proc.returncode == 2 and "PREFECT_API_URL is not set" in proc.stderr
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from sftmill.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_help_lists_the_generators():
+    out = cli("--help").output
+    for command in ("self-instruct", "evol", "paraphrase", "back-translate", "templates"):
+        assert command in out
+
+
+def test_generator_commands_stop_on_bad_input_with_one_line(tmp_path):
+    good = tmp_path / "in.txt"
+    good.write_text("Explain gluons.\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("templates: ['Explain [X].']\n")
+    cases = [
+        (("evol", tmp_path / "missing.jsonl"), "input file not found"),
+        (("evol", good, "--operations", "deepen,fly"), "--operations: Input should be"),
+        (("evol", good, "--rounds", "0"), "--rounds: Input should be greater than or equal to 1"),
+        (("paraphrase", good, "--field", "answer"), "--field: 'answer' is not one of"),
+        (("back-translate", good, "--format", "csv"), "--format: 'csv' is not one of"),
+        (("templates", spec), "templates.0: [X] names no slot"),
+    ]
+    for args, message in cases:
+        result = cli(*args, "--out", tmp_path / "out")
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.split()), (args, result.output)
+    assert not (tmp_path / "out").exists()  # nothing ran
