@@ -200,6 +200,7 @@ def make_variants(cfg: AugmentConfig, pairs_ref: StageResult) -> StageResult:
     store = Store.open(cfg.db_path)
     timer = StageTimer(store, cfg.method)
     pairs = {p["pair_id"]: p for p in store.query_dicts("SELECT * FROM aug_pairs ORDER BY pair_id")}
+    store.execute("DELETE FROM rejects WHERE stage = 'augment'")  # a rerun records its own drops
     llm = make_llm(cfg.generator, store)
     make = _paraphrases if cfg.method == "paraphrase" else _back_translations
     candidates = []

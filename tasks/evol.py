@@ -8,7 +8,8 @@ drawn at random (seeded per instruction and round) from:
     in-breadth breadth (a new instruction: same domain and difficulty,
                rarer topic)
 each an evolution prompt `prompts/evol_<operation>.jinja2`.  The
-eliminator drops a failed evolution with its reason:
+eliminator drops a failed evolution with its reason (in `rejects`, stage
+`evol_r<round>`):
     empty_evolution         nothing came back
     truncated_evolution     the rewrite used the whole token budget
     copies_template_words   it repeats words of the evolution prompt
@@ -133,11 +134,15 @@ def frontier(store: Store, round_no: int) -> list[dict]:
         "ORDER BY root_id", [round_no])
 
 
-def _reject(store: Store, parent: dict, op: str, round_no: int, reason: str, text: str,
-            score: float | None = None) -> None:
-    detail = json.dumps({"round": round_no, "operation": op, "parent_id": parent["item_id"],
-                         "text": text[:300]}, ensure_ascii=False)
-    store.reject(STAGE, content_id(parent["item_id"], round_no, op), reason, detail, score)
+def reject_stage(round_no: int) -> str:
+    """Drops are recorded per round: evol_r1, evol_r2, …"""
+    return f"{STAGE}_r{round_no}"
+
+
+def _reject(store: Store, parent: dict, op: str, round_no: int, reason: str, text: str) -> None:
+    detail = json.dumps({"operation": op, "parent_id": parent["item_id"], "text": text[:300]},
+                        ensure_ascii=False)
+    store.reject(reject_stage(round_no), content_id(parent["item_id"], round_no, op), reason, detail)
 
 
 def evolve(store: Store, cfg: EvolConfig, llm, parents: list[dict], round_no: int,
@@ -153,7 +158,7 @@ def evolve(store: Store, cfg: EvolConfig, llm, parents: list[dict], round_no: in
         results = llm_map(llm, cfg.generator, template, group,
                           lambda p: {"instruction": p["instruction"]},
                           stage=f"{STAGE}_r{round_no}_{op}", seed=cfg.seed + round_no)
-        for parent, result in answered(store, STAGE, results,
+        for parent, result in answered(store, reject_stage(round_no), results,
                                        lambda p, op=op: content_id(p["item_id"], round_no, op)):
             text = result.text.strip()
             problem = evolution_problem(parent["instruction"], text,
@@ -174,7 +179,7 @@ def judge_equal(store: Store, cfg: EvolConfig, candidates: list[tuple], round_no
                       lambda c: {"parent": c[0]["instruction"], "child": c[2]},
                       stage=f"{STAGE}_r{round_no}_judge", seed=cfg.seed)
     kept = []
-    for cand, result in answered(store, STAGE, results,
+    for cand, result in answered(store, reject_stage(round_no), results,
                                  lambda c: content_id(c[0]["item_id"], round_no, c[1])):
         if result.data["equal"]:
             _reject(store, cand[0], cand[1], round_no, "no_information_gain",
@@ -193,7 +198,8 @@ def run_round(store: Store, cfg: EvolConfig, round_no: int) -> int:
     ids = {content_id(p["root_id"], round_no, text): (p, op, text, version, key)
            for p, op, text, version, key in candidates}
     responses = respond(store, llm, cfg.generator, [(i, c[2]) for i, c in ids.items()],
-                        stage=STAGE, seed=cfg.seed, min_words=cfg.min_response_words)
+                        stage=reject_stage(round_no), seed=cfg.seed,
+                        min_words=cfg.min_response_words)
     rows = []
     for item_id, (parent, op, text, version, key) in ids.items():
         if item_id not in responses:
@@ -216,8 +222,9 @@ def evolve_round(cfg: EvolConfig, previous: StageResult, round_no: int) -> Stage
     timer = StageTimer(store, STAGE)
     seed_inputs(store)
     n_in = len(frontier(store, round_no))
-    # A retried round starts clean: rows of an interrupted attempt are replaced.
+    # A rerun round starts clean: rows and drops of an earlier attempt are replaced.
     store.execute("DELETE FROM evol_items WHERE round = ?", [round_no])
+    store.execute("DELETE FROM rejects WHERE stage = ?", [reject_stage(round_no)])
     added = run_round(store, cfg, round_no)
     return timer.done(store.ref("evol_items", "item_id"), n_in, added,
                       f"round {round_no}: {added} of {n_in} evolved")

@@ -221,6 +221,7 @@ def template_pairs(cfg: TemplatesConfig, values: StageResult, spec_fingerprint: 
     by_slot: dict[str, list[str]] = {}
     for slot, value in store.execute("SELECT slot, value FROM tpl_values ORDER BY slot, value"):
         by_slot.setdefault(slot, []).append(value)
+    store.execute("DELETE FROM rejects WHERE stage = 'templates'")  # a rerun records its own drops
     rng = random.Random(cfg.seed)
     filled: dict[str, dict] = {}
     for i, template in enumerate(spec.templates):
