@@ -343,6 +343,11 @@ class Store:
             replace=True,
         )
 
+    def reject_many(self, stage: str, rejects: list[tuple[str, str, str, float | None]]) -> None:
+        """Several (item_id, reason, detail, score) drops of one stage in one insert."""
+        self.insert("rejects", [{"stage": stage, "item_id": i, "reason": r, "detail": (d or "")[:2000],
+                                 "score": sc} for i, r, d, sc in rejects], replace=True)
+
     def reject_counts(self, stage: str | None = None) -> list[tuple[str, str, int]]:
         where = "WHERE stage = ?" if stage else ""
         return self.execute(

@@ -196,22 +196,23 @@ def decide(store: Store, recipe: Recipe) -> int:
         "ORDER BY a.prompt_id, a.answer_id")
     store.execute("DELETE FROM rejects WHERE stage = ?", [CHECK_STAGE])
     store.execute("DELETE FROM dataset")
-    kept, seen_prompts = [], set()
+    kept, dropped, seen_prompts = [], [], set()
     for row in rows:
         reason = reject_reason(row, row["grounded"], recipe)
         if reason:
             detail = row["judge_reason"] or "" if reason in ("not_grounded", "llm_invalid_output") else ""
-            store.reject(CHECK_STAGE, row["answer_id"], reason, detail, row["groundedness"])
+            dropped.append((row["answer_id"], reason, detail, row["groundedness"]))
         elif row["prompt_id"] not in seen_prompts:  # one answer per prompt
             seen_prompts.add(row["prompt_id"])
             kept.append(row)
+    store.reject_many(CHECK_STAGE, dropped)
     records = []
-    for row in kept:
+    for row, metadata in zip(kept, build_metadata(store, recipe, kept)):
         answer = row["text"] if recipe.export.keep_citations else strip_markers(row["text"])
         records.append({"record_id": content_id(row["prompt_id"], row["answer_id"]),
                         "prompt_id": row["prompt_id"], "answer_id": row["answer_id"],
                         "prompt": row["prompt"], "answer": answer, "grounded": row["grounded"],
-                        "metadata": build_metadata(store, recipe, row)})
+                        "metadata": metadata})
     store.insert("dataset", records)
     return len(records)
 
