@@ -491,6 +491,68 @@ def export_cmd(
     console.print(f"wrote {n} records to {target}")
 
 
+review_app = typer.Typer(help="Human review: sample records into a sheet for experts, then "
+                         "apply their accept / reject / edit decisions to the run's export.",
+                         no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+
+def _run_db(run_dir: Path):
+    from sftmill.store import Store
+
+    db = run_dir / "sftmill.duckdb"
+    if not db.is_file():
+        _fail(f"{run_dir}: no sftmill.duckdb here")
+    return Store.open(db)
+
+
+@review_app.command("sample")
+def review_sample(
+    run_dir: Path = typer.Argument(..., help="A finished run's folder (holds sftmill.duckdb)."),
+    n: int = typer.Option(50, "--n", help="Records to draw at random (all when fewer)."),
+    out: Path = typer.Option(None, "--out", "-o", help="The sheet (default RUN_DIR/review.csv)."),
+    seed: int = typer.Option(0, help="Seed for the draw."),
+) -> None:
+    """Write a CSV review sheet: record_id, prompt, answer and empty columns
+    decision (accept | reject | edit), edited_prompt, edited_answer, note."""
+    from tasks.review import write_sheet
+
+    target = out or run_dir / "review.csv"
+    written = write_sheet(_run_db(run_dir), target, n, seed)
+    console.print(f"wrote {written} records to {target}; fill in decision (accept, reject or edit) "
+                  f"and run: sftmill review apply {run_dir} {target}")
+
+
+@review_app.command("apply")
+def review_apply(
+    run_dir: Path = typer.Argument(..., help="The run the sheet was drawn from."),
+    sheet: Path = typer.Argument(..., help="The filled review sheet (CSV)."),
+) -> None:
+    """Store the sheet's decisions and rewrite the run's dataset.jsonl and
+    dataset.parquet: rejected records left out, edits applied, each reviewed
+    record's metadata carrying its review.  Unusable rows are listed and skipped."""
+    from tasks.export import export_files
+    from tasks.review import apply_sheet, detect_format
+
+    if not sheet.is_file():
+        _fail(f"{sheet}: sheet not found")
+    store = _run_db(run_dir)
+    try:
+        report = apply_sheet(store, sheet)
+    except RecipeError as err:
+        _fail(str(err))
+    for line, reason in report.skipped:
+        console.print(f"skipped line {line}: {reason}", highlight=False)
+    fmt = detect_format(run_dir / "dataset.jsonl")
+    n = export_files(store, fmt, run_dir)
+    decided = sum(report.applied.values())
+    accepted = report.applied.get("accept", 0) + report.applied.get("edit", 0)
+    console.print(f"applied {decided} decisions ({', '.join(f'{k} {v}' for k, v in sorted(report.applied.items())) or 'none'}), "
+                  f"{report.blank} rows undecided, {len(report.skipped)} skipped; "
+                  + (f"kept by reviewers: {accepted / decided:.0%}; " if decided else "")
+                  + f"{n} records in {run_dir / 'dataset.jsonl'} ({fmt})")
+
+
 @app.command()
 def stats(
     run_dir: Path = typer.Argument(..., help="A run's output_dir (holds sftmill.duckdb)."),

@@ -125,7 +125,10 @@ def write_atomic(path: Path, chunks: Iterable[bytes]) -> None:
 
 
 def dataset_rows(store: Store) -> list[dict]:
-    return store.query_dicts("SELECT * FROM dataset ORDER BY record_id")
+    """The records to export: `dataset` with human reviews applied (`tasks.review`)."""
+    from tasks.review import reviewed_rows
+
+    return reviewed_rows(store)
 
 
 def export_jsonl(store: Store, fmt: str, out: Path) -> int:

@@ -67,3 +67,32 @@ def test_generator_commands_stop_on_bad_input_with_one_line(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert message in " ".join(result.output.split()), (args, result.output)
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_review_sample_then_apply_rewrites_the_export(tmp_path):
+    import csv
+    import json
+
+    from sftmill.store import SCHEMA, Store
+
+    run = tmp_path / "run"
+    store = Store.open(run / "sftmill.duckdb")
+    store.ensure_tables(SCHEMA)
+    store.insert("dataset", [{"record_id": f"r{i}", "prompt_id": "p", "answer_id": "a",
+                              "prompt": f"Q{i}?", "answer": f"A{i}.", "grounded": False,
+                              "metadata": "{}"} for i in range(3)])
+    (run / "dataset.jsonl").write_text(json.dumps({"conversations": []}) + "\n")  # a sharegpt export
+    assert cli("review", "sample", run, "--n", "3").exit_code == 0
+    sheet = run / "review.csv"
+    rows = list(csv.DictReader(sheet.open()))
+    rows[0]["decision"] = "reject"
+    with sheet.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = cli("review", "apply", run, sheet)
+    assert result.exit_code == 0, result.output
+    assert "applied 1 decisions (reject 1)" in " ".join(result.output.split())
+    records = [json.loads(x) for x in (run / "dataset.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all("conversations" in r for r in records)
+    assert cli("review", "apply", run, tmp_path / "none.csv").exit_code == 2
