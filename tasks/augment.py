@@ -111,6 +111,7 @@ def complete_pairs(cfg: AugmentConfig, inputs: StageResult) -> StageResult:
                   "response_origin": "generated", "model": llm.model,
                   "template_version": answers[item_id][2], "call_key": answers[item_id][1]}
                  for item_id, instruction in missing if item_id in answers]
+    store.execute("DELETE FROM aug_pairs")  # pairs of an earlier input file do not carry over
     store.insert("aug_pairs", rows)
     return timer.done(store.ref("aug_pairs", "pair_id"), len(items), len(rows))
 

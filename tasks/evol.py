@@ -127,9 +127,10 @@ def seed_inputs(store: Store) -> None:
 
 
 def frontier(store: Store, round_no: int) -> list[dict]:
-    """Each lineage's latest kept instruction before `round_no`."""
+    """Each lineage's latest kept instruction before `round_no` (lineages of
+    the current input file only)."""
     return store.query_dicts(
-        "SELECT * FROM evol_items WHERE round < ? "
+        "SELECT * FROM evol_items WHERE round < ? AND root_id IN (SELECT item_id FROM input_items) "
         "QUALIFY row_number() OVER (PARTITION BY root_id ORDER BY round DESC) = 1 "
         "ORDER BY root_id", [round_no])
 
@@ -240,7 +241,7 @@ def evolution_path(items: dict[str, dict], item: dict) -> list[str]:
 
 def to_dataset(store: Store, rounds: int, include_inputs: bool) -> int:
     rows = store.query_dicts("SELECT e.*, i.source FROM evol_items e "
-                             "LEFT JOIN input_items i ON i.item_id = e.root_id "
+                             "JOIN input_items i ON i.item_id = e.root_id "
                              "WHERE e.round <= ? ORDER BY e.item_id", [rounds])
     items = {r["item_id"]: r for r in rows}
     records = []

@@ -164,3 +164,20 @@ def test_evol_run_that_loses_its_llm_resumes_without_paying_twice(prefect_harnes
     resent = [r for r in llm.requests[first_requests:] if r.key(llm.model) in paid]
     assert resent == []
     assert len((tmp_path / "evol" / "dataset.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_new_input_file_in_the_same_folder_leaves_old_lineages_out(prefect_harness, tmp_path,
+                                                                     monkeypatch):
+    from flows.evol_flow import evol_flow
+
+    route_llm(monkeypatch, ScriptedLLM(scripted))
+    source = tmp_path / "in.txt"
+    source.write_text("Explain what colour charge is.\n")
+    cfg = EvolConfig(input_path=str(source), output_dir=str(tmp_path / "evol"), rounds=1,
+                     judge_info_gain=False)
+    evol_flow(cfg)
+    source.write_text("Explain what colour charge is in QCD.\n")
+    evol_flow(cfg)
+    records = [json.loads(x) for x in (tmp_path / "evol" / "dataset.jsonl").read_text().splitlines()]
+    assert [r["messages"][0]["content"] for r in records] == [
+        "Explain what colour charge is in QCD. Give one more example."]
