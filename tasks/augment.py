@@ -13,7 +13,10 @@ original pair.  A variant is dropped, with its reason, when it is
     meaning_drift        its embedding's cosine similarity with the original
                          is under `min_similarity` (the score is kept)
 Inputs without a response get one from the generator first
-(`tasks.respond`), so every record is a full pair.
+(`tasks.respond`), so every record is a full pair.  The embedding
+near-duplicate removal of the other flows is deliberately not applied here:
+a variant is meant to be a close rewording of its original, so only exact
+repeats are dropped.
 """
 
 from __future__ import annotations

@@ -70,6 +70,33 @@ def near_duplicates(vectors: np.ndarray, threshold: float) -> dict[int, tuple[in
     return removed
 
 
+def new_near_duplicates(old: np.ndarray, new: np.ndarray, threshold: float,
+                        old_groups: list | None = None, new_groups: list | None = None,
+                        ) -> dict[int, tuple[str, int, float]]:
+    """Rows of `new` to drop → ("old" | "new", index of the row they repeat,
+    cosine).  Each new row is compared with every old row and with the new
+    rows before it that were kept; rows of the same group (say, one
+    Evol-Instruct lineage) are never compared.  Old rows are never dropped."""
+    n_old = len(old)
+    if not len(new):
+        return {}
+    groups = list(old_groups or range(n_old)) + list(new_groups or range(n_old, n_old + len(new)))
+    vectors = np.vstack([old, new]) if n_old else new
+    removed: dict[int, tuple[str, int, float]] = {}
+    for k, neighbours in enumerate(neighbour_lists(vectors, threshold)[n_old:]):
+        row = n_old + k
+        for j, sim in sorted(neighbours, key=lambda js: (-js[1], js[0])):
+            if groups[j] == groups[row]:
+                continue
+            if j < n_old:
+                removed[k] = ("old", j, sim)
+                break
+            if j < row and (j - n_old) not in removed:
+                removed[k] = ("new", j - n_old, sim)
+                break
+    return removed
+
+
 def kept_candidates(store: Store, threshold: float) -> list[dict]:
     rows = store.query_dicts(
         "SELECT c.*, s.score AS quality, p.subdomain, p.chunk_id, ch.doc_id "

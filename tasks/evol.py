@@ -16,6 +16,9 @@ eliminator drops a failed evolution with its reason (in `rejects`, stage
                             ("given prompt", "rewritten prompt", …)
     no_information_gain     identical to its parent, or the judge LLM finds
                             the two equal (`prompts/evol_equal`)
+    near_duplicate          embedding cosine ≥ `dedup_cosine` with an
+                            instruction of another lineage (FAISS, as in
+                            the prompt flow's dedup)
     empty_response, response_truncated, response_refusal,
     response_too_short      the evolved instruction makes the generator
                             answer poorly (`tasks.respond`)
@@ -37,11 +40,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sftmill.batch import answered, llm_map
-from sftmill.config import LLMEndpoint
+from sftmill.config import Embedding, LLMEndpoint
+from sftmill.embeddings import Embedder
 from sftmill.llm import make_llm
 from sftmill.prompts import load_template
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
+from tasks.dedup import new_near_duplicates
 from tasks.pairs_io import SCHEMA as INPUT_SCHEMA
 from tasks.respond import respond, truncated
 
@@ -87,6 +92,9 @@ class EvolConfig(BaseModel):
     include_inputs: bool = Field(default=False, description="Also export the input pairs that "
                                  "came with a response (round 0).")
     min_response_words: int = Field(default=3, ge=1)
+    dedup_cosine: float = Field(default=0.92, gt=0, le=1, description="An evolution this "
+                                "cosine-similar to an instruction of another lineage is dropped.")
+    embedding: Embedding = Field(default_factory=Embedding)
     generator: LLMEndpoint = Field(default_factory=lambda: LLMEndpoint(max_tokens=400))
     judge: LLMEndpoint = Field(default_factory=lambda: LLMEndpoint(temperature=0.0, max_tokens=16))
     seed: int = 0
@@ -190,9 +198,31 @@ def judge_equal(store: Store, cfg: EvolConfig, candidates: list[tuple], round_no
     return kept, judge.model
 
 
+def drop_near_duplicates(store: Store, cfg: EvolConfig, candidates: list[tuple], round_no: int,
+                         ) -> list[tuple]:
+    """Drop evolutions that repeat an instruction of another lineage (kept
+    in an earlier round, or evolved before them in this one)."""
+    if not candidates:
+        return []
+    existing = store.query_dicts(
+        "SELECT item_id, root_id, instruction FROM evol_items WHERE round < ? "
+        "AND root_id IN (SELECT item_id FROM input_items) ORDER BY round, item_id", [round_no])
+    embedder = Embedder(cfg.embedding, store)
+    old = embedder.embed([e["instruction"] for e in existing])
+    new = embedder.embed([c[2] for c in candidates])
+    removed = new_near_duplicates(old, new, cfg.dedup_cosine, [e["root_id"] for e in existing],
+                                  [c[0]["root_id"] for c in candidates])
+    for k, (which, j, sim) in removed.items():
+        twin = existing[j]["instruction"] if which == "old" else candidates[j][2]
+        _reject(store, candidates[k][0], candidates[k][1], round_no, "near_duplicate",
+                f"{candidates[k][2]} — cosine {sim:.3f} to: {twin}")
+    return [c for k, c in enumerate(candidates) if k not in removed]
+
+
 def run_round(store: Store, cfg: EvolConfig, round_no: int) -> int:
     llm = make_llm(cfg.generator, store)
     candidates = evolve(store, cfg, llm, frontier(store, round_no), round_no)
+    candidates = drop_near_duplicates(store, cfg, candidates, round_no)
     judge_model = None
     if cfg.judge_info_gain and candidates:
         candidates, judge_model = judge_equal(store, cfg, candidates, round_no)

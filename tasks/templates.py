@@ -15,7 +15,10 @@ A spec (YAML):
 
 `[NAME]` takes a value of slot NAME; `[NAME:1]`, `[NAME:2]` … take distinct
 values of the same slot.  Fillings are drawn at random (seeded) without
-repetition, up to `max_per_template`.  A spec that names an unknown slot, a
+repetition, up to `max_per_template`; filled instructions that are near
+duplicates of an earlier one (embedding cosine ≥ `dedup_cosine`, FAISS, as in
+the prompt flow; "Compare A and B" against "Compare B and A") are dropped
+before any is answered.  A spec that names an unknown slot, a
 slot without values, or no template stops the run with one line.
 """
 
@@ -32,11 +35,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sftmill.batch import answered, llm_map
-from sftmill.config import LLMEndpoint, RecipeError
+from sftmill.config import Embedding, LLMEndpoint, RecipeError
+from sftmill.embeddings import Embedder
 from sftmill.llm import make_llm
 from sftmill.prompts import exact_items, load_template, with_schema
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
+from tasks.dedup import new_near_duplicates
 from tasks.respond import respond
 
 PLACEHOLDER = re.compile(r"\[([A-Z][A-Z0-9_]*)(?::(\d+))?\]")
@@ -176,6 +181,9 @@ class TemplatesConfig(BaseModel):
     spec_path: str = Field(description="YAML spec of templates and slots.")
     output_dir: str = Field(description="Run folder (DuckDB file and exports).")
     min_response_words: int = Field(default=3, ge=1)
+    dedup_cosine: float = Field(default=0.92, gt=0, le=1, description="A filled instruction this "
+                                "cosine-similar to an earlier one is dropped.")
+    embedding: Embedding = Field(default_factory=Embedding)
     generator: LLMEndpoint = Field(default_factory=lambda: LLMEndpoint(max_tokens=400))
     seed: int = 0
 
@@ -233,6 +241,13 @@ def template_pairs(cfg: TemplatesConfig, values: StageResult, spec_fingerprint: 
             filled.setdefault(content_id(instruction), {
                 "template_index": i, "template": template, "instruction": instruction,
                 "bindings": json.dumps(binding, ensure_ascii=False)})
+    keys = list(filled)
+    vectors = Embedder(cfg.embedding, store).embed([filled[k]["instruction"] for k in keys])
+    for k, (_which, j, sim) in new_near_duplicates(vectors[:0], vectors, cfg.dedup_cosine).items():
+        store.reject("templates", keys[k], "near_duplicate",
+                     f"{filled[keys[k]]['instruction']} — cosine {sim:.3f} to: "
+                     f"{filled[keys[j]]['instruction']}", sim)
+        del filled[keys[k]]
     llm = make_llm(cfg.generator, store)
     answers = respond(store, llm, cfg.generator, [(k, v["instruction"]) for k, v in filled.items()],
                       stage="templates", seed=cfg.seed, min_words=cfg.min_response_words)

@@ -181,3 +181,26 @@ def test_a_new_input_file_in_the_same_folder_leaves_old_lineages_out(prefect_har
     records = [json.loads(x) for x in (tmp_path / "evol" / "dataset.jsonl").read_text().splitlines()]
     assert [r["messages"][0]["content"] for r in records] == [
         "Explain what colour charge is in QCD. Give one more example."]
+
+
+def test_evolutions_that_repeat_another_lineage_are_near_duplicates(prefect_harness, tmp_path,
+                                                                    monkeypatch):
+    from flows.evol_flow import evol_flow
+
+    def converge(request):
+        if "knowledgeable, careful assistant" in request.messages[0][1]:
+            return "Gluons carry colour charge between quarks."
+        return "Explain in detail how gluons bind quarks together, with one worked example."
+
+    route_llm(monkeypatch, ScriptedLLM(converge))
+    source = tmp_path / "in.txt"
+    source.write_text("Explain gluons.\nDescribe the strong force.\n")
+    cfg = EvolConfig(input_path=str(source), output_dir=str(tmp_path / "evol"), rounds=2,
+                     judge_info_gain=False)
+    evol_flow(cfg)
+    store = Store.open(cfg.db_path)
+    assert store.execute("SELECT stage, reason FROM rejects ORDER BY stage, reason") == [
+        ("evol_r1", "near_duplicate"),          # the second lineage repeats the first
+        ("evol_r2", "near_duplicate"),          # and again in round 2
+        ("evol_r2", "no_information_gain")]     # the first lineage's rewrite is unchanged
+    assert store.scalar("SELECT count(*) FROM evol_items WHERE round > 0") == 1

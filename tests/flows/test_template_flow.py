@@ -74,7 +74,11 @@ def test_template_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatch)
     records = [json.loads(x) for x in (tmp_path / "tpl" / "dataset.jsonl").read_text().splitlines()]
     refused = dict(store.execute("SELECT reason, count(*) FROM rejects GROUP BY reason"))
     # 4 + 4 fillings, and the third template has only the 3 PROCESS values
-    assert len(records) + refused["response_refusal"] == 11
+    assert len(records) + refused["response_refusal"] + refused.get("near_duplicate", 0) == 11
+    # here the near duplicates are the same comparison with the particles swapped
+    for (detail,) in store.execute("SELECT detail FROM rejects WHERE reason = 'near_duplicate'"):
+        dropped, twin = detail.split(" — cosine ")[0], detail.split(" to: ")[1]
+        assert dropped != twin and sorted(dropped.split()) == sorted(twin.split())
     assert all("[" not in r["messages"][0]["content"] for r in records)
     for r in records:
         meta = r["metadata"]

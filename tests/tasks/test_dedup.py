@@ -56,3 +56,21 @@ def test_approximate_index_agrees_with_exact_search(monkeypatch):
 
 def test_no_prompts():
     assert dedup.near_duplicates(np.zeros((0, 8), dtype=np.float32), 0.9) == {}
+
+
+def test_new_near_duplicates_against_old_rows_earlier_new_rows_and_groups():
+    from tasks.dedup import new_near_duplicates
+
+    def unit(*xs):
+        v = np.array(xs, dtype=np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    old = unit([1, 0, 0], [0, 1, 0])
+    new = unit([1, 0.01, 0],    # repeats old 0
+               [0, 0, 1],       # new
+               [0, 0.01, 1],    # repeats new 1
+               [0.01, 1, 0])    # repeats old 1, but same group: kept
+    removed = new_near_duplicates(old, new, 0.95, old_groups=["a", "b"],
+                                  new_groups=["x", "y", "z", "b"])
+    assert {k: v[:2] for k, v in removed.items()} == {0: ("old", 0), 2: ("new", 1)}
+    assert new_near_duplicates(old[:0], new, 0.95) == {2: ("new", 1, pytest.approx(0.99995, abs=1e-3))}
