@@ -144,7 +144,7 @@ def frontier(store: Store, round_no: int) -> list[dict]:
 
 
 def reject_stage(round_no: int) -> str:
-    """Drops are recorded per round: evol_r1, evol_r2, …"""
+    """Each round is its own stage in `stage_stats` and `rejects`: evol_r1, evol_r2, …"""
     return f"{STAGE}_r{round_no}"
 
 
@@ -250,7 +250,7 @@ def evolve_round(cfg: EvolConfig, previous: StageResult, round_no: int) -> Stage
     """One evolution round over every lineage."""
     store = Store.open(cfg.db_path)
     store.ensure_tables(INPUT_SCHEMA | SCHEMA)
-    timer = StageTimer(store, STAGE)
+    timer = StageTimer(store, reject_stage(round_no))
     seed_inputs(store)
     n_in = len(frontier(store, round_no))
     # A rerun round starts clean: rows and drops of an earlier attempt are replaced.
