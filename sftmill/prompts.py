@@ -21,7 +21,13 @@ from typing import Any
 
 import jinja2
 
-PROMPTS_DIR = Path(os.environ.get("SFTMILL_PROMPTS_DIR", Path(__file__).resolve().parents[1] / "prompts"))
+def _default_dir() -> Path:
+    import prompts  # the top-level package that holds the templates
+
+    return Path(prompts.__file__).resolve().parent
+
+
+PROMPTS_DIR = Path(os.environ.get("SFTMILL_PROMPTS_DIR") or _default_dir())
 
 
 @dataclass(frozen=True)
