@@ -15,7 +15,7 @@ COPY flows ./flows
 COPY tasks ./tasks
 COPY prompts ./prompts
 COPY data ./data
-# Editable, so prompts/ stays beside the code (see README, "Layout").
+# Editable, so the mounted or copied sources are the ones that run.
 RUN pip install --no-cache-dir -e .
 
 ENV PREFECT_RESULTS_PERSIST_BY_DEFAULT=true \
