@@ -15,7 +15,7 @@ COPY flows ./flows
 COPY tasks ./tasks
 COPY prompts ./prompts
 COPY data ./data
-# Editable, so the mounted or copied sources are the ones that run.
+# Editable: the image runs the sources copied above in place.
 RUN pip install --no-cache-dir -e .
 
 ENV PREFECT_RESULTS_PERSIST_BY_DEFAULT=true \
