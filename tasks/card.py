@@ -4,7 +4,10 @@ plots it embeds (`plots/subdomains.png`, `plots/lengths.png`).
 Contents: counts in/out per stage with reject reasons, subdomain
 distribution against the recipe's targets, prompt and answer length
 statistics, near-duplicate rate, grounded share, tokens and time per stage
-and model.  Everything is read back from the run database.
+and model.  Everything is read back from the run database.  The classic
+generators get a card of their own (`write_generator_card`): the same
+tables without subdomains, plus their records counted by origin (round and
+operation, method and field, template).
 """
 
 from __future__ import annotations
@@ -71,6 +74,74 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def _stages_table(summary) -> str:
+    return _table(["stage", "in", "out", "seconds"],
+                  [[s["stage"], s["n_in"], s["n_out"], f"{s['seconds']:.1f}"] for s in summary.stages])
+
+
+def _drops_table(summary) -> str:
+    if not summary.rejects:
+        return "Nothing was dropped."
+    return _table(["stage", "reason", "count"], [list(r) for r in summary.rejects])
+
+
+def _lengths_table(prompt_lengths: list[int], answer_lengths: list[int]) -> str:
+    return _table(["", "n", "min", "median", "mean", "max"],
+                  [["prompts", *length_stats(prompt_lengths).values()],
+                   ["answers", *length_stats(answer_lengths).values()]])
+
+
+def _llm_table(summary) -> str:
+    return _table(["stage", "model", "calls sent", "cache hits", "errors", "tokens in", "tokens out",
+                   "seconds"],
+                  [[r["stage"], r["model"], r["sent"], r["cache_hits"], r["errors"], r["tokens_in"],
+                    r["tokens_out"], f"{r['seconds']:.1f}"] for r in summary.llm])
+
+
+# What each classic generator's records are counted by in its card.
+BREAKDOWN = {"evol-instruct": ("round", "operation"), "augment": ("method", "field"),
+             "template": ("template",), "self-instruct": ("round",)}
+
+
+def write_generator_card(store: Store, run_dir: Path, fmt: str) -> Path:
+    """`card.md` for a run of a classic generator (Self-Instruct,
+    Evol-Instruct, templates, augmentations): stages, drops, records by
+    origin, lengths, LLM usage and a length plot."""
+    import json
+    from collections import Counter
+
+    summary = summarize(store)
+    records = store.query_dicts("SELECT prompt, answer, metadata FROM dataset")
+    metas = [json.loads(r["metadata"]) for r in records]
+    generator = metas[0].get("generator", "generator") if metas else "generator"
+    keys = BREAKDOWN.get(generator, ())
+    by_origin = Counter(tuple(m.get(k) for k in keys) for m in metas)
+    prompt_lengths = [len(r["prompt"]) for r in records]
+    answer_lengths = [len(r["answer"]) for r in records]
+    plots = _plots(run_dir / "plots", [], prompt_lengths, answer_lengths)
+    parts = [
+        f"# Dataset card: {generator} run",
+        f"{len(records)} instruction–response pairs made by sftmill's {generator} generator; "
+        "each record's metadata carries its lineage.",
+        f"Files: `dataset.jsonl` ({fmt} format), `dataset.parquet`, and `sftmill.duckdb` with "
+        "every intermediate table.",
+        "## Stages", _stages_table(summary),
+        "## Dropped, by reason", _drops_table(summary),
+    ]
+    if keys:
+        parts += ["## Records by " + " and ".join(keys),
+                  _table([*keys, "records"], [[*k, n] for k, n in sorted(
+                      by_origin.items(), key=lambda kn: [str(x) for x in kn[0]])])]
+    parts += ["## Lengths (characters)", _lengths_table(prompt_lengths, answer_lengths),
+              "## LLM usage (tokens and time per stage and model)", _llm_table(summary),
+              "## Plots", *[f"![{name}](plots/{name})" for name in plots]]
+    card = run_dir / "card.md"
+    text = "\n\n".join(parts) + "\n"
+    write_atomic(card, [text.encode()])
+    publish_artifacts(summary, text)
+    return card
+
+
 def write_card(store: Store, recipe: Recipe) -> Path:
     run_dir = recipe.run_dir
     summary = summarize(store, target_shares(recipe))
@@ -90,26 +161,15 @@ def write_card(store: Store, recipe: Recipe) -> Path:
         "(`grounded: false` in their metadata).",
         "Files: `dataset.jsonl` (" + recipe.export.format + " format), `dataset.parquet`, "
         "and `sftmill.duckdb` with every intermediate table.",
-        "## Stages",
-        _table(["stage", "in", "out", "seconds"],
-               [[s["stage"], s["n_in"], s["n_out"], f"{s['seconds']:.1f}"] for s in summary.stages]),
-        "## Dropped, by reason",
-        _table(["stage", "reason", "count"], [list(r) for r in summary.rejects]) if summary.rejects
-        else "Nothing was dropped.",
+        "## Stages", _stages_table(summary),
+        "## Dropped, by reason", _drops_table(summary),
         "## Subdomains: target vs actual",
         _table(["subdomain", "target", "actual", "records"],
                [[s["subdomain"], "-" if s["target"] is None else f"{s['target']:.0%}",
                  f"{s['actual']:.0%}", s["count"]] for s in shares]),
-        "## Lengths (characters)",
-        _table(["", "n", "min", "median", "mean", "max"],
-               [["prompts", *length_stats(prompt_lengths).values()],
-                ["answers", *length_stats(answer_lengths).values()]]),
+        "## Lengths (characters)", _lengths_table(prompt_lengths, answer_lengths),
         f"Near-duplicate rate among filtered prompts: {dup_rate:.1%}.",
-        "## LLM usage (tokens and time per stage and model)",
-        _table(["stage", "model", "calls sent", "cache hits", "errors", "tokens in", "tokens out",
-                "seconds"],
-               [[r["stage"], r["model"], r["sent"], r["cache_hits"], r["errors"], r["tokens_in"],
-                 r["tokens_out"], f"{r['seconds']:.1f}"] for r in summary.llm]),
+        "## LLM usage (tokens and time per stage and model)", _llm_table(summary),
         "## Plots",
         *[f"![{name}](plots/{name})" for name in plots],
     ]

@@ -172,9 +172,13 @@ def export(recipe: Recipe, dataset: StageResult) -> StageResult:
 
 @stage_task("export", sections=(), cached=False)
 def export_dataset(output_dir: str, fmt: str, dataset: StageResult) -> StageResult:
-    """The export step of the classic generators (Self-Instruct, Evol-Instruct,
-    templates, augmentations): their `dataset` table into `output_dir`."""
+    """The export step of the classic generators (Evol-Instruct, templates,
+    augmentations): their `dataset` table into `output_dir`, with `card.md`."""
+    from tasks.card import write_generator_card
+
     store = Store.open(dataset.out.db_path)
     timer = StageTimer(store, STAGE)
     n = export_files(store, fmt, Path(output_dir))
-    return timer.done(dataset.out, dataset.out.rows, n, str(Path(output_dir) / "dataset.jsonl"))
+    result = timer.done(dataset.out, dataset.out.rows, n, str(Path(output_dir) / "dataset.jsonl"))
+    write_generator_card(store, Path(output_dir), fmt)  # after timer.done: the card lists this export
+    return result

@@ -242,10 +242,13 @@ def bootstrap_round(cfg: SelfInstructConfig, pool: StageResult | None, round_no:
 
 @stage_task("self_instruct_export", sections=(), cached=False)
 def export_self_instruct(cfg: SelfInstructConfig, pool: StageResult, fmt: str) -> StageResult:
+    from tasks.card import write_generator_card
     from tasks.export import export_files
 
     store = Store.open(cfg.db_path)
     timer = StageTimer(store, "export")
     n = to_dataset(store)
     export_files(store, fmt, Path(cfg.output_dir))
-    return timer.done(store.ref("dataset", "record_id"), pool.n_out, n)
+    result = timer.done(store.ref("dataset", "record_id"), pool.n_out, n)
+    write_generator_card(store, Path(cfg.output_dir), fmt)  # after timer.done: the card lists this export
+    return result

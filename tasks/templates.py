@@ -241,7 +241,7 @@ def template_pairs(cfg: TemplatesConfig, values: StageResult, spec_fingerprint: 
             filled.setdefault(content_id(instruction), {
                 "template_index": i, "template": template, "instruction": instruction,
                 "bindings": json.dumps(binding, ensure_ascii=False)})
-    keys = list(filled)
+    keys, n_filled = list(filled), len(filled)
     vectors = Embedder(cfg.embedding, store).embed([filled[k]["instruction"] for k in keys])
     for k, (_which, j, sim) in new_near_duplicates(vectors[:0], vectors, cfg.dedup_cosine).items():
         store.reject("templates", keys[k], "near_duplicate",
@@ -256,7 +256,7 @@ def template_pairs(cfg: TemplatesConfig, values: StageResult, spec_fingerprint: 
         {"instruction_id": k, **v, "response": answers[k][0], "model": llm.model,
          "response_template": answers[k][2], "call_key": answers[k][1]}
         for k, v in filled.items() if k in answers])
-    return timer.done(store.ref("tpl_pairs", "instruction_id"), len(filled), store.count("tpl_pairs"))
+    return timer.done(store.ref("tpl_pairs", "instruction_id"), n_filled, store.count("tpl_pairs"))
 
 
 def to_dataset(store: Store, spec_path: str) -> int:

@@ -71,6 +71,8 @@ def test_paraphrase_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatc
     assert variant["messages"][1]["content"] == INPUTS[1]["response"]
     assert variant["metadata"]["similarity"] >= cfg.min_similarity
     assert variant["metadata"]["source"]["line"] == 2
+    card = (tmp_path / "aug" / "card.md").read_text()
+    assert "| original | None | 3 |" in card and "| paraphrase | instruction | 3 |" in card
 
 
 def test_back_translation_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatch):

@@ -93,6 +93,10 @@ def test_evol_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatch):
     assert set(second["metadata"]["evolution_path"]) <= set(OPERATIONS)
     assert second["metadata"]["source"] == {"file": "instructions.txt", "line": 1}
     assert second["output"].startswith("A full answer")
+    card = (tmp_path / "evol" / "card.md").read_text()
+    assert card.startswith("# Dataset card: evol-instruct run")
+    assert "## Records by round and operation" in card and "| evol_r2 | 6 | 1 |" in card
+    assert "copies_template_words" in card
 
     # A rerun sends nothing new and keeps the same dataset.
     sent = len(llm.requests)

@@ -55,6 +55,9 @@ def test_self_instruct_flow_with_scripted_llm(prefect_harness, tmp_path, monkeyp
     records = [json.loads(line) for line in (tmp_path / "si" / "dataset.jsonl").read_text().splitlines()]
     assert records and all(r["metadata"]["generator"] == "self-instruct" for r in records)
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in records)
+    card = (tmp_path / "si" / "card.md").read_text()
+    assert card.startswith("# Dataset card: self-instruct run") and "## Records by round" in card
+    assert (tmp_path / "si" / "plots" / "lengths.png").is_file()
 
 
 @pytest.mark.real_model
