@@ -80,6 +80,7 @@ class Fetcher:
         self._host_locks: dict[str, asyncio.Semaphore] = {}
         self._host_last: dict[str, float] = defaultdict(float)
         self._robots: dict[str, RobotFileParser | None] = {}
+        self._robots_locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
     def from_recipe(cls, recipe) -> "Fetcher":
@@ -106,19 +107,20 @@ class Fetcher:
             return True
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
-        if origin not in self._robots:
-            parser: RobotFileParser | None = None
-            try:
-                response = await client.get(origin + "/robots.txt", follow_redirects=True)
-                if response.status_code == 200:
-                    parser = RobotFileParser()
-                    parser.parse(response.text.splitlines())
-                elif response.status_code in (401, 403):
-                    parser = RobotFileParser()
-                    parser.disallow_all = True
-            except httpx.HTTPError:
-                parser = None  # no robots.txt reachable: allowed
-            self._robots[origin] = parser
+        async with self._robots_locks.setdefault(origin, asyncio.Lock()):  # one fetch per origin
+            if origin not in self._robots:
+                parser: RobotFileParser | None = None
+                try:
+                    response = await client.get(origin + "/robots.txt", follow_redirects=True)
+                    if response.status_code == 200:
+                        parser = RobotFileParser()
+                        parser.parse(response.text.splitlines())
+                    elif response.status_code in (401, 403):
+                        parser = RobotFileParser()
+                        parser.disallow_all = True
+                except httpx.HTTPError:
+                    parser = None  # no robots.txt reachable: allowed
+                self._robots[origin] = parser
         parser = self._robots[origin]
         return parser is None or parser.can_fetch(USER_AGENT, url)
 
@@ -133,16 +135,23 @@ class Fetcher:
 
     # -- one page -----------------------------------------------------------
     async def _get(self, client: httpx.AsyncClient, url: str) -> tuple[str, str, str]:
-        """(final url, content type, body) following redirects by hand."""
+        """(final url, content type, body) following redirects by hand.
+
+        `total_timeout_s` bounds the time spent on the page's requests (all
+        hops together), not the time spent waiting politely for its host."""
         seen = {url}
+        budget = self.config.total_timeout_s
         for _hop in range(self.config.max_redirects + 1):
             self._check_url(url)
             if not await self._allowed_by_robots(client, url):
                 raise _Refused("robots_disallowed", url)
             host = urlsplit(url).netloc
             lock = await self._polite(host)
+            started = time.monotonic()
             try:
-                async with client.stream("GET", url) as response:
+                if budget <= 0:
+                    raise TimeoutError("page time budget spent")
+                async with asyncio.timeout(budget), client.stream("GET", url) as response:
                     if response.is_redirect:
                         target = urljoin(url, response.headers.get("location", ""))
                         if target in seen:
@@ -166,6 +175,7 @@ class Fetcher:
                     charset = response.charset_encoding or "utf-8"
                     return url, ctype, bytes(body).decode(charset, errors="replace")
             finally:
+                budget -= time.monotonic() - started
                 lock.release()
         raise _Refused("too_many_redirects", f"more than {self.config.max_redirects}")
 
@@ -173,11 +183,10 @@ class Fetcher:
         from tasks.collect import html_to_text
 
         try:
-            final, ctype, body = await asyncio.wait_for(self._get(client, url),
-                                                        self.config.total_timeout_s)
+            final, ctype, body = await self._get(client, url)
         except _Refused as refused:
             return Fetched(url, False, reason=refused.reason, detail=refused.detail)
-        except (httpx.TimeoutException, asyncio.TimeoutError) as err:
+        except (httpx.TimeoutException, TimeoutError) as err:
             return Fetched(url, False, reason="fetch_timeout", detail=type(err).__name__)
         except httpx.HTTPError as err:
             return Fetched(url, False, reason="fetch_error", detail=f"{type(err).__name__}: {err}")
