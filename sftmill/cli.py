@@ -30,6 +30,24 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _claim(db_path: Path):
+    """The run database, opened by this process; one line if another holds it."""
+    from sftmill.store import Store, StoreBusyError
+
+    try:
+        return Store.open(db_path)
+    except StoreBusyError as err:
+        _fail(str(err))
+
+
+def _run_db(run_dir: Path):
+    """An existing run's database."""
+    db = run_dir / "sftmill.duckdb"
+    if not db.is_file():
+        _fail(f"{run_dir}: no sftmill.duckdb here")
+    return _claim(db)
+
+
 def _load_checked(recipe_path: Path, skip_preflight: bool = False):
     from sftmill.preflight import preflight
 
@@ -139,6 +157,7 @@ def run(
     from sftmill.progress import set_reporter
     from sftmill.store import Store
 
+    store = _claim(checked.db_path)
     started = time.perf_counter()
     console.print(f"sftmill: running recipe [bold]{checked.name}[/] → {checked.run_dir.resolve()}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -149,7 +168,6 @@ def run(
         finally:
             set_reporter(previous)
     run_id = str(state.state_details.flow_run_id)
-    store = Store.open(checked.db_path)
     from tasks.generate import target_shares
 
     targets = target_shares(checked)
@@ -448,6 +466,7 @@ def _run_flow(kind: str, flow_fn, cfg, fmt: str, out: Path) -> None:
     from sftmill.progress import set_reporter
     from sftmill.store import Store
 
+    store = _claim(Path(cfg.output_dir) / "sftmill.duckdb")
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as bars:
@@ -456,7 +475,6 @@ def _run_flow(kind: str, flow_fn, cfg, fmt: str, out: Path) -> None:
             state = flow_fn(cfg, fmt, return_state=True)
         finally:
             set_reporter(previous)
-    store = Store.open(Path(cfg.output_dir) / "sftmill.duckdb")
     print_summary(store, str(state.state_details.flow_run_id))
     if not state.is_completed():
         _fail(f"run failed: {state.message}. Rerun the same command to resume.", code=1)
@@ -478,16 +496,12 @@ def export_cmd(
     Reads the run's `dataset` table; writes atomically (a crash never leaves a
     half-written file that looks complete).
     """
-    from sftmill.store import Store
-    from tasks.export import FORMATS, export_jsonl
+    from tasks.export import export_jsonl
 
-    if format not in FORMATS:
-        _fail(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
-    db = run_dir / "sftmill.duckdb"
-    if not db.is_file():
-        _fail(f"{run_dir}: no sftmill.duckdb here")
+    _check_format(format)
+    store = _run_db(run_dir)
     target = out or run_dir / f"dataset.{format}.jsonl"
-    n = export_jsonl(Store.open(db), format, target)
+    n = export_jsonl(store, format, target)
     console.print(f"wrote {n} records to {target}")
 
 
@@ -495,15 +509,6 @@ review_app = typer.Typer(help="Human review: sample records into a sheet for exp
                          "apply their accept / reject / edit decisions to the run's export.",
                          no_args_is_help=True)
 app.add_typer(review_app, name="review")
-
-
-def _run_db(run_dir: Path):
-    from sftmill.store import Store
-
-    db = run_dir / "sftmill.duckdb"
-    if not db.is_file():
-        _fail(f"{run_dir}: no sftmill.duckdb here")
-    return Store.open(db)
 
 
 @review_app.command("sample")
@@ -558,12 +563,7 @@ def stats(
     run_dir: Path = typer.Argument(..., help="A run's output_dir (holds sftmill.duckdb)."),
 ) -> None:
     """Show per-stage counts, drop reasons and LLM usage of an earlier run."""
-    from sftmill.store import Store
-
-    db = run_dir / "sftmill.duckdb"
-    if not db.is_file():
-        _fail(f"{run_dir}: no sftmill.duckdb here")
-    print_summary(Store.open(db), None)
+    print_summary(_run_db(run_dir), None)
 
 
 def main() -> None:

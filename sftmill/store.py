@@ -254,6 +254,10 @@ class TableRef:
     rows: int
 
 
+class StoreBusyError(RuntimeError):
+    """Another process holds the run database (DuckDB admits one writer)."""
+
+
 class Store:
     """A DuckDB file shared by all tasks of one process (DuckDB allows one
     writing process per file; threads share the connection under a lock)."""
@@ -264,7 +268,15 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = str(Path(path).resolve())
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._con = duckdb.connect(self.path)
+        try:
+            self._con = duckdb.connect(self.path)
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower():
+                raise
+            holder = str(err).split("Conflicting lock is held in", 1)[-1].strip().rstrip(".")
+            raise StoreBusyError(
+                f"{self.path} is in use by another process ({holder}); runs that write to the "
+                "same output folder must take turns, or use another output folder") from None
         self._lock = threading.RLock()
         self.ensure_tables(SCHEMA)
 

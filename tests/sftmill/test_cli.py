@@ -96,3 +96,28 @@ def test_review_sample_then_apply_rewrites_the_export(tmp_path):
     records = [json.loads(x) for x in (run / "dataset.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all("conversations" in r for r in records)
     assert cli("review", "apply", run, tmp_path / "none.csv").exit_code == 2
+
+
+def test_a_run_folder_held_by_another_process_is_one_line_error(tmp_path):
+    import time
+
+    from sftmill.store import SCHEMA, Store
+
+    run = tmp_path / "run"
+    Store.open(run / "sftmill.duckdb").ensure_tables(SCHEMA)
+    Store.close_all()
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; "
+                               f"con = duckdb.connect({str(run / 'sftmill.duckdb')!r}); "
+                               "print('ready', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        started = time.time()
+        result = cli("stats", run)
+        assert result.exit_code == 2
+        message = " ".join(result.output.split())
+        assert "is in use by another process" in message and str(holder.pid) in message
+        assert time.time() - started < 30
+    finally:
+        holder.kill()
+        holder.wait()
