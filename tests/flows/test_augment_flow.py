@@ -115,3 +115,24 @@ def test_paraphrase_flow_with_the_real_embedded_model(prefect_harness, tmp_path)
     rejected = store.scalar("SELECT count(*) FROM rejects WHERE stage = 'augment'")
     assert kept + rejected >= 1  # the variant was kept or its reason recorded
     assert len(records_of(tmp_path)) == 1 + kept == results[-1].n_out
+
+
+@pytest.mark.real_model
+def test_back_translation_flow_with_the_real_embedded_model(prefect_harness, tmp_path):
+    from flows.augment_flow import augment_flow
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(INPUTS[0]) + "\n")
+    cfg = AugmentConfig(input_path=str(path), output_dir=str(tmp_path / "aug"),
+                        method="back_translate", pivots=("French",),
+                        generator=LLMEndpoint(max_tokens=80))
+    results = augment_flow(cfg)
+    store = Store.open(cfg.db_path)
+    stages = {r[0] for r in store.execute("SELECT DISTINCT stage FROM llm_calls")}
+    assert "translate_instruction_to_French" in stages
+    kept = store.count("aug_variants")
+    if kept:
+        assert store.scalar("SELECT pivot_text FROM aug_variants") != INPUTS[0]["prompt"]
+    else:  # the round trip failed a check: its reason is recorded
+        assert store.scalar("SELECT count(*) FROM rejects WHERE stage = 'augment'") >= 1
+    assert len(records_of(tmp_path)) == 1 + kept == results[-1].n_out
