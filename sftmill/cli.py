@@ -478,8 +478,16 @@ def _run_flow(kind: str, flow_fn, cfg, fmt: str, out: Path) -> None:
     print_summary(store, str(state.state_details.flow_run_id))
     if not state.is_completed():
         _fail(f"run failed: {state.message}. Rerun the same command to resume.", code=1)
-    console.print(f"{kind}: {store.count('dataset')} records in {out / 'dataset.jsonl'} "
+    records = store.count("dataset")
+    console.print(f"{kind}: {records} records in {out / 'dataset.jsonl'} "
                   f"({time.perf_counter() - started:.0f} s)")
+    if not records:
+        judged = store.scalar("SELECT count(*) FROM rejects WHERE reason = 'no_information_gain' "
+                              "AND detail LIKE '%judge found it equal%'")
+        console.print("no record survived: the drops above say why"
+                      + ("; the judge found many evolutions equal to their parent (a small "
+                         "judge model often does: try --no-judge or a stronger --base-url)"
+                         if judged else ""), highlight=False)
     Store.close_all()
 
 
