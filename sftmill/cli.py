@@ -213,9 +213,11 @@ def serve(
     interval: int = typer.Option(None, help="Run the pipeline every N minutes (overrides the recipe's)."),
     limit: int = typer.Option(1, help="Flow runs this process executes at once."),
 ) -> None:
-    """Register the deployments (pipeline, prompts, answers, and the classic
+    """Serve sftmill's flows as deployments on a Prefect server.
+
+    Registers the deployments (pipeline, prompts, answers, and the classic
     generators: self-instruct, evol, augment, templates) with the Prefect
-    server named by PREFECT_API_URL and execute their runs until stopped.
+    server named by PREFECT_API_URL and executes their runs until stopped.
 
     Trigger runs from the Prefect UI (a form shows every parameter), with
     `prefect deployment run 'sftmill-pipeline/pipeline'`, or on a schedule;
@@ -272,8 +274,10 @@ def self_instruct(
     model: str = typer.Option(None, help="Model name on that server."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
 ) -> None:
-    """Self-Instruct (Wang et al., 2022): bootstrap instructions and instances
-    from SEEDS with the ROUGE-L novelty filter, then export with lineage."""
+    """Self-Instruct (Wang et al., 2022) from a seed task file.
+
+    Bootstraps instructions and instances from SEEDS with the paper's filters
+    and ROUGE-L novelty check, then exports with lineage."""
     _quiet_prefect(verbose)
     from tasks.self_instruct import SelfInstructConfig, load_seeds
 
@@ -336,10 +340,13 @@ def evol(
     seed: int = typer.Option(0, help="Seed for operation draws and sampling."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
 ) -> None:
-    """Evol-Instruct (Xu et al., 2023): evolve INPUT's instructions for M rounds
-    (in-depth: add constraints, deepen, concretize, increase reasoning,
-    complicate input; in-breadth: a rarer topic), drop failed evolutions with
-    their reason, answer the survivors, export with parent, operation and round."""
+    """Evol-Instruct (Xu et al., 2023): evolve instructions for M rounds.
+
+    Each round rewrites every lineage's latest instruction with a random
+    operation (in-depth: add constraints, deepen, concretize, increase
+    reasoning, complicate input; in-breadth: a rarer topic), drops failed
+    evolutions with their reason, answers the survivors, and exports them
+    with parent, operation and round."""
     _quiet_prefect(verbose)
     from pydantic import ValidationError
 
@@ -401,9 +408,10 @@ def paraphrase(
     model: str = typer.Option(None, help="Model name on that server."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
 ) -> None:
-    """Paraphrase the instructions and/or responses of INPUT with the LLM; drop
-    variants that are unchanged, repeated or drift in meaning (embedding
-    similarity), and export each kept variant as a pair with lineage."""
+    """Paraphrase instructions and/or responses with the LLM.
+
+    Drops variants that are unchanged, repeated or drift in meaning
+    (embedding similarity) and exports each kept variant as a pair with lineage."""
     _quiet_prefect(verbose)
     _augment("paraphrase", input, out, format, base_url, model, method="paraphrase",
              fields=_fields(field), n=n, min_similarity=min_similarity, include_originals=originals)
@@ -423,9 +431,11 @@ def back_translate(
     model: str = typer.Option(None, help="Model name on that server."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
 ) -> None:
-    """Back-translate INPUT's instructions and/or responses through each pivot
-    language with the LLM (there and back); drop unchanged, repeated or
-    drifting variants; export each kept one as a pair with lineage."""
+    """Back-translate instructions and/or responses through pivot languages.
+
+    The LLM translates each text into every pivot language and back; unchanged,
+    repeated or drifting variants are dropped, each kept one is exported as a
+    pair with lineage."""
     _quiet_prefect(verbose)
     _augment("back-translation", input, out, format, base_url, model, method="back_translate",
              fields=_fields(field), pivots=tuple(pivot), source_language=source_language,
@@ -444,8 +454,10 @@ def templates(
     seed: int = typer.Option(0, help="Seed for drawing fillings and sampling."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
 ) -> None:
-    """Fill instruction templates' slots from lists or with the LLM, answer each
-    instruction with the generator, and export with the template and slot values."""
+    """Instructions from templates with slots, answered by the generator.
+
+    Slots are filled from lists or by the LLM; near-duplicate fillings are
+    dropped; records carry their template and slot values."""
     _quiet_prefect(verbose)
     from flows.template_flow import template_flow
     from tasks.templates import TemplatesConfig, load_spec
@@ -526,8 +538,10 @@ def review_sample(
     out: Path = typer.Option(None, "--out", "-o", help="The sheet (default RUN_DIR/review.csv)."),
     seed: int = typer.Option(0, help="Seed for the draw."),
 ) -> None:
-    """Write a CSV review sheet: record_id, prompt, answer and empty columns
-    decision (accept | reject | edit), edited_prompt, edited_answer, note."""
+    """Write a CSV review sheet of records drawn at random.
+
+    Columns: record_id, prompt, answer and the empty decision (accept |
+    reject | edit), edited_prompt, edited_answer and note."""
     from tasks.review import write_sheet
 
     target = out or run_dir / "review.csv"
@@ -541,9 +555,11 @@ def review_apply(
     run_dir: Path = typer.Argument(..., help="The run the sheet was drawn from."),
     sheet: Path = typer.Argument(..., help="The filled review sheet (CSV)."),
 ) -> None:
-    """Store the sheet's decisions and rewrite the run's dataset.jsonl and
-    dataset.parquet: rejected records left out, edits applied, each reviewed
-    record's metadata carrying its review.  Unusable rows are listed and skipped."""
+    """Apply a filled review sheet to the run's export.
+
+    Stores the decisions and rewrites dataset.jsonl and dataset.parquet:
+    rejected records left out, edits applied, each reviewed record's
+    metadata carrying its review.  Unusable rows are listed and skipped."""
     from tasks.export import export_files
     from tasks.review import apply_sheet, detect_format
 
