@@ -31,30 +31,33 @@ NEIGHBOURS = 32
 ORIGIN_RANK = {"generated": 0, "broadened": 1, "rephrased": 2}
 
 
-def neighbour_lists(vectors: np.ndarray, threshold: float) -> list[list[tuple[int, float]]]:
-    """For every row, the other rows with cosine ≥ threshold."""
+def neighbour_lists(vectors: np.ndarray, threshold: float, first: int = 0,
+                    ) -> list[list[tuple[int, float]]]:
+    """For every row from `first` on, the other rows with cosine ≥ threshold."""
     import faiss
 
     n, dim = vectors.shape
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    out: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+    queries = vectors[first:]
+    out: list[list[tuple[int, float]]] = [[] for _ in range(n - first)]
     if n <= EXACT_MAX:
         index = faiss.IndexFlatIP(dim)
         index.add(vectors)
         # range_search keeps results strictly above the radius: nudge it down.
-        lims, sims, ids = index.range_search(vectors, threshold - 1e-6)
-        for i in range(n):
-            for j, s in zip(ids[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]]):
-                if j != i:
-                    out[i].append((int(j), float(s)))
+        lims, sims, ids = index.range_search(queries, threshold - 1e-6)
+        for q in range(n - first):
+            for j, s in zip(ids[lims[q]:lims[q + 1]], sims[lims[q]:lims[q + 1]]):
+                if j != first + q:
+                    out[q].append((int(j), float(s)))
         return out
     index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = 80
     index.add(vectors)
     index.hnsw.efSearch = 128
-    sims, ids = index.search(vectors, NEIGHBOURS + 1)
-    for i in range(n):
-        out[i] = [(int(j), float(s)) for j, s in zip(ids[i], sims[i]) if j != i and j >= 0 and s >= threshold]
+    sims, ids = index.search(queries, NEIGHBOURS + 1)
+    for q in range(n - first):
+        out[q] = [(int(j), float(s)) for j, s in zip(ids[q], sims[q])
+                  if j != first + q and j >= 0 and s >= threshold]
     return out
 
 
@@ -83,7 +86,7 @@ def new_near_duplicates(old: np.ndarray, new: np.ndarray, threshold: float,
     groups = list(old_groups or range(n_old)) + list(new_groups or range(n_old, n_old + len(new)))
     vectors = np.vstack([old, new]) if n_old else new
     removed: dict[int, tuple[str, int, float]] = {}
-    for k, neighbours in enumerate(neighbour_lists(vectors, threshold)[n_old:]):
+    for k, neighbours in enumerate(neighbour_lists(vectors, threshold, first=n_old)):
         row = n_old + k
         for j, sim in sorted(neighbours, key=lambda js: (-js[1], js[0])):
             if groups[j] == groups[row]:
