@@ -170,7 +170,7 @@ def check_variants(store: Store, cfg: AugmentConfig, pairs: dict[str, dict],
     embedder = Embedder(cfg.embedding, store)
     kept, seen = [], set()
     survivors = []
-    for c in candidates:
+    for k, c in enumerate(candidates):
         original = pairs[c["pair_id"]][c["field"]]
         c["variant_id"] = content_id(c["pair_id"], c["method"], c["field"], c["pivot_language"],
                                       c["text"])
@@ -182,7 +182,9 @@ def check_variants(store: Store, cfg: AugmentConfig, pairs: dict[str, dict],
         elif (c["pair_id"], c["field"], _normal(c["text"])) in seen:
             reason = "duplicate_variant"
         if reason:
-            store.reject("augment", c["variant_id"], reason, c["text"][:300])
+            # a repeat has the ID of the variant it repeats: its drop gets one of its own
+            drop_id = content_id(c["variant_id"], k) if reason == "duplicate_variant" else c["variant_id"]
+            store.reject("augment", drop_id, reason, c["text"][:300])
             continue
         seen.add((c["pair_id"], c["field"], _normal(c["text"])))
         survivors.append(c)
