@@ -492,7 +492,7 @@ def _run_flow(kind: str, flow_fn, cfg, fmt: str, out: Path) -> None:
         _fail(f"run failed: {state.message}. Rerun the same command to resume.", code=1)
     records = store.count("dataset")
     console.print(f"{kind}: {records} records in {out / 'dataset.jsonl'} "
-                  f"({time.perf_counter() - started:.0f} s)")
+                  f"({time.perf_counter() - started:.0f} s); card: {out / 'card.md'}")
     if not records:
         judged = store.scalar("SELECT count(*) FROM rejects WHERE reason = 'no_information_gain' "
                               "AND detail LIKE '%judge found it equal%'")
