@@ -13,6 +13,7 @@ import atexit
 import hashlib
 import json
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -359,6 +360,22 @@ class Store:
         """Several (item_id, reason, detail, score) drops of one stage in one insert."""
         self.insert("rejects", [{"stage": stage, "item_id": i, "reason": r, "detail": (d or "")[:2000],
                                  "score": sc} for i, r, d, sc in rejects], replace=True)
+
+    @contextmanager
+    def drops(self, stage: str):
+        """Collect drops of one stage (`add(item_id, reason, detail, score)`)
+        and write them in one insert when the block ends."""
+        rows: list[tuple[str, str, str, float | None]] = []
+
+        class _Drops:
+            @staticmethod
+            def add(item_id: str, reason: str, detail: str = "", score: float | None = None) -> None:
+                rows.append((item_id, reason, detail, score))
+
+        try:
+            yield _Drops
+        finally:
+            self.reject_many(stage, rows)
 
     def reject_counts(self, stage: str | None = None) -> list[tuple[str, str, int]]:
         where = "WHERE stage = ?" if stage else ""

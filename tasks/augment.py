@@ -167,7 +167,12 @@ def _back_translations(store: Store, cfg: AugmentConfig, llm, pairs: list[dict],
 def check_variants(store: Store, cfg: AugmentConfig, pairs: dict[str, dict],
                    candidates: list[dict]) -> list[dict]:
     """Apply the variant checks; return the kept rows with their similarity."""
-    embedder = Embedder(cfg.embedding, store)
+    with store.drops("augment") as drops:
+        return _checked(cfg, Embedder(cfg.embedding, store), pairs, candidates, drops)
+
+
+def _checked(cfg: AugmentConfig, embedder: Embedder, pairs: dict[str, dict],
+             candidates: list[dict], drops) -> list[dict]:
     kept, seen = [], set()
     survivors = []
     for k, c in enumerate(candidates):
@@ -184,7 +189,7 @@ def check_variants(store: Store, cfg: AugmentConfig, pairs: dict[str, dict],
         if reason:
             # a repeat has the ID of the variant it repeats: its drop gets one of its own
             drop_id = content_id(c["variant_id"], k) if reason == "duplicate_variant" else c["variant_id"]
-            store.reject("augment", drop_id, reason, c["text"][:300])
+            drops.add(drop_id, reason, c["text"][:300])
             continue
         seen.add((c["pair_id"], c["field"], _normal(c["text"])))
         survivors.append(c)
@@ -195,7 +200,7 @@ def check_variants(store: Store, cfg: AugmentConfig, pairs: dict[str, dict],
     for c, sim in zip(survivors, np.sum(originals * variants, axis=1)):
         c["similarity"] = float(sim)
         if sim < cfg.min_similarity:
-            store.reject("augment", c["variant_id"], "meaning_drift", c["text"][:300], float(sim))
+            drops.add(c["variant_id"], "meaning_drift", c["text"][:300], float(sim))
         else:
             kept.append(c)
     return kept

@@ -148,10 +148,10 @@ def reject_stage(round_no: int) -> str:
     return f"{STAGE}_r{round_no}"
 
 
-def _reject(store: Store, parent: dict, op: str, round_no: int, reason: str, text: str) -> None:
+def _drop(drops, parent: dict, op: str, round_no: int, reason: str, text: str) -> None:
     detail = json.dumps({"operation": op, "parent_id": parent["item_id"], "text": text[:300]},
                         ensure_ascii=False)
-    store.reject(reject_stage(round_no), content_id(parent["item_id"], round_no, op), reason, detail)
+    drops.add(content_id(parent["item_id"], round_no, op), reason, detail)
 
 
 def evolve(store: Store, cfg: EvolConfig, llm, parents: list[dict], round_no: int,
@@ -167,15 +167,16 @@ def evolve(store: Store, cfg: EvolConfig, llm, parents: list[dict], round_no: in
         results = llm_map(llm, cfg.generator, template, group,
                           lambda p: {"instruction": p["instruction"]},
                           stage=f"{STAGE}_r{round_no}_{op}", seed=cfg.seed + round_no)
-        for parent, result in answered(store, reject_stage(round_no), results,
-                                       lambda p, op=op: content_id(p["item_id"], round_no, op)):
-            text = result.text.strip()
-            problem = evolution_problem(parent["instruction"], text,
-                                        truncated(result, cfg.generator.max_tokens))
-            if problem:
-                _reject(store, parent, op, round_no, problem, text)
-            else:
-                out.append((parent, op, text, template.version, result.key))
+        with store.drops(reject_stage(round_no)) as drops:
+            for parent, result in answered(store, reject_stage(round_no), results,
+                                           lambda p, op=op: content_id(p["item_id"], round_no, op)):
+                text = result.text.strip()
+                problem = evolution_problem(parent["instruction"], text,
+                                            truncated(result, cfg.generator.max_tokens))
+                if problem:
+                    _drop(drops, parent, op, round_no, problem, text)
+                else:
+                    out.append((parent, op, text, template.version, result.key))
     return out
 
 
@@ -188,13 +189,14 @@ def judge_equal(store: Store, cfg: EvolConfig, candidates: list[tuple], round_no
                       lambda c: {"parent": c[0]["instruction"], "child": c[2]},
                       stage=f"{STAGE}_r{round_no}_judge", seed=cfg.seed)
     kept = []
-    for cand, result in answered(store, reject_stage(round_no), results,
-                                 lambda c: content_id(c[0]["item_id"], round_no, c[1])):
-        if result.data["equal"]:
-            _reject(store, cand[0], cand[1], round_no, "no_information_gain",
-                    f"{cand[2]} — the judge found it equal to its parent")
-        else:
-            kept.append(cand)
+    with store.drops(reject_stage(round_no)) as drops:
+        for cand, result in answered(store, reject_stage(round_no), results,
+                                     lambda c: content_id(c[0]["item_id"], round_no, c[1])):
+            if result.data["equal"]:
+                _drop(drops, cand[0], cand[1], round_no, "no_information_gain",
+                      f"{cand[2]} — the judge found it equal to its parent")
+            else:
+                kept.append(cand)
     return kept, judge.model
 
 
@@ -212,10 +214,11 @@ def drop_near_duplicates(store: Store, cfg: EvolConfig, candidates: list[tuple],
     new = embedder.embed([c[2] for c in candidates])
     removed = new_near_duplicates(old, new, cfg.dedup_cosine, [e["root_id"] for e in existing],
                                   [c[0]["root_id"] for c in candidates])
-    for k, (which, j, sim) in removed.items():
-        twin = existing[j]["instruction"] if which == "old" else candidates[j][2]
-        _reject(store, candidates[k][0], candidates[k][1], round_no, "near_duplicate",
-                f"{candidates[k][2]} — cosine {sim:.3f} to: {twin}")
+    with store.drops(reject_stage(round_no)) as drops:
+        for k, (which, j, sim) in removed.items():
+            twin = existing[j]["instruction"] if which == "old" else candidates[j][2]
+            _drop(drops, candidates[k][0], candidates[k][1], round_no, "near_duplicate",
+                  f"{candidates[k][2]} — cosine {sim:.3f} to: {twin}")
     return [c for k, c in enumerate(candidates) if k not in removed]
 
 

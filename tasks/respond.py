@@ -58,11 +58,12 @@ def respond(store, llm, endpoint: LLMEndpoint, items: Sequence[tuple[str, str]],
     results = llm_map(llm, endpoint, template, list(items),
                       lambda item: {"instruction": item[1]}, stage=stage, seed=seed)
     out = {}
-    for (item_id, _instruction), result in answered(store, stage, results, lambda i: i[0]):
-        text = result.text.strip()
-        problem = response_problem(text, truncated(result, endpoint.max_tokens), min_words)
-        if problem:
-            store.reject(stage, item_id, problem, text[:300])
-        else:
-            out[item_id] = (text, result.key, template.version)
+    with store.drops(stage) as drops:
+        for (item_id, _instruction), result in answered(store, stage, results, lambda i: i[0]):
+            text = result.text.strip()
+            problem = response_problem(text, truncated(result, endpoint.max_tokens), min_words)
+            if problem:
+                drops.add(item_id, problem, text[:300])
+            else:
+                out[item_id] = (text, result.key, template.version)
     return out

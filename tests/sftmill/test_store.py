@@ -40,3 +40,14 @@ def test_reject_keeps_reason_and_counts(tmp_path):
     store.reject("collect", "i2", "binary")
     store.reject("collect", "i3", "empty")
     assert store.reject_counts("collect") == [("collect", "empty", 2), ("collect", "binary", 1)]
+
+
+def test_drops_are_written_together_when_the_block_ends(tmp_path):
+    store = Store.open(tmp_path / "db.duckdb")
+    with store.drops("evol_r1") as drops:
+        drops.add("a", "empty_evolution")
+        drops.add("b", "near_duplicate", "cosine 0.97", 0.97)
+        assert store.reject_counts("evol_r1") == []  # nothing written yet
+    assert sorted(store.reject_counts("evol_r1")) == [("evol_r1", "empty_evolution", 1),
+                                                      ("evol_r1", "near_duplicate", 1)]
+    assert store.execute("SELECT detail, score FROM rejects WHERE item_id = 'b'") == [("cosine 0.97", 0.97)]
