@@ -14,16 +14,20 @@ T = TypeVar("T")
 
 def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate, items: Sequence[T],
             variables: Callable[[T], dict[str, Any]], *, stage: str, seed: int = 0,
-            max_tokens: int | None = None,
+            max_tokens: int | Callable[[T], int] | None = None,
             ) -> list[tuple[T, ChatResult | LLMOutputError]]:
     """Render `template` for every item and send the batch; each item comes
     back with its result or the `LLMOutputError` that makes it unusable.
-    `max_tokens` caps the endpoint's own limit for answers known to be short."""
-    limit = min(endpoint.max_tokens, max_tokens or endpoint.max_tokens)
+    `max_tokens` (a number, or a function of the item) caps the endpoint's own
+    limit for answers known to be short."""
+    def limit(item: T) -> int:
+        cap = max_tokens(item) if callable(max_tokens) else max_tokens
+        return min(endpoint.max_tokens, cap or endpoint.max_tokens)
+
     requests = [
         ChatRequest.build(template.messages(**variables(item)), schema=template.schema,
                           temperature=endpoint.temperature, top_p=endpoint.top_p,
-                          max_tokens=limit, seed=seed, stage=stage)
+                          max_tokens=limit(item), seed=seed, stage=stage)
         for item in items
     ]
     with progress(stage, len(requests)) as bar:

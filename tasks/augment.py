@@ -135,6 +135,13 @@ def _paraphrases(store: Store, cfg: AugmentConfig, llm, pairs: list[dict], field
     return out
 
 
+def translation_budget(cfg: AugmentConfig, text: str) -> int:
+    """Tokens a translation of `text` may take: three times its estimated
+    length (chars/4) plus 64, within the endpoint's limit — a translation
+    past that is rambling, and is cut off and dropped as truncated."""
+    return min(cfg.generator.max_tokens, 64 + 3 * (len(text) // 4 + 1))
+
+
 def _back_translations(store: Store, cfg: AugmentConfig, llm, pairs: list[dict],
                        field: str) -> list[dict]:
     template = load_template("translate")
@@ -142,25 +149,27 @@ def _back_translations(store: Store, cfg: AugmentConfig, llm, pairs: list[dict],
     for pivot in cfg.pivots:
         there = llm_map(llm, cfg.generator, template, pairs,
                         lambda p: {"text": p[field], "language": pivot},
-                        stage=f"translate_{field}_to_{pivot}", seed=cfg.seed)
+                        stage=f"translate_{field}_to_{pivot}", seed=cfg.seed,
+                        max_tokens=lambda p: translation_budget(cfg, p[field]))
         arrived = []
         for pair, result in answered(store, "augment", there,
                                      lambda p: content_id(p["pair_id"], pivot, field, "there")):
-            if not result.text.strip() or truncated(result, cfg.generator.max_tokens):
+            if not result.text.strip() or truncated(result, translation_budget(cfg, pair[field])):
                 store.reject("augment", content_id(pair["pair_id"], pivot, field), "empty_or_truncated",
                              f"translation into {pivot}: {result.text[:300]}")
             else:
                 arrived.append((pair, result.text.strip()))
         back = llm_map(llm, cfg.generator, template, arrived,
                        lambda a: {"text": a[1], "language": cfg.source_language},
-                       stage=f"translate_{field}_from_{pivot}", seed=cfg.seed)
+                       stage=f"translate_{field}_from_{pivot}", seed=cfg.seed,
+                       max_tokens=lambda a: translation_budget(cfg, a[0][field]))
         for (pair, pivot_text), result in answered(
                 store, "augment", back, lambda a: content_id(a[0]["pair_id"], pivot, field, "back")):
             out.append({"pair_id": pair["pair_id"], "method": "back_translate", "field": field,
                         "pivot_language": pivot, "pivot_text": pivot_text, "text": result.text.strip(),
                         "model": llm.model, "template_version": template.version,
                         "call_key": result.key,
-                        "_truncated": truncated(result, cfg.generator.max_tokens)})
+                        "_truncated": truncated(result, translation_budget(cfg, pair[field]))})
     return out
 
 

@@ -8,7 +8,7 @@ import pytest
 from fakes import ScriptedLLM, route_llm, user_text
 from sftmill.config import LLMEndpoint
 from sftmill.store import Store
-from tasks.augment import AugmentConfig
+from tasks.augment import AugmentConfig, translation_budget
 
 INPUTS = [
     {"prompt": "Explain how gluons bind quarks inside a proton.",
@@ -78,7 +78,7 @@ def test_paraphrase_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatc
 def test_back_translation_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatch):
     from flows.augment_flow import augment_flow
 
-    route_llm(monkeypatch, ScriptedLLM(scripted))
+    llm = route_llm(monkeypatch, ScriptedLLM(scripted))
     cfg = AugmentConfig(input_path=str(write_inputs(tmp_path)), output_dir=str(tmp_path / "aug"),
                         method="back_translate", fields=("instruction", "response"),
                         pivots=("French", "German"), include_originals=False, min_similarity=0.5)
@@ -97,6 +97,13 @@ def test_back_translation_flow_with_scripted_llm(prefect_harness, tmp_path, monk
                 if r["metadata"]["pair_id"] == records[0]["metadata"]["pair_id"]}
     assert by_field["instruction"]["conversations"][0]["value"].startswith("Please: ")
     assert by_field["response"]["conversations"][1]["value"].startswith("Please: ")
+    # each translation may take about three times its text's length, not the endpoint's 400
+    budgets = {r.max_tokens for r in llm.requests if "Translate this text" in user_text(r)}
+    assert budgets == {translation_budget(cfg, x) for x in
+                       [i.get("prompt") or i.get("instruction") for i in INPUTS]
+                       + [i["response"] for i in INPUTS if "response" in i]
+                       + ["The six flavours are up, down, strange, charm, bottom and top."]}
+    assert max(budgets) < cfg.generator.max_tokens
 
 
 @pytest.mark.real_model
