@@ -1,5 +1,6 @@
 """An OpenAI-compatible chat endpoint on 127.0.0.1 that answers like the
-scripted LLM (see fakes.schema_answers), slowly, and can be taken down."""
+scripted LLM (see fakes.schema_answers; free-text requests get a short
+plain answer), slowly, and can be taken down."""
 
 import http.server
 import json
@@ -43,9 +44,12 @@ class FakeOpenAI:
                     return
                 server.requests += 1
                 time.sleep(delay_s)
-                schema = body["response_format"]["json_schema"]["schema"]
-                request = ChatRequest.build(body["messages"], schema=schema)
-                answer = json.dumps(schema_answers(request))
+                if "response_format" in body:
+                    schema = body["response_format"]["json_schema"]["schema"]
+                    request = ChatRequest.build(body["messages"], schema=schema)
+                    answer = json.dumps(schema_answers(request))
+                else:  # free text (a response, a rewrite, a translation)
+                    answer = "A plain answer about " + body["messages"][-1]["content"][:80]
                 self._json({"choices": [{"message": {"content": answer}}],
                             "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
 

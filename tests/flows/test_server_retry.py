@@ -169,6 +169,21 @@ def test_retry_on_the_server_reuses_completed_stages(prefect_server, tmp_path):
             "artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
         progress = [a for a in artifacts if a["type"] == "progress"]
         assert progress and all(a["data"] == 100.0 for a in progress)  # long stages showed progress
+
+        # A classic generator triggered through its deployment: the form's JSON is its config.
+        spec = tmp_path / "spec.yaml"
+        spec.write_text("templates: ['Explain [TOPIC] to a student.']\n"
+                        "slots: {TOPIC: [quark confinement, gluon jets, asymptotic freedom]}\n")
+        templates = httpx.get(f"{api}/deployments/name/sftmill-templates/templates", timeout=10).json()
+        run = httpx.post(f"{api}/deployments/{templates['id']}/create_flow_run", timeout=30, json={
+            "parameters": {"fmt": "alpaca", "cfg": {
+                "spec_path": str(spec), "output_dir": str(tmp_path / "tpl"),
+                "generator": {"backend": "openai", "base_url": llm.url, "model": "fake"}}}}).json()
+        wait_for(lambda: flow_run_state(api, run["id"]) in ("FAILED", "COMPLETED", "CRASHED"),
+                 300, "the templates run to end")
+        assert flow_run_state(api, run["id"]) == "COMPLETED"
+        records = [json.loads(x) for x in (tmp_path / "tpl" / "dataset.jsonl").read_text().splitlines()]
+        assert len(records) == 3 and all(r["output"].startswith("A plain answer") for r in records)
     finally:
         os.killpg(serve.pid, 15)
         serve.wait(timeout=60)
