@@ -336,6 +336,20 @@ class Store:
                 self._con.unregister("_incoming")
         return len(rows)
 
+    def replace_rows(self, table: str, rows: list[dict[str, Any]]) -> int:
+        """Replace every row of `table` with `rows`, in one transaction (a
+        crash never leaves the table emptied).  Returns the number offered."""
+        with self._lock:
+            self._con.execute("BEGIN TRANSACTION")
+            try:
+                self._con.execute(f"DELETE FROM {table}")
+                self.insert(table, rows)
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+        return len(rows)
+
     def count(self, table: str) -> int:
         return int(self.scalar(f"SELECT count(*) FROM {table}"))
 

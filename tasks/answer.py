@@ -117,8 +117,7 @@ def write_answers(store: Store, recipe: Recipe) -> tuple[int, int]:
                 "template_version": template.version, "call_key": result.key})
     # Every kept prompt is answered on every run (repeats come from the call
     # table), so the table holds exactly the current answers.
-    store.execute("DELETE FROM answers")
-    store.insert("answers", rows)
+    store.replace_rows("answers", rows)
     return len(prompts), len(rows)
 
 
@@ -195,7 +194,6 @@ def decide(store: Store, recipe: Recipe) -> int:
         "FROM answers a JOIN answer_checks k USING (answer_id) JOIN prompts p USING (prompt_id) "
         "ORDER BY a.prompt_id, a.answer_id")
     store.execute("DELETE FROM rejects WHERE stage = ?", [CHECK_STAGE])
-    store.execute("DELETE FROM dataset")
     kept, dropped, seen_prompts = [], [], set()
     for row in rows:
         reason = reject_reason(row, row["grounded"], recipe)
@@ -213,8 +211,7 @@ def decide(store: Store, recipe: Recipe) -> int:
                         "prompt_id": row["prompt_id"], "answer_id": row["answer_id"],
                         "prompt": row["prompt"], "answer": answer, "grounded": row["grounded"],
                         "metadata": metadata})
-    store.insert("dataset", records)
-    return len(records)
+    return store.replace_rows("dataset", records)
 
 
 @stage_task("answer", sections=("domain", "llm", "answers", "seed"), templates=(ANSWER_STAGE,))

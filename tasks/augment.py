@@ -114,8 +114,7 @@ def complete_pairs(cfg: AugmentConfig, inputs: StageResult) -> StageResult:
                   "response_origin": "generated", "model": llm.model,
                   "template_version": answers[item_id][2], "call_key": answers[item_id][1]}
                  for item_id, instruction in missing if item_id in answers]
-    store.execute("DELETE FROM aug_pairs")  # pairs of an earlier input file do not carry over
-    store.insert("aug_pairs", rows)
+    store.replace_rows("aug_pairs", rows)  # pairs of an earlier input file do not carry over
     return timer.done(store.ref("aug_pairs", "pair_id"), len(items), len(rows))
 
 
@@ -227,8 +226,7 @@ def make_variants(cfg: AugmentConfig, pairs_ref: StageResult) -> StageResult:
     for field in cfg.fields:
         candidates += make(store, cfg, llm, list(pairs.values()), field)
     kept = check_variants(store, cfg, pairs, candidates)
-    store.execute("DELETE FROM aug_variants")
-    store.insert("aug_variants", kept)
+    store.replace_rows("aug_variants", kept)
     return timer.done(store.ref("aug_variants", "variant_id"), len(candidates), len(kept))
 
 
@@ -259,9 +257,7 @@ def to_dataset(store: Store, include_originals: bool) -> int:
             "original": pair[v["field"]], "similarity": round(v["similarity"], 4),
             "models": {"variant": v["model"], "response": pair["model"]},
             "templates": {"variant": v["template_version"], "response": pair["template_version"]}}))
-    store.execute("DELETE FROM dataset")
-    store.insert("dataset", records)
-    return len(records)
+    return store.replace_rows("dataset", records)
 
 
 @stage_task("augment_dataset", sections=())

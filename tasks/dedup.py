@@ -127,8 +127,7 @@ def dedup_prompts(store: Store, recipe: Recipe) -> tuple[int, int]:
              "doc_id": r["doc_id"], "subdomain": r["subdomain"], "task_type": r["task_type"],
              "quality": r["quality"], "n_near_duplicates": groups[i]}
             for i, r in enumerate(rows) if i not in removed]
-    store.execute("DELETE FROM prompts")
-    store.insert("prompts", keep)
+    store.replace_rows("prompts", keep)
     return len(rows), len(keep)
 
 

@@ -292,9 +292,7 @@ def to_dataset(store: Store, rounds: int, include_inputs: bool) -> int:
                 "models": {"evolve": r["model"], "response": r["model"], "judge": r["judge_model"]},
                 "templates": {"evolve": r["evolve_template"], "response": r["response_template"]},
             }, ensure_ascii=False, default=str)})
-    store.execute("DELETE FROM dataset")
-    store.insert("dataset", records)
-    return len(records)
+    return store.replace_rows("dataset", records)
 
 
 @stage_task("evol_dataset", sections=())

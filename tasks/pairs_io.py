@@ -118,12 +118,11 @@ def load_inputs(input_path: str, db_path: str, fingerprint: str) -> StageResult:
     store.ensure_tables(SCHEMA)
     timer = StageTimer(store, "input")
     items, skipped = read_items(input_path)
-    for line, reason in skipped:
-        store.reject("input", f"{Path(input_path).name}:{line}", "unusable_input_line", reason)
-    store.execute("DELETE FROM input_items")
-    store.insert("input_items", [{"item_id": i.item_id, "instruction": i.instruction,
-                                  "response": i.response,
-                                  "source": json.dumps(i.source, ensure_ascii=False, default=str)}
-                                 for i in items])
+    store.reject_many("input", [(f"{Path(input_path).name}:{line}", "unusable_input_line", reason,
+                                 None) for line, reason in skipped])
+    store.replace_rows("input_items", [{"item_id": i.item_id, "instruction": i.instruction,
+                                        "response": i.response,
+                                        "source": json.dumps(i.source, ensure_ascii=False, default=str)}
+                                       for i in items])
     return timer.done(store.ref("input_items", "item_id"), len(items) + len(skipped), len(items),
                       f"{len(skipped)} lines skipped" if skipped else "")

@@ -97,8 +97,7 @@ def retrieve_into(store: Store, recipe: Recipe) -> tuple[int, int]:
         bar.advance(len(prompts))
     rows = [{"prompt_id": prompts[i][0], "rank": rank, "chunk_id": passages[j][0], "similarity": s}
             for i, found in enumerate(hits) for rank, (j, s) in enumerate(found, 1)]
-    store.execute("DELETE FROM retrievals")
-    store.insert("retrievals", rows)
+    store.replace_rows("retrievals", rows)
     return len(prompts), sum(1 for found in hits if found)
 
 

@@ -214,8 +214,7 @@ def to_dataset(store: Store) -> int:
         "SELECT t.*, i.instance_id, i.input, i.output, i.template_version AS instance_template "
         "FROM si_tasks t JOIN si_instances i USING (task_id) WHERE t.origin = 'machine' "
         "ORDER BY i.instance_id")
-    store.execute("DELETE FROM dataset")
-    store.insert("dataset", [{
+    return store.replace_rows("dataset", [{
         "record_id": r["instance_id"], "prompt_id": r["task_id"], "answer_id": r["instance_id"],
         "prompt": r["instruction"] + (f"\n\n{r['input']}" if r["input"].strip() else ""),
         "answer": r["output"], "grounded": False,
@@ -225,7 +224,6 @@ def to_dataset(store: Store) -> int:
                                 "model": r["model"], "templates": {
                                     "instruction": r["template_version"],
                                     "instances": r["instance_template"]}})} for r in rows])
-    return len(rows)
 
 
 @stage_task("self_instruct_round", sections=())

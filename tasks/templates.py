@@ -199,7 +199,6 @@ def slot_values(cfg: TemplatesConfig, spec_fingerprint: str) -> StageResult:
     store.ensure_tables(SCHEMA)
     timer = StageTimer(store, "slot_values")
     spec = load_spec(cfg.spec_path)
-    store.execute("DELETE FROM tpl_values")
     rows = [{"slot": name, "value": str(v).strip(), "origin": "list", "model": None, "call_key": None}
             for name, values in spec.slots.items() if isinstance(values, tuple)
             for v in values if str(v).strip()]
@@ -216,7 +215,7 @@ def slot_values(cfg: TemplatesConfig, spec_fingerprint: str) -> StageResult:
             for _name, result in answered(store, "slot_values", results, lambda n: n):
                 rows += [{"slot": name, "value": v.strip(), "origin": "llm", "model": llm.model,
                           "call_key": result.key} for v in result.data["values"] if v.strip()]
-    store.insert("tpl_values", rows)
+    store.replace_rows("tpl_values", rows)
     return timer.done(store.ref("tpl_values", "slot || value"), len(spec.slots), len(rows))
 
 
@@ -251,8 +250,7 @@ def template_pairs(cfg: TemplatesConfig, values: StageResult, spec_fingerprint: 
     llm = make_llm(cfg.generator, store)
     answers = respond(store, llm, cfg.generator, [(k, v["instruction"]) for k, v in filled.items()],
                       stage="templates", seed=cfg.seed, min_words=cfg.min_response_words)
-    store.execute("DELETE FROM tpl_pairs")
-    store.insert("tpl_pairs", [
+    store.replace_rows("tpl_pairs", [
         {"instruction_id": k, **v, "response": answers[k][0], "model": llm.model,
          "response_template": answers[k][2], "call_key": answers[k][1]}
         for k, v in filled.items() if k in answers])
@@ -278,9 +276,7 @@ def to_dataset(store: Store, spec_path: str) -> int:
                 "models": {"response": r["model"],
                            "slot_values": sorted({m for (_o, m) in origins.values() if m})},
                 "templates": {"response": r["response_template"]}}, ensure_ascii=False)})
-    store.execute("DELETE FROM dataset")
-    store.insert("dataset", records)
-    return len(records)
+    return store.replace_rows("dataset", records)
 
 
 @stage_task("template_dataset", sections=())

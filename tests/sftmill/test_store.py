@@ -51,3 +51,15 @@ def test_drops_are_written_together_when_the_block_ends(tmp_path):
     assert sorted(store.reject_counts("evol_r1")) == [("evol_r1", "empty_evolution", 1),
                                                       ("evol_r1", "near_duplicate", 1)]
     assert store.execute("SELECT detail, score FROM rejects WHERE item_id = 'b'") == [("cosine 0.97", 0.97)]
+
+
+def test_replace_rows_swaps_the_table_or_leaves_it_as_it_was(tmp_path):
+    import pytest
+
+    store = Store.open(tmp_path / "db.duckdb")
+    store.insert("meta", [{"key": "a", "value": "1"}, {"key": "b", "value": "2"}])
+    assert store.replace_rows("meta", [{"key": "c", "value": "3"}]) == 1
+    assert store.execute("SELECT key FROM meta") == [("c",)]
+    with pytest.raises(Exception):
+        store.replace_rows("meta", [{"key": "d", "no_such_column": "x"}])
+    assert store.execute("SELECT key FROM meta") == [("c",)]  # rolled back, not emptied
