@@ -87,6 +87,19 @@ def task_runs(api: str, flow_run_id: str) -> list[dict]:
     return response.json()
 
 
+def create_run(api: str, deployment_id: str, parameters: dict) -> dict:
+    """Create a flow run of a deployment, retrying 503s as Prefect's own client does
+    (a busy server's SQLite answers them now and then under load)."""
+    for _attempt in range(10):
+        response = httpx.post(f"{api}/deployments/{deployment_id}/create_flow_run", timeout=30,
+                              json={"parameters": parameters})
+        if response.status_code != 503:
+            break
+        time.sleep(1)
+    response.raise_for_status()
+    return response.json()
+
+
 def flow_run_state(api: str, flow_run_id: str) -> str:
     return httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30).json()["state"]["type"]
 
@@ -126,8 +139,7 @@ def test_retry_on_the_server_reuses_completed_stages(prefect_server, tmp_path):
                                  "generator_base_url": llm.url, "generator_model": "fake",
                                  "judge_base_url": llm.url, "judge_model": "fake",
                                  "target_prompts": 12}}
-        run = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", timeout=30,
-                         json={"parameters": parameters}).json()
+        run = create_run(api, dep["id"], parameters)
         wait_for(lambda: flow_run_state(api, run["id"]) in ("FAILED", "COMPLETED", "CRASHED"),
                  300, "the first attempt to end")
         assert flow_run_state(api, run["id"]) == "FAILED"
@@ -175,10 +187,9 @@ def test_retry_on_the_server_reuses_completed_stages(prefect_server, tmp_path):
         spec.write_text("templates: ['Explain [TOPIC] to a student.']\n"
                         "slots: {TOPIC: [quark confinement, gluon jets, asymptotic freedom]}\n")
         templates = httpx.get(f"{api}/deployments/name/sftmill-templates/templates", timeout=10).json()
-        run = httpx.post(f"{api}/deployments/{templates['id']}/create_flow_run", timeout=30, json={
-            "parameters": {"fmt": "alpaca", "cfg": {
-                "spec_path": str(spec), "output_dir": str(tmp_path / "tpl"),
-                "generator": {"backend": "openai", "base_url": llm.url, "model": "fake"}}}}).json()
+        run = create_run(api, templates["id"], {"fmt": "alpaca", "cfg": {
+            "spec_path": str(spec), "output_dir": str(tmp_path / "tpl"),
+            "generator": {"backend": "openai", "base_url": llm.url, "model": "fake"}}})
         wait_for(lambda: flow_run_state(api, run["id"]) in ("FAILED", "COMPLETED", "CRASHED"),
                  300, "the templates run to end")
         assert flow_run_state(api, run["id"]) == "COMPLETED"
