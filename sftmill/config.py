@@ -240,6 +240,19 @@ class Schedule(_Strict):
         return self
 
 
+class GeneratorConfig(_Strict):
+    """What every classic generator's config (Self-Instruct, Evol-Instruct,
+    templates, augmentations) has: its run folder, generator endpoint and seed."""
+
+    output_dir: str = Field(description="Run folder (DuckDB file and exports).")
+    generator: LLMEndpoint = Field(default_factory=lambda: LLMEndpoint(max_tokens=400))
+    seed: int = 0
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.output_dir) / "sftmill.duckdb"
+
+
 class Recipe(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = Field(description="Run directory; relative to the recipe file.")

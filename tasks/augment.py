@@ -22,14 +22,13 @@ repeats are dropped.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from sftmill.batch import answered, llm_map
-from sftmill.config import Embedding, LLMEndpoint
+from sftmill.config import Embedding, GeneratorConfig
 from sftmill.embeddings import Embedder
 from sftmill.llm import make_llm
 from sftmill.prompts import exact_items, load_template, with_schema
@@ -66,11 +65,8 @@ SCHEMA = {
 }
 
 
-class AugmentConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class AugmentConfig(GeneratorConfig):
     input_path: str = Field(description="Instructions or pairs (.txt, or JSONL in any export format).")
-    output_dir: str = Field(description="Run folder (DuckDB file and exports).")
     method: Literal["paraphrase", "back_translate"] = "paraphrase"
     fields: tuple[Field_, ...] = Field(default=("instruction",), min_length=1,
                                        description="Which side of each pair to vary.")
@@ -82,13 +78,7 @@ class AugmentConfig(BaseModel):
                                   description="Least embedding cosine between a variant and its original.")
     include_originals: bool = Field(default=True, description="Export the original pairs too.")
     min_response_words: int = Field(default=3, ge=1)
-    generator: LLMEndpoint = Field(default_factory=lambda: LLMEndpoint(max_tokens=400))
     embedding: Embedding = Field(default_factory=Embedding)
-    seed: int = 0
-
-    @property
-    def db_path(self) -> Path:
-        return Path(self.output_dir) / "sftmill.duckdb"
 
 
 def _normal(text: str) -> str:

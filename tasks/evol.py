@@ -34,13 +34,12 @@ from __future__ import annotations
 import json
 import random
 import re
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from sftmill.batch import answered, llm_map
-from sftmill.config import Embedding, LLMEndpoint
+from sftmill.config import Embedding, GeneratorConfig, LLMEndpoint
 from sftmill.embeddings import Embedder
 from sftmill.llm import make_llm
 from sftmill.prompts import load_template
@@ -78,12 +77,9 @@ SCHEMA = {
 }
 
 
-class EvolConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class EvolConfig(GeneratorConfig):
     input_path: str = Field(description="Plain instructions (.txt, one per line) or JSONL "
                             "(Alpaca, prompt/response, OpenAI messages, ShareGPT, an earlier export).")
-    output_dir: str = Field(description="Run folder (DuckDB file and exports).")
     rounds: int = Field(default=4, ge=1, le=20, description="Evolution rounds M.")
     operations: tuple[Operation, ...] = Field(default=OPERATIONS, min_length=1,
                                               description="Operations drawn from, uniformly.")
@@ -95,13 +91,7 @@ class EvolConfig(BaseModel):
     dedup_cosine: float = Field(default=0.92, gt=0, le=1, description="An evolution this "
                                 "cosine-similar to an instruction of another lineage is dropped.")
     embedding: Embedding = Field(default_factory=Embedding)
-    generator: LLMEndpoint = Field(default_factory=lambda: LLMEndpoint(max_tokens=400))
     judge: LLMEndpoint = Field(default_factory=lambda: LLMEndpoint(temperature=0.0, max_tokens=16))
-    seed: int = 0
-
-    @property
-    def db_path(self) -> Path:
-        return Path(self.output_dir) / "sftmill.duckdb"
 
 
 def pick_operation(cfg: EvolConfig, parent_id: str, round_no: int) -> str:

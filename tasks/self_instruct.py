@@ -16,10 +16,10 @@ import json
 import random
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from sftmill.batch import answered, llm_map
-from sftmill.config import LLMEndpoint, RecipeError
+from sftmill.config import GeneratorConfig, RecipeError
 from sftmill.llm import make_llm
 from sftmill.prompts import load_template
 from sftmill.stages import StageResult, StageTimer, stage_task
@@ -53,22 +53,13 @@ SCHEMA = {
 }
 
 
-class SelfInstructConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class SelfInstructConfig(GeneratorConfig):
     seeds_path: str = Field(description="JSONL of {instruction, instances, is_classification}.")
-    output_dir: str = Field(description="Run folder (DuckDB file and exports).")
     target: int = Field(default=100, ge=1, description="Machine-generated instructions to keep.")
     prompts_per_round: int = Field(default=8, ge=1, le=256)
     new_per_prompt: int = Field(default=4, ge=1, le=20)
     max_rounds: int = Field(default=20, ge=1)
     rouge_threshold: float = Field(default=ROUGE_THRESHOLD, gt=0, le=1)
-    generator: LLMEndpoint = Field(default_factory=lambda: LLMEndpoint(max_tokens=400))
-    seed: int = 0
-
-    @property
-    def db_path(self) -> Path:
-        return Path(self.output_dir) / "sftmill.duckdb"
 
 
 def load_seeds(path: str | Path) -> list[dict]:

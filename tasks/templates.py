@@ -35,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sftmill.batch import answered, llm_map
-from sftmill.config import Embedding, LLMEndpoint, RecipeError
+from sftmill.config import Embedding, GeneratorConfig, RecipeError
 from sftmill.embeddings import Embedder
 from sftmill.llm import make_llm
 from sftmill.prompts import exact_items, load_template, with_schema
@@ -175,21 +175,12 @@ def fill(template: str, binding: dict[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: binding[m.group(0)], template)
 
 
-class TemplatesConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class TemplatesConfig(GeneratorConfig):
     spec_path: str = Field(description="YAML spec of templates and slots.")
-    output_dir: str = Field(description="Run folder (DuckDB file and exports).")
     min_response_words: int = Field(default=3, ge=1)
     dedup_cosine: float = Field(default=0.92, gt=0, le=1, description="A filled instruction this "
                                 "cosine-similar to an earlier one is dropped.")
     embedding: Embedding = Field(default_factory=Embedding)
-    generator: LLMEndpoint = Field(default_factory=lambda: LLMEndpoint(max_tokens=400))
-    seed: int = 0
-
-    @property
-    def db_path(self) -> Path:
-        return Path(self.output_dir) / "sftmill.duckdb"
 
 
 @stage_task("template_slot_values", sections=())
