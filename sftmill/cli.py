@@ -290,9 +290,9 @@ def self_instruct(
         _fail(str(err))
     from flows.self_instruct_flow import self_instruct_flow
 
-    cfg = SelfInstructConfig(seeds_path=str(seeds.resolve()), output_dir=str(out.resolve()),
-                             target=target, max_rounds=rounds, prompts_per_round=prompts_per_round,
-                             generator=_endpoint(base_url, model))
+    cfg = _config(SelfInstructConfig, seeds_path=str(seeds.resolve()), output_dir=str(out.resolve()),
+                  target=target, max_rounds=rounds, prompts_per_round=prompts_per_round,
+                  generator=_endpoint(base_url, model))
     _run_flow("self-instruct", self_instruct_flow, cfg, format, out)
 
 
@@ -304,6 +304,18 @@ def _endpoint(base_url: str | None, model: str | None, **settings):
     if base_url:
         return LLMEndpoint(backend="openai", base_url=base_url, model=model or "default", **settings)
     return LLMEndpoint(**settings)
+
+
+def _config(cls, **fields):
+    """A generator's config from the command's options, or one line naming
+    the option whose value it refused."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**fields)
+    except ValidationError as err:
+        first = err.errors()[0]
+        _fail(f"--{first['loc'][0]}: {first['msg']}".replace("_", "-"))
 
 
 def _check_format(fmt: str) -> None:
@@ -348,39 +360,27 @@ def evol(
     evolutions with their reason, answers the survivors, and exports them
     with parent, operation and round."""
     _quiet_prefect(verbose)
-    from pydantic import ValidationError
-
     from flows.evol_flow import evol_flow
     from tasks.evol import EvolConfig
 
     _check_format(format)
     _check_input(input)
-    try:
-        cfg = EvolConfig(input_path=str(input.resolve()), output_dir=str(out.resolve()),
-                         rounds=rounds, operations=tuple(o.strip() for o in operations.split(",")),
-                         judge_info_gain=judge, include_inputs=include_inputs, seed=seed,
-                         generator=_endpoint(base_url, model),
-                         judge=_endpoint(base_url, model, temperature=0.0, max_tokens=16))
-    except ValidationError as err:
-        first = err.errors()[0]
-        _fail(f"--{first['loc'][0]}: {first['msg']}".replace("_", "-"))
+    cfg = _config(EvolConfig, input_path=str(input.resolve()), output_dir=str(out.resolve()),
+                  rounds=rounds, operations=tuple(o.strip() for o in operations.split(",")),
+                  judge_info_gain=judge, include_inputs=include_inputs, seed=seed,
+                  generator=_endpoint(base_url, model),
+                  judge=_endpoint(base_url, model, temperature=0.0, max_tokens=16))
     _run_flow("evol-instruct", evol_flow, cfg, format, out)
 
 
 def _augment(kind: str, input: Path, out: Path, fmt: str, base_url, model, **settings) -> None:
-    from pydantic import ValidationError
-
     from flows.augment_flow import augment_flow
     from tasks.augment import AugmentConfig
 
     _check_format(fmt)
     _check_input(input)
-    try:
-        cfg = AugmentConfig(input_path=str(input.resolve()), output_dir=str(out.resolve()),
-                            generator=_endpoint(base_url, model), **settings)
-    except ValidationError as err:
-        first = err.errors()[0]
-        _fail(f"--{first['loc'][0]}: {first['msg']}".replace("_", "-"))
+    cfg = _config(AugmentConfig, input_path=str(input.resolve()), output_dir=str(out.resolve()),
+                  generator=_endpoint(base_url, model), **settings)
     _run_flow(kind, augment_flow, cfg, fmt, out)
 
 
@@ -467,8 +467,8 @@ def templates(
         load_spec(spec)
     except RecipeError as err:
         _fail(str(err))
-    cfg = TemplatesConfig(spec_path=str(spec.resolve()), output_dir=str(out.resolve()), seed=seed,
-                          generator=_endpoint(base_url, model))
+    cfg = _config(TemplatesConfig, spec_path=str(spec.resolve()), output_dir=str(out.resolve()),
+                  seed=seed, generator=_endpoint(base_url, model))
     _run_flow("templates", template_flow, cfg, format, out)
 
 

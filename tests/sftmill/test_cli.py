@@ -1,4 +1,5 @@
 import subprocess
+from pathlib import Path
 import sys
 
 from sftmill.cli import pipeline_schedule
@@ -61,6 +62,9 @@ def test_generator_commands_stop_on_bad_input_with_one_line(tmp_path):
         (("paraphrase", good, "--field", "answer"), "--field: 'answer' is not one of"),
         (("back-translate", good, "--format", "csv"), "--format: 'csv' is not one of"),
         (("templates", spec), "templates.0: [X] names no slot"),
+        (("self-instruct", Path(__file__).resolve().parents[2] / "data" / "self_instruct" /
+          "seed_tasks.jsonl", "--target", "0"),
+         "--target: Input should be greater than or equal to 1"),
     ]
     for args, message in cases:
         result = cli(*args, "--out", tmp_path / "out")
