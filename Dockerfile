@@ -15,8 +15,10 @@ COPY flows ./flows
 COPY tasks ./tasks
 COPY prompts ./prompts
 COPY data ./data
-# Editable: the image runs the sources copied above in place.
-RUN pip install --no-cache-dir -e .
+# A regular install: flows/, tasks/ and prompts/ land under the sftmill
+# namespace (sftmill.flows, sftmill.tasks, sftmill.prompts) in site-packages;
+# data/ stays in /app for the example recipe.
+RUN pip install --no-cache-dir .
 
 ENV PREFECT_RESULTS_PERSIST_BY_DEFAULT=true \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from sftmill.config import parse_recipe
 from sftmill.store import Store
-from tasks.answer import decide
-from tasks.export import export_run
+from sftmill.tasks.answer import decide
+from sftmill.tasks.export import export_run
 
 
 def synthetic_run(store: Store, n: int) -> None:

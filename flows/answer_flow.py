@@ -7,13 +7,14 @@ from __future__ import annotations
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.params import RunParams, stage
+from sftmill.flows.params import RunParams, stage
+from sftmill.preflight import check_templates_fit
 from sftmill.stages import StageResult
 from sftmill.store import Store
-from tasks.answer import answer, answer_checks
-from tasks.card import dataset_card
-from tasks.export import export
-from tasks.rag import extended_search, retrieve
+from sftmill.tasks.answer import answer, answer_checks
+from sftmill.tasks.card import dataset_card
+from sftmill.tasks.export import export
+from sftmill.tasks.rag import extended_search, retrieve
 
 
 @flow(name="sftmill-answers", task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -21,6 +22,7 @@ def answer_flow(params: RunParams) -> list[StageResult]:
     """Extended queries → chop-n-RAG retrieval → grounded answers → answer
     checks → export → dataset card."""
     recipe, r = params.load(), params.refresh
+    check_templates_fit(recipe.llm_templates())  # a prompt that can never fit stops here
     prompts = Store.open(recipe.db_path).ref("prompts", "prompt_id")
     passages = stage(extended_search, "answer_search", r)(recipe, prompts)
     retrieved = stage(retrieve, "retrieve", r)(recipe, prompts, passages)

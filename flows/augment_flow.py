@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from prefect import flow
 
+from sftmill.preflight import check_templates_fit
 from sftmill.stages import StageResult
-from tasks.augment import AugmentConfig, augment_dataset, complete_pairs, make_variants
-from tasks.export import export_dataset
-from tasks.pairs_io import file_fingerprint, load_inputs, read_items
+from sftmill.tasks.augment import AugmentConfig, augment_dataset, complete_pairs, make_variants
+from sftmill.tasks.export import export_dataset
+from sftmill.tasks.pairs_io import file_fingerprint, load_inputs, read_items
 
 
 @flow(name="sftmill-augment")
 def augment_flow(cfg: AugmentConfig, fmt: str = "openai") -> list[StageResult]:
     """Inputs → pairs (missing responses generated) → variants → checks → dataset → export."""
+    check_templates_fit(cfg.llm_templates())  # a prompt that can never fit stops here
     read_items(cfg.input_path)  # an unusable input file stops before any LLM call
     inputs = load_inputs(cfg.input_path, str(cfg.db_path), file_fingerprint(cfg.input_path))
     pairs = complete_pairs(cfg, inputs)

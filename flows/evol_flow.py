@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from prefect import flow
 
+from sftmill.preflight import check_templates_fit
 from sftmill.stages import StageResult
-from tasks.evol import EvolConfig, evol_dataset, evolve_round
-from tasks.export import export_dataset
-from tasks.pairs_io import file_fingerprint, load_inputs, read_items
+from sftmill.tasks.evol import EvolConfig, evol_dataset, evolve_round
+from sftmill.tasks.export import export_dataset
+from sftmill.tasks.pairs_io import file_fingerprint, load_inputs, read_items
 
 
 @flow(name="sftmill-evol-instruct")
 def evol_flow(cfg: EvolConfig, fmt: str = "openai") -> list[StageResult]:
     """Inputs → rounds 1..M of evolve → eliminate → respond → dataset → export."""
+    check_templates_fit(cfg.llm_templates())  # a prompt that can never fit stops here
     read_items(cfg.input_path)  # an unusable input file stops before any LLM call
     stages = [load_inputs(cfg.input_path, str(cfg.db_path), file_fingerprint(cfg.input_path))]
     for round_no in range(1, cfg.rounds + 1):

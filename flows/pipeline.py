@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.answer_flow import answer_flow
-from flows.params import RunParams
-from flows.prompt_flow import prompt_flow
+from sftmill.flows.answer_flow import answer_flow
+from sftmill.flows.params import RunParams
+from sftmill.flows.prompt_flow import prompt_flow
 from sftmill.stages import StageResult
 
 

@@ -7,17 +7,18 @@ from __future__ import annotations
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.params import RunParams, stage
+from sftmill.flows.params import RunParams, stage
+from sftmill.preflight import check_templates_fit
 from sftmill.stages import StageResult
-from tasks.chunk import chunk
-from tasks.collect import collect, inputs_fingerprint
-from tasks.dedup import dedup
-from tasks.generate import broaden, generate
-from tasks.profile import profile
-from tasks.prompt_filter import prompt_filter
-from tasks.relevance import relevance
-from tasks.rephrase import rephrase
-from tasks.web import enough_profiles, search_and_fetch, web_queries
+from sftmill.tasks.chunk import chunk
+from sftmill.tasks.collect import collect, inputs_fingerprint
+from sftmill.tasks.dedup import dedup
+from sftmill.tasks.generate import broaden, generate
+from sftmill.tasks.profile import profile
+from sftmill.tasks.prompt_filter import prompt_filter
+from sftmill.tasks.relevance import relevance
+from sftmill.tasks.rephrase import rephrase
+from sftmill.tasks.web import enough_profiles, search_and_fetch, web_queries
 
 
 @flow(name="sftmill-prompts", task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -26,6 +27,7 @@ def prompt_flow(params: RunParams) -> list[StageResult]:
     fetch → chunk → relevance → profile)* → generate → broaden → rephrase →
     filter → near-duplicate removal."""
     recipe, r = params.load(), params.refresh
+    check_templates_fit(recipe.llm_templates())  # a prompt that can never fit stops here
     documents = stage(collect, "collect", r)(recipe, str(recipe.db_path), inputs_fingerprint(recipe))
     chunks = stage(chunk, "chunk", r)(recipe, documents)
     relevant = stage(relevance, "relevance", r)(recipe, chunks)

@@ -3,15 +3,18 @@ until the target count; then export with lineage."""
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
+from sftmill.preflight import check_templates_fit
 from sftmill.stages import StageResult
-from tasks.self_instruct import SelfInstructConfig, bootstrap_round, export_self_instruct, load_seeds
+from sftmill.tasks.self_instruct import (SelfInstructConfig, bootstrap_round, export_self_instruct,
+                                         load_seeds, stall_message, stalled)
 
 
 @flow(name="sftmill-self-instruct")
 def self_instruct_flow(cfg: SelfInstructConfig, fmt: str = "openai") -> list[StageResult]:
     """Rounds of generate → filter → classify → instances, then export."""
+    check_templates_fit(cfg.llm_templates())  # a prompt that can never fit stops here
     load_seeds(cfg.seeds_path)  # a malformed seed file stops before any LLM call
     rounds: list[StageResult] = []
     pool = None
@@ -19,5 +22,8 @@ def self_instruct_flow(cfg: SelfInstructConfig, fmt: str = "openai") -> list[Sta
         pool = bootstrap_round(cfg, pool, round_no)
         rounds.append(pool)
         if pool.n_out >= cfg.target:
+            break
+        if stalled(rounds):
+            get_run_logger().warning(stall_message(cfg, rounds))
             break
     return rounds + [export_self_instruct(cfg, pool, fmt)]

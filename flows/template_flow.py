@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from prefect import flow
 
+from sftmill.preflight import check_templates_fit
 from sftmill.stages import StageResult
-from tasks.export import export_dataset
-from tasks.pairs_io import file_fingerprint
-from tasks.templates import TemplatesConfig, load_spec, slot_values, template_dataset, template_pairs
+from sftmill.tasks.export import export_dataset
+from sftmill.tasks.pairs_io import file_fingerprint
+from sftmill.tasks.templates import TemplatesConfig, load_spec, slot_values, template_dataset, template_pairs
 
 
 @flow(name="sftmill-templates")
 def template_flow(cfg: TemplatesConfig, fmt: str = "openai") -> list[StageResult]:
     load_spec(cfg.spec_path)  # a bad spec stops before any LLM call
+    check_templates_fit(cfg.llm_templates())  # so does a prompt that can never fit
     fingerprint = file_fingerprint(cfg.spec_path)
     values = slot_values(cfg, fingerprint)
     pairs = template_pairs(cfg, values, fingerprint)

@@ -12,24 +12,56 @@ from sftmill.prompts import PromptTemplate
 T = TypeVar("T")
 
 
+def fit_to_context(llm: LLM, template: PromptTemplate, variables: dict[str, Any], key: str,
+                   max_tokens: int) -> tuple[dict[str, Any], int]:
+    """`variables` with the list `variables[key]` (best first) cut to its
+    longest prefix whose prompt leaves `max_tokens` of answer room in the
+    model's context, and how many items were kept (all when the context is
+    unknown; 0 when even none fits, and the call is then refused)."""
+    items = list(variables[key])
+
+    def fits(n: int) -> bool:
+        messages = template.messages(**{**variables, key: items[:n]})
+        return llm.count_tokens(messages) + max_tokens <= llm.context_window
+
+    if llm.context_window is None or fits(len(items)):
+        return variables, len(items)
+    lo, hi = 0, len(items) - 1  # the answer lies in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return {**variables, key: items[:lo]}, lo
+
+
 def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate, items: Sequence[T],
             variables: Callable[[T], dict[str, Any]], *, stage: str, seed: int = 0,
-            max_tokens: int | Callable[[T], int] | None = None,
+            max_tokens: int | Callable[[T], int] | None = None, fit: str | None = None,
+            store=None, temperature: float | None = None, stop: tuple[str, ...] = (),
             ) -> list[tuple[T, ChatResult | LLMOutputError]]:
     """Render `template` for every item and send the batch; each item comes
     back with its result or the `LLMOutputError` that makes it unusable.
     `max_tokens` (a number, or a function of the item) caps the endpoint's own
-    limit for answers known to be short."""
+    limit for answers known to be short.  `fit` names a variable holding a
+    best-first list of in-context examples, shortened per item to fit the
+    model's context (`fit_to_context`); the counts used are recorded in the
+    run's meta table as `context_fit:<stage>` when `store` is given.
+    `temperature` overrides the endpoint's; `stop` ends answers at those strings."""
     def limit(item: T) -> int:
         cap = max_tokens(item) if callable(max_tokens) else max_tokens
         return min(endpoint.max_tokens, cap or endpoint.max_tokens)
 
-    requests = [
-        ChatRequest.build(template.messages(**variables(item)), schema=template.schema,
-                          temperature=endpoint.temperature, top_p=endpoint.top_p,
-                          max_tokens=limit(item), seed=seed, stage=stage)
-        for item in items
-    ]
+    requests, kept = [], []
+    for item in items:
+        values = variables(item)
+        if fit is not None:
+            values, n = fit_to_context(llm, template, values, fit, limit(item))
+            kept.append((n, len(variables(item)[fit])))
+        requests.append(ChatRequest.build(
+            template.messages(**values), schema=template.schema,
+            temperature=endpoint.temperature if temperature is None else temperature,
+            top_p=endpoint.top_p, max_tokens=limit(item), seed=seed, stop=stop, stage=stage))
+    if kept and store is not None:
+        record_fit(store, stage, fit, kept)
     with progress(stage, len(requests)) as bar:
         results = llm.chat_many(requests, on_result=lambda _i, _r: bar.advance())
         failed = sum(isinstance(r, LLMOutputError) for r in results)
@@ -37,15 +69,26 @@ def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate, items: Se
     return list(zip(items, results))
 
 
+def record_fit(store, stage: str, key: str, kept: list[tuple[int, int]]) -> None:
+    """How many in-context examples the prompts of `stage` kept of how many."""
+    import json
+
+    used = [n for n, _ in kept]
+    store.set_meta(f"context_fit:{stage}", json.dumps({
+        "variable": key, "offered": max(total for _, total in kept),
+        "kept_min": min(used), "kept_max": max(used), "prompts": len(kept),
+        "prompts_shortened": sum(n < total for n, total in kept)}))
+
+
 def answered(store, stage: str, pairs: Sequence[tuple[T, ChatResult | LLMOutputError]],
              item_id: Callable[[T], str]) -> list[tuple[T, ChatResult]]:
     """The (item, result) pairs of `llm_map` whose answer is usable; each
-    unusable one becomes an `llm_invalid_output` reject of `stage`, under
-    `item_id(item)`."""
+    unusable one becomes a reject of `stage` under `item_id(item)`, with the
+    error's reason (`llm_invalid_output`, `prompt_too_long`)."""
     usable = []
     for item, result in pairs:
         if isinstance(result, LLMOutputError):
-            store.reject(stage, item_id(item), "llm_invalid_output", str(result))
+            store.reject(stage, item_id(item), result.reason, str(result))
         else:
             usable.append((item, result))
     return usable

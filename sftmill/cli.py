@@ -32,8 +32,12 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _claim(db_path: Path):
     """The run database, opened by this process; one line if another holds it."""
+    from sftmill.config import output_dir_problem
     from sftmill.store import Store, StoreBusyError
 
+    problem = output_dir_problem(db_path.parent)
+    if problem:
+        _fail(f"output folder: {problem}")
     try:
         return Store.open(db_path)
     except StoreBusyError as err:
@@ -129,8 +133,33 @@ def print_summary(store, run_id: str | None, elapsed: float | None = None,
     filled = {k: v for k, v in s.tables.items() if v}
     if filled:
         console.print("Rows: " + ", ".join(f"{k} {v}" for k, v in filled.items()))
+    print_samples(store)
     if elapsed is not None:
         console.print(f"Run database: {store.path}  ({elapsed:.0f} s)")
+
+
+def _clip(text: str | None, n: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def print_samples(store, n: int = 3) -> None:
+    """A few finished records: prompt, answer and the passage it cites."""
+    from sftmill.summary import sample_records
+
+    samples = sample_records(store, n)
+    if not samples:
+        return
+    console.print(f"[bold]Sample records[/] ({len(samples)} of {store.count('dataset')}):")
+    for r in samples:
+        console.print(f"• [bold]prompt[/] ({r['subdomain']}): {_clip(r['prompt'], 200)}",
+                      highlight=False, soft_wrap=True)
+        console.print(f"  [bold]answer[/]: {_clip(r['answer'], 300)}", highlight=False,
+                      soft_wrap=True)
+        if r["passage"]:
+            source = (r["source"] or "").rsplit("/", 1)[-1]
+            console.print(f"  [bold]cites[/] {source}: {_clip(r['passage'], 200)}",
+                          highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -152,8 +181,8 @@ def run(
     checked = _load_checked(recipe)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flows.params import RunParams
-    from flows.pipeline import pipeline
+    from sftmill.flows.params import RunParams
+    from sftmill.flows.pipeline import pipeline
     from sftmill.progress import set_reporter
     from sftmill.store import Store
 
@@ -168,7 +197,7 @@ def run(
         finally:
             set_reporter(previous)
     run_id = str(state.state_details.flow_run_id)
-    from tasks.generate import target_shares
+    from sftmill.tasks.generate import target_shares
 
     targets = target_shares(checked)
     if not state.is_completed():
@@ -177,9 +206,64 @@ def run(
               "run the same command again to resume.", code=1)
     print_summary(store, run_id, time.perf_counter() - started, targets)
     run_dir = checked.run_dir.resolve()
-    console.print(f"Dataset: {run_dir / 'dataset.jsonl'} ({checked.export.format} format), "
-                  f"{run_dir / 'dataset.parquet'}; card: {run_dir / 'card.md'}")
+    records = store.count("dataset")
+    if not records:
+        from sftmill.summary import empty_run_hint
+
+        console.print(empty_run_hint(store), highlight=False, soft_wrap=True)
+    console.print(f"Dataset: {records} records in {run_dir / 'dataset.jsonl'} "
+                  f"({checked.export.format} format) and {run_dir / 'dataset.parquet'}",
+                  highlight=False, soft_wrap=True)
+    console.print(f"Card: {run_dir / 'card.md'}", highlight=False, soft_wrap=True)
     Store.close_all()
+
+
+def _init_epilog() -> str:
+    from sftmill.scaffold import field_docs
+
+    return "Fields of the recipe it writes (each is commented in the file):\n\n" + "\n\n".join(
+        f"{name}: {doc}" if doc else name for name, doc in field_docs())
+
+
+@app.command(epilog=_init_epilog())
+def init(
+    texts: Path = typer.Argument(..., help="Folder (or file) of your own domain texts."),
+    domain: str = typer.Option(..., "--domain", "-d", help="The domain, e.g. 'Particle physics'."),
+    out: Path = typer.Option(None, "--out", "-o", help="Recipe file to write (default: "
+                             "recipe.yaml beside TEXTS)."),
+    name: str = typer.Option(None, help="Run name (default: from the domain)."),
+    subdomains: int = typer.Option(3, help="Subdomains the generator proposes from the texts "
+                                   "(0: leave them for you to fill in)."),
+    force: bool = typer.Option(False, help="Overwrite an existing recipe file."),
+) -> None:
+    """Write a commented recipe for a folder of your texts, check it, and print
+    the command that runs it.
+
+    The generator (the embedded model) proposes subdomains from the texts'
+    headings and first lines; edit them, add target shares, and run."""
+    import re
+
+    from sftmill.config import LLMEndpoint
+    from sftmill.scaffold import propose_subdomains, render_recipe
+
+    if not texts.exists():
+        _fail(f"{texts}: no such file or folder")
+    target = out or (texts.parent if texts.is_dir() else texts.parent) / "recipe.yaml"
+    if target.exists() and not force:
+        _fail(f"{target} exists; pass --force to overwrite it or --out another path")
+    run_name = name or re.sub(r"[^A-Za-z0-9_.-]+", "-", domain.lower()).strip("-") or "run"
+    proposed = []
+    if subdomains > 0:
+        console.print(f"asking the generator for {subdomains} subdomains of {domain} …")
+        proposed = propose_subdomains(texts if texts.is_dir() else texts.parent, domain,
+                                      subdomains, LLMEndpoint(temperature=0.0, max_tokens=200))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render_recipe(run_name, domain, texts, target.parent, proposed),
+                      encoding="utf-8")
+    checked = _load_checked(target, skip_preflight=True)
+    console.print(f"wrote {target} (recipe {checked.name}; subdomains: "
+                  f"{', '.join(proposed) if proposed else 'none yet, fill them in'})")
+    console.print(f"run it with:  sftmill run {target}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -237,24 +321,28 @@ def serve(
     schedule = pipeline_schedule(checked, cron, interval)
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
     from prefect import serve as prefect_serve
+    from prefect.deployments.runner import EntrypointType
 
-    from flows.answer_flow import answer_flow
-    from flows.augment_flow import augment_flow
-    from flows.evol_flow import evol_flow
-    from flows.pipeline import pipeline
-    from flows.prompt_flow import prompt_flow
-    from flows.self_instruct_flow import self_instruct_flow
-    from flows.template_flow import template_flow
+    from sftmill.flows.answer_flow import answer_flow
+    from sftmill.flows.augment_flow import augment_flow
+    from sftmill.flows.evol_flow import evol_flow
+    from sftmill.flows.pipeline import pipeline
+    from sftmill.flows.prompt_flow import prompt_flow
+    from sftmill.flows.self_instruct_flow import self_instruct_flow
+    from sftmill.flows.template_flow import template_flow
 
+    # Module entrypoints (sftmill.flows.pipeline.pipeline …): they load the
+    # same way from an editable install, a wheel or a Docker image.
+    by_module = {"entrypoint_type": EntrypointType.MODULE_PATH}
     deployments = [
-        pipeline.to_deployment(name="pipeline", parameters=defaults, **schedule),
-        prompt_flow.to_deployment(name="prompts", parameters=defaults),
-        answer_flow.to_deployment(name="answers", parameters=defaults),
+        pipeline.to_deployment(name="pipeline", parameters=defaults, **by_module, **schedule),
+        prompt_flow.to_deployment(name="prompts", parameters=defaults, **by_module),
+        answer_flow.to_deployment(name="answers", parameters=defaults, **by_module),
         # The classic generators: their form is their config (input file, rounds, endpoints …).
-        self_instruct_flow.to_deployment(name="self-instruct"),
-        evol_flow.to_deployment(name="evol"),
-        augment_flow.to_deployment(name="augment"),
-        template_flow.to_deployment(name="templates"),
+        self_instruct_flow.to_deployment(name="self-instruct", **by_module),
+        evol_flow.to_deployment(name="evol", **by_module),
+        augment_flow.to_deployment(name="augment", **by_module),
+        template_flow.to_deployment(name="templates", **by_module),
     ]
     console.print(f"serving {len(deployments)} deployments on {os.environ['PREFECT_API_URL']}"
                   + (f" (pipeline schedule: {schedule})" if schedule else ""))
@@ -279,7 +367,7 @@ def self_instruct(
     Bootstraps instructions and instances from SEEDS with the paper's filters
     and ROUGE-L novelty check, then exports with lineage."""
     _quiet_prefect(verbose)
-    from tasks.self_instruct import SelfInstructConfig, load_seeds
+    from sftmill.tasks.self_instruct import SelfInstructConfig, load_seeds
 
     _check_format(format)
     if not seeds.is_file():
@@ -288,7 +376,7 @@ def self_instruct(
         load_seeds(seeds)
     except RecipeError as err:
         _fail(str(err))
-    from flows.self_instruct_flow import self_instruct_flow
+    from sftmill.flows.self_instruct_flow import self_instruct_flow
 
     cfg = _config(SelfInstructConfig, seeds_path=str(seeds.resolve()), output_dir=str(out.resolve()),
                   target=target, max_rounds=rounds, prompts_per_round=prompts_per_round,
@@ -319,14 +407,14 @@ def _config(cls, **fields):
 
 
 def _check_format(fmt: str) -> None:
-    from tasks.export import FORMATS
+    from sftmill.tasks.export import FORMATS
 
     if fmt not in FORMATS:
         _fail(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
 
 
 def _check_input(path: Path) -> None:
-    from tasks.pairs_io import read_items
+    from sftmill.tasks.pairs_io import read_items
 
     try:
         read_items(path)
@@ -360,8 +448,8 @@ def evol(
     evolutions with their reason, answers the survivors, and exports them
     with parent, operation and round."""
     _quiet_prefect(verbose)
-    from flows.evol_flow import evol_flow
-    from tasks.evol import EvolConfig
+    from sftmill.flows.evol_flow import evol_flow
+    from sftmill.tasks.evol import EvolConfig
 
     _check_format(format)
     _check_input(input)
@@ -374,8 +462,8 @@ def evol(
 
 
 def _augment(kind: str, input: Path, out: Path, fmt: str, base_url, model, **settings) -> None:
-    from flows.augment_flow import augment_flow
-    from tasks.augment import AugmentConfig
+    from sftmill.flows.augment_flow import augment_flow
+    from sftmill.tasks.augment import AugmentConfig
 
     _check_format(fmt)
     _check_input(input)
@@ -459,8 +547,8 @@ def templates(
     Slots are filled from lists or by the LLM; near-duplicate fillings are
     dropped; records carry their template and slot values."""
     _quiet_prefect(verbose)
-    from flows.template_flow import template_flow
-    from tasks.templates import TemplatesConfig, load_spec
+    from sftmill.flows.template_flow import template_flow
+    from sftmill.tasks.templates import TemplatesConfig, load_spec
 
     _check_format(format)
     try:
@@ -478,7 +566,14 @@ def _run_flow(kind: str, flow_fn, cfg, fmt: str, out: Path) -> None:
     from sftmill.progress import set_reporter
     from sftmill.store import Store
 
+    from sftmill.preflight import check_templates_fit
+
     store = _claim(Path(cfg.output_dir) / "sftmill.duckdb")
+    try:
+        check_templates_fit(cfg.llm_templates())
+    except RecipeError as err:
+        _fail(str(err))
+    store.execute("DELETE FROM meta WHERE key = 'stopped_early'")
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as bars:
@@ -491,6 +586,8 @@ def _run_flow(kind: str, flow_fn, cfg, fmt: str, out: Path) -> None:
     if not state.is_completed():
         _fail(f"run failed: {state.message}. Rerun the same command to resume.", code=1)
     records = store.count("dataset")
+    if store.get_meta("stopped_early"):
+        console.print(store.get_meta("stopped_early"), highlight=False)
     console.print(f"{kind}: {records} records in {out / 'dataset.jsonl'} "
                   f"({time.perf_counter() - started:.0f} s); card: {out / 'card.md'}")
     if not records:
@@ -516,7 +613,7 @@ def export_cmd(
     Reads the run's `dataset` table; writes atomically (a crash never leaves a
     half-written file that looks complete).
     """
-    from tasks.export import export_jsonl
+    from sftmill.tasks.export import export_jsonl
 
     _check_format(format)
     store = _run_db(run_dir)
@@ -542,7 +639,7 @@ def review_sample(
 
     Columns: record_id, prompt, answer and the empty decision (accept |
     reject | edit), edited_prompt, edited_answer and note."""
-    from tasks.review import write_sheet
+    from sftmill.tasks.review import write_sheet
 
     target = out or run_dir / "review.csv"
     written = write_sheet(_run_db(run_dir), target, n, seed)
@@ -560,8 +657,8 @@ def review_apply(
     Stores the decisions and rewrites dataset.jsonl and dataset.parquet:
     rejected records left out, edits applied, each reviewed record's
     metadata carrying its review.  Unusable rows are listed and skipped."""
-    from tasks.export import export_files
-    from tasks.review import apply_sheet, detect_format
+    from sftmill.tasks.export import export_files
+    from sftmill.tasks.review import apply_sheet, detect_format
 
     if not sheet.is_file():
         _fail(f"{sheet}: sheet not found")

@@ -45,6 +45,12 @@ class Domain(_Strict):
         description="What counts as relevant; the relevance filter reads this verbatim.",
     )
     subdomains: list[Subdomain] = Field(default_factory=list)
+    subdomain_by: Literal["llm", "embedding"] = Field(
+        default="llm",
+        description="Who files each chunk under a subdomain: 'llm', the generator while it "
+        "profiles the chunk (it reads the passage; best with a capable model), or "
+        "'embedding', the subdomain whose name and description are nearest to the chunk "
+        "(cheap and steady; for small models, which tend to pick the same one every time).")
     use_cases: list[str] = Field(
         default_factory=list, description="What the fine-tuned model will be used for."
     )
@@ -101,7 +107,12 @@ class LLMEndpoint(_Strict):
         description="How the JSON schema is sent to an 'openai' server; the answer "
         "is always parsed, repaired and validated locally as well.",
     )
-    n_ctx: int = Field(default=4096, ge=512, description="Context size (embedded only).")
+    n_ctx: int = Field(
+        default=4096, ge=512,
+        description="Context size in tokens (prompt + answer).  Embedded: the context "
+        "llama.cpp allocates.  'openai': the served model's context, if you give it; "
+        "prompts are then fitted to it (fewer in-context examples) and a template that "
+        "can never fit stops the run before it starts.")
     n_threads: int | None = Field(
         default=None, ge=1, description="llama.cpp threads (embedded only); default: all cores."
     )
@@ -135,7 +146,15 @@ class Sizes(_Strict):
     target_prompts: int = Field(default=200, ge=1)
     prompts_per_profile: int = Field(default=3, ge=1, le=50)
     broaden_per_profile: int = Field(default=1, ge=0, le=50)
-    rephrasings_per_prompt: int = Field(default=1, ge=0, le=20)
+    rephrasings_per_prompt: int = Field(
+        default=2, ge=0, le=20,
+        description="Rephrasings asked for each prompt that is rephrased (0: no rephrasing); "
+        "the first whose opening is not over-represented replaces the prompt.")
+    keep_rephrased_originals: bool = Field(
+        default=False,
+        description="Rephrase every prompt and keep originals and all variants side by side "
+        "(false: only prompts with an over-represented opening are rephrased, and the "
+        "variant replaces its original).")
     queries_per_profile: int = Field(default=3, ge=0, le=20)
     max_rounds: int = Field(default=2, ge=0, le=20, description="Web-search rounds.")
     max_chunks: int | None = Field(
@@ -166,6 +185,13 @@ class Thresholds(_Strict):
     dedup_cosine: float = Field(
         default=0.92, gt=0, le=1,
         description="Prompts at least this cosine-similar are near duplicates.")
+    max_prompt_chars: int = Field(
+        default=600, ge=20,
+        description="Longer prompts are dropped (too_long): rambling, convoluted requests.")
+    max_opening_share: float = Field(
+        default=0.1, gt=0, le=1,
+        description="An opening (first three words) found in more than this share of the "
+        "generated prompts is over-represented: the prompts beyond the share are rephrased.")
 
 
 class Limits(_Strict):
@@ -200,6 +226,10 @@ class Search(_Strict):
 class Answers(_Strict):
     """The answer half: extended queries, chop-n-RAG, grounded answers, checks."""
 
+    temperature: float | None = Field(
+        default=None, ge=0, le=2,
+        description="Sampling temperature for answers (default: the generator's).  Prompts "
+        "gain from a high temperature, answers from a low one.")
     queries_per_prompt: int = Field(default=2, ge=0, le=20,
                                     description="Extended search queries per prompt (0: none).")
     top_k: int = Field(default=4, ge=1, le=20, description="Passages retrieved per prompt.")
@@ -248,6 +278,12 @@ class GeneratorConfig(_Strict):
     generator: LLMEndpoint = Field(default_factory=lambda: LLMEndpoint(max_tokens=400))
     seed: int = 0
 
+    def llm_templates(self) -> list[tuple[str, "LLMEndpoint", str, int]]:
+        """(config field, endpoint, prompt template, tokens of input it adds
+        at least) for every LLM step of the generator: checked against the
+        model's context before the run starts (`preflight.check_templates_fit`)."""
+        return [("generator", self.generator, "respond", 0)]
+
     @property
     def db_path(self) -> Path:
         return Path(self.output_dir) / "sftmill.duckdb"
@@ -284,6 +320,20 @@ class Recipe(_Strict):
     def db_path(self) -> Path:
         return self.run_dir / "sftmill.duckdb"
 
+    def llm_templates(self) -> list[tuple[str, "LLMEndpoint", str, int]]:
+        """Every LLM step of the pipeline as (recipe field, endpoint, prompt
+        template, tokens of input it adds at least): a chunk, or `top_k`
+        chunks (and an answer) for the answer steps."""
+        gen, judge = self.llm.generator, self.llm.judge
+        chunk, passages = self.chunking.max_tokens, self.answers.top_k * self.chunking.max_tokens
+        return [("llm.judge", judge, "relevance", chunk), ("llm.generator", gen, "profile", chunk),
+                ("llm.generator", gen, "web_queries", 0), ("llm.generator", gen, "generate", chunk),
+                ("llm.generator", gen, "broaden", 0), ("llm.generator", gen, "rephrase", 0),
+                ("llm.judge", judge, "prompt_filter", 0),
+                ("llm.generator", gen, "answer_queries", 0),
+                ("llm.generator", gen, "answer", passages),
+                ("llm.judge", judge, "groundedness", passages + gen.max_tokens)]
+
     def fingerprint(self, *sections: str) -> str:
         """Stable hash of the named sections (all when none): feeds cache keys."""
         data = self.model_dump(mode="json", exclude={"base_dir"})
@@ -305,7 +355,33 @@ def _format_validation_error(err: ValidationError) -> str:
     return f"{where}: {msg}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
 
 
+def output_dir_problem(run_dir: Path) -> str | None:
+    """Why `run_dir` cannot hold a run (None: it can, or can be created).
+    Nothing is created here: validating a recipe leaves no trace."""
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        if not run_dir.is_dir():
+            return f"{run_dir} exists and is not a folder"
+        db = run_dir / "sftmill.duckdb"
+        if db.exists() and not db.is_file():
+            return f"{db} exists and is not a file"
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            return f"{run_dir} is not writable"
+        return None
+    parent = run_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create {run_dir}: {parent} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {run_dir}: {parent} is not writable"
+    return None
+
+
 def _check_inputs(recipe: Recipe) -> None:
+    problem = output_dir_problem(recipe.run_dir)
+    if problem:
+        raise RecipeError(f"output_dir: {problem}")
     for i, source in enumerate(recipe.inputs):
         if source.path is None:
             continue

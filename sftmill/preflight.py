@@ -11,7 +11,7 @@ from sftmill.llm import preflight_endpoint
 
 
 def _check_table_columns(recipe: Recipe) -> None:
-    from tasks.collect import expand_source
+    from sftmill.tasks.collect import expand_source
 
     for i, source in enumerate(recipe.inputs):
         if source.path is None:
@@ -43,6 +43,31 @@ def _first_jsonl_keys(path) -> list[str] | None:
     return None
 
 
+def check_templates_fit(steps) -> None:
+    """Stop before any work when a prompt template can never fit its model:
+    its fixed text, the least input it always carries and the answer budget
+    (`max_tokens`) together exceed the context.  `steps`: (field, endpoint,
+    template, input tokens), from a recipe's or generator config's
+    `llm_templates()`."""
+    from sftmill.llm import make_llm
+    from sftmill.prompts import load_template
+
+    models: dict = {}
+    for field, endpoint, name, input_tokens in steps:
+        llm = models.get(endpoint) or models.setdefault(endpoint, make_llm(endpoint))
+        if llm.context_window is None:
+            continue
+        fixed = llm.count_tokens(load_template(name).skeleton())
+        need = fixed + input_tokens + endpoint.max_tokens
+        if need > llm.context_window:
+            raise RecipeError(
+                f"{field}: prompt {name!r} can never fit the model's context ({fixed} tokens of "
+                f"template + {input_tokens} of input + max_tokens {endpoint.max_tokens} = {need} "
+                f"> n_ctx {llm.context_window}); lower max_tokens"
+                + (" or chunking.max_tokens / answers.top_k" if input_tokens else "")
+                + " or raise n_ctx")
+
+
 def preflight(recipe: Recipe) -> None:
     _check_table_columns(recipe)
     checked: set = set()
@@ -57,3 +82,4 @@ def preflight(recipe: Recipe) -> None:
     problem = model_available(recipe.embedding.model)
     if problem:
         raise RecipeError(f"embedding.model: {problem}")
+    check_templates_fit(recipe.llm_templates())

@@ -187,6 +187,8 @@ SCHEMA: dict[str, str] = {
         n_chars INTEGER,
         refusal BOOLEAN,
         citations_valid BOOLEAN,
+        truncated BOOLEAN,       -- cut off: the token budget ran out, or it ends mid-sentence
+        echoes_prompt BOOLEAN,   -- says nothing the prompt did not already say
         model VARCHAR,
         template_version VARCHAR,
         call_key VARCHAR
@@ -300,9 +302,20 @@ class Store:
             cls._open.clear()
 
     def ensure_tables(self, schema: dict[str, str]) -> None:
+        """Create missing tables; add columns a newer sftmill declares to an
+        older run database's tables (so an old run folder can be resumed)."""
         with self._lock:
             for name, columns in schema.items():
                 self._con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+                have = {r[0] for r in self._con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                    [name]).fetchall()}
+                for line in columns.split("\n"):
+                    decl = line.split("--")[0].strip().rstrip(",")
+                    col = decl.split(" ", 1)[0] if decl else ""
+                    if (col and col.isidentifier() and col not in have
+                            and not decl.upper().startswith("PRIMARY KEY")):
+                        self._con.execute(f"ALTER TABLE {name} ADD COLUMN {decl.split(' PRIMARY')[0]}")
 
     def execute(self, sql: str, params: Iterable[Any] | None = None) -> list[tuple]:
         with self._lock:

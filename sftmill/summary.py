@@ -55,3 +55,68 @@ def summarize(store: Store, targets: dict[str, float] | None = None) -> RunSumma
     return RunSummary(stages, store.reject_counts(), llm, tables,
                       subdomain_shares(store, targets or {}),
                       json.loads(openings) if openings else None)
+
+
+# Where to look when a drop reason dominates: the recipe setting behind it.
+SETTING_FOR_REASON = {
+    "not_relevant": "thresholds.relevance (or domain.relevant)",
+    "low_prompt_quality": "thresholds.prompt_quality (or a stronger llm.judge)",
+    "vague_prompt": "a stronger llm.generator",
+    "near_duplicate": "thresholds.dedup_cosine",
+    "rouge_l_duplicate": "rouge_threshold",
+    "no_supporting_passage": "answers.min_similarity (or answers.allow_ungrounded)",
+    "low_lexical_support": "answers.min_lexical_support",
+    "not_grounded": "answers.min_groundedness (or a stronger llm.judge)",
+    "too_short": "answers.min_chars",
+    "too_long": "answers.max_chars",
+    "truncated": "llm.generator.max_tokens",
+    "echoes_prompt": "a stronger llm.generator",
+    "no_citations": "a stronger llm.generator",
+    "llm_invalid_output": "llm.generator / llm.judge (a model that follows JSON schemas)",
+    "prompt_too_long": "chunking.max_tokens, answers.top_k or the model's n_ctx",
+}
+
+
+def biggest_drop(store: Store) -> tuple[str, str, int, int] | None:
+    """(stage, its commonest reason, that reason's count, the stage's drops)
+    for the stage that dropped the most; None when nothing was dropped."""
+    rows = store.reject_counts()
+    if not rows:
+        return None
+    per_stage: dict[str, int] = {}
+    for stage, _reason, n in rows:
+        per_stage[stage] = per_stage.get(stage, 0) + n
+    stage = max(per_stage, key=lambda s: (per_stage[s], s))
+    reason, n = max(((r, n) for s, r, n in rows if s == stage), key=lambda rn: (rn[1], rn[0]))
+    return stage, reason, n, per_stage[stage]
+
+
+def empty_run_hint(store: Store) -> str:
+    """One or two lines for a run that ended with no record: where the most
+    went, and the setting to look at."""
+    top = biggest_drop(store)
+    if top is None:
+        return "No record was made and nothing was dropped: check that the inputs hold text."
+    stage, reason, n, total = top
+    setting = SETTING_FOR_REASON.get(reason)
+    return (f"No record survived. The {stage} stage removed the most ({total}; {n} of them "
+            f"{reason})" + (f": look at {setting}." if setting else ".")
+            + f" The drops are listed above and in the rejects table.")
+
+
+def sample_records(store: Store, n: int = 3, per_subdomain: bool = False) -> list[dict]:
+    """A few finished records with the passage each cites first: prompt,
+    answer, subdomain, passage, source.  Chosen by record ID (a hash, so a
+    stable spread across the data); `per_subdomain`: up to `n` of each."""
+    if not store.count("dataset"):
+        return []
+    rows = store.query_dicts(
+        "SELECT d.record_id, d.prompt, d.answer, coalesce(p.subdomain, '(none)') AS subdomain, "
+        "c.text AS passage, doc.uri AS source, row_number() OVER ("
+        + ("PARTITION BY p.subdomain " if per_subdomain else "")
+        + "ORDER BY d.record_id) AS k "
+        "FROM dataset d LEFT JOIN answers a USING (answer_id) LEFT JOIN prompts p "
+        "ON p.prompt_id = d.prompt_id LEFT JOIN chunks c ON c.chunk_id = a.cited_chunk_ids[1] "
+        "LEFT JOIN documents doc ON doc.doc_id = c.doc_id QUALIFY k <= ? "
+        "ORDER BY subdomain, d.record_id", [n])
+    return [{k: v for k, v in r.items() if k != "k"} for r in rows]

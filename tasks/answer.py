@@ -1,34 +1,37 @@
 """Answer steps 2–4 — grounded answers with citations, then answer checks.
 
 `answer`: the generator answers each kept prompt from its retrieved
-passages, numbered [1]…[k]; its JSON lists the numbers it cited (the schema
-allows only 1…k) and the text may carry [n] markers.  A prompt with no
+passages, numbered [1]…[k], in plain text with [n] markers for what it cites
+(the usual RAG form; a JSON wrapper made small models' prose much worse).
+The answer is one paragraph: generation stops at the first blank line, at
+`answers.temperature` when set.  A prompt with no
 passage above the minimum similarity is answered without context only if
 `answers.allow_ungrounded`, and is then flagged `grounded = false`;
 otherwise it is dropped as `no_supporting_passage`.
 
 `check_answers` scores every answer (score first, decide second):
-length, refusal/boilerplate, citation validity (every cited number, in the
+length, refusal/boilerplate, truncation (the token budget ran out or the
+text stops mid-sentence, as in the generators' checks), citation validity (every cited number, in the
 list or in the text, names a retrieved passage), a cheap lexical support
 score (share of the answer's content words found in its cited passages) and
 the judge's groundedness (1–5 → 0–1).  `decide` applies the recipe's
 thresholds and writes the `dataset` table; reject reasons: too_short,
-too_long, refusal, invalid_citation, no_citations, low_lexical_support,
+too_long, truncated, echoes_prompt, refusal, invalid_citation, no_citations, low_lexical_support,
 not_grounded, llm_invalid_output.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 
 from sftmill.batch import answered, llm_map, normalise_score
 from sftmill.config import Recipe
 from sftmill.llm import LLMOutputError, make_llm
-from sftmill.prompts import load_template, with_schema
+from sftmill.prompts import load_template
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
-from tasks.search import terms
+from sftmill.tasks.respond import ends_mid_sentence
+from sftmill.tasks.search import terms
 
 ANSWER_STAGE = "answer"
 CHECK_STAGE = "answer_checks"
@@ -39,16 +42,7 @@ REFUSAL = re.compile(
     re.IGNORECASE)
 
 
-def answer_schema(template_schema: dict, n_passages: int) -> dict:
-    schema = copy.deepcopy(template_schema)
-    citations = schema["properties"]["citations"]
-    if n_passages:
-        citations["items"] = {"type": "integer", "enum": list(range(1, n_passages + 1))}
-        citations["minItems"] = 1
-        citations["maxItems"] = n_passages
-    else:
-        citations["maxItems"] = 0
-    return schema
+PARAGRAPH_END = ("\n\n",)
 
 
 def cited_numbers(answer: str, listed: list[int]) -> list[int]:
@@ -65,6 +59,14 @@ def lexical_support(answer: str, passages: list[str]) -> float:
         return 0.0
     support = set(terms(" ".join(passages)))
     return len(words & support) / len(words)
+
+
+def echoes_prompt(answer: str, prompt: str) -> bool:
+    """The answer adds no content word to its prompt (it only repeats the request)."""
+    from sftmill.tasks.respond import STOPWORDS
+
+    words = {w for w in terms(_MARKER.sub(" ", answer)) if w not in STOPWORDS}
+    return words <= set(terms(prompt))
 
 
 def strip_markers(text: str) -> str:
@@ -93,28 +95,25 @@ def write_answers(store: Store, recipe: Recipe) -> tuple[int, int]:
                          f"no passage with cosine >= {recipe.answers.min_similarity}")
             continue
         todo.append((p, found))
-    base = load_template(ANSWER_STAGE)
+    template = load_template(ANSWER_STAGE)
     endpoint = recipe.llm.generator
     llm = make_llm(endpoint, store)
-    # The schema depends on how many passages a prompt has: group by that count.
+    results = llm_map(llm, endpoint, template, todo,
+                      lambda item: {"domain": recipe.domain.name, "prompt": item[0]["text"],
+                                    "passages": [x["text"] for x in item[1]]},
+                      stage=ANSWER_STAGE, seed=recipe.seed, temperature=recipe.answers.temperature,
+                      stop=PARAGRAPH_END)
     rows = []
-    for n in sorted({len(found) for _, found in todo}):
-        group = [(p, found) for p, found in todo if len(found) == n]
-        template = with_schema(base, answer_schema(base.schema, n))
-        results = llm_map(llm, endpoint, template, group,
-                          lambda item: {"domain": recipe.domain.name, "prompt": item[0]["text"],
-                                        "passages": [x["text"] for x in item[1]]},
-                          stage=ANSWER_STAGE, seed=recipe.seed)
-        for (p, found), result in answered(store, ANSWER_STAGE, results,
-                                           lambda item: item[0]["prompt_id"]):
-            text = result.data["answer"].strip()
-            numbers = cited_numbers(text, result.data["citations"])
-            rows.append({
-                "answer_id": content_id(p["prompt_id"], text), "prompt_id": p["prompt_id"],
-                "text": text, "grounded": bool(found),
-                "cited_chunk_ids": [found[i - 1]["chunk_id"] for i in numbers if 1 <= i <= len(found)],
-                "cited_numbers": numbers, "model": llm.model,
-                "template_version": template.version, "call_key": result.key})
+    for (p, found), result in answered(store, ANSWER_STAGE, results,
+                                       lambda item: item[0]["prompt_id"]):
+        text = result.text.strip()
+        numbers = cited_numbers(text, [])
+        rows.append({
+            "answer_id": content_id(p["prompt_id"], text), "prompt_id": p["prompt_id"],
+            "text": text, "grounded": bool(found),
+            "cited_chunk_ids": [found[i - 1]["chunk_id"] for i in numbers if 1 <= i <= len(found)],
+            "cited_numbers": numbers, "model": llm.model,
+            "template_version": template.version, "call_key": result.key})
     # Every kept prompt is answered on every run (repeats come from the call
     # table), so the table holds exactly the current answers.
     store.replace_rows("answers", rows)
@@ -124,8 +123,11 @@ def write_answers(store: Store, recipe: Recipe) -> tuple[int, int]:
 def check_answers(store: Store, recipe: Recipe) -> int:
     """Score every answer without checks yet; return how many were judged by the LLM."""
     answers = store.query_dicts(
-        "SELECT a.*, p.text AS prompt FROM answers a JOIN prompts p USING (prompt_id) "
+        "SELECT a.*, p.text AS prompt, (SELECT max(c.tokens_out) FROM llm_calls c "
+        "WHERE c.key = a.call_key AND c.status = 'ok') AS tokens_out "
+        "FROM answers a JOIN prompts p USING (prompt_id) "
         "WHERE a.answer_id NOT IN (SELECT answer_id FROM answer_checks) ORDER BY a.answer_id")
+    budget = recipe.llm.generator.max_tokens
     passages = passages_by_prompt(store)
     cheap = []
     for a in answers:
@@ -134,12 +136,15 @@ def check_answers(store: Store, recipe: Recipe) -> int:
         cheap.append({
             "answer_id": a["answer_id"], "n_chars": len(a["text"]),
             "refusal": bool(REFUSAL.search(a["text"])),
+            "truncated": (a["tokens_out"] or 0) >= budget or ends_mid_sentence(a["text"]),
+            "echoes_prompt": echoes_prompt(a["text"], a["prompt"]),
             "citations_valid": citations_valid(a["cited_numbers"], len(found)),
             "lexical_support": lexical_support(a["text"], cited) if cited else 0.0,
             "groundedness": None, "judge_reason": None, "model": None,
             "template_version": None, "call_key": None, "_passages": found, "_answer": a})
     judge_these = [c for c in cheap if c["_answer"]["grounded"] and c["citations_valid"]
-                   and not c["refusal"] and recipe.answers.min_chars <= c["n_chars"]]
+                   and not c["refusal"] and not c["truncated"] and not c["echoes_prompt"]
+                   and recipe.answers.min_chars <= c["n_chars"]]
     template = load_template("groundedness")
     endpoint = recipe.llm.judge
     llm = make_llm(endpoint, store)
@@ -166,6 +171,10 @@ def reject_reason(check: dict, grounded: bool, recipe: Recipe) -> str | None:
         return "too_short"
     if check["n_chars"] > cfg.max_chars:
         return "too_long"
+    if check.get("truncated"):
+        return "truncated"
+    if check.get("echoes_prompt"):
+        return "echoes_prompt"
     if check["refusal"]:
         return "refusal"
     if not check["citations_valid"]:
@@ -185,10 +194,12 @@ def reject_reason(check: dict, grounded: bool, recipe: Recipe) -> str | None:
 
 def decide(store: Store, recipe: Recipe) -> int:
     """Apply the thresholds: rejects for dropped answers, the rest to `dataset`."""
-    from tasks.export import build_metadata
+    from sftmill.tasks.export import build_metadata
 
     rows = store.query_dicts(
         "SELECT a.*, k.groundedness, k.judge_reason, k.lexical_support, k.n_chars, k.refusal, "
+        "coalesce(k.truncated, false) AS truncated, "
+        "coalesce(k.echoes_prompt, false) AS echoes_prompt, "
         "k.citations_valid, k.model AS judge_model, len(a.cited_numbers) > 0 AS cited, "
         "p.text AS prompt "
         "FROM answers a JOIN answer_checks k USING (answer_id) JOIN prompts p USING (prompt_id) "

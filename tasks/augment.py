@@ -34,8 +34,8 @@ from sftmill.llm import make_llm
 from sftmill.prompts import exact_items, load_template, with_schema
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
-from tasks.pairs_io import SCHEMA as INPUT_SCHEMA
-from tasks.respond import respond, truncated
+from sftmill.tasks.pairs_io import SCHEMA as INPUT_SCHEMA
+from sftmill.tasks.respond import respond, truncated
 
 Field_ = Literal["instruction", "response"]
 
@@ -78,6 +78,11 @@ class AugmentConfig(GeneratorConfig):
                                   description="Least embedding cosine between a variant and its original.")
     include_originals: bool = Field(default=True, description="Export the original pairs too.")
     min_response_words: int = Field(default=3, ge=1)
+
+    def llm_templates(self):
+        names = ([f"paraphrase_{f}" for f in self.fields] if self.method == "paraphrase"
+                 else ["translate"])
+        return [("generator", self.generator, n, 0) for n in names] + super().llm_templates()
     embedding: Embedding = Field(default_factory=Embedding)
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from sftmill.config import Recipe
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store
-from sftmill.summary import RECORDS_BY_SUBDOMAIN, subdomain_shares, summarize
-from tasks.export import write_atomic
-from tasks.generate import target_shares
+from sftmill.summary import empty_run_hint, RECORDS_BY_SUBDOMAIN, subdomain_shares, summarize
+from sftmill.tasks.export import write_atomic
+from sftmill.tasks.generate import target_shares
 
 STAGE = "card"
 
@@ -142,6 +142,25 @@ def write_generator_card(store: Store, run_dir: Path, fmt: str) -> Path:
     return card
 
 
+def _samples_section(store: Store, per_subdomain: int = 3) -> list[str]:
+    """A handful of records per subdomain, each with the passage it cites."""
+    from sftmill.summary import sample_records
+
+    samples = sample_records(store, per_subdomain, per_subdomain=True)
+    if not samples:
+        return []
+    out = ["## Samples (up to 3 per subdomain)"]
+    for sub in dict.fromkeys(s["subdomain"] for s in samples):
+        out.append(f"### {sub}")
+        for s in (s for s in samples if s["subdomain"] == sub):
+            lines = [f"**Prompt:** {s['prompt']}", f"**Answer:** {s['answer']}"]
+            if s["passage"]:
+                source = (s["source"] or "").rsplit("/", 1)[-1]
+                lines.append(f"**Cited passage** (`{source}`): " + " ".join(s["passage"].split()))
+            out.append("\n>\n".join("> " + line for line in lines))
+    return out
+
+
 def write_card(store: Store, recipe: Recipe) -> Path:
     run_dir = recipe.run_dir
     summary = summarize(store, target_shares(recipe))
@@ -177,6 +196,8 @@ def write_card(store: Store, recipe: Recipe) -> Path:
         (w0, s0), (w1, s1) = summary.openings["before"], summary.openings["after"]
         parts.insert(-2, f'Most common opening: "{w0}" in {s0:.0%} of prompts before rephrasing, '
                          f'"{w1}" in {s1:.0%} after.')
+    parts[3:3] = _samples_section(store) or [
+        "## Samples", "No record survived. " + empty_run_hint(store).split(". ", 1)[1]]
     card = run_dir / "card.md"
     text = "\n\n".join(parts) + "\n"
     write_atomic(card, [text.encode()])

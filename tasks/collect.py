@@ -11,6 +11,7 @@ with a reason from this vocabulary and shown in the summary:
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 from dataclasses import dataclass
@@ -53,13 +54,43 @@ def expand_source(source: InputSource, recipe: Recipe) -> list[Path]:
     return [resolved]
 
 
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"))
+
+
 def decode_text(raw: bytes) -> str:
+    """Text from bytes: a byte-order mark decides (UTF-8/16/32); else UTF-8;
+    else the encoding charset-normalizer detects (latin-1, cp1252, …).
+    NUL bytes without a BOM mean binary."""
+    for bom, encoding in _BOMS:  # UTF-32 LE before UTF-16 LE: its BOM starts the same
+        if raw.startswith(bom):
+            try:
+                return raw.decode(encoding)
+            except UnicodeDecodeError as err:
+                raise Skip("undecodable", f"not {encoding} at byte {err.start}") from None
     if b"\x00" in raw[:8192]:
         raise Skip("binary", "NUL bytes in the first 8 KiB")
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise Skip("undecodable", f"not UTF-8 at byte {err.start}") from None
+        utf8_error = err.start
+    from charset_normalizer import from_bytes
+
+    matches = list(from_bytes(raw))
+    best = matches[0] if matches else None
+    # Single-byte encodings often tie (cp1250, cp1252, cp1257 read plain Latin
+    # text equally well); on a tie take windows-1252, which is what "latin-1"
+    # means on the web (WHATWG) and the commonest legacy encoding by far.
+    for m in matches:
+        if (m.encoding in ("cp1252", "latin_1") and m.chaos <= best.chaos
+                and m.coherence >= best.coherence):
+            best = m
+            break
+    if best is None:
+        raise Skip("undecodable", f"not UTF-8 at byte {utf8_error}, and no other text "
+                   "encoding fits") from None
+    return str(best)
 
 
 def html_to_text(html: str) -> tuple[str, str]:
@@ -145,7 +176,7 @@ def iter_documents(recipe: Recipe) -> Iterator[tuple[str, Doc | Skip]]:
     urls = [source.url for source in recipe.inputs if source.url is not None]
     fetched = {}
     if urls:  # one batch: shared robots.txt cache and per-host politeness
-        from tasks.fetch import Fetcher
+        from sftmill.tasks.fetch import Fetcher
 
         fetched = dict(zip(urls, Fetcher.from_recipe(recipe).fetch_many(urls)))
     for source in recipe.inputs:

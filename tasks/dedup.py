@@ -24,6 +24,7 @@ from sftmill.embeddings import Embedder
 from sftmill.progress import progress
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store
+from sftmill.tasks.rephrase import REPLACED
 
 STAGE = "dedup"
 EXACT_MAX = 50_000
@@ -105,7 +106,7 @@ def kept_candidates(store: Store, threshold: float) -> list[dict]:
         "SELECT c.*, s.score AS quality, p.subdomain, p.chunk_id, ch.doc_id "
         "FROM candidate_prompts c JOIN prompt_scores s USING (prompt_id) "
         "LEFT JOIN profiles p USING (profile_id) LEFT JOIN chunks ch ON ch.chunk_id = p.chunk_id "
-        "WHERE s.score >= ?", [threshold])
+        f"WHERE s.score >= ? AND c.prompt_id NOT IN ({REPLACED})", [threshold])
     return sorted(rows, key=lambda r: (ORIGIN_RANK.get(r["origin"], 9), -r["quality"], r["prompt_id"]))
 
 

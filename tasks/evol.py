@@ -45,9 +45,9 @@ from sftmill.llm import make_llm
 from sftmill.prompts import load_template
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
-from tasks.dedup import new_near_duplicates
-from tasks.pairs_io import SCHEMA as INPUT_SCHEMA
-from tasks.respond import respond, truncated
+from sftmill.tasks.dedup import new_near_duplicates
+from sftmill.tasks.pairs_io import SCHEMA as INPUT_SCHEMA
+from sftmill.tasks.respond import respond, truncated
 
 STAGE = "evol"
 DEPTH = ("add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input")
@@ -92,6 +92,12 @@ class EvolConfig(GeneratorConfig):
                                 "cosine-similar to an instruction of another lineage is dropped.")
     embedding: Embedding = Field(default_factory=Embedding)
     judge: LLMEndpoint = Field(default_factory=lambda: LLMEndpoint(temperature=0.0, max_tokens=16))
+
+    def llm_templates(self):
+        steps = [("generator", self.generator, f"evol_{op}", 0) for op in self.operations]
+        if self.judge_info_gain:
+            steps.append(("judge", self.judge, "evol_equal", 0))
+        return steps + super().llm_templates()
 
 
 def pick_operation(cfg: EvolConfig, parent_id: str, round_no: int) -> str:

@@ -126,7 +126,7 @@ def write_atomic(path: Path, chunks: Iterable[bytes]) -> None:
 
 def dataset_rows(store: Store) -> list[dict]:
     """The records to export: `dataset` with human reviews applied (`tasks.review`)."""
-    from tasks.review import reviewed_rows
+    from sftmill.tasks.review import reviewed_rows
 
     return reviewed_rows(store)
 
@@ -174,7 +174,7 @@ def export(recipe: Recipe, dataset: StageResult) -> StageResult:
 def export_dataset(output_dir: str, fmt: str, dataset: StageResult) -> StageResult:
     """The export step of the classic generators (Evol-Instruct, templates,
     augmentations): their `dataset` table into `output_dir`, with `card.md`."""
-    from tasks.card import write_generator_card
+    from sftmill.tasks.card import write_generator_card
 
     store = Store.open(dataset.out.db_path)
     timer = StageTimer(store, STAGE)

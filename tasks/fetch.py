@@ -180,7 +180,7 @@ class Fetcher:
         raise _Refused("too_many_redirects", f"more than {self.config.max_redirects}")
 
     async def fetch(self, client: httpx.AsyncClient, url: str) -> Fetched:
-        from tasks.collect import html_to_text
+        from sftmill.tasks.collect import html_to_text
 
         try:
             final, ctype, body = await self._get(client, url)

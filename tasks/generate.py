@@ -19,7 +19,7 @@ from sftmill.llm import make_llm
 from sftmill.prompts import exact_items, load_template, with_schema
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
-from tasks.web import needed_profiles
+from sftmill.tasks.web import needed_profiles
 
 GENERATE_STAGE = "generate"
 BROADEN_STAGE = "broaden"
@@ -86,9 +86,16 @@ def prompt_row(text: str, origin: str, parent_id: str, profile_id: str, task_typ
             "model": model, "template_version": template_version, "call_key": call_key}
 
 
+def topic_of(profile: dict) -> str:
+    """What a profile's prompts are about: its chunk's section heading when it
+    has one (an author's own label, which even a tiny model cannot get
+    wrong), else the topic the profiler wrote."""
+    return (profile.get("heading") or profile["topic"] or "").strip()
+
+
 def selected_profiles(store: Store, recipe: Recipe) -> list[dict]:
     rows = store.query_dicts(
-        "SELECT p.*, c.text AS chunk_text FROM profiles p JOIN chunks c USING (chunk_id)")
+        "SELECT p.*, c.text AS chunk_text, c.heading FROM profiles p JOIN chunks c USING (chunk_id)")
     return select_profiles(rows, recipe)
 
 
@@ -100,7 +107,7 @@ def generate_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
     llm = make_llm(endpoint, store)
     results = llm_map(llm, endpoint, template, profiles,
                       lambda p: {"domain": recipe.domain.name, "profile": p, "text": p["chunk_text"],
-                                 "n": n, "task_types": TASK_TYPES,
+                                 "topic": topic_of(p), "n": n, "task_types": TASK_TYPES,
                                  "use_cases": recipe.domain.use_cases},
                       stage=GENERATE_STAGE, seed=recipe.seed)
     rows = []

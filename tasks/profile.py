@@ -3,7 +3,13 @@ and a short summary, written by the generator LLM.
 
 When the recipe lists subdomains, the answer's schema restricts `subdomain`
 to them (llama.cpp's grammar and vLLM's guided decoding both enforce enums),
-which keeps even a tiny model on the recipe's map.
+which keeps even a tiny model on the recipe's map.  The subdomains are
+offered nearest first (embedding cosine between the chunk and each
+subdomain's name and description): a capable model still reads and
+chooses, and a small one, which tends to take the first option offered,
+takes the likeliest instead of always the same one.  With
+`domain.subdomain_by: embedding` only the nearest is offered: the
+embedding decides and the generator writes the rest of the profile.
 """
 
 from __future__ import annotations
@@ -16,18 +22,33 @@ from sftmill.llm import make_llm
 from sftmill.prompts import PromptTemplate, load_template, with_schema
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
-from tasks.relevance import kept_chunk_ids
+from sftmill.tasks.relevance import kept_chunk_ids
 
 STAGE = "profile"
 TEMPLATE = "profile"
 
 
-def schema_for(recipe: Recipe, template: PromptTemplate) -> dict:
+def schema_for(recipe: Recipe, template: PromptTemplate, names: list[str] | None = None) -> dict:
     schema = copy.deepcopy(template.schema)
-    names = [s.name for s in recipe.domain.subdomains]
+    names = names if names is not None else [s.name for s in recipe.domain.subdomains]
     if names:
         schema["properties"]["subdomain"] = {"type": "string", "enum": names}
     return schema
+
+
+def subdomain_orders(store: Store, recipe: Recipe, texts: list[str]) -> list[tuple[str, ...]]:
+    """For each text, the recipe's subdomains nearest first (embedding cosine
+    with "name. description")."""
+    subs = recipe.domain.subdomains
+    if len(subs) < 2 or not texts:
+        return [tuple(s.name for s in subs)] * len(texts)
+    from sftmill.embeddings import Embedder
+
+    embedder = Embedder(recipe.embedding, store)
+    labels = embedder.embed([f"{s.name}. {s.description}".strip() for s in subs])
+    sims = embedder.embed(texts) @ labels.T
+    return [tuple(subs[j].name for j in sorted(range(len(subs)), key=lambda j: (-row[j], j)))
+            for row in sims]
 
 
 def profile_chunks(store: Store, recipe: Recipe, chunk_ids: list[str]) -> int:
@@ -36,15 +57,21 @@ def profile_chunks(store: Store, recipe: Recipe, chunk_ids: list[str]) -> int:
         "SELECT chunk_id, heading, text FROM chunks WHERE chunk_id IN (SELECT unnest(?)) "
         "AND chunk_id NOT IN (SELECT chunk_id FROM profiles) ORDER BY chunk_id", [chunk_ids])
     base = load_template(TEMPLATE)
-    template = with_schema(base, schema_for(recipe, base))
     endpoint = recipe.llm.generator
     llm = make_llm(endpoint, store)
     domain = recipe.domain
-    results = llm_map(
-        llm, endpoint, template, todo,
-        lambda row: {"domain": domain.name, "subdomains": [s.name for s in domain.subdomains],
-                     "use_cases": domain.use_cases, "heading": row[1] or "", "text": row[2]},
-        stage=STAGE, seed=recipe.seed)
+    orders = subdomain_orders(store, recipe, [row[2] for row in todo])
+    if domain.subdomain_by == "embedding":
+        orders = [order[:1] for order in orders]
+    results = []
+    for order in sorted(set(orders)):  # one schema per order of the subdomains
+        template = with_schema(base, schema_for(recipe, base, list(order)))
+        group = [row for row, o in zip(todo, orders) if o == order]
+        results += llm_map(
+            llm, endpoint, template, group,
+            lambda row: {"domain": domain.name, "subdomains": list(order),
+                         "use_cases": domain.use_cases, "heading": row[1] or "", "text": row[2]},
+            stage=STAGE, seed=recipe.seed)
     rows = []
     for (chunk_id, _h, _t), result in answered(store, STAGE, results, lambda row: row[0]):
         p = result.data
@@ -56,7 +83,8 @@ def profile_chunks(store: Store, recipe: Recipe, chunk_ids: list[str]) -> int:
     return len(todo)
 
 
-@stage_task("profile", sections=("domain", "llm", "thresholds", "seed"), templates=(TEMPLATE,))
+@stage_task("profile", sections=("domain", "llm", "thresholds", "embedding", "seed"),
+            templates=(TEMPLATE,))
 def profile(recipe: Recipe, relevant: StageResult) -> StageResult:
     store = Store.open(relevant.out.db_path)
     timer = StageTimer(store, STAGE)

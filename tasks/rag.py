@@ -22,8 +22,8 @@ from sftmill.progress import progress
 from sftmill.prompts import exact_items, load_template, with_schema
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, TableRef, content_id
-from tasks.chunk import chunk_documents
-from tasks.web import QUERY_TOKENS, fetch_new_pages, run_searches
+from sftmill.tasks.chunk import chunk_documents
+from sftmill.tasks.web import QUERY_TOKENS, fetch_new_pages, run_searches
 
 QUERY_STAGE = "answer_queries"
 SEARCH_STAGE = "answer_search"

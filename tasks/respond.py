@@ -4,7 +4,8 @@ the augmentations.
 
 Poor-answer reasons (after WizardLM's instruction eliminator):
     empty_response       nothing came back
-    response_truncated   the answer used the whole token budget (cut off)
+    response_truncated   the answer used the whole token budget, or stops mid-sentence
+                         (on a colon, a comma, "and" …: `ends_mid_sentence`)
     response_refusal     an apology or refusal in a short answer (< 80 words)
     response_too_short   fewer than `min_words` words that are not stop words
 """
@@ -18,7 +19,7 @@ from sftmill.batch import answered, llm_map
 from sftmill.config import LLMEndpoint
 from sftmill.llm import ChatResult
 from sftmill.prompts import load_template
-from tasks.self_instruct_filters import tokens
+from sftmill.tasks.self_instruct_filters import tokens
 
 REFUSAL_RE = re.compile(
     r"\b(sorry|apologi[sz]e|i cannot|i can't|i can ?not|i am unable|i'm unable|i am not able|"
@@ -31,16 +32,28 @@ STOPWORDS = frozenset(
     "ok okay".split())
 
 
+_CITATION_TAIL = re.compile(r"(\s*\[\d{1,3}\])+\s*$")
+_DANGLING = re.compile(r"(?:[:,;(\[{–—-]|\b(?:and|or|the|a|an|of|to|with|such as|including|"
+                       r"are|is|which|that|because|e\.g\.|i\.e\.))\s*$", re.IGNORECASE)
+
+
 def truncated(result: ChatResult, limit: int) -> bool:
     """The answer stopped because it reached the token budget."""
     return result.tokens_out >= limit
+
+
+def ends_mid_sentence(text: str) -> bool:
+    """The text stops where no complete answer stops: on a colon, comma or
+    open bracket, or on a word that needs a continuation ("and", "the",
+    "such as" …).  Citation markers at the end are ignored."""
+    return bool(_DANGLING.search(_CITATION_TAIL.sub("", text.strip())))
 
 
 def response_problem(text: str, was_truncated: bool, min_words: int = 3) -> str | None:
     """Why an answer is too poor to keep (None: keep it)."""
     if not text.strip():
         return "empty_response"
-    if was_truncated:
+    if was_truncated or ends_mid_sentence(text):
         return "response_truncated"
     if REFUSAL_RE.search(text) and len(text.split()) < REFUSAL_MAX_WORDS:
         return "response_refusal"

@@ -44,7 +44,7 @@ DECISIONS = ("accept", "reject", "edit")
 
 def write_sheet(store: Store, out: Path, n: int, seed: int = 0) -> int:
     """A review sheet of `n` records drawn at random (all when fewer)."""
-    from tasks.export import write_atomic
+    from sftmill.tasks.export import write_atomic
 
     store.ensure_tables(SCHEMA)
     ids = [r for (r,) in store.execute("SELECT record_id FROM dataset ORDER BY record_id")]

@@ -54,7 +54,7 @@ class LocalSearch:
         self._index()
 
     def _index(self) -> None:
-        from tasks.collect import Skip, read_file
+        from sftmill.tasks.collect import Skip, read_file
 
         known = {r[0] for r in self.store.execute("SELECT uri FROM search_pages")}
         pages, postings = [], []

@@ -24,11 +24,12 @@ from sftmill.llm import make_llm
 from sftmill.prompts import load_template
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
-from tasks.self_instruct_filters import (ROUGE_THRESHOLD, NoveltyIndex, instance_rejects,
+from sftmill.tasks.self_instruct_filters import (ROUGE_THRESHOLD, NoveltyIndex, instance_rejects,
                                          instruction_reject)
 
 STAGE = "self_instruct"
 HUMAN_EXAMPLES, MACHINE_EXAMPLES = 6, 2
+CLASSIFY_EXAMPLES = 31  # the paper: 12 classification and 19 other seed tasks
 
 SCHEMA = {
     "si_tasks": """
@@ -60,6 +61,11 @@ class SelfInstructConfig(GeneratorConfig):
     new_per_prompt: int = Field(default=4, ge=1, le=20)
     max_rounds: int = Field(default=20, ge=1)
     rouge_threshold: float = Field(default=ROUGE_THRESHOLD, gt=0, le=1)
+
+    def llm_templates(self):
+        return [("generator", self.generator, name, 0) for name in (
+            "self_instruct_generate", "self_instruct_classify", "self_instruct_input_first",
+            "self_instruct_output_first")]
 
 
 def load_seeds(path: str | Path) -> list[dict]:
@@ -108,7 +114,8 @@ def propose(store: Store, cfg: SelfInstructConfig, llm, round_no: int) -> list[t
     template = load_template("self_instruct_generate")
     results = llm_map(llm, cfg.generator, template, batches,
                       lambda ex: {"examples": ex, "n": cfg.new_per_prompt},
-                      stage=f"{STAGE}_generate", seed=cfg.seed + round_no)
+                      stage=f"{STAGE}_generate", seed=cfg.seed + round_no,
+                      fit="examples", store=store)
     out = []
     for _batch, result in answered(store, f"{STAGE}_generate", results,
                                    lambda batch: content_id(round_no, batch)):
@@ -134,12 +141,31 @@ def filter_instructions(store: Store, cfg: SelfInstructConfig, candidates: list[
     return kept
 
 
+def by_length(seeds: list[dict]) -> list[dict]:
+    """Seed tasks shortest first (then by text): the order in-context
+    examples are given in, so a prompt cut to fit the context keeps the most."""
+    return sorted(seeds, key=lambda s: (len(json.dumps(s, ensure_ascii=False)), s["instruction"]))
+
+
+def classification_examples(seeds: list[dict]) -> list[dict]:
+    """The few-shot examples for classification identification, best first
+    and at most the paper's 31: classification and other tasks alternating,
+    each shortest first, so a prompt shortened to fit a small context stays
+    balanced."""
+    yes = by_length([s for s in seeds if s["is_classification"]])
+    no = by_length([s for s in seeds if not s["is_classification"]])
+    mixed = [s for pair in zip(no, yes) for s in pair]
+    return (mixed + no[len(yes):] + yes[len(no):])[:CLASSIFY_EXAMPLES]
+
+
 def classify(store: Store, cfg: SelfInstructConfig, llm, seeds: list[dict],
              instructions: list[str]) -> dict[str, bool]:
     template = load_template("self_instruct_classify")
+    examples = classification_examples(seeds)
     results = llm_map(llm, cfg.generator, template, instructions,
-                      lambda i: {"examples": seeds, "instruction": i},
-                      stage=f"{STAGE}_classify", seed=cfg.seed, max_tokens=16)
+                      lambda i: {"examples": examples, "instruction": i},
+                      stage=f"{STAGE}_classify", seed=cfg.seed, max_tokens=16,
+                      fit="examples", store=store)
     return {instruction: result.data["is_classification"]
             for instruction, result in answered(store, f"{STAGE}_classify", results, content_id)}
 
@@ -150,11 +176,12 @@ def make_instances(store: Store, cfg: SelfInstructConfig, llm, seeds: list[dict]
     out: dict[str, tuple[list[dict], str, str]] = {}
     for is_cls, name in ((True, "self_instruct_output_first"), (False, "self_instruct_input_first")):
         todo = [i for i, c in labels.items() if c is is_cls]
-        examples = [s for s in seeds if s["is_classification"] is is_cls][:3]
+        examples = by_length([s for s in seeds if s["is_classification"] is is_cls])[:3]
         template = load_template(name)
         results = llm_map(llm, cfg.generator, template, todo,
                           lambda i: {"examples": examples, "instruction": i},
-                          stage=f"{STAGE}_instances", seed=cfg.seed)
+                          stage=f"{STAGE}_instances", seed=cfg.seed,
+                          fit="examples", store=store)
         for instruction, result in answered(store, f"{STAGE}_instances", results, content_id):
             instances = [{"input": x["input"], "output": x["label"] if is_cls else x["output"]}
                          for x in result.data["instances"]]
@@ -195,6 +222,27 @@ def run_round(store: Store, cfg: SelfInstructConfig, seeds: list[dict], round_no
     return len(tasks)
 
 
+STALL_ROUNDS = 3
+
+
+def stalled(rounds: list[StageResult]) -> bool:
+    """True when the last `STALL_ROUNDS` rounds added nothing to the pool."""
+    last = rounds[-STALL_ROUNDS:]
+    return len(last) == STALL_ROUNDS and all(r.n_out == r.n_in for r in last)
+
+
+def stall_message(cfg: SelfInstructConfig, rounds: list[StageResult]) -> str:
+    """One line: why the loop stopped early, naming the commonest drop reasons."""
+    store = Store.open(cfg.db_path)
+    top = store.execute(f"SELECT reason, count(*) AS n FROM rejects WHERE stage LIKE '{STAGE}%' "
+                        "GROUP BY reason ORDER BY n DESC, reason LIMIT 3")
+    message = (f"self-instruct stopped after round {len(rounds)}: the last {STALL_ROUNDS} rounds "
+               f"added no instruction (target {cfg.target}); commonest drops: "
+               + (", ".join(f"{r} {n}" for r, n in top) or "none"))
+    store.set_meta("stopped_early", message)
+    return message
+
+
 def machine_count(store: Store) -> int:
     return int(store.scalar("SELECT count(*) FROM si_tasks WHERE origin = 'machine'"))
 
@@ -231,8 +279,8 @@ def bootstrap_round(cfg: SelfInstructConfig, pool: StageResult | None, round_no:
 
 @stage_task("self_instruct_export", sections=(), cached=False)
 def export_self_instruct(cfg: SelfInstructConfig, pool: StageResult, fmt: str) -> StageResult:
-    from tasks.card import write_generator_card
-    from tasks.export import export_files
+    from sftmill.tasks.card import write_generator_card
+    from sftmill.tasks.export import export_files
 
     store = Store.open(cfg.db_path)
     timer = StageTimer(store, "export")

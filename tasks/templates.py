@@ -41,8 +41,8 @@ from sftmill.llm import make_llm
 from sftmill.prompts import exact_items, load_template, with_schema
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
-from tasks.dedup import new_near_duplicates
-from tasks.respond import respond
+from sftmill.tasks.dedup import new_near_duplicates
+from sftmill.tasks.respond import respond
 
 PLACEHOLDER = re.compile(r"\[([A-Z][A-Z0-9_]*)(?::(\d+))?\]")
 MAX_DRAWS = 100_000  # fillings drawn at most per template (a huge product is sampled)
@@ -181,6 +181,9 @@ class TemplatesConfig(GeneratorConfig):
     dedup_cosine: float = Field(default=0.92, gt=0, le=1, description="A filled instruction this "
                                 "cosine-similar to an earlier one is dropped.")
     embedding: Embedding = Field(default_factory=Embedding)
+
+    def llm_templates(self):
+        return [("generator", self.generator, "template_slot_values", 0)] + super().llm_templates()
 
 
 @stage_task("template_slot_values", sections=())

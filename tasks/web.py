@@ -26,9 +26,9 @@ from sftmill.progress import progress
 from sftmill.prompts import exact_items, load_template, with_schema
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
-from tasks.collect import Doc, Skip, document_row, read_file
-from tasks.fetch import Fetched, Fetcher
-from tasks.search import SearchError, make_search
+from sftmill.tasks.collect import Doc, Skip, document_row, read_file
+from sftmill.tasks.fetch import Fetched, Fetcher
+from sftmill.tasks.search import SearchError, make_search
 
 QUERY_STAGE = "web_queries"
 FETCH_STAGE = "search_fetch"
@@ -38,7 +38,10 @@ TEMPLATE = "web_queries"
 
 def needed_profiles(recipe: Recipe) -> int:
     """Profiles the generation stage needs to reach the target prompt count."""
-    per_profile = recipe.sizes.prompts_per_profile * (1 + recipe.sizes.rephrasings_per_prompt)
+    sizes = recipe.sizes
+    per_profile = sizes.prompts_per_profile + sizes.broaden_per_profile
+    if sizes.keep_rephrased_originals:  # variants are kept beside their originals
+        per_profile *= 1 + sizes.rephrasings_per_prompt
     return -(-recipe.sizes.target_prompts // per_profile)
 
 

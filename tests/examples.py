@@ -22,6 +22,6 @@ def example_recipe(tmp_path: Path, **overrides) -> Path:
 
 def params(recipe: Path, **overrides):
     """Flow parameters for a recipe file."""
-    from flows.params import RunParams
+    from sftmill.flows.params import RunParams
 
     return RunParams(recipe_path=str(recipe), **overrides)

@@ -73,13 +73,11 @@ def schema_answers(request: ChatRequest):
                                   {"label": "lepton", "input": f"other sample {tag}"}]}
         return {"instances": [{"input": "", "output": f"An explanation ({tag})."},
                               {"input": "same", "output": "same"}]}  # output equals input
-    if "citations" in props:
-        enum = props["citations"].get("items", {}).get("enum", [])
-        if not enum:
-            return {"answer": f"Without sources: quarks are confined by gluons ({tag}).",
-                    "citations": []}
+    if request.schema is None and "Request:" in text:  # a grounded answer (plain text)
+        if "Sources:" not in text:
+            return f"Without sources: quarks are confined by gluons ({tag})."
         first = text.split("[1] ", 1)[1].split("\n", 1)[0]
-        return {"answer": f"{first[:300]} [1]", "citations": [1]}
+        return f"{first[:300]} [1]"
     if set(props) == {"score", "reason"}:
         off = any(w in text.lower() for w in OFF_TOPIC)
         return {"score": 1 if off else 5, "reason": "scripted judgement"}
@@ -106,9 +104,9 @@ def schema_answers(request: ChatRequest):
     raise AssertionError(f"no scripted answer for schema {sorted(props)}")
 
 
-LLM_USERS = ("tasks.profile", "tasks.web", "tasks.generate",
-             "tasks.rephrase", "tasks.rag", "tasks.answer", "sftmill.llm", "tasks.evol",
-             "tasks.augment", "tasks.templates")
+LLM_USERS = ("sftmill.tasks.profile", "sftmill.tasks.web", "sftmill.tasks.generate",
+             "sftmill.tasks.rephrase", "sftmill.tasks.rag", "sftmill.tasks.answer", "sftmill.llm", "sftmill.tasks.evol",
+             "sftmill.tasks.augment", "sftmill.tasks.templates")
 
 
 def route_llm(monkeypatch, llm: ScriptedLLM) -> ScriptedLLM:

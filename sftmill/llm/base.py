@@ -36,6 +36,15 @@ class LLMOutputError(LLMError):
     and one re-prompt, or the server rejected this one request).  The caller
     skips the record with reason `llm_invalid_output`."""
 
+    reason = "llm_invalid_output"
+
+
+class PromptTooLong(LLMOutputError):
+    """The rendered prompt and its answer budget do not fit the model's
+    context: nothing is sent, the record is skipped as `prompt_too_long`."""
+
+    reason = "prompt_too_long"
+
 
 class LLMUnavailableError(LLMError):
     """The endpoint could not be reached after all retries, or refused us
@@ -51,6 +60,7 @@ class ChatRequest:
     top_p: float = 0.95
     max_tokens: int = 512
     seed: int = 0
+    stop: tuple[str, ...] = ()  # stop sequences (OpenAI `stop`); the text ends before them
     stage: str = ""  # for statistics only; not part of the cache key
 
     @classmethod
@@ -61,11 +71,11 @@ class ChatRequest:
         return [{"role": r, "content": c} for r, c in self.messages]
 
     def key(self, model: str) -> str:
-        return content_id(
-            model, self.messages, self.schema,
-            {"temperature": self.temperature, "top_p": self.top_p,
-             "max_tokens": self.max_tokens}, self.seed,
-        )
+        sampling = {"temperature": self.temperature, "top_p": self.top_p,
+                    "max_tokens": self.max_tokens}
+        if self.stop:  # only when set, so keys of earlier calls stay valid
+            sampling["stop"] = list(self.stop)
+        return content_id(model, self.messages, self.schema, sampling, self.seed)
 
 
 @dataclass
@@ -114,10 +124,29 @@ class LLM:
 
     backend = "base"
     max_concurrency = 1
+    # Tokens the model takes, prompt and answer together; None: not known
+    # (prompts are then sent as they are and the server decides).
+    context_window: int | None = None
 
     def __init__(self, model: str, store: Store | None = None):
         self.model = model
         self.store = store
+
+    def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        """Tokens `messages` take in the prompt.  Without a tokenizer: a
+        cautious estimate (3 characters a token, 8 tokens of chat framing a
+        message); backends with one count exactly."""
+        return sum(len(m["content"]) // 3 + 8 for m in messages)
+
+    def prompt_too_long(self, request: ChatRequest) -> str | None:
+        """Why `request` cannot be answered whole in the model's context (None: it can)."""
+        if self.context_window is None:
+            return None
+        need = self.count_tokens(request.message_dicts())
+        if need + request.max_tokens > self.context_window:
+            return (f"prompt_too_long: {need} prompt tokens + max_tokens {request.max_tokens} "
+                    f"> context {self.context_window}")
+        return None
 
     # -- backend hook -------------------------------------------------------
     async def _raw_complete(self, request: ChatRequest) -> RawCompletion:
@@ -142,7 +171,8 @@ class LLM:
         request_json = "" if status == "cache_hit" else json.dumps(
             {"messages": request.message_dicts(), "schema": request.schema,
              "temperature": request.temperature, "top_p": request.top_p,
-             "max_tokens": request.max_tokens, "seed": request.seed},
+             "max_tokens": request.max_tokens, "seed": request.seed,
+             **({"stop": list(request.stop)} if request.stop else {})},
             ensure_ascii=False,
         )
         self.store.insert("llm_calls", [{
@@ -162,6 +192,9 @@ class LLM:
             data = parse_structured(hit["response_text"], request.schema) if request.schema else None
             return ChatResult(hit["response_text"], data, key, True,
                               hit["tokens_in"] or 0, hit["tokens_out"] or 0)
+        too_long = self.prompt_too_long(request)
+        if too_long:
+            raise PromptTooLong(too_long)
         started = time.perf_counter()
         try:
             raw = await self._raw_complete(request)
@@ -189,7 +222,8 @@ class LLM:
                          "a JSON object that follows the schema."),
             ),
             schema=request.schema, temperature=request.temperature, top_p=request.top_p,
-            max_tokens=request.max_tokens, seed=request.seed + 1, stage=request.stage,
+            max_tokens=request.max_tokens, seed=request.seed + 1, stop=request.stop,
+            stage=request.stage,
         )
         second = await self._raw_complete(retry)
         merged = RawCompletion(second.text, raw.tokens_in + second.tokens_in,

@@ -109,6 +109,13 @@ class EmbeddedLLM(LLM):
         super().__init__(f"llama.cpp:{self.gguf.name}", store)
         self.endpoint = endpoint
         self.n_threads = endpoint.n_threads or default_threads()
+        self.context_window = endpoint.n_ctx
+
+    def count_tokens(self, messages) -> int:
+        """Exact for the text (the model's own tokenizer) plus the chat template's framing."""
+        llama = self._llama()
+        return sum(len(llama.tokenize(m["content"].encode(), add_bos=False, special=True)) + 8
+                   for m in messages)
 
     def _llama(self):
         with _LOAD_LOCK:
@@ -128,6 +135,7 @@ class EmbeddedLLM(LLM):
                     top_p=request.top_p,
                     max_tokens=request.max_tokens,
                     seed=request.seed,
+                    stop=list(request.stop) or None,
                     **kwargs,
                 )
             except ValueError as err:  # e.g. prompt longer than the context

@@ -64,6 +64,8 @@ class OpenAIChatLLM(LLM):
         super().__init__(endpoint.model, store)
         self.endpoint = endpoint
         self.max_concurrency = endpoint.max_concurrency
+        # A server's context is known only when the recipe gives it (n_ctx).
+        self.context_window = endpoint.n_ctx if "n_ctx" in endpoint.model_fields_set else None
         self._transport = transport  # tests inject httpx.MockTransport
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
@@ -75,6 +77,8 @@ class OpenAIChatLLM(LLM):
             "max_tokens": request.max_tokens,
             "seed": request.seed,
         }
+        if request.stop:
+            body["stop"] = list(request.stop)
         mode = self.endpoint.structured_output
         if request.schema is not None and mode == "json_schema":
             body["response_format"] = {

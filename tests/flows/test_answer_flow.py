@@ -38,7 +38,7 @@ def check_record(fmt: str, record: dict) -> tuple[str, str]:
 def finished_run(prefect_harness, tmp_path_factory):
     from _pytest.monkeypatch import MonkeyPatch
 
-    from flows.pipeline import pipeline
+    from sftmill.flows.pipeline import pipeline
 
     tmp = tmp_path_factory.mktemp("pipeline")
     patch = MonkeyPatch()
@@ -114,8 +114,8 @@ def test_export_rejects_an_unknown_format(finished_run):
 def test_answer_flow_with_the_real_embedded_model(prefect_harness, tmp_path, monkeypatch):
     """Prompts from a scripted prompt flow (fast), then every LLM stage of the
     answer flow with the real SmolLM2 on three of them."""
-    from flows.answer_flow import answer_flow
-    from flows.prompt_flow import prompt_flow
+    from sftmill.flows.answer_flow import answer_flow
+    from sftmill.flows.prompt_flow import prompt_flow
 
     recipe = example_recipe(tmp_path, answers={"queries_per_prompt": 1, "top_k": 2})
     with monkeypatch.context() as patch:

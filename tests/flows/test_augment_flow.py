@@ -8,7 +8,7 @@ import pytest
 from fakes import ScriptedLLM, route_llm, user_text
 from sftmill.config import LLMEndpoint
 from sftmill.store import Store
-from tasks.augment import AugmentConfig, translation_budget
+from sftmill.tasks.augment import AugmentConfig, translation_budget
 
 INPUTS = [
     {"prompt": "Explain how gluons bind quarks inside a proton.",
@@ -48,7 +48,7 @@ def records_of(tmp_path):
 
 
 def test_paraphrase_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatch):
-    from flows.augment_flow import augment_flow
+    from sftmill.flows.augment_flow import augment_flow
 
     route_llm(monkeypatch, ScriptedLLM(scripted))
     cfg = AugmentConfig(input_path=str(write_inputs(tmp_path)), output_dir=str(tmp_path / "aug"), n=3)
@@ -76,7 +76,7 @@ def test_paraphrase_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatc
 
 
 def test_back_translation_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatch):
-    from flows.augment_flow import augment_flow
+    from sftmill.flows.augment_flow import augment_flow
 
     llm = route_llm(monkeypatch, ScriptedLLM(scripted))
     cfg = AugmentConfig(input_path=str(write_inputs(tmp_path)), output_dir=str(tmp_path / "aug"),
@@ -108,7 +108,7 @@ def test_back_translation_flow_with_scripted_llm(prefect_harness, tmp_path, monk
 
 @pytest.mark.real_model
 def test_paraphrase_flow_with_the_real_embedded_model(prefect_harness, tmp_path):
-    from flows.augment_flow import augment_flow
+    from sftmill.flows.augment_flow import augment_flow
 
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps(INPUTS[0]) + "\n")
@@ -126,7 +126,7 @@ def test_paraphrase_flow_with_the_real_embedded_model(prefect_harness, tmp_path)
 
 @pytest.mark.real_model
 def test_back_translation_flow_with_the_real_embedded_model(prefect_harness, tmp_path):
-    from flows.augment_flow import augment_flow
+    from sftmill.flows.augment_flow import augment_flow
 
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps(INPUTS[0]) + "\n")

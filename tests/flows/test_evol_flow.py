@@ -9,8 +9,8 @@ import pytest
 from fakes import ScriptedLLM, route_llm, user_text
 from sftmill.config import LLMEndpoint
 from sftmill.store import Store
-from tasks.evol import OPERATIONS, EvolConfig, evolution_problem
-from tasks.respond import response_problem
+from sftmill.tasks.evol import OPERATIONS, EvolConfig, evolution_problem
+from sftmill.tasks.respond import response_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,7 @@ def scripted(request):
 
 
 def test_evol_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatch):
-    from flows.evol_flow import evol_flow
+    from sftmill.flows.evol_flow import evol_flow
 
     llm = route_llm(monkeypatch, ScriptedLLM(scripted))
     cfg = EvolConfig(input_path=str(ROOT / "data" / "evol" / "instructions.txt"),
@@ -105,7 +105,7 @@ def test_evol_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatch):
 
 
 def test_evol_flow_without_judge_and_with_inputs(prefect_harness, tmp_path, monkeypatch):
-    from flows.evol_flow import evol_flow
+    from sftmill.flows.evol_flow import evol_flow
 
     route_llm(monkeypatch, ScriptedLLM(scripted))
     source = tmp_path / "in.jsonl"
@@ -120,7 +120,7 @@ def test_evol_flow_without_judge_and_with_inputs(prefect_harness, tmp_path, monk
 
 @pytest.mark.real_model
 def test_evol_flow_with_the_real_embedded_model(prefect_harness, tmp_path):
-    from flows.evol_flow import evol_flow
+    from sftmill.flows.evol_flow import evol_flow
 
     source = tmp_path / "in.txt"
     source.write_text("Explain what colour charge is.\nList the six quark flavours.\n")
@@ -142,7 +142,7 @@ def test_evol_flow_with_the_real_embedded_model(prefect_harness, tmp_path):
 
 def test_evol_run_that_loses_its_llm_resumes_without_paying_twice(prefect_harness, tmp_path,
                                                                   monkeypatch):
-    from flows.evol_flow import evol_flow
+    from sftmill.flows.evol_flow import evol_flow
     from sftmill.llm import LLMUnavailableError
 
     budget = {"left": 14}
@@ -172,7 +172,7 @@ def test_evol_run_that_loses_its_llm_resumes_without_paying_twice(prefect_harnes
 
 def test_a_new_input_file_in_the_same_folder_leaves_old_lineages_out(prefect_harness, tmp_path,
                                                                      monkeypatch):
-    from flows.evol_flow import evol_flow
+    from sftmill.flows.evol_flow import evol_flow
 
     route_llm(monkeypatch, ScriptedLLM(scripted))
     source = tmp_path / "in.txt"
@@ -189,7 +189,7 @@ def test_a_new_input_file_in_the_same_folder_leaves_old_lineages_out(prefect_har
 
 def test_evolutions_that_repeat_another_lineage_are_near_duplicates(prefect_harness, tmp_path,
                                                                     monkeypatch):
-    from flows.evol_flow import evol_flow
+    from sftmill.flows.evol_flow import evol_flow
 
     def converge(request):
         if "knowledgeable, careful assistant" in request.messages[0][1]:

@@ -17,10 +17,11 @@ def scripted(monkeypatch):
 
 
 def test_flow_runs_every_stage_with_lineage(prefect_harness, tmp_path, scripted):
-    from flows.prompt_flow import prompt_flow
+    from sftmill.flows.prompt_flow import prompt_flow
 
     # A target above what the corpus gives forces one web round (local backend).
-    results = prompt_flow(params(example_recipe(tmp_path, sizes={"target_prompts": 200})))
+    results = prompt_flow(params(example_recipe(tmp_path, sizes={"target_prompts": 200,
+                                                              "broaden_per_profile": 1})))
     stages = [r.stage for r in results]
     assert stages == ["collect", "chunk", "relevance", "profile", "web_queries", "search_fetch",
                       "chunk#2", "relevance#2", "profile#2", "generate", "broaden", "rephrase",
@@ -48,7 +49,7 @@ def test_flow_runs_every_stage_with_lineage(prefect_harness, tmp_path, scripted)
 
 
 def test_rerun_sends_no_llm_call_again(prefect_harness, tmp_path, scripted):
-    from flows.prompt_flow import prompt_flow
+    from sftmill.flows.prompt_flow import prompt_flow
 
     recipe = example_recipe(tmp_path)
     prompt_flow(params(recipe))
@@ -65,7 +66,7 @@ def test_rerun_sends_no_llm_call_again(prefect_harness, tmp_path, scripted):
 
 
 def test_refresh_recomputes_only_the_chosen_stage(prefect_harness, tmp_path, scripted):
-    from flows.prompt_flow import prompt_flow
+    from sftmill.flows.prompt_flow import prompt_flow
 
     recipe = example_recipe(tmp_path)
     prompt_flow(params(recipe))
@@ -79,7 +80,7 @@ def test_refresh_recomputes_only_the_chosen_stage(prefect_harness, tmp_path, scr
 
 
 def test_failed_stage_resumes_without_paying_twice(prefect_harness, tmp_path, monkeypatch):
-    from flows.prompt_flow import prompt_flow
+    from sftmill.flows.prompt_flow import prompt_flow
 
     calls = {"n": 0, "down": True}
 
@@ -108,11 +109,12 @@ def test_failed_stage_resumes_without_paying_twice(prefect_harness, tmp_path, mo
 @pytest.mark.real_model
 def test_flow_with_the_real_embedded_model(prefect_harness, tmp_path):
     """Every LLM stage of the flow, driven by the real SmolLM2 (kept small)."""
-    from flows.prompt_flow import prompt_flow
+    from sftmill.flows.prompt_flow import prompt_flow
 
     recipe = example_recipe(tmp_path, sizes={
         "max_chunks": 2, "target_prompts": 40, "prompts_per_profile": 2,
         "broaden_per_profile": 1, "rephrasings_per_prompt": 1, "queries_per_profile": 1,
+        "keep_rephrased_originals": True,
         "max_rounds": 1})
     results = prompt_flow(params(recipe))
     store = Store.open(tmp_path / "run" / "sftmill.duckdb")

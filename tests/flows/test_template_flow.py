@@ -10,7 +10,7 @@ import pytest
 from fakes import ScriptedLLM, route_llm, user_text
 from sftmill.config import LLMEndpoint, RecipeError
 from sftmill.store import Store
-from tasks.templates import TemplatesConfig, fill, fillings, load_spec
+from sftmill.tasks.templates import TemplatesConfig, fill, fillings, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "data" / "templates" / "particle_physics.yaml"
@@ -63,7 +63,7 @@ def scripted(request):
 
 
 def test_template_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatch):
-    from flows.template_flow import template_flow
+    from sftmill.flows.template_flow import template_flow
 
     llm = route_llm(monkeypatch, ScriptedLLM(scripted))
     cfg = TemplatesConfig(spec_path=str(SPEC), output_dir=str(tmp_path / "tpl"))
@@ -95,7 +95,7 @@ def test_template_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatch)
 
 @pytest.mark.real_model
 def test_template_flow_with_the_real_embedded_model(prefect_harness, tmp_path):
-    from flows.template_flow import template_flow
+    from sftmill.flows.template_flow import template_flow
 
     spec = tmp_path / "spec.yaml"
     spec.write_text("domain: physics\nmax_per_template: 2\ntemplates: ['Explain [TOPIC] briefly.']\n"

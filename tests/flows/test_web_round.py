@@ -20,7 +20,7 @@ def web():
 
 
 def test_web_round_with_bad_pages(prefect_harness, tmp_path, monkeypatch, web):
-    from flows.prompt_flow import prompt_flow
+    from sftmill.flows.prompt_flow import prompt_flow
 
     llm = route_llm(monkeypatch, ScriptedLLM(schema_answers))
     (tmp_path / "notes.md").write_text(

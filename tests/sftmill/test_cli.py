@@ -125,3 +125,23 @@ def test_a_run_folder_held_by_another_process_is_one_line_error(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_an_output_dir_that_is_a_file_stops_with_one_line(tmp_path):
+    (tmp_path / "a.txt").write_text("Quarks and gluons. " * 20)
+    (tmp_path / "taken").write_text("a file, not a folder")
+    (tmp_path / "r.yaml").write_text(
+        "name: t\noutput_dir: taken\ninputs: [{path: a.txt}]\ndomain: {name: P}\n"
+        "search: {backend: none}\n")
+    (tmp_path / "r2.yaml").write_text(
+        "name: t\noutput_dir: taken/sub/run\ninputs: [{path: a.txt}]\ndomain: {name: P}\n"
+        "search: {backend: none}\n")
+    for name, expected in (("r.yaml", "exists and is not a folder"),
+                           ("r2.yaml", "is not a folder")):
+        for command in ("run", "validate"):
+            result = cli(command, tmp_path / name)
+            assert result.exit_code == 2, result.output
+            assert f"output_dir: " in result.output and expected in result.output
+            assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    result = cli("evol", tmp_path / "a.txt", "--out", tmp_path / "taken")
+    assert result.exit_code == 2 and "exists and is not a folder" in result.output

@@ -14,14 +14,15 @@ SAMPLE = {
     "profile": dict(domain="Physics", subdomains=["QCD"], use_cases=["exam"], heading="",
                     text="MARK"),
     "web_queries": dict(domain="Physics", profile=PROFILE, n=3),
-    "generate": dict(domain="Physics", profile=PROFILE, text="passage", n=3,
+    "generate": dict(domain="Physics", profile=PROFILE, text="passage", n=3, topic="MARK",
                      task_types=["question"], use_cases=["exam"]),
     "broaden": dict(domain="Physics", subdomains=["QCD"], profile=PROFILE,
                     examples=["Why are quarks confined?"], n=2),
-    "rephrase": dict(prompt="MARK", n=2, avoid_openings=["could you please"]),
+    "rephrase": dict(prompt="MARK", n=2, avoid_openings=["could you please"], starter="Explain"),
     "prompt_filter": dict(domain="Physics", subdomains=["QCD"], prompt="MARK"),
     "answer_queries": dict(domain="Physics", prompt="MARK", n=2),
     "answer": dict(domain="Physics", prompt="Why?", passages=["MARK passage"]),
+    "propose_subdomains": dict(domain="Physics", excerpts=["quarks.md: MARK"], n=3),
     "groundedness": dict(passages=["p"], prompt="Why?", answer="MARK [1]"),
     "self_instruct_generate": dict(examples=["MARK one", "two"], n=4),
     "self_instruct_classify": dict(examples=[{"instruction": "Sort it.", "is_classification": True}],
@@ -40,8 +41,8 @@ SAMPLE = {
     "translate": dict(text="MARK", language="French"),
     "template_slot_values": dict(domain="Physics", description="MARK", n=3, examples=["quark"]),
 }
-# Templates whose answer is free text (an instruction, a response, a translation).
-PLAIN_TEXT = {"respond", "translate", *(n for n in SAMPLE if n.startswith("evol_") and n != "evol_equal")}
+# Templates whose answer is free text (an instruction, a response, a grounded answer, a translation).
+PLAIN_TEXT = {"respond", "translate", "answer", *(n for n in SAMPLE if n.startswith("evol_") and n != "evol_equal")}
 
 
 def test_answer_template_without_passages_says_so():

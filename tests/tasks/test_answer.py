@@ -3,7 +3,7 @@ import pytest
 from fakes import ScriptedLLM, route_llm, schema_answers
 from sftmill.config import parse_recipe
 from sftmill.store import Store
-from tasks.answer import (answer_schema, check_answers, cited_numbers, citations_valid, decide,
+from sftmill.tasks.answer import (check_answers, cited_numbers, citations_valid, decide,
                           lexical_support, reject_reason, strip_markers, write_answers)
 
 
@@ -30,13 +30,6 @@ def test_strip_markers():
         "Six flavours exist, in three generations."
 
 
-def test_answer_schema_limits_citations_to_the_passages():
-    base = {"type": "object", "properties": {"answer": {"type": "string"},
-                                             "citations": {"type": "array", "items": {"type": "integer"}}}}
-    with_two = answer_schema(base, 2)
-    assert with_two["properties"]["citations"]["items"]["enum"] == [1, 2]
-    assert with_two["properties"]["citations"]["minItems"] == 1
-    assert answer_schema(base, 0)["properties"]["citations"]["maxItems"] == 0
 
 
 def make_recipe(tmp_path, **answers):
@@ -55,6 +48,8 @@ CHECK = {"n_chars": 100, "refusal": False, "citations_valid": True, "cited": Tru
     ({"n_chars": 5}, True, "too_short"),
     ({"n_chars": 99999}, True, "too_long"),
     ({"refusal": True}, True, "refusal"),
+    ({"truncated": True}, True, "truncated"),
+    ({"echoes_prompt": True}, True, "echoes_prompt"),
     ({"citations_valid": False}, True, "invalid_citation"),
     ({"cited": False}, True, "no_citations"),
     ({"lexical_support": 0.05}, True, "low_lexical_support"),
@@ -98,3 +93,17 @@ def test_prompt_without_passages_is_dropped_or_flagged_never_grounded(tmp_path, 
         assert "p2" not in records
         assert store.execute("SELECT item_id, reason FROM rejects WHERE stage = 'answer'") == [
             ("p2", "no_supporting_passage")]
+
+
+def test_a_cut_off_answer_is_rejected_as_truncated():
+    from sftmill.tasks.answer import echoes_prompt
+    from sftmill.tasks.respond import ends_mid_sentence
+
+    cut = "There are six flavours of quark, arranged in three generations of increasing mass:"
+    assert ends_mid_sentence(cut) and ends_mid_sentence("Quarks bind through gluons and [1]")
+    assert ends_mid_sentence("The heaviest quarks are, for example, top and")
+    assert not ends_mid_sentence("Quarks come in six flavours [1].")
+    assert not ends_mid_sentence("Why? Because the colour field forms a tube [2] [3]")
+    assert echoes_prompt("What happens to mesons when they decay? [1]",
+                         "What happens to mesons when they decay?")
+    assert not echoes_prompt("Mesons decay into lighter hadrons [1].", "What happens to mesons?")

@@ -1,6 +1,6 @@
 import pytest
 
-from tasks.chunk import chunk_text, estimate_tokens, split_blocks
+from sftmill.tasks.chunk import chunk_text, estimate_tokens, split_blocks
 
 DOC = """# Quarks
 

@@ -1,3 +1,4 @@
+import codecs
 import json
 
 import pyarrow as pa
@@ -5,7 +6,7 @@ import pyarrow.parquet as pq
 
 from sftmill.config import parse_recipe
 from sftmill.store import Store
-from tasks.collect import collect_into
+from sftmill.tasks.collect import collect_into
 
 TEXT = "Quarks are bound by gluons into hadrons such as protons. " * 5
 
@@ -24,7 +25,6 @@ def test_bad_files_are_skipped_with_reasons_and_good_ones_kept(tmp_path):
     (docs / "empty.txt").write_text("")
     (docs / "blank.txt").write_text("  \n\t\n")
     (docs / "binary.txt").write_bytes(b"\x00\x01\x02abc")
-    (docs / "latin1.txt").write_bytes("caf\xe9 gluon".encode("latin-1"))
     (docs / "big.txt").write_text("x" * 5000)
     (docs / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     (docs / "page.html").write_text(
@@ -33,14 +33,39 @@ def test_bad_files_are_skipped_with_reasons_and_good_ones_kept(tmp_path):
     recipe = make_recipe(tmp_path, [{"path": "docs"}], limits={"max_file_bytes": 4000})
     store = Store.open(tmp_path / "run.duckdb")
     seen, stored = collect_into(store, recipe)
-    assert (seen, stored) == (9, 2)
+    assert (seen, stored) == (8, 2)
     reasons = {r["detail"].split(":")[1].rsplit("/", 1)[-1]: r["reason"]
                for r in store.query_dicts("SELECT reason, detail FROM rejects")}
     assert reasons == {"empty.txt": "empty", "blank.txt": "empty", "binary.txt": "binary",
-                       "latin1.txt": "undecodable", "big.txt": "too_large",
+                       "big.txt": "too_large",
                        "image.png": "binary"}
     titles = sorted(r[0] for r in store.execute("SELECT title FROM documents"))
     assert titles[0] == "Gluons"
+
+
+LATIN = ("Über die Quarks: Gell-Mann schlug 1964 vor, dass Hadronen aus drei Sorten "
+         "bestehen. Die Farbladung der Gluonen erklärt, warum man freie Quarks nie sieht; "
+         "à Genève, le CERN étudie la chromodynamique quantique. ") * 3
+
+
+def test_latin1_cp1252_and_utf16_files_are_decoded_not_refused(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "latin1.txt").write_bytes(LATIN.encode("latin-1"))
+    (docs / "cp1252.txt").write_bytes(("“Quarks” – three of them – " + LATIN).encode("cp1252"))
+    (docs / "utf16.txt").write_bytes(("Gluons: " + LATIN).encode("utf-16"))  # with BOM
+    (docs / "utf16be.md").write_bytes(codecs.BOM_UTF16_BE + ("# QCD\n\n" + LATIN).encode("utf-16-be"))
+    (docs / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    recipe = make_recipe(tmp_path, [{"path": "docs"}])
+    store = Store.open(tmp_path / "run.duckdb")
+    assert collect_into(store, recipe) == (5, 4)
+    texts = {r[0].rsplit("/", 1)[-1]: r[1] for r in store.execute("SELECT uri, text FROM documents")}
+    same = lambda a, b: a.split() == b.split()  # noqa: E731 (collect normalises spacing)
+    assert same(texts["latin1.txt"], LATIN)
+    assert texts["cp1252.txt"].startswith("“Quarks” – three")
+    assert same(texts["utf16.txt"], "Gluons: " + LATIN)
+    assert texts["utf16be.md"].startswith("# QCD")
+    assert store.execute("SELECT reason FROM rejects") == [("binary",)]
 
 
 def test_rerun_adds_no_duplicates(tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-import tasks.dedup as dedup
+import sftmill.tasks.dedup as dedup
 from sftmill.config import Embedding
 from sftmill.embeddings import Embedder
 
@@ -59,7 +59,7 @@ def test_no_prompts():
 
 
 def test_new_near_duplicates_against_old_rows_earlier_new_rows_and_groups():
-    from tasks.dedup import new_near_duplicates
+    from sftmill.tasks.dedup import new_near_duplicates
 
     def unit(*xs):
         v = np.array(xs, dtype=np.float32)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tasks.export import to_record, write_atomic
+from sftmill.tasks.export import to_record, write_atomic
 
 
 @pytest.mark.parametrize("fmt, keys", [("openai", {"messages", "metadata"}),

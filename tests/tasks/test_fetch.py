@@ -1,6 +1,6 @@
 import pytest
 
-from tasks.fetch import FetchConfig, Fetcher
+from sftmill.tasks.fetch import FetchConfig, Fetcher
 from webserver import GOOD, TinyWeb
 
 

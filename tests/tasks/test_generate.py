@@ -1,7 +1,7 @@
 import pytest
 
 from sftmill.config import parse_recipe
-from tasks.generate import allocate, select_profiles, target_shares
+from sftmill.tasks.generate import allocate, select_profiles, target_shares
 
 
 def recipe(tmp_path, subdomains, target=60, per_profile=3, rephrase=1):
@@ -34,6 +34,6 @@ def test_select_profiles_is_deterministic_and_meets_shares(tmp_path):
     r = recipe(tmp_path, [{"name": "A", "share": 0.8}, {"name": "B", "share": 0.2}], target=60)
     profiles = [{"profile_id": f"p{i:02d}", "subdomain": "A" if i % 2 else "B"} for i in range(40)]
     chosen = select_profiles(profiles, r)
-    assert len(chosen) == 10  # 60 prompts / (3 per profile × 2 with the rephrasing)
-    assert sum(p["subdomain"] == "A" for p in chosen) == 8
+    assert len(chosen) == 15  # 60 prompts / (3 generated + 1 broadened per profile)
+    assert sum(p["subdomain"] == "A" for p in chosen) == 12
     assert chosen == select_profiles(list(reversed(profiles)), r)

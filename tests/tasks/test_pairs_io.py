@@ -3,7 +3,7 @@ import json
 import pytest
 
 from sftmill.config import RecipeError
-from tasks.pairs_io import read_items
+from sftmill.tasks.pairs_io import read_items
 
 
 def test_every_input_form_is_read_and_bad_lines_are_skipped_with_reasons(tmp_path):

@@ -5,8 +5,8 @@ import pytest
 
 from sftmill.config import RecipeError
 from sftmill.store import SCHEMA, Store
-from tasks.export import export_jsonl
-from tasks.review import apply_sheet, detect_format, reviewed_rows, write_sheet
+from sftmill.tasks.export import export_jsonl
+from sftmill.tasks.review import apply_sheet, detect_format, reviewed_rows, write_sheet
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from sftmill.store import Store
-from tasks.search import LocalSearch, SearchError, SearxngSearch, terms
+from sftmill.tasks.search import LocalSearch, SearchError, SearxngSearch, terms
 from webserver import GOOD, TinyWeb
 
 EXAMPLE_WEB = Path(__file__).resolve().parents[2] / "data" / "example" / "web"
@@ -54,7 +54,7 @@ def test_searxng_client_reads_the_json_api():
 def test_hosted_clients_read_their_result_paths(monkeypatch):
     import httpx
 
-    from tasks.search import BraveSearch, TavilySearch
+    from sftmill.tasks.search import BraveSearch, TavilySearch
 
     answers = {"brave": {"web": {"results": [{"url": "https://a.org", "title": "A",
                                               "description": "about a"}]}},

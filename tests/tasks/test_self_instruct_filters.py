@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from tasks.self_instruct_filters import (BruteForceNovelty, NoveltyIndex, instance_rejects,
+from sftmill.tasks.self_instruct_filters import (BruteForceNovelty, NoveltyIndex, instance_rejects,
                                          instruction_reject, lcs_length, rouge_l, tokens)
 
 
