@@ -90,11 +90,14 @@ def with_schema(template: PromptTemplate, schema: dict[str, Any]) -> PromptTempl
     return PromptTemplate(template.name, template.template, schema, template.version)
 
 
-def exact_items(schema: dict[str, Any], field: str, n: int) -> dict[str, Any]:
-    """A copy of `schema` whose array `field` must hold exactly `n` items."""
+def exact_items(schema: dict[str, Any], field: str, n: int, at_least: int | None = None,
+                ) -> dict[str, Any]:
+    """A copy of `schema` whose array `field` must hold exactly `n` items
+    (or from `at_least` to `n`: an answer cut off by the token budget then
+    still parses, with the items it completed — see `batch.whole_items`)."""
     import copy
 
     out = copy.deepcopy(schema)
-    out["properties"][field]["minItems"] = n
+    out["properties"][field]["minItems"] = n if at_least is None else at_least
     out["properties"][field]["maxItems"] = n
     return out

@@ -69,6 +69,13 @@ def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate, items: Se
     return list(zip(items, results))
 
 
+def whole_items(result: ChatResult, field: str, limit: int) -> list:
+    """The list `field` of a structured answer without its last item when the
+    answer ran into the token budget (that item was cut off and repaired)."""
+    items = list(result.data[field])
+    return items[:-1] if result.tokens_out >= limit and items else items
+
+
 def record_fit(store, stage: str, key: str, kept: list[tuple[int, int]]) -> None:
     """How many in-context examples the prompts of `stage` kept of how many."""
     import json

@@ -147,7 +147,10 @@ def print_samples(store, n: int = 3) -> None:
     """A few finished records: prompt, answer and the passage it cites."""
     from sftmill.summary import sample_records
 
-    samples = sample_records(store, n)
+    samples = sample_records(store, 1, per_subdomain=True)[:n]  # one per subdomain first
+    if len(samples) < n:
+        seen = {r["prompt"] for r in samples}
+        samples += [r for r in sample_records(store, n) if r["prompt"] not in seen][:n - len(samples)]
     if not samples:
         return
     console.print(f"[bold]Sample records[/] ({len(samples)} of {store.count('dataset')}):")

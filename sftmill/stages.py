@@ -55,7 +55,10 @@ def _source_hash(fn: Callable) -> str:
 
 def _token(value: Any, sections: tuple[str, ...]) -> Any:
     if isinstance(value, Recipe):
-        return value.fingerprint(*sections)
+        # The run database's ID too: a stage whose other inputs are not tables
+        # (collect reads files) must not come back from the cache after the
+        # run folder was deleted.
+        return [value.fingerprint(*sections), Store.open(value.db_path).store_id()]
     if isinstance(value, TableRef):
         return [value.table, value.fingerprint, Store.open(value.db_path).store_id()]
     if isinstance(value, StageResult):

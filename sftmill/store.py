@@ -175,6 +175,7 @@ SCHEMA: dict[str, str] = {
         grounded BOOLEAN,
         cited_chunk_ids VARCHAR[],
         cited_numbers INTEGER[],
+        citations_inferred BOOLEAN,  -- no [n] marker: cited the passage it draws on most
         model VARCHAR,
         template_version VARCHAR,
         call_key VARCHAR

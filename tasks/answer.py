@@ -3,8 +3,12 @@
 `answer`: the generator answers each kept prompt from its retrieved
 passages, numbered [1]…[k], in plain text with [n] markers for what it cites
 (the usual RAG form; a JSON wrapper made small models' prose much worse).
-The answer is one paragraph: generation stops at the first blank line, at
-`answers.temperature` when set.  A prompt with no
+The answer is one paragraph: generation stops at a blank line or at a new
+line that starts with a marker (a model starting to copy the next source),
+at `answers.temperature` when set.  An answer without any marker cites the
+passage it shares the most content words with, if that share reaches
+`answers.min_lexical_support` (`citations_inferred`, kept in its metadata);
+otherwise it cites nothing and is dropped as `no_citations`.  A prompt with no
 passage above the minimum similarity is answered without context only if
 `answers.allow_ungrounded`, and is then flagged `grounded = false`;
 otherwise it is dropped as `no_supporting_passage`.
@@ -42,7 +46,18 @@ REFUSAL = re.compile(
     re.IGNORECASE)
 
 
-PARAGRAPH_END = ("\n\n",)
+PARAGRAPH_END = ("\n\n", "\n[")
+
+
+def inferred_citation(answer: str, passages: list[str], min_support: float) -> list[int]:
+    """For an answer without markers: the number of the passage that
+    supports most of its content words, when that share is at least
+    `min_support` (else none)."""
+    if not passages:
+        return []
+    support = [lexical_support(answer, [p]) for p in passages]
+    best = max(range(len(passages)), key=lambda i: (support[i], -i))
+    return [best + 1] if support[best] >= min_support else []
 
 
 def cited_numbers(answer: str, listed: list[int]) -> list[int]:
@@ -108,11 +123,16 @@ def write_answers(store: Store, recipe: Recipe) -> tuple[int, int]:
                                        lambda item: item[0]["prompt_id"]):
         text = result.text.strip()
         numbers = cited_numbers(text, [])
+        inferred = not numbers and bool(found)
+        if inferred:
+            numbers = inferred_citation(text, [x["text"] for x in found],
+                                        recipe.answers.min_lexical_support)
         rows.append({
             "answer_id": content_id(p["prompt_id"], text), "prompt_id": p["prompt_id"],
             "text": text, "grounded": bool(found),
             "cited_chunk_ids": [found[i - 1]["chunk_id"] for i in numbers if 1 <= i <= len(found)],
-            "cited_numbers": numbers, "model": llm.model,
+            "cited_numbers": numbers, "citations_inferred": inferred and bool(numbers),
+            "model": llm.model,
             "template_version": template.version, "call_key": result.key})
     # Every kept prompt is answered on every run (repeats come from the call
     # table), so the table holds exactly the current answers.
@@ -120,8 +140,16 @@ def write_answers(store: Store, recipe: Recipe) -> tuple[int, int]:
     return len(prompts), len(rows)
 
 
+JUDGE_OFF = "judge off (answers.min_groundedness: 0)"
+
+
 def check_answers(store: Store, recipe: Recipe) -> int:
-    """Score every answer without checks yet; return how many were judged by the LLM."""
+    """Score every answer without checks yet; return how many were judged by
+    the LLM.  `answers.min_groundedness: 0` turns the judge off (it could drop
+    nothing); raised again, the answers it skipped are judged."""
+    judge_on = recipe.answers.min_groundedness > 0
+    if judge_on:
+        store.execute("DELETE FROM answer_checks WHERE judge_reason = ?", [JUDGE_OFF])
     answers = store.query_dicts(
         "SELECT a.*, p.text AS prompt, (SELECT max(c.tokens_out) FROM llm_calls c "
         "WHERE c.key = a.call_key AND c.status = 'ok') AS tokens_out "
@@ -140,9 +168,9 @@ def check_answers(store: Store, recipe: Recipe) -> int:
             "echoes_prompt": echoes_prompt(a["text"], a["prompt"]),
             "citations_valid": citations_valid(a["cited_numbers"], len(found)),
             "lexical_support": lexical_support(a["text"], cited) if cited else 0.0,
-            "groundedness": None, "judge_reason": None, "model": None,
+            "groundedness": None, "judge_reason": None if judge_on else JUDGE_OFF, "model": None,
             "template_version": None, "call_key": None, "_passages": found, "_answer": a})
-    judge_these = [c for c in cheap if c["_answer"]["grounded"] and c["citations_valid"]
+    judge_these = [c for c in cheap if judge_on and c["_answer"]["grounded"] and c["citations_valid"]
                    and not c["refusal"] and not c["truncated"] and not c["echoes_prompt"]
                    and recipe.answers.min_chars <= c["n_chars"]]
     template = load_template("groundedness")
@@ -185,6 +213,8 @@ def reject_reason(check: dict, grounded: bool, recipe: Recipe) -> str | None:
         return "no_citations"
     if check["lexical_support"] < cfg.min_lexical_support:
         return "low_lexical_support"
+    if cfg.min_groundedness == 0:
+        return None  # the judge is off: supported by its citations and lexical support
     if check["groundedness"] is None:
         return "llm_invalid_output"
     if check["groundedness"] < cfg.min_groundedness:

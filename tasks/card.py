@@ -196,8 +196,7 @@ def write_card(store: Store, recipe: Recipe) -> Path:
         (w0, s0), (w1, s1) = summary.openings["before"], summary.openings["after"]
         parts.insert(-2, f'Most common opening: "{w0}" in {s0:.0%} of prompts before rephrasing, '
                          f'"{w1}" in {s1:.0%} after.')
-    parts[3:3] = _samples_section(store) or [
-        "## Samples", "No record survived. " + empty_run_hint(store).split(". ", 1)[1]]
+    parts[3:3] = _samples_section(store) or ["## Samples", empty_run_hint(store)]
     card = run_dir / "card.md"
     text = "\n\n".join(parts) + "\n"
     write_atomic(card, [text.encode()])

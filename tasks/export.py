@@ -81,6 +81,7 @@ def build_metadata(store: Store, recipe: Recipe, rows: list[dict]) -> list[str]:
             "citations": [{"n": c["n"], "chunk_id": c["chunk_id"], "doc_id": c["doc_id"],
                            "uri": c["uri"], "similarity": round(c["similarity"], 4)} for c in cited],
             "cited_urls": sorted({c["uri"] for c in cited}),
+            "citations_inferred": bool(row.get("citations_inferred")),
             "models": {"prompt": candidate.get("model"), "profile": profile.get("model"),
                        "answer": row["model"], "judge": row.get("judge_model")},
             "templates": {"prompt": candidate.get("template_version"),

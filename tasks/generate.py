@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from sftmill.batch import answered, llm_map
+from sftmill.batch import answered, llm_map, whole_items
 from sftmill.config import Recipe
 from sftmill.llm import make_llm
 from sftmill.prompts import exact_items, load_template, with_schema
@@ -102,7 +102,9 @@ def selected_profiles(store: Store, recipe: Recipe) -> list[dict]:
 def generate_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
     n = recipe.sizes.prompts_per_profile
     base = load_template("generate")
-    template = with_schema(base, exact_items(base.schema, "prompts", n))
+    # 1..n prompts: a small model that rambles past the token budget keeps the
+    # prompts it finished (the cut-off one is dropped) instead of losing all.
+    template = with_schema(base, exact_items(base.schema, "prompts", n, at_least=1))
     endpoint = recipe.llm.generator
     llm = make_llm(endpoint, store)
     results = llm_map(llm, endpoint, template, profiles,
@@ -115,7 +117,7 @@ def generate_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
         rows += [prompt_row(item["prompt"], "generated", profile["profile_id"],
                             profile["profile_id"], item["task_type"], llm.model,
                             template.version, result.key)
-                 for item in result.data["prompts"]]
+                 for item in whole_items(result, "prompts", endpoint.max_tokens)]
     store.insert("candidate_prompts", rows)
     return len(rows)
 
@@ -125,7 +127,7 @@ def broaden_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
     if n == 0 or not profiles:
         return 0
     base = load_template("broaden")
-    template = with_schema(base, exact_items(base.schema, "prompts", n))
+    template = with_schema(base, exact_items(base.schema, "prompts", n, at_least=1))
     examples = defaultdict(list)
     for profile_id, text in store.execute(
             "SELECT profile_id, text FROM candidate_prompts WHERE origin = 'generated' "
@@ -143,7 +145,7 @@ def broaden_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
         rows += [prompt_row(item["prompt"], "broadened", profile["profile_id"],
                             profile["profile_id"], "broadened", llm.model, template.version,
                             result.key)
-                 for item in result.data["prompts"]]
+                 for item in whole_items(result, "prompts", endpoint.max_tokens)]
     store.insert("candidate_prompts", rows)
     return len(rows)
 

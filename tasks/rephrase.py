@@ -21,7 +21,7 @@ import json
 import re
 from collections import Counter
 
-from sftmill.batch import answered, llm_map
+from sftmill.batch import answered, llm_map, whole_items
 from sftmill.config import Recipe
 from sftmill.llm import make_llm
 from sftmill.prompts import exact_items, load_template, with_schema
@@ -103,7 +103,7 @@ def rephrase_prompts(store: Store, recipe: Recipe) -> tuple[int, int]:
         return 0, 0
     listed = sorted(avoid, key=lambda w: -sum(opening(t) == w for t in texts))[:5]
     base = load_template(TEMPLATE)
-    template = with_schema(base, exact_items(base.schema, "variants", n))
+    template = with_schema(base, exact_items(base.schema, "variants", n, at_least=1))
     endpoint = recipe.llm.generator
     llm = make_llm(endpoint, store)
     starters = {p["prompt_id"]: suggested_starter(i, avoid) for i, p in enumerate(todo)}
@@ -113,7 +113,7 @@ def rephrase_prompts(store: Store, recipe: Recipe) -> tuple[int, int]:
                       stage=STAGE, seed=recipe.seed)
     rows, replaced, failed = [], [], []
     for parent, result in answered(store, STAGE, results, lambda p: p["prompt_id"]):
-        variants = result.data["variants"]
+        variants = whole_items(result, "variants", endpoint.max_tokens)
         if not keep_both:
             chosen = pick_variant(variants, parent["text"], avoid)
             if chosen is None:

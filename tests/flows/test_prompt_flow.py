@@ -126,3 +126,19 @@ def test_flow_with_the_real_embedded_model(prefect_harness, tmp_path):
         assert row["subdomain"] in {"Quarks and hadrons", "Gluons and QCD", "Experiments"}
     models = {r[0] for r in store.execute("SELECT DISTINCT model FROM candidate_prompts")}
     assert models <= {"llama.cpp:SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+def test_a_deleted_run_folder_is_rebuilt_not_taken_from_the_cache(prefect_harness, tmp_path, scripted):
+    """collect reads files, not tables: its cache key carries the run
+    database's ID, so deleting the run folder makes it collect again."""
+    import shutil
+
+    from sftmill.flows.prompt_flow import prompt_flow
+
+    recipe = example_recipe(tmp_path)
+    prompt_flow(params(recipe))
+    Store.close_all()
+    shutil.rmtree(tmp_path / "run")
+    results = prompt_flow(params(recipe))
+    assert results[0].stage == "collect" and results[0].n_out > 0
+    assert Store.open(tmp_path / "run" / "sftmill.duckdb").count("prompts") > 0

@@ -1,3 +1,4 @@
+import pytest
 import subprocess
 from pathlib import Path
 import sys
@@ -145,3 +146,48 @@ def test_an_output_dir_that_is_a_file_stops_with_one_line(tmp_path):
             assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     result = cli("evol", tmp_path / "a.txt", "--out", tmp_path / "taken")
     assert result.exit_code == 2 and "exists and is not a folder" in result.output
+
+
+@pytest.mark.real_model
+def test_init_writes_a_recipe_that_validates_and_runs(prefect_harness, tmp_path, monkeypatch):
+    """`sftmill init` on a folder of texts: the embedded generator proposes
+    subdomains, the commented recipe validates, and `sftmill run` completes
+    on it (scripted LLM for the run itself, to stay quick)."""
+    import shutil
+
+    import yaml
+
+    from fakes import ScriptedLLM, route_llm, schema_answers
+
+    texts = tmp_path / "notes"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "data" / "example" / "corpus", texts)
+    result = cli("init", texts, "--domain", "Particle physics", "--subdomains", "3")
+    assert result.exit_code == 0, result.output
+    recipe = tmp_path / "recipe.yaml"
+    text = recipe.read_text()
+    assert "run it with:  sftmill run" in result.output and str(recipe) in result.output
+    assert "# Sampling temperature for answers" in text and "# Who files each chunk" in text
+    data = yaml.safe_load(text)
+    assert data["inputs"] == [{"path": "notes"}] and data["domain"]["name"] == "Particle physics"
+    assert 1 <= len(data["domain"]["subdomains"]) <= 3
+    assert cli("validate", recipe, "--offline").exit_code == 0
+    assert cli("init", texts, "--domain", "Physics").exit_code == 2  # exists: needs --force
+    route_llm(monkeypatch, ScriptedLLM(schema_answers))
+    data["sizes"]["target_prompts"] = 6
+    recipe.write_text(yaml.safe_dump(data))
+    run = cli("run", recipe, "--verbose")
+    assert run.exit_code == 0, run.output
+    assert (tmp_path / "runs" / "particle-physics" / "dataset.jsonl").is_file()
+    assert "Sample records" in run.output and "cites " in run.output
+    assert f"Card: {tmp_path / 'runs' / 'particle-physics' / 'card.md'}" in run.output
+
+
+def test_init_help_explains_every_field():
+    from sftmill.scaffold import field_docs
+
+    out = subprocess.run([sys.executable, "-m", "sftmill.cli", "init", "--help"],
+                         capture_output=True, text=True, timeout=60,
+                         env={**__import__("os").environ, "COLUMNS": "300"}).stdout
+    for name, doc in field_docs():
+        assert doc, f"{name} has no meaning to show"
+        assert f"{name}:" in out, name

@@ -44,7 +44,7 @@ def test_rephrase_replaces_monotone_prompts_and_lowers_the_top_opening(tmp_path,
                              f"{starter} the idea of {abs(hash(user_text(request))) % 997}."]}
 
     route_llm(monkeypatch, ScriptedLLM(respond))
-    recipe = load_recipe(example_recipe(tmp_path))
+    recipe = load_recipe(example_recipe(tmp_path, thresholds={"max_opening_share": 0.1}))
     store = Store.open(recipe.db_path)
     texts = [f"What are the quark flavours {i}?" for i in range(8)] + ["Why is QCD hard?",
                                                                       "Describe jets."]
