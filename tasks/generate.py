@@ -86,6 +86,15 @@ def prompt_row(text: str, origin: str, parent_id: str, profile_id: str, task_typ
             "model": model, "template_version": template_version, "call_key": call_key}
 
 
+TOKENS_PER_PROMPT = 48  # a request is one or two sentences; more is a model rambling on
+
+
+def request_budget(n: int) -> int:
+    """Token budget for a list of `n` requests in JSON: a rambling request is
+    cut off early (and dropped) while the ones before it are kept."""
+    return TOKENS_PER_PROMPT * n + 32
+
+
 def topic_of(profile: dict) -> str:
     """What a profile's prompts are about: its chunk's section heading when it
     has one (an author's own label, which even a tiny model cannot get
@@ -111,13 +120,14 @@ def generate_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
                       lambda p: {"domain": recipe.domain.name, "profile": p, "text": p["chunk_text"],
                                  "topic": topic_of(p), "n": n, "task_types": TASK_TYPES,
                                  "use_cases": recipe.domain.use_cases},
-                      stage=GENERATE_STAGE, seed=recipe.seed)
+                      stage=GENERATE_STAGE, seed=recipe.seed, max_tokens=request_budget(n))
     rows = []
     for profile, result in answered(store, GENERATE_STAGE, results, lambda p: p["profile_id"]):
         rows += [prompt_row(item["prompt"], "generated", profile["profile_id"],
                             profile["profile_id"], item["task_type"], llm.model,
                             template.version, result.key)
-                 for item in whole_items(result, "prompts", endpoint.max_tokens)]
+                 for item in whole_items(result, "prompts", min(endpoint.max_tokens,
+                                                                 request_budget(n)))]
     store.insert("candidate_prompts", rows)
     return len(rows)
 

@@ -191,3 +191,20 @@ def test_init_help_explains_every_field():
     for name, doc in field_docs():
         assert doc, f"{name} has no meaning to show"
         assert f"{name}:" in out, name
+
+
+@pytest.mark.real_model
+def test_a_recipe_whose_answer_prompt_can_never_fit_stops_in_one_line(tmp_path):
+    """Four passages of 2,000 tokens cannot fit SmolLM2's 4,096-token context:
+    `run` and `validate` refuse before any work, naming the fields to change."""
+    (tmp_path / "a.txt").write_text("Quarks and gluons. " * 20)
+    (tmp_path / "r.yaml").write_text(
+        "name: t\noutput_dir: out\ninputs: [{path: a.txt}]\ndomain: {name: P}\n"
+        "search: {backend: none}\nchunking: {max_tokens: 2000}\nanswers: {top_k: 4}\n")
+    for command in ("validate", "run"):
+        result = cli(command, tmp_path / "r.yaml")
+        assert result.exit_code == 2, result.output
+        line, = result.output.strip().splitlines()
+        assert "llm.generator: prompt 'answer' can never fit the model's context" in line
+        assert "chunking.max_tokens / answers.top_k" in line
+    assert not (tmp_path / "out").exists()  # nothing started
