@@ -32,7 +32,7 @@ class PromptTemplate:
     schema: dict[str, Any] | None
     version: str
 
-    def messages(self, **variables: Any) -> list[dict[str, str]]:
+    def messages(self, _skeleton: bool = False, **variables: Any) -> list[dict[str, str]]:
         """Render the template's blocks into chat messages."""
         out = []
         for role in ("system", "user"):
@@ -42,7 +42,7 @@ class PromptTemplate:
             text = "".join(block(self.template.new_context(variables))).strip()
             if text:
                 out.append({"role": role, "content": text})
-        if not any(m["role"] == "user" for m in out):
+        if not _skeleton and not any(m["role"] == "user" for m in out):
             raise ValueError(f"prompt template {self.name} rendered no user message")
         return out
 
@@ -51,7 +51,7 @@ class PromptTemplate:
         run zero times): the least any prompt rendered from it can be."""
         folder = Path(self.template.filename).parent
         lenient = _environment(folder, strict=False).get_template(Path(self.template.filename).name)
-        return PromptTemplate(self.name, lenient, self.schema, self.version).messages()
+        return PromptTemplate(self.name, lenient, self.schema, self.version).messages(_skeleton=True)
 
 
 def _environment(folder: Path, strict: bool = True) -> jinja2.Environment:

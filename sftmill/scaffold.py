@@ -122,6 +122,7 @@ def render_recipe(name: str, domain: str, inputs: Path, recipe_dir: Path,
              f"  description: {_scalar(f'Questions and answers about {domain}.')}",
              f"  # {docs['domain.relevant']}",
              f"  relevant: {_scalar(f'Facts, explanations and history about {domain}.')}",
+             f"  # {docs['domain.subdomain_by']}", "  subdomain_by: llm",
              f"  # {docs['domain.subdomains']}"]
     if subdomains:
         lines.append("  subdomains:")

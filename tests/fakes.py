@@ -41,6 +41,16 @@ def user_text(request: ChatRequest) -> str:
 OFF_TOPIC = ("sourdough", "football", "goalless")
 
 
+def whole_sentences(text: str, limit: int) -> str:
+    """The sentences of `text` that fit in `limit` characters (at least the first, cut)."""
+    out = ""
+    for sentence in text.replace(". ", ".\n").splitlines():
+        if len(out) + len(sentence) + 1 > limit:
+            break
+        out = f"{out} {sentence}".strip()
+    return out or text[:limit]
+
+
 def schema_answers(request: ChatRequest):
     """Plausible answers for every sftmill template, chosen by the schema's
     fields: deterministic, and different for different inputs."""
@@ -77,7 +87,7 @@ def schema_answers(request: ChatRequest):
         if "Sources:" not in text:
             return f"Without sources: quarks are confined by gluons ({tag})."
         first = text.split("[1] ", 1)[1].split("\n", 1)[0]
-        return f"{first[:300]} [1]"
+        return f"{whole_sentences(first, 300)} [1]"
     if set(props) == {"score", "reason"}:
         off = any(w in text.lower() for w in OFF_TOPIC)
         return {"score": 1 if off else 5, "reason": "scripted judgement"}
@@ -95,8 +105,11 @@ def schema_answers(request: ChatRequest):
     if "prompts" in props:
         item_props = props["prompts"]["items"]["properties"]
         if "task_type" in item_props:
+            # About the passage's first sentence, so retrieval finds it again.
+            passage = text.split('"""', 2)[1] if text.count('"""') >= 2 else ""
+            about = whole_sentences(" ".join(passage.split()), 160).rstrip(".") or "quarks bind"
             return {"prompts": [{"task_type": "question",
-                                 "prompt": f"Question {i} about passage {tag}: how do quarks bind?"}
+                                 "prompt": f"Question {i} ({tag}): why is it that {about}?"}
                                 for i in range(n_items("prompts"))]}
         return {"prompts": [{"topic": f"neighbour {i}",
                              "prompt": f"Broader request {i} from {tag} about hadron physics?"}

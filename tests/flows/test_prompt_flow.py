@@ -114,8 +114,8 @@ def test_flow_with_the_real_embedded_model(prefect_harness, tmp_path):
     recipe = example_recipe(tmp_path, sizes={
         "max_chunks": 2, "target_prompts": 40, "prompts_per_profile": 2,
         "broaden_per_profile": 1, "rephrasings_per_prompt": 1, "queries_per_profile": 1,
-        "keep_rephrased_originals": True,
-        "max_rounds": 1})
+        "keep_rephrased_originals": True, "max_rounds": 1},
+        thresholds={"prompt_quality": 0.5})  # the example turns the prompt judge off
     results = prompt_flow(params(recipe))
     store = Store.open(tmp_path / "run" / "sftmill.duckdb")
     llm_stages = {r[0] for r in store.execute("SELECT DISTINCT stage FROM llm_calls WHERE status = 'ok'")}
