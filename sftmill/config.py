@@ -245,6 +245,10 @@ class Answers(_Strict):
     min_lexical_support: float = Field(
         default=0.2, ge=0, le=1,
         description="Share of the answer's content words found in its cited passages.")
+    min_prompt_similarity: float = Field(
+        default=0.3, ge=0, le=1,
+        description="Embedding cosine between an answer and its prompt: below it the answer "
+        "is about something else (off_topic_answer), however well its passage supports it.")
 
 
 class Export(_Strict):

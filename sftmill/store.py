@@ -190,6 +190,7 @@ SCHEMA: dict[str, str] = {
         citations_valid BOOLEAN,
         truncated BOOLEAN,       -- cut off: the token budget ran out, or it ends mid-sentence
         echoes_prompt BOOLEAN,   -- says nothing the prompt did not already say
+        prompt_similarity DOUBLE, -- embedding cosine between the answer and its prompt
         model VARCHAR,
         template_version VARCHAR,
         call_key VARCHAR

@@ -20,7 +20,8 @@ list or in the text, names a retrieved passage), a cheap lexical support
 score (share of the answer's content words found in its cited passages) and
 the judge's groundedness (1–5 → 0–1).  `decide` applies the recipe's
 thresholds and writes the `dataset` table; reject reasons: too_short,
-too_long, truncated, echoes_prompt, refusal, invalid_citation, no_citations, low_lexical_support,
+too_long, truncated, echoes_prompt, off_topic_answer (embedding cosine with
+its prompt under `answers.min_prompt_similarity`), refusal, invalid_citation, no_citations, low_lexical_support,
 not_grounded, llm_invalid_output.
 """
 
@@ -143,6 +144,18 @@ def write_answers(store: Store, recipe: Recipe) -> tuple[int, int]:
 JUDGE_OFF = "judge off (answers.min_groundedness: 0)"
 
 
+def prompt_answer_similarity(store: Store, recipe: Recipe, answers: list[dict]) -> dict[str, float]:
+    """answer_id → embedding cosine between the answer (markers removed) and its prompt."""
+    if not answers:
+        return {}
+    from sftmill.embeddings import Embedder
+
+    embedder = Embedder(recipe.embedding, store)
+    prompts = embedder.embed([a["prompt"] for a in answers])
+    texts = embedder.embed([strip_markers(a["text"]) for a in answers])
+    return {a["answer_id"]: float(p @ t) for a, p, t in zip(answers, prompts, texts)}
+
+
 def check_answers(store: Store, recipe: Recipe) -> int:
     """Score every answer without checks yet; return how many were judged by
     the LLM.  `answers.min_groundedness: 0` turns the judge off (it could drop
@@ -157,6 +170,7 @@ def check_answers(store: Store, recipe: Recipe) -> int:
         "WHERE a.answer_id NOT IN (SELECT answer_id FROM answer_checks) ORDER BY a.answer_id")
     budget = recipe.llm.generator.max_tokens
     passages = passages_by_prompt(store)
+    similarity = prompt_answer_similarity(store, recipe, answers)
     cheap = []
     for a in answers:
         found = [x["text"] for x in passages.get(a["prompt_id"], [])]
@@ -166,12 +180,14 @@ def check_answers(store: Store, recipe: Recipe) -> int:
             "refusal": bool(REFUSAL.search(a["text"])),
             "truncated": (a["tokens_out"] or 0) >= budget or ends_mid_sentence(a["text"]),
             "echoes_prompt": echoes_prompt(a["text"], a["prompt"]),
+            "prompt_similarity": similarity.get(a["answer_id"]),
             "citations_valid": citations_valid(a["cited_numbers"], len(found)),
             "lexical_support": lexical_support(a["text"], cited) if cited else 0.0,
             "groundedness": None, "judge_reason": None if judge_on else JUDGE_OFF, "model": None,
             "template_version": None, "call_key": None, "_passages": found, "_answer": a})
     judge_these = [c for c in cheap if judge_on and c["_answer"]["grounded"] and c["citations_valid"]
                    and not c["refusal"] and not c["truncated"] and not c["echoes_prompt"]
+                   and (c["prompt_similarity"] or 0) >= recipe.answers.min_prompt_similarity
                    and recipe.answers.min_chars <= c["n_chars"]]
     template = load_template("groundedness")
     endpoint = recipe.llm.judge
@@ -203,6 +219,9 @@ def reject_reason(check: dict, grounded: bool, recipe: Recipe) -> str | None:
         return "truncated"
     if check.get("echoes_prompt"):
         return "echoes_prompt"
+    if (check.get("prompt_similarity") is not None
+            and check["prompt_similarity"] < cfg.min_prompt_similarity):
+        return "off_topic_answer"
     if check["refusal"]:
         return "refusal"
     if not check["citations_valid"]:
@@ -229,7 +248,7 @@ def decide(store: Store, recipe: Recipe) -> int:
     rows = store.query_dicts(
         "SELECT a.*, k.groundedness, k.judge_reason, k.lexical_support, k.n_chars, k.refusal, "
         "coalesce(k.truncated, false) AS truncated, "
-        "coalesce(k.echoes_prompt, false) AS echoes_prompt, "
+        "coalesce(k.echoes_prompt, false) AS echoes_prompt, k.prompt_similarity, "
         "k.citations_valid, k.model AS judge_model, len(a.cited_numbers) > 0 AS cited, "
         "p.text AS prompt "
         "FROM answers a JOIN answer_checks k USING (answer_id) JOIN prompts p USING (prompt_id) "
@@ -263,7 +282,8 @@ def answer(recipe: Recipe, retrieved: StageResult) -> StageResult:
     return timer.done(store.ref("answers", "answer_id"), n_prompts, n_answers)
 
 
-@stage_task("answer_checks", sections=("domain", "llm", "answers", "export", "seed", "name"),
+@stage_task("answer_checks", sections=("domain", "llm", "answers", "embedding", "export", "seed",
+                                       "name"),
             templates=("groundedness",))
 def answer_checks(recipe: Recipe, answers: StageResult) -> StageResult:
     store = Store.open(answers.out.db_path)

@@ -50,6 +50,8 @@ CHECK = {"n_chars": 100, "refusal": False, "citations_valid": True, "cited": Tru
     ({"refusal": True}, True, "refusal"),
     ({"truncated": True}, True, "truncated"),
     ({"echoes_prompt": True}, True, "echoes_prompt"),
+    ({"prompt_similarity": 0.1}, True, "off_topic_answer"),
+    ({"prompt_similarity": 0.6}, True, None),
     ({"citations_valid": False}, True, "invalid_citation"),
     ({"cited": False}, True, "no_citations"),
     ({"lexical_support": 0.05}, True, "low_lexical_support"),
@@ -71,7 +73,7 @@ def prepared_store(tmp_path):
                              "n_tokens": 12}])
     store.insert("prompts", [
         {"prompt_id": "p1", "text": "What do gluons do?", "origin": "generated"},
-        {"prompt_id": "p2", "text": "Who won the cup final?", "origin": "generated"}])
+        {"prompt_id": "p2", "text": "Why are quarks confined by gluons?", "origin": "generated"}])
     store.insert("retrievals", [{"prompt_id": "p1", "rank": 1, "chunk_id": "c1", "similarity": 0.7}])
     return store
 
