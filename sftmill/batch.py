@@ -54,8 +54,9 @@ def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate, items: Se
     for item in items:
         values = variables(item)
         if fit is not None:
+            offered = len(values[fit])
             values, n = fit_to_context(llm, template, values, fit, limit(item))
-            kept.append((n, len(variables(item)[fit])))
+            kept.append((n, offered))
         requests.append(ChatRequest.build(
             template.messages(**values), schema=template.schema,
             temperature=endpoint.temperature if temperature is None else temperature,

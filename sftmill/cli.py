@@ -251,7 +251,7 @@ def init(
 
     if not texts.exists():
         _fail(f"{texts}: no such file or folder")
-    target = out or (texts.parent if texts.is_dir() else texts.parent) / "recipe.yaml"
+    target = out or texts.parent / "recipe.yaml"
     if target.exists() and not force:
         _fail(f"{target} exists; pass --force to overwrite it or --out another path")
     run_name = name or re.sub(r"[^A-Za-z0-9_.-]+", "-", domain.lower()).strip("-") or "run"
@@ -589,8 +589,9 @@ def _run_flow(kind: str, flow_fn, cfg, fmt: str, out: Path) -> None:
     if not state.is_completed():
         _fail(f"run failed: {state.message}. Rerun the same command to resume.", code=1)
     records = store.count("dataset")
-    if store.get_meta("stopped_early"):
-        console.print(store.get_meta("stopped_early"), highlight=False)
+    stopped = store.get_meta("stopped_early")
+    if stopped:
+        console.print(stopped, highlight=False)
     console.print(f"{kind}: {records} records in {out / 'dataset.jsonl'} "
                   f"({time.perf_counter() - started:.0f} s); card: {out / 'card.md'}")
     if not records:

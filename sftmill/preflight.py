@@ -54,7 +54,9 @@ def check_templates_fit(steps) -> None:
 
     models: dict = {}
     for field, endpoint, name, input_tokens in steps:
-        llm = models.get(endpoint) or models.setdefault(endpoint, make_llm(endpoint))
+        if endpoint not in models:
+            models[endpoint] = make_llm(endpoint)
+        llm = models[endpoint]
         if llm.context_window is None:
             continue
         fixed = llm.count_tokens(load_template(name).skeleton())

@@ -185,9 +185,10 @@ def check_answers(store: Store, recipe: Recipe) -> int:
             "lexical_support": lexical_support(a["text"], cited) if cited else 0.0,
             "groundedness": None, "judge_reason": None if judge_on else JUDGE_OFF, "model": None,
             "template_version": None, "call_key": None, "_passages": found, "_answer": a})
+    # Similarity to the prompt is a score its threshold decides later: judged
+    # either way, so a changed answers.min_prompt_similarity needs no new call.
     judge_these = [c for c in cheap if judge_on and c["_answer"]["grounded"] and c["citations_valid"]
                    and not c["refusal"] and not c["truncated"] and not c["echoes_prompt"]
-                   and (c["prompt_similarity"] or 0) >= recipe.answers.min_prompt_similarity
                    and recipe.answers.min_chars <= c["n_chars"]]
     template = load_template("groundedness")
     endpoint = recipe.llm.judge

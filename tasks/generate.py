@@ -115,19 +115,19 @@ def generate_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
     # prompts it finished (the cut-off one is dropped) instead of losing all.
     template = with_schema(base, exact_items(base.schema, "prompts", n, at_least=1))
     endpoint = recipe.llm.generator
+    budget = min(endpoint.max_tokens, request_budget(n))
     llm = make_llm(endpoint, store)
     results = llm_map(llm, endpoint, template, profiles,
                       lambda p: {"domain": recipe.domain.name, "profile": p, "text": p["chunk_text"],
                                  "topic": topic_of(p), "n": n, "task_types": TASK_TYPES,
                                  "use_cases": recipe.domain.use_cases},
-                      stage=GENERATE_STAGE, seed=recipe.seed, max_tokens=request_budget(n))
+                      stage=GENERATE_STAGE, seed=recipe.seed, max_tokens=budget)
     rows = []
     for profile, result in answered(store, GENERATE_STAGE, results, lambda p: p["profile_id"]):
         rows += [prompt_row(item["prompt"], "generated", profile["profile_id"],
                             profile["profile_id"], item["task_type"], llm.model,
                             template.version, result.key)
-                 for item in whole_items(result, "prompts", min(endpoint.max_tokens,
-                                                                 request_budget(n)))]
+                 for item in whole_items(result, "prompts", budget)]
     store.insert("candidate_prompts", rows)
     return len(rows)
 

@@ -46,19 +46,17 @@ def cheap_reject(text: str, max_chars: int) -> str | None:
 def score_prompts(store: Store, recipe: Recipe) -> int:
     if recipe.thresholds.prompt_quality > 0:  # the judge is back on: ask it about everything
         store.execute("DELETE FROM prompt_scores WHERE reason = ?", [JUDGE_OFF])
-    todo = store.execute(
-        "SELECT prompt_id, text FROM candidate_prompts WHERE prompt_id NOT IN "
-        f"(SELECT prompt_id FROM prompt_scores) AND prompt_id NOT IN ({REPLACED}) "
-        "ORDER BY prompt_id")
-    store.execute("DELETE FROM rejects WHERE stage = ? AND reason IN ('vague_prompt', 'too_long')",
-                  [STAGE])
     candidates = store.query_dicts(
-        f"SELECT prompt_id, text FROM candidate_prompts WHERE prompt_id NOT IN ({REPLACED})")
+        "SELECT prompt_id, text, prompt_id IN (SELECT prompt_id FROM prompt_scores) AS scored "
+        f"FROM candidate_prompts WHERE prompt_id NOT IN ({REPLACED}) ORDER BY prompt_id")
     cheap = {r["prompt_id"]: reason for r in candidates
              if (reason := cheap_reject(r["text"], recipe.thresholds.max_prompt_chars))}
+    store.execute("DELETE FROM rejects WHERE stage = ? AND reason IN ('vague_prompt', 'too_long')",
+                  [STAGE])
     store.reject_many(STAGE, [(r["prompt_id"], cheap[r["prompt_id"]], r["text"][:300], None)
                               for r in candidates if r["prompt_id"] in cheap])
-    todo = [(pid, text) for pid, text in todo if pid not in cheap]
+    todo = [(r["prompt_id"], r["text"]) for r in candidates
+            if not r["scored"] and r["prompt_id"] not in cheap]
     if recipe.thresholds.prompt_quality == 0:
         store.insert("prompt_scores", [{"prompt_id": pid, "score": 1.0,
                                         "reason": JUDGE_OFF}

@@ -116,9 +116,8 @@ def rephrase_prompts(store: Store, recipe: Recipe) -> tuple[int, int]:
         variants = whole_items(result, "variants", endpoint.max_tokens)
         if not keep_both:
             chosen = pick_variant(variants, parent["text"], avoid)
-            if chosen is None:
-                failed.append((parent["prompt_id"], "rephrase_failed",
-                               f"no variant changed the opening: {variants[0][:200]}", None))
+            if chosen is None:  # the original goes on unchanged
+                failed.append(parent["prompt_id"])
                 continue
             variants = [chosen]
         new = [prompt_row(v, "rephrased", parent["prompt_id"], parent["profile_id"],
@@ -129,10 +128,10 @@ def rephrase_prompts(store: Store, recipe: Recipe) -> tuple[int, int]:
             replaced.append((parent["prompt_id"], "rephrased", f"replaced by: {new[0]['text'][:300]}",
                              None))
     store.insert("candidate_prompts", rows)
-    # `rephrase_failed` is not a drop: the original goes on; it is kept in
-    # stage meta so the summary can say how often the model missed.
     store.reject_many(STAGE, replaced)
-    store.set_meta("rephrase_failed", json.dumps([f[0] for f in failed]))
+    # Not drops (their originals go on): the prompts no variant could
+    # re-open, kept in the run's meta table for whoever tunes the prompt.
+    store.set_meta("rephrase_failed", json.dumps(failed))
     return len(todo), len(rows)
 
 
