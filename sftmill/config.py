@@ -162,6 +162,24 @@ class Sizes(_Strict):
     )
 
 
+class Generation(_Strict):
+    openings: list[str] = Field(
+        default_factory=list,
+        description="Openings for generated prompts, e.g. [\"What is\", \"Why do\", \"Explain\"]. "
+        "When given, each prompt is its own short call told to begin with one of them "
+        "(rotated across profiles, so openings are spread by construction; a reply that "
+        "begins with another question word is kept, one that holds no question is dropped "
+        "as llm_invalid_output) - small models stay on their passage this way.  Empty: one "
+        "call per profile writes a list of sizes.prompts_per_profile prompts of mixed "
+        "task types.")
+
+    @model_validator(mode="after")
+    def _openings_not_blank(self) -> "Generation":
+        if any(not o.strip() for o in self.openings):
+            raise ValueError("openings must not be blank")
+        return self
+
+
 class Chunking(_Strict):
     max_tokens: int = Field(
         default=384,
@@ -301,6 +319,7 @@ class Recipe(_Strict):
     llm: LLMRoles = Field(default_factory=LLMRoles)
     embedding: Embedding = Field(default_factory=Embedding)
     sizes: Sizes = Field(default_factory=Sizes)
+    generation: Generation = Field(default_factory=Generation)
     chunking: Chunking = Field(default_factory=Chunking)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     limits: Limits = Field(default_factory=Limits)
@@ -330,8 +349,9 @@ class Recipe(_Strict):
         chunks (and an answer) for the answer steps."""
         gen, judge = self.llm.generator, self.llm.judge
         chunk, passages = self.chunking.max_tokens, self.answers.top_k * self.chunking.max_tokens
+        generate = "generate_opening" if self.generation.openings else "generate"
         return [("llm.judge", judge, "relevance", chunk), ("llm.generator", gen, "profile", chunk),
-                ("llm.generator", gen, "web_queries", 0), ("llm.generator", gen, "generate", chunk),
+                ("llm.generator", gen, "web_queries", 0), ("llm.generator", gen, generate, chunk),
                 ("llm.generator", gen, "broaden", 0), ("llm.generator", gen, "rephrase", 0),
                 ("llm.judge", judge, "prompt_filter", 0),
                 ("llm.generator", gen, "answer_queries", 0),

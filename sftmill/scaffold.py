@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from sftmill.config import Recipe
 
 # Sections written with their defaults; the rest come from the arguments.
-SECTIONS = ("llm", "embedding", "sizes", "chunking", "thresholds", "answers", "search",
+SECTIONS = ("llm", "embedding", "sizes", "generation", "chunking", "thresholds", "answers", "search",
             "export", "limits")
 SKIP = {"base_dir", "schedule"}
 
@@ -39,6 +39,7 @@ MEANING = {
     "batch_size": "Texts embedded per batch.",
     "device": "Where embeddings run: cpu, cuda, or auto.",
     "sizes": "How much to make.",
+    "generation": "How the generator is asked for prompts.",
     "sizes.target_prompts": "Prompts wanted: decides how many profiles generate (and whether a web round runs).",
     "sizes.prompts_per_profile": "Prompts generated from each selected profile.",
     "sizes.broaden_per_profile": "Prompts on neighbouring topics per profile (recipe step 7).",

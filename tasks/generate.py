@@ -3,7 +3,9 @@
 Profiles are first selected to meet the recipe's subdomain shares
 (`allocate`, `select_profiles`); the generator then writes
 `prompts_per_profile` prompts of mixed task types from each selected
-profile and its chunk, and `broaden_per_profile` prompts on neighbouring
+profile and its chunk — either as one list per profile, or, when the
+recipe gives `generation.openings`, as one short call per prompt told how
+to begin (`generate_from_openings`) — and `broaden_per_profile` prompts on neighbouring
 topics and use cases of the same domain.  Every prompt lands in
 `candidate_prompts` with its parent profile; identical texts are stored once.
 """
@@ -108,7 +110,88 @@ def selected_profiles(store: Store, recipe: Recipe) -> list[dict]:
     return select_profiles(rows, recipe)
 
 
+def opening_task_type(opening: str) -> str:
+    """The task type a prompt's opening implies ("Explain" → explanation …)."""
+    first = opening.lower().split()
+    for words, task_type in ((("explain",), "explanation"), (("describe",), "explanation"),
+                             (("compare",), "comparison"), (("how", "to"), "how_to"),
+                             (("how", "do", "i"), "how_to"), (("how", "can", "i"), "how_to"),
+                             (("solve",), "problem_solving"), (("calculate",), "problem_solving")):
+        if tuple(first[:len(words)]) == words:
+            return task_type
+    return "question"
+
+
+# How a question or task may begin, besides the recipe's openings.
+QUESTION_WORDS = ("what", "why", "how", "who", "when", "where", "which", "is", "are", "does",
+                  "do", "can", "explain", "describe", "compare")
+LABELS = ("question:", "q:", "a:")
+
+
+def opening_prompt(text: str, opening: str, openings: list[str] = ()) -> str | None:
+    """The prompt in a reply asked to begin with `opening`.  Quotes and a
+    "Q:" label come off; the reply is kept when it begins with a question
+    word or one of `openings` (the model chose another opening), else from
+    where `opening` follows a colon or quote ('The student asks: "Why …'), cut
+    after its first question mark (what follows is the model answering
+    itself).  None: the reply holds no question."""
+    text = " ".join(text.split()).lstrip("\"'“ ")
+    if text.lower().startswith(LABELS):
+        text = text.split(":", 1)[1].lstrip("\"'“ ")
+    first = text.split(" ", 1)[0].lower().strip(",.:;!?'\"")
+    starts = [o.lower() for o in (opening, *openings)]
+    if not (first in QUESTION_WORDS or text.lower().startswith(tuple(starts))):
+        found = [text.lower().find(f"{mark}{opening.lower()}") for mark in (': ', ':"', '"')]
+        found = [i for i in found if i >= 0]
+        if not found:
+            return None
+        text = text[min(found):].lstrip(':"“ ')
+    if "?" in text:
+        text = text[: text.index("?") + 1]
+    text = text.rstrip("\"'” ")
+    return text if len(text.split()) >= 3 else None
+
+
+def opening_requests(profiles: list[dict], openings: list[str], n: int) -> list[tuple[dict, int, str]]:
+    """(profile, index, opening) for `n` prompts per profile, the openings
+    rotated so that every one is used about equally often; a profile's
+    requests are adjacent (the embedded model reuses the passage's tokens)."""
+    return [(p, j, openings[(i * n + j) % len(openings)])
+            for i, p in enumerate(profiles) for j in range(n)]
+
+
+def generate_from_openings(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
+    """One short call per prompt, each told the opening to begin with
+    (a nudge: a question that begins otherwise is kept too)."""
+    n = recipe.sizes.prompts_per_profile
+    template = load_template("generate_opening")
+    endpoint = recipe.llm.generator
+    llm = make_llm(endpoint, store)
+    items = opening_requests(profiles, recipe.generation.openings, n)
+    results = llm_map(llm, endpoint, template, items,
+                      lambda it: {"profile": it[0], "text": it[0]["chunk_text"],
+                                  "topic": topic_of(it[0]), "opening": it[2]},
+                      stage=GENERATE_STAGE, seed=recipe.seed, max_tokens=TOKENS_PER_PROMPT,
+                      stop=("\n",))
+    rows = []
+    with store.drops(GENERATE_STAGE) as drops:
+        for (profile, j, opening), result in answered(store, GENERATE_STAGE, results,
+                                                      lambda it: f"{it[0]['profile_id']}:{it[1]}"):
+            text = opening_prompt(result.text, opening, recipe.generation.openings)
+            if text is None:
+                drops.add(f"{profile['profile_id']}:{j}", "llm_invalid_output",
+                          f"no question in the reply: {result.text[:200]}", None)
+                continue
+            rows.append(prompt_row(text, "generated", profile["profile_id"], profile["profile_id"],
+                                   opening_task_type(text), llm.model, template.version,
+                                   result.key))
+    store.insert("candidate_prompts", rows)
+    return len(rows)
+
+
 def generate_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
+    if recipe.generation.openings:
+        return generate_from_openings(store, recipe, profiles)
     n = recipe.sizes.prompts_per_profile
     base = load_template("generate")
     # 1..n prompts: a small model that rambles past the token budget keeps the
@@ -160,7 +243,8 @@ def broaden_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
     return len(rows)
 
 
-@stage_task("generate", sections=("domain", "llm", "sizes", "seed"), templates=("generate",))
+@stage_task("generate", sections=("domain", "llm", "sizes", "generation", "seed"),
+            templates=("generate", "generate_opening"))
 def generate(recipe: Recipe, profiles: StageResult) -> StageResult:
     store = Store.open(profiles.out.db_path)
     timer = StageTimer(store, GENERATE_STAGE)

@@ -88,6 +88,11 @@ def schema_answers(request: ChatRequest):
             return f"Without sources: quarks are confined by gluons ({tag})."
         first = text.split("[1] ", 1)[1].split("\n", 1)[0]
         return f"{whole_sentences(first, 300)} [1]"
+    if request.schema is None and 'beginning with "' in text:  # a prompt told its opening
+        opening = text.split('beginning with "', 1)[1].split('"', 1)[0]
+        passage = text.split('"""', 2)[1] if text.count('"""') >= 2 else ""
+        about = whole_sentences(" ".join(passage.split()), 160).rstrip(".") or "quarks bind"
+        return f"{opening} ({tag}) {about[0].lower()}{about[1:]}? It is because of colour."
     if set(props) == {"score", "reason"}:
         off = any(w in text.lower() for w in OFF_TOPIC)
         return {"score": 1 if off else 5, "reason": "scripted judgement"}

@@ -37,3 +37,55 @@ def test_select_profiles_is_deterministic_and_meets_shares(tmp_path):
     assert len(chosen) == 15  # 60 prompts / (3 generated + 1 broadened per profile)
     assert sum(p["subdomain"] == "A" for p in chosen) == 12
     assert chosen == select_profiles(list(reversed(profiles)), r)
+
+
+def test_opening_prompt_keeps_the_question_and_refuses_other_openings():
+    from sftmill.tasks.generate import opening_prompt
+
+    assert opening_prompt('Q: "Why do quarks bind? Because of gluons."', "Why do") == "Why do quarks bind?"
+    assert opening_prompt("explain  confinement\nin QCD.", "Explain") == "explain confinement in QCD."
+    assert opening_prompt("How does a proton get its mass?", "Who") == "How does a proton get its mass?"
+    assert opening_prompt('The student asks, "Why do quarks bind?"', "Why do") == "Why do quarks bind?"
+    assert opening_prompt("The student asked: Describe a jet. More.", "Describe") == "Describe a jet. More."
+    assert opening_prompt("The sentence in question is: gluons bind.", "Explain") is None
+    assert opening_prompt("Who? Me.", "Who") is None  # too short to be a request
+    assert opening_prompt("I'll suggest an answer to your question.", "Explain") is None
+    assert opening_prompt("", "What is") is None
+
+
+def test_openings_rotate_evenly_and_imply_task_types():
+    from sftmill.tasks.generate import opening_requests, opening_task_type
+
+    profiles = [{"profile_id": f"p{i}"} for i in range(4)]
+    items = opening_requests(profiles, ["What is", "Why do", "Explain", "Compare"], 2)
+    assert [(p["profile_id"], j) for p, j, _ in items][:3] == [("p0", 0), ("p0", 1), ("p1", 0)]
+    used = [o for _, _, o in items]
+    assert {o: used.count(o) for o in set(used)} == {"What is": 2, "Why do": 2, "Explain": 2, "Compare": 2}
+    assert [o for p, _, o in items if p["profile_id"] == "p1"] == ["Explain", "Compare"]
+    assert [opening_task_type(o) for o in ("Explain it", "Compare", "How do I", "How does", "Solve")] == [
+        "explanation", "comparison", "how_to", "question", "problem_solving"]
+
+
+def test_generation_with_openings_drops_replies_that_begin_otherwise(tmp_path, monkeypatch):
+    from fakes import ScriptedLLM, route_llm, user_text
+    from sftmill.store import Store
+    from sftmill.tasks.generate import generate_prompts
+
+    def respond(request):
+        opening = user_text(request).split('beginning with "', 1)[1].split('"', 1)[0]
+        return "I'll suggest something." if opening == "Explain" else f"{opening} gluons glue? Yes."
+
+    llm = route_llm(monkeypatch, ScriptedLLM(respond))
+    r = recipe(tmp_path, [], per_profile=2)
+    r = r.model_copy(update={"generation": r.generation.model_copy(update={"openings": ["What is", "Explain"]})})
+    store = Store.open(tmp_path / "run.duckdb")
+    profiles = [{"profile_id": f"p{i}", "chunk_text": f"Text {i} about gluons.", "heading": "Gluons",
+                 "topic": "gluons", "use_case": ""} for i in range(3)]
+    assert generate_prompts(store, r, profiles) == 3  # one per profile, the same text stored once
+    assert len(llm.requests) == 6 and all(req.schema is None and req.stop == ("\n",) for req in llm.requests)
+    assert store.query_dicts("SELECT text, task_type FROM candidate_prompts") == [
+        {"text": "What is gluons glue?", "task_type": "question"}]
+    drops = store.execute("SELECT item_id, reason, detail FROM rejects WHERE stage = 'generate' ORDER BY 1")
+    assert [d[:2] for d in drops] == [("p0:1", "llm_invalid_output"), ("p1:1", "llm_invalid_output"),
+                                     ("p2:1", "llm_invalid_output")]
+    assert drops[0][2] == "no question in the reply: I'll suggest something."
