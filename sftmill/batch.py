@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Sequence, TypeVar
 
 from sftmill.config import LLMEndpoint
@@ -64,10 +65,38 @@ def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate, items: Se
     if kept and store is not None:
         record_fit(store, stage, fit, kept)
     with progress(stage, len(requests)) as bar:
-        results = llm.chat_many(requests, on_result=lambda _i, _r: bar.advance())
+        rates = Rates(llm)
+        results = llm.chat_many(requests, on_result=lambda _i, r: (bar.advance(), rates.add(r, bar)))
         failed = sum(isinstance(r, LLMOutputError) for r in results)
-        bar.note = f"{failed} unusable answers" if failed else ""
+        bar.note = "; ".join(x for x in (f"{failed} unusable answers" if failed else "",
+                                         rates.summary()) if x)
     return list(zip(items, results))
+
+
+class Rates:
+    """Requests in flight, requests/s and tokens/s of the calls sent (cache
+    hits aside), for the progress line; refreshed at most twice a second."""
+
+    def __init__(self, llm: LLM):
+        self.llm, self.started = llm, time.monotonic()
+        self.sent = self.tokens = 0
+        self.shown = 0.0
+
+    def add(self, result, bar) -> None:
+        if isinstance(result, ChatResult) and not result.cached:
+            self.sent += 1
+            self.tokens += result.tokens_in + result.tokens_out
+        now = time.monotonic()
+        if self.sent and now - self.shown >= 0.5:
+            self.shown = now
+            bar.status(f"{self.llm.in_flight} in flight · {self.line(now)}")
+
+    def line(self, now: float) -> str:
+        elapsed = max(1e-6, now - self.started)
+        return f"{self.sent / elapsed:.0f} req/s · {self.tokens / elapsed:.0f} tok/s"
+
+    def summary(self) -> str:
+        return self.line(time.monotonic()) if self.sent else ""
 
 
 def whole_items(result: ChatResult, field: str, limit: int) -> list:

@@ -71,14 +71,18 @@ class RichReporter:
         self.progress = progress
 
     def start(self, stage: str, total: int):
-        return self.progress.add_task(stage, total=total)
+        return self.progress.add_task(stage, total=total, stage=stage)
 
     def advance(self, handle, n: int = 1) -> None:
         self.progress.advance(handle, n)
 
+    def status(self, handle, text: str) -> None:
+        stage = self.progress.tasks[[t.id for t in self.progress.tasks].index(handle)].fields["stage"]
+        self.progress.update(handle, description=f"{stage} · {text}")
+
     def finish(self, handle, note: str = "") -> None:
         task = self.progress.tasks[[t.id for t in self.progress.tasks].index(handle)]
-        desc = task.description + (f" ({note})" if note else "")
+        desc = task.fields.get("stage", task.description) + (f" ({note})" if note else "")
         self.progress.update(handle, completed=task.total, description=desc)
 
 

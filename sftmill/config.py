@@ -92,7 +92,11 @@ class LLMEndpoint(_Strict):
         default="smollm2-135m",
         description="Model name sent to the server; for 'embedded', a GGUF path or 'smollm2-135m'.",
     )
-    base_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:8000/v1")
+    base_url: str | list[str] | None = Field(
+        default=None,
+        description="e.g. http://127.0.0.1:8000/v1; a list of URLs for several replicas of the "
+        "same model: each request goes to the replica with the fewest in flight, and a "
+        "replica that fails is set aside and tried again later while the others go on.")
     api_key_env: str | None = Field(
         default=None, description="Name of the environment variable holding the API key."
     )
@@ -100,7 +104,23 @@ class LLMEndpoint(_Strict):
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_tokens: int = Field(default=512, ge=1, le=32768)
     timeout_s: float = Field(default=120, gt=0)
-    max_concurrency: int = Field(default=16, ge=1, le=1024)
+    max_concurrency: int = Field(
+        default=16, ge=1, le=4096,
+        description="Requests in flight per replica to start with ('openai'); with "
+        "adaptive_concurrency it grows while latency holds and halves on 429, 5xx and "
+        "timeouts.")
+    adaptive_concurrency: bool = Field(
+        default=True, description="Adjust requests in flight to what the server takes (AIMD).")
+    concurrency_ceiling: int = Field(
+        default=1024, ge=1, le=4096,
+        description="The most requests in flight per replica adaptive concurrency may reach.")
+    rpm: int | None = Field(
+        default=None, ge=1,
+        description="Requests per minute the API allows (hosted APIs); none: no cap.")
+    tpm: int | None = Field(
+        default=None, ge=1,
+        description="Tokens (prompt + max_tokens, corrected from the answer's usage) per "
+        "minute the API allows; none: no cap.")
     max_retries: int = Field(default=5, ge=0, le=20)
     structured_output: Literal["json_schema", "json_object", "none"] = Field(
         default="json_schema",
@@ -119,9 +139,17 @@ class LLMEndpoint(_Strict):
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> "LLMEndpoint":
-        if self.backend == "openai" and not self.base_url:
+        if self.backend == "openai" and not self.base_urls:
             raise ValueError("backend 'openai' needs base_url")
+        if isinstance(self.base_url, list) and len(set(self.base_url)) != len(self.base_url):
+            raise ValueError("base_url lists the same replica twice")
         return self
+
+    @property
+    def base_urls(self) -> list[str]:
+        """The replicas' URLs (one for a single server), without a trailing slash."""
+        urls = self.base_url if isinstance(self.base_url, list) else [self.base_url] if self.base_url else []
+        return [u.rstrip("/") for u in urls if u]
 
 
 class LLMRoles(_Strict):

@@ -17,6 +17,7 @@ from typing import Iterator, Protocol
 class Reporter(Protocol):
     def start(self, stage: str, total: int) -> object: ...
     def advance(self, handle: object, n: int = 1) -> None: ...
+    def status(self, handle: object, text: str) -> None: ...  # a live line, e.g. rates
     def finish(self, handle: object, note: str = "") -> None: ...
 
 
@@ -35,7 +36,8 @@ class LogReporter:
 
     def start(self, stage: str, total: int) -> object:
         _logger().info("%s: %d items", stage, total)
-        return {"stage": stage, "total": total, "done": 0, "logged": 0}
+        return {"stage": stage, "total": total, "done": 0, "logged": 0, "status": "",
+                "logger": _logger()}
 
     def advance(self, handle: object, n: int = 1) -> None:
         with self._lock:
@@ -44,7 +46,12 @@ class LogReporter:
             tenth = handle["done"] * 10 // total
             if tenth > handle["logged"]:
                 handle["logged"] = tenth
-                _logger().info("%s: %d/%d", handle["stage"], handle["done"], handle["total"])
+                status = f" ({handle['status']})" if handle["status"] else ""
+                handle["logger"].info("%s: %d/%d%s", handle["stage"], handle["done"],
+                                      handle["total"], status)
+
+    def status(self, handle: object, text: str) -> None:
+        handle["status"] = text
 
     def finish(self, handle: object, note: str = "") -> None:
         _logger().info("%s: done %s", handle["stage"], note)
@@ -107,6 +114,9 @@ class _Handle:
 
     def advance(self, n: int = 1) -> None:
         self._reporter.advance(self._token, n)
+
+    def status(self, text: str) -> None:
+        self._reporter.status(self._token, text)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -214,7 +215,15 @@ SCHEMA: dict[str, str] = {
         finished_at TIMESTAMP DEFAULT current_timestamp,
         PRIMARY KEY (run_id, stage)
     """,
-    # One row per logical LLM call (status ok | error | cache_hit).
+    # Calls answered from the cache, counted (they add no llm_calls row).
+    "llm_cache_hits": """
+        stage VARCHAR,
+        model VARCHAR,
+        hits BIGINT,
+        PRIMARY KEY (stage, model)
+    """,
+    # One row per LLM call sent (status ok | error); older runs also hold
+    # a row per cache hit (status cache_hit).
     "llm_calls": """
         call_id VARCHAR PRIMARY KEY,
         key VARCHAR,
@@ -297,7 +306,12 @@ class Store:
 
     @classmethod
     def close_all(cls) -> None:
-        """Close every store opened with `open` (also run at interpreter exit)."""
+        """Close every store opened with `open` (also run at interpreter exit),
+        moving the LLM call journals into their tables first."""
+        journal = sys.modules.get("sftmill.llm.journal")
+        if journal is not None:
+            journal.CallJournal.merge_all()
+            journal.CallJournal.forget()
         with cls._open_lock:
             for store in cls._open.values():
                 store._con.close()

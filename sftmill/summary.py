@@ -42,13 +42,18 @@ def summarize(store: Store, targets: dict[str, float] | None = None) -> RunSumma
         "QUALIFY row_number() OVER (PARTITION BY stage ORDER BY finished_at DESC) = 1 "
         "ORDER BY finished_at")
     llm = store.query_dicts(
-        "SELECT model, stage, count(*) FILTER (WHERE status = 'ok') AS sent, "
-        "count(*) FILTER (WHERE status = 'cache_hit') AS cache_hits, "
+        "WITH calls AS (SELECT model, stage, count(*) FILTER (WHERE status = 'ok') AS sent, "
+        "count(*) FILTER (WHERE status = 'cache_hit') AS old_hits, "
         "count(*) FILTER (WHERE status = 'error') AS errors, "
         "coalesce(sum(tokens_in) FILTER (WHERE status = 'ok'), 0) AS tokens_in, "
         "coalesce(sum(tokens_out) FILTER (WHERE status = 'ok'), 0) AS tokens_out, "
         "coalesce(sum(latency_s) FILTER (WHERE status = 'ok'), 0) AS seconds "
-        "FROM llm_calls GROUP BY ALL ORDER BY stage, model")
+        "FROM llm_calls GROUP BY ALL) "
+        "SELECT model, stage, coalesce(sent, 0) AS sent, "
+        "coalesce(old_hits, 0) + coalesce(hits, 0) AS cache_hits, coalesce(errors, 0) AS errors, "
+        "coalesce(tokens_in, 0) AS tokens_in, coalesce(tokens_out, 0) AS tokens_out, "
+        "coalesce(seconds, 0) AS seconds "
+        "FROM calls FULL JOIN llm_cache_hits USING (model, stage) ORDER BY stage, model")
     tables = {t: store.count(t) for t in ("documents", "chunks", "profiles", "queries",
                                           "candidate_prompts", "prompts")}
     openings = store.get_meta("opening_share")

@@ -122,32 +122,39 @@ def opening_task_type(opening: str) -> str:
     return "question"
 
 
-# How a question or task may begin, besides the recipe's openings.
-QUESTION_WORDS = ("what", "why", "how", "who", "when", "where", "which", "is", "are", "does",
-                  "do", "can", "explain", "describe", "compare")
-LABELS = ("question:", "q:", "a:")
+# How a request may begin besides the recipe's openings: interrogatives
+# (the request must then hold a question mark) and imperatives.
+INTERROGATIVES = ("what", "why", "how", "who", "when", "where", "which", "is", "are", "does",
+                  "do", "can")
+IMPERATIVES = ("explain", "describe", "compare")
 
 
 def opening_prompt(text: str, opening: str, openings: list[str] = ()) -> str | None:
     """The prompt in a reply asked to begin with `opening`.  Quotes and a
-    "Q:" label come off; the reply is kept when it begins with a question
-    word or one of `openings` (the model chose another opening), else from
-    where `opening` follows a colon or quote ('The student asks: "Why …'), cut
-    after its first question mark (what follows is the model answering
-    itself).  None: the reply holds no question."""
+    label ("Q:", "Question:", "Who:") come off; the reply is kept when it
+    begins with a question word or one of `openings` (the model chose another
+    opening), else from where `opening` follows a colon or quote ('The
+    student asks: "Why …'); cut after its first question mark (what follows
+    is the model answering itself).  None: the reply holds no request — no
+    question mark after a question word, or fewer than three words."""
     text = " ".join(text.split()).lstrip("\"'“ ")
-    if text.lower().startswith(LABELS):
-        text = text.split(":", 1)[1].lstrip("\"'“ ")
-    first = text.split(" ", 1)[0].lower().strip(",.:;!?'\"")
-    starts = [o.lower() for o in (opening, *openings)]
-    if not (first in QUESTION_WORDS or text.lower().startswith(tuple(starts))):
-        found = [text.lower().find(f"{mark}{opening.lower()}") for mark in (': ', ':"', '"')]
-        found = [i for i in found if i >= 0]
+    first = text.split(" ", 1)[0]
+    if first.endswith(":") and len(first) <= 10:  # a label: "Q:", "Question:", "Who:"
+        text = text[len(first):].lstrip("\"'“ ")
+    lowered = text.lower()
+    word = lowered.split(" ", 1)[0].strip(",.;!?'\"")
+    starts = tuple(o.lower() for o in (opening, *openings))
+    if not (word in INTERROGATIVES or word in IMPERATIVES or lowered.startswith(starts)):
+        found = [i for i in (lowered.find(f"{mark}{opening.lower()}") for mark in (': ', ':"', '"'))
+                 if i >= 0]
         if not found:
             return None
         text = text[min(found):].lstrip(':"“ ')
+        word = text.lower().split(" ", 1)[0].strip(",.;!?'\"")
     if "?" in text:
         text = text[: text.index("?") + 1]
+    elif word in INTERROGATIVES:
+        return None  # "What a groundbreaking result!": not a question
     text = text.rstrip("\"'” ")
     return text if len(text.split()) >= 3 else None
 

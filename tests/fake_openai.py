@@ -1,6 +1,8 @@
 """An OpenAI-compatible chat endpoint on 127.0.0.1 that answers like the
 scripted LLM (see fakes.schema_answers; free-text requests get a short
-plain answer), slowly, and can be taken down."""
+plain answer), slowly, and can be taken down; with `capacity` it serves at
+most that many requests at once and answers the rest 429 with Retry-After,
+as a hosted API over its rate limit does."""
 
 import http.server
 import json
@@ -14,8 +16,14 @@ from sftmill.llm import ChatRequest
 class FakeOpenAI:
     """An OpenAI-compatible chat endpoint answering like the scripted LLM, slowly."""
 
-    def __init__(self, delay_s: float = 0.2, down_after: int | None = None):
+    def __init__(self, delay_s: float = 0.2, down_after: int | None = None,
+                 capacity: int | None = None, retry_after: str = "0.05"):
         self.requests = 0
+        self.refused = 0  # 429s sent
+        self.in_service = self.peak = 0
+        self.log: list[str] = []  # "ok" / "429" per request, in order of arrival
+        self._lock = threading.Lock()
+        self.keys: list[str] = []  # the sftmill cache key of every request answered
         self.down_after = down_after  # answer 503 from this many requests on
         server = self
 
@@ -42,13 +50,38 @@ class FakeOpenAI:
                     self.send_header("content-length", "0")
                     self.end_headers()
                     return
+                with server._lock:
+                    over = capacity is not None and server.in_service >= capacity
+                    server.log.append("429" if over else "ok")
+                    if over:
+                        server.refused += 1
+                    else:
+                        server.in_service += 1
+                        server.peak = max(server.peak, server.in_service)
+                if over:
+                    self.send_response(429)
+                    self.send_header("Retry-After", retry_after)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                try:
+                    self._answer(body)
+                finally:
+                    with server._lock:
+                        server.in_service -= 1
+
+            def _answer(self, body):
                 server.requests += 1
+                schema = body["response_format"]["json_schema"]["schema"] if "response_format" in body else None
+                server.keys.append(ChatRequest.build(
+                    body["messages"], schema=schema, temperature=body["temperature"],
+                    top_p=body["top_p"], max_tokens=body["max_tokens"], seed=body["seed"],
+                    stop=tuple(body.get("stop") or ())).key(body["model"]))
                 time.sleep(delay_s)
-                if "response_format" in body:
-                    schema = body["response_format"]["json_schema"]["schema"]
-                    request = ChatRequest.build(body["messages"], schema=schema)
-                    answer = json.dumps(schema_answers(request))
-                else:  # free text (a response, a rewrite, a translation)
+                try:  # the scripted LLM's answer: JSON, or text for the forms it knows
+                    answer = schema_answers(ChatRequest.build(body["messages"], schema=schema))
+                    answer = answer if isinstance(answer, str) else json.dumps(answer)
+                except AssertionError:  # other free text (a response, a rewrite, a translation)
                     answer = "A plain answer about " + body["messages"][-1]["content"][:80]
                 self._json({"choices": [{"message": {"content": answer}}],
                             "usage": {"prompt_tokens": 10, "completion_tokens": 5}})

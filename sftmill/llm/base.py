@@ -3,9 +3,11 @@
 A backend implements only `_raw_complete` (one chat completion, transport
 retries included).  This base class adds what every backend shares:
 
-* the call cache: every call is recorded in the run's `llm_calls` table,
-  keyed by (model, messages, schema, sampling parameters, seed); a call whose
-  key already succeeded is answered from the table and never sent again;
+* the call cache: every finished call is appended to the run's call journal
+  (`journal.py`) and moved into the `llm_calls` table in bulk, keyed by
+  (model, messages, schema, sampling parameters, seed); a batch looks up all
+  its keys in one query, and a call whose key already succeeded is answered
+  from the table (counted in `llm_cache_hits`) and never sent again;
 * structured output: the answer is parsed as JSON, repaired if needed,
   validated against the schema, and on failure re-prompted once;
 * batches with bounded concurrency, where one record's bad answer becomes a
@@ -15,7 +17,12 @@ retries included).  This base class adds what every backend shares:
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures
+import contextvars
+import datetime
 import json
+import sys
 import threading
 import time
 import uuid
@@ -84,6 +91,9 @@ class RawCompletion:
     tokens_in: int = 0
     tokens_out: int = 0
     attempts: int = 1
+    # The server's time for the answer (the last attempt's round trip), when
+    # the backend knows it; else the call's whole time, waits included.
+    latency_s: float | None = None
 
 
 @dataclass
@@ -131,6 +141,7 @@ class LLM:
     def __init__(self, model: str, store: Store | None = None):
         self.model = model
         self.store = store
+        self.in_flight = 0  # requests sent and not yet answered
 
     def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
         """Tokens `messages` take in the prompt.  Without a tokenizer: a
@@ -152,50 +163,70 @@ class LLM:
     async def _raw_complete(self, request: ChatRequest) -> RawCompletion:
         raise NotImplementedError
 
-    # -- cache --------------------------------------------------------------
-    def _cached(self, key: str) -> dict[str, Any] | None:
+    # -- cache and journal -------------------------------------------------
+    @property
+    def journal(self):
+        """The run's call journal (None without a store)."""
         if self.store is None:
             return None
-        rows = self.store.query_dicts(
-            "SELECT response_text, tokens_in, tokens_out FROM llm_calls "
-            "WHERE key = ? AND status = 'ok' LIMIT 1",
-            [key],
-        )
-        return rows[0] if rows else None
+        from sftmill.llm.journal import CallJournal
+
+        return CallJournal.for_store(self.store)
+
+    def cached(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The completed calls among `keys` — one query for a whole batch,
+        plus this process's calls still in the journal."""
+        if self.store is None or not keys:
+            return {}
+        unique = list(dict.fromkeys(keys))
+        journal = self.journal  # first: a killed run's journal is replayed on first use
+        found = {r["key"]: r for r in self.store.query_dicts(
+            "SELECT DISTINCT ON (key) key, response_text, tokens_in, tokens_out FROM llm_calls "
+            "WHERE status = 'ok' AND key IN (SELECT unnest(?::VARCHAR[]))", [unique])}
+        found.update(journal.unmerged(unique))
+        return found
 
     def _record(self, key: str, request: ChatRequest, status: str, *, text: str = "",
                 error: str = "", attempts: int = 0, tokens_in: int = 0,
                 tokens_out: int = 0, latency_s: float = 0.0) -> None:
+        """Journal a finished call (a file append, no database work)."""
         if self.store is None:
             return
-        request_json = "" if status == "cache_hit" else json.dumps(
+        request_json = json.dumps(
             {"messages": request.message_dicts(), "schema": request.schema,
              "temperature": request.temperature, "top_p": request.top_p,
              "max_tokens": request.max_tokens, "seed": request.seed,
              **({"stop": list(request.stop)} if request.stop else {})},
             ensure_ascii=False,
         )
-        self.store.insert("llm_calls", [{
+        self.journal.append({
             "call_id": uuid.uuid4().hex, "key": key, "model": self.model,
             "backend": self.backend, "stage": request.stage, "status": status,
             "request_json": request_json, "response_text": text, "error": error[:2000],
             "attempts": attempts, "tokens_in": tokens_in, "tokens_out": tokens_out,
-            "latency_s": latency_s,
-        }])
+            "latency_s": latency_s, "created_at": datetime.datetime.now().isoformat(),
+        })
+
+    def _from_cache(self, key: str, request: ChatRequest, hit: dict[str, Any]) -> ChatResult:
+        if self.store is not None:
+            self.journal.count_hit(request.stage, self.model)
+        data = parse_structured(hit["response_text"], request.schema) if request.schema else None
+        return ChatResult(hit["response_text"], data, key, True,
+                          hit["tokens_in"] or 0, hit["tokens_out"] or 0)
 
     # -- one call -----------------------------------------------------------
-    async def achat(self, request: ChatRequest) -> ChatResult:
+    async def achat(self, request: ChatRequest, looked_up: bool = False) -> ChatResult:
+        """One call; the cache is asked first unless the caller already did
+        (`looked_up`: a batch looks up all its keys at once)."""
         key = request.key(self.model)
-        hit = self._cached(key)
+        hit = None if looked_up else self.cached([key]).get(key)
         if hit is not None:
-            self._record(key, request, "cache_hit")
-            data = parse_structured(hit["response_text"], request.schema) if request.schema else None
-            return ChatResult(hit["response_text"], data, key, True,
-                              hit["tokens_in"] or 0, hit["tokens_out"] or 0)
+            return self._from_cache(key, request, hit)
         too_long = self.prompt_too_long(request)
         if too_long:
             raise PromptTooLong(too_long)
         started = time.perf_counter()
+        self.in_flight += 1
         try:
             raw = await self._raw_complete(request)
             text, data = raw.text, None
@@ -205,7 +236,9 @@ class LLM:
             self._record(key, request, "error", error=f"{type(err).__name__}: {err}",
                          latency_s=time.perf_counter() - started)
             raise
-        latency = time.perf_counter() - started
+        finally:
+            self.in_flight -= 1
+        latency = raw.latency_s if raw.latency_s is not None else time.perf_counter() - started
         self._record(key, request, "ok", text=text, attempts=raw.attempts,
                      tokens_in=raw.tokens_in, tokens_out=raw.tokens_out, latency_s=latency)
         return ChatResult(text, data, key, False, raw.tokens_in, raw.tokens_out, latency)
@@ -227,7 +260,9 @@ class LLM:
         )
         second = await self._raw_complete(retry)
         merged = RawCompletion(second.text, raw.tokens_in + second.tokens_in,
-                               raw.tokens_out + second.tokens_out, raw.attempts + second.attempts)
+                               raw.tokens_out + second.tokens_out, raw.attempts + second.attempts,
+                               None if raw.latency_s is None or second.latency_s is None
+                               else raw.latency_s + second.latency_s)
         try:
             return second.text, parse_structured(second.text, request.schema), merged
         except ValueError as err:
@@ -239,14 +274,25 @@ class LLM:
                          ) -> list[ChatResult | LLMOutputError]:
         limit = asyncio.Semaphore(self.max_concurrency)
         down: list[LLMUnavailableError] = []  # once the endpoint is gone, stop sending
+        keys = [r.key(self.model) for r in requests]
+        hits = self.cached(keys)
 
         async def one(i: int, req: ChatRequest):
+            hit = hits.get(keys[i])
+            if hit is not None:  # answered from the cache without waiting for a slot
+                try:
+                    result: ChatResult | Exception = self._from_cache(keys[i], req, hit)
+                except ValueError as err:  # a cached answer that no longer parses
+                    result = LLMOutputError(f"cached answer unusable: {err}")
+                if on_result is not None:
+                    on_result(i, result)
+                return result
             async with limit:
                 if down:
-                    result: ChatResult | Exception = down[0]
+                    result = down[0]
                 else:
                     try:
-                        result = await self.achat(req)
+                        result = await self.achat(req, looked_up=True)
                     except LLMUnavailableError as err:
                         down.append(err)
                         result = err
@@ -256,7 +302,11 @@ class LLM:
                 on_result(i, result)
             return result
 
-        results = await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
+        try:
+            results = await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
+        finally:
+            if self.store is not None:
+                self.journal.merge()  # the batch's calls into llm_calls, in one insert
         # Every call has finished (and the successful ones are cached) before an
         # unavailable endpoint fails the batch: a retry pays only for the rest.
         for result in results:
@@ -265,7 +315,11 @@ class LLM:
         return list(results)
 
     def chat(self, request: ChatRequest) -> ChatResult:
-        return run_sync(self.achat(request))
+        try:
+            return run_sync(self.achat(request))
+        finally:
+            if self.store is not None:
+                self.journal.merge()
 
     def chat_many(self, requests: Sequence[ChatRequest],
                   on_result: Callable[[int, ChatResult | Exception], None] | None = None,
@@ -275,23 +329,61 @@ class LLM:
         return run_sync(self.achat_many(requests, on_result))
 
 
-def run_sync(coro):
-    """Run a coroutine from sync code, also when this thread already runs a loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
+_LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_LOCK = threading.Lock()
 
-    def runner():
+
+def llm_loop() -> asyncio.AbstractEventLoop:
+    """The process's event loop for LLM I/O, running in a daemon thread:
+    connections, concurrency limits and what they learned live across the
+    stages of a run instead of being rebuilt for every batch."""
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None or _LOOP.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="sftmill-llm", daemon=True).start()
+            _LOOP = loop
+            atexit.register(_close_loop, loop)
+        return _LOOP
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """At exit: close the loop's HTTP session (its connections), then stop it."""
+    transport = sys.modules.get("sftmill.llm.transport")
+    if transport is not None and loop.is_running():
         try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as err:  # re-raised in the caller's thread
-            box["error"] = err
+            asyncio.run_coroutine_threadsafe(transport.close_shared(loop), loop).result(timeout=5)
+        except Exception:  # exiting anyway
+            pass
+    loop.call_soon_threadsafe(loop.stop)
 
-    thread = threading.Thread(target=runner)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+
+def run_sync(coro):
+    """Run a coroutine on the LLM loop from sync code and wait for it; it
+    sees the caller's context variables (Prefect's run context, say)."""
+    loop = llm_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        coro.close()
+        raise RuntimeError("run_sync called on the LLM loop itself: await the coroutine")
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    context = contextvars.copy_context()
+
+    def start() -> None:
+        task = loop.create_task(coro, context=context)
+
+        def finish(t: asyncio.Task) -> None:
+            if t.cancelled():
+                done.cancel()
+            elif t.exception() is not None:
+                done.set_exception(t.exception())
+            else:
+                done.set_result(t.result())
+
+        task.add_done_callback(finish)
+
+    loop.call_soon_threadsafe(start)
+    return done.result()

@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import os
 import threading
+import time
 from pathlib import Path
 
 from sftmill.config import LLMEndpoint
@@ -128,6 +129,7 @@ class EmbeddedLLM(LLM):
             kwargs["response_format"] = {"type": "json_object",
                                          "schema": grammar_schema(request.schema)}
         with _CALL_LOCK:
+            started = time.perf_counter()
             try:
                 out = llama.create_chat_completion(
                     messages=request.message_dicts(),
@@ -140,10 +142,11 @@ class EmbeddedLLM(LLM):
                 )
             except ValueError as err:  # e.g. prompt longer than the context
                 raise LLMOutputError(f"llama.cpp rejected the request: {err}") from None
+            latency = time.perf_counter() - started
         usage = out.get("usage") or {}
         return RawCompletion(out["choices"][0]["message"]["content"] or "",
                              int(usage.get("prompt_tokens") or 0),
-                             int(usage.get("completion_tokens") or 0))
+                             int(usage.get("completion_tokens") or 0), latency_s=latency)
 
     async def _raw_complete(self, request: ChatRequest) -> RawCompletion:
         return await asyncio.to_thread(self._complete_sync, request)

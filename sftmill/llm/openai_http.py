@@ -1,35 +1,45 @@
 """OpenAI-compatible chat completions over HTTP (vLLM, SGLang, Ollama,
-llama.cpp server, OpenAI), with bounded concurrency and retries.
+llama.cpp server, OpenAI): replicas, adaptive concurrency, rate caps and
+retries.
 
 Retried: timeouts, connection errors, 429 and 5xx, with exponential backoff
-and jitter, honouring `Retry-After`.  Not retried: other 4xx.  A 400/413/422
-concerns one request (it becomes that record's `LLMOutputError`); 401, 403
-and 404 mean the endpoint or key is wrong for every request
-(`LLMUnavailableError`).
+and jitter, honouring `Retry-After` (which also pauses the replica's other
+sends).  Not retried: other 4xx.  A 400/413/422 concerns one request (it
+becomes that record's `LLMOutputError`); 401, 403 and 404 mean the endpoint
+or key is wrong for every request (`LLMUnavailableError`).
+
+Each replica (`base_url` may list several) has its own `AdaptiveLimit`;
+a request goes to the replica with the fewest in flight for its limit; a
+replica whose connection is refused, or that times out or answers 5xx
+three times in a row, is set aside for a growing while and then probed
+with one request.  The replicas, their
+limits and the HTTP session live on the process's LLM loop, so what a
+stage learned about a server carries over to the next stage.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
+import collections
 import email.utils
 import os
 import random
 import time
+import weakref
 from typing import Any
-
-import httpx
 
 from sftmill.config import LLMEndpoint
 from sftmill.llm.base import (ChatRequest, LLM, LLMOutputError, LLMUnavailableError,
                               RawCompletion)
+from sftmill.llm.limits import AdaptiveLimit, TokenBucket
+from sftmill.llm.transport import (Reply, Transport, TransportError, TransportTimeout,
+                                   shared_transport)
 from sftmill.store import Store
 
 RETRY_STATUS = {408, 409, 425, 429}
-_CLIENT: contextvars.ContextVar[httpx.AsyncClient | None] = contextvars.ContextVar(
-    "sftmill_http_client", default=None)
 FATAL_STATUS = {401, 403, 404}
+SET_ASIDE_S = (2.0, 60.0)  # a failed replica rests 2 s, doubling per failure, at most 60 s
+STRIKES = 3  # timeouts or 5xx in a row that set a replica aside
 
 
 def auth_headers(endpoint: LLMEndpoint) -> dict[str, str]:
@@ -54,19 +64,168 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class Replica:
+    """One server of an endpoint: its URL, its limit, and whether it is set aside."""
+
+    def __init__(self, url: str, endpoint: LLMEndpoint):
+        self.url = url
+        self.limit = AdaptiveLimit(endpoint.max_concurrency, endpoint.concurrency_ceiling,
+                                   adaptive=endpoint.adaptive_concurrency)
+        self.strikes = 0  # failed answers in a row
+        self.failures = 0  # times set aside in a row
+        self.back_at = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        return self.limit.in_flight
+
+    def usable(self, now: float) -> bool:
+        """Up, or back from being set aside and not already being probed."""
+        return self.failures == 0 or (now >= self.back_at and self.in_flight == 0)
+
+    def resting(self, now: float) -> bool:
+        """Set aside, its rest not over (a probe in flight counts as not resting)."""
+        return self.failures > 0 and now < self.back_at and self.in_flight == 0
+
+    def failed(self, gone: bool, alone: bool) -> None:
+        """No usable answer: a refused or reset connection (`gone`), or the
+        third timeout / 5xx in a row, sets the replica aside for a while —
+        unless it is the endpoint's only one (`alone`: its requests' own
+        backoff paces the retries)."""
+        self.strikes += 1
+        if not alone and (gone or self.strikes >= STRIKES):
+            self.failures += 1
+            rest = min(SET_ASIDE_S[1], SET_ASIDE_S[0] * 2 ** (self.failures - 1))
+            self.back_at = time.monotonic() + rest
+
+    def answered(self) -> None:
+        self.strikes = self.failures = 0
+
+
+class NoReplica(Exception):
+    """Every replica of the endpoint is set aside: the request's attempt fails."""
+
+
+class Pool:
+    """The replicas of one endpoint and its rate caps (per event loop).
+    Requests wait here, first come, first served, for a slot on whichever
+    replica has room — the one with the fewest in flight for its limit."""
+
+    def __init__(self, endpoint: LLMEndpoint):
+        self.replicas = [Replica(u, endpoint) for u in endpoint.base_urls]
+        self.rpm = TokenBucket(endpoint.rpm) if endpoint.rpm else None
+        self.tpm = TokenBucket(endpoint.tpm) if endpoint.tpm else None
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _free(self, now: float) -> Replica | None:
+        room = [r for r in self.replicas if r.usable(now) and r.limit.has_room(now)]
+        return min(room, key=lambda r: (r.in_flight / max(1, r.limit.current), r.in_flight),
+                   default=None)
+
+    def all_resting(self, now: float) -> bool:
+        return all(r.resting(now) for r in self.replicas)
+
+    async def acquire(self) -> Replica:
+        """A replica with a slot taken for this request; `NoReplica` when
+        every replica is set aside (the request backs off and tries again,
+        so a dead endpoint still fails within its retries)."""
+        now = time.monotonic()
+        if self.all_resting(now):
+            raise NoReplica(f"every replica is set aside ({len(self.replicas)})")
+        if not self._waiters:
+            replica = self._free(time.monotonic())
+            if replica is not None:
+                replica.limit.take()
+                return replica
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._wake()
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(waiter.result(), "other")
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self, replica: Replica, outcome: str, latency_s: float = 0.0,
+                retry_after_s: float | None = None) -> None:
+        """Give a slot back: outcome 'ok', 'refused' (429, 5xx, no answer) or 'other'."""
+        if outcome == "ok":
+            replica.limit.release_ok(latency_s)
+        elif outcome == "refused":
+            replica.limit.release_refused(retry_after_s)
+        else:
+            replica.limit.release_other()
+        self._wake()
+        if self._waiters and self.all_resting(time.monotonic()):
+            problem = NoReplica(f"every replica is set aside ({len(self.replicas)})")
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(problem)
+
+    def _wake(self) -> None:
+        now = time.monotonic()
+        while self._waiters:
+            replica = self._free(now)
+            if replica is None:
+                break
+            waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            replica.limit.take()
+            waiter.set_result(replica)
+        if self._waiters and self._timer is None:
+            # Nothing in flight may come back to wake them: wake when a
+            # replica's rest or Retry-After ends.
+            later = [t for r in self.replicas for t in (r.back_at, r.limit.paused_until) if t > now]
+            if later:
+                self._timer = asyncio.get_running_loop().call_later(
+                    min(later) - now + 0.001, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._wake()
+
+    def others_up(self, replica: Replica) -> bool:
+        return any(r is not replica and r.failures == 0 for r in self.replicas)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(r.in_flight for r in self.replicas)
+
+
+_POOLS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Pool]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def pool_for(endpoint: LLMEndpoint) -> Pool:
+    """The running loop's pool for this endpoint (same URLs, model and limits)."""
+    pools = _POOLS.setdefault(asyncio.get_running_loop(), {})
+    key = (tuple(endpoint.base_urls), endpoint.model, endpoint.max_concurrency,
+           endpoint.concurrency_ceiling, endpoint.adaptive_concurrency, endpoint.rpm, endpoint.tpm)
+    if key not in pools:
+        pools[key] = Pool(endpoint)
+    return pools[key]
+
+
 class OpenAIChatLLM(LLM):
     backend = "openai"
     backoff_base_s = 0.5
     backoff_cap_s = 30.0
 
     def __init__(self, endpoint: LLMEndpoint, store: Store | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None):
+                 transport: Transport | None = None):
         super().__init__(endpoint.model, store)
         self.endpoint = endpoint
-        self.max_concurrency = endpoint.max_concurrency
+        # Requests wait for a replica's limit inside `_raw_complete`, per attempt.
+        self.max_concurrency = 1_000_000
         # A server's context is known only when the recipe gives it (n_ctx).
         self.context_window = endpoint.n_ctx if "n_ctx" in endpoint.model_fields_set else None
-        self._transport = transport  # tests inject httpx.MockTransport
+        self._transport = transport  # tests inject their own
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -100,75 +259,97 @@ class OpenAIChatLLM(LLM):
         ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** attempt)
         return random.uniform(ceiling / 2, ceiling)
 
-    @contextlib.asynccontextmanager
-    async def _client(self):
-        """One pooled client per batch (clients are bound to an event loop)."""
-        existing = _CLIENT.get()
-        if existing is not None:
-            yield existing
-            return
-        timeout = httpx.Timeout(self.endpoint.timeout_s, connect=min(10.0, self.endpoint.timeout_s))
-        limits = httpx.Limits(max_connections=self.max_concurrency)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits,
-                                     transport=self._transport) as client:
-            token = _CLIENT.set(client)
-            try:
-                yield client
-            finally:
-                _CLIENT.reset(token)
-
-    async def achat_many(self, requests, on_result=None):
-        async with self._client():
-            return await super().achat_many(requests, on_result)
-
     async def _raw_complete(self, request: ChatRequest) -> RawCompletion:
-        url = self.endpoint.base_url.rstrip("/") + "/chat/completions"
+        pool = pool_for(self.endpoint)
+        transport = self._transport or shared_transport()
         body = self._body(request)
+        headers = auth_headers(self.endpoint)
+        estimate = self.count_tokens(request.message_dicts()) + request.max_tokens
         last_problem = ""
-        async with self._client() as client:
-            for attempt in range(self.endpoint.max_retries + 1):
-                retry_after = None
-                try:
-                    response = await client.post(url, json=body, headers=auth_headers(self.endpoint))
-                except (httpx.TimeoutException, httpx.TransportError) as err:
-                    last_problem = f"{type(err).__name__}: {err}"
-                else:
-                    status = response.status_code
-                    if status < 300:
-                        return self._completion(response, attempt + 1)
-                    last_problem = f"HTTP {status}: {response.text[:200]}"
-                    if status in FATAL_STATUS:
-                        raise LLMUnavailableError(f"{url}: {last_problem}")
-                    if status < 500 and status not in RETRY_STATUS:
-                        raise LLMOutputError(f"request rejected: {last_problem}")
-                    retry_after = retry_after_seconds(response.headers.get("retry-after"))
+        for attempt in range(self.endpoint.max_retries + 1):
+            if pool.rpm:
+                await pool.rpm.take(1)
+            if pool.tpm:
+                await pool.tpm.take(estimate)
+            try:
+                replica = await pool.acquire()
+            except NoReplica as err:
+                last_problem = str(err)
                 if attempt < self.endpoint.max_retries:
-                    await asyncio.sleep(self._backoff(attempt, retry_after))
+                    await asyncio.sleep(self._backoff(attempt, None))
+                continue
+            url = replica.url + "/chat/completions"
+            started = time.monotonic()
+            retry_after, replica_failed = None, False
+            try:
+                reply = await transport.post_json(url, body, headers, self.endpoint.timeout_s)
+            except TransportError as err:
+                last_problem, replica_failed = f"{type(err).__name__}: {err}", True
+                replica.failed(gone=not isinstance(err, TransportTimeout),
+                              alone=len(pool.replicas) == 1)
+                pool.release(replica, "refused")
+            else:
+                status = reply.status
+                if status < 300:
+                    latency = time.monotonic() - started
+                    replica.answered()
+                    pool.release(replica, "ok", latency)
+                    completion = self._completion(reply, attempt + 1, latency)
+                    if pool.tpm:
+                        pool.tpm.give_back(estimate - completion.tokens_in - completion.tokens_out)
+                    return completion
+                last_problem = f"HTTP {status}: {reply.text[:200]}"
+                if status in FATAL_STATUS:
+                    pool.release(replica, "other")
+                    raise LLMUnavailableError(f"{url}: {last_problem}")
+                if status < 500 and status not in RETRY_STATUS:
+                    pool.release(replica, "other")
+                    raise LLMOutputError(f"request rejected: {last_problem}")
+                retry_after = retry_after_seconds(reply.headers.get("Retry-After")
+                                                  or reply.headers.get("retry-after"))
+                replica_failed = status >= 500
+                if replica_failed:
+                    replica.failed(gone=False, alone=len(pool.replicas) == 1)
+                pool.release(replica, "refused", retry_after_s=retry_after)
+            if attempt < self.endpoint.max_retries:
+                if replica.failures and retry_after is None and pool.others_up(replica):
+                    continue  # another replica answers: go there now
+                await asyncio.sleep(self._backoff(attempt, retry_after))
         raise LLMUnavailableError(
-            f"{url}: gave up after {self.endpoint.max_retries + 1} attempts ({last_problem})"
-        )
+            f"{self.endpoint.base_urls}: gave up after {self.endpoint.max_retries + 1} attempts "
+            f"({last_problem})")
 
     @staticmethod
-    def _completion(response: httpx.Response, attempts: int) -> RawCompletion:
+    def _completion(reply: Reply, attempts: int, latency_s: float) -> RawCompletion:
         try:
-            payload = response.json()
+            payload = reply.json()
             text = payload["choices"][0]["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError) as err:
             raise LLMOutputError(f"malformed completion payload: {err}") from None
         usage = payload.get("usage") or {}
         return RawCompletion(text, int(usage.get("prompt_tokens") or 0),
-                             int(usage.get("completion_tokens") or 0), attempts)
+                             int(usage.get("completion_tokens") or 0), attempts, latency_s)
 
 
 def check_reachable(endpoint: LLMEndpoint, timeout_s: float = 5.0) -> str | None:
-    """None when the server answers `GET /models`; otherwise the problem."""
-    url = endpoint.base_url.rstrip("/") + "/models"
-    try:
-        response = httpx.get(url, timeout=timeout_s, headers=auth_headers(endpoint))
-    except httpx.HTTPError as err:
-        return f"cannot reach {url} ({type(err).__name__})"
-    if response.status_code in (401, 403):
-        return f"{url} refused the API key (HTTP {response.status_code})"
-    if response.status_code >= 500:
-        return f"{url} answered HTTP {response.status_code}"
-    return None
+    """None when a replica answers `GET /models` (the run goes on while any
+    does); otherwise the problem.  A refused API key is a problem even when
+    another replica answers."""
+    import httpx
+
+    problems = []
+    for base in endpoint.base_urls:
+        url = base + "/models"
+        try:
+            response = httpx.get(url, timeout=timeout_s, headers=auth_headers(endpoint))
+        except httpx.HTTPError as err:
+            problems.append(f"cannot reach {url} ({type(err).__name__})")
+            continue
+        if response.status_code in (401, 403):
+            return f"{url} refused the API key (HTTP {response.status_code})"
+        if response.status_code >= 500:
+            problems.append(f"{url} answered HTTP {response.status_code}")
+            continue
+        return None
+    more = f" (and {len(problems) - 1} other replicas failed)" if len(problems) > 1 else ""
+    return problems[0] + more if problems else "no base_url"

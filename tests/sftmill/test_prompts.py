@@ -14,6 +14,7 @@ SAMPLE = {
     "profile": dict(domain="Physics", subdomains=["QCD"], use_cases=["exam"], heading="",
                     text="MARK"),
     "web_queries": dict(domain="Physics", profile=PROFILE, n=3),
+    "generate_opening": dict(profile=PROFILE, text="passage", topic="MARK", opening="Why do"),
     "generate": dict(domain="Physics", profile=PROFILE, text="passage", n=3, topic="MARK",
                      task_types=["question"], use_cases=["exam"]),
     "broaden": dict(domain="Physics", subdomains=["QCD"], profile=PROFILE,
@@ -42,7 +43,7 @@ SAMPLE = {
     "template_slot_values": dict(domain="Physics", description="MARK", n=3, examples=["quark"]),
 }
 # Templates whose answer is free text (an instruction, a response, a grounded answer, a translation).
-PLAIN_TEXT = {"respond", "translate", "answer", *(n for n in SAMPLE if n.startswith("evol_") and n != "evol_equal")}
+PLAIN_TEXT = {"respond", "translate", "answer", "generate_opening", *(n for n in SAMPLE if n.startswith("evol_") and n != "evol_equal")}
 
 
 def test_answer_template_without_passages_says_so():

@@ -49,6 +49,8 @@ def test_opening_prompt_keeps_the_question_and_refuses_other_openings():
     assert opening_prompt("The student asked: Describe a jet. More.", "Describe") == "Describe a jet. More."
     assert opening_prompt("The sentence in question is: gluons bind.", "Explain") is None
     assert opening_prompt("Who? Me.", "Who") is None  # too short to be a request
+    assert opening_prompt("Who: The three quarks of a proton make one percent of it.", "Who") is None
+    assert opening_prompt("What a groundbreaking application of physics!", "What is") is None
     assert opening_prompt("I'll suggest an answer to your question.", "Explain") is None
     assert opening_prompt("", "What is") is None
 

@@ -19,8 +19,58 @@ def test_success_is_cached_and_never_sent_twice(tmp_path):
     second = ScriptedLLM(lambda r: pytest.fail("must not be sent"), store).chat(req("a"))
     assert first.data == second.data == {"score": 3}
     assert (first.cached, second.cached) == (False, True)
-    statuses = [r[0] for r in store.execute("SELECT status FROM llm_calls ORDER BY created_at")]
-    assert statuses == ["ok", "cache_hit"]
+    assert store.execute("SELECT status FROM llm_calls") == [("ok",)]  # a hit adds no row
+    assert store.execute("SELECT stage, hits FROM llm_cache_hits") == [("", 1)]
+
+
+def test_a_batch_looks_up_its_keys_once_and_counts_hits(tmp_path, monkeypatch):
+    store = Store.open(tmp_path / "run.duckdb")
+    ScriptedLLM(lambda r: {"score": 1}, store).chat_many([req(f"q{i}", stage="s") for i in range(3)])
+    lookups = []
+    original = store.query_dicts
+    monkeypatch.setattr(store, "query_dicts", lambda sql, params=None: (
+        lookups.append(sql), original(sql, params))[1])
+    llm = ScriptedLLM(lambda r: {"score": 2}, store)
+    results = llm.chat_many([req(f"q{i}", stage="s") for i in range(5)])
+    assert len(lookups) == 1 and "llm_calls" in lookups[0]
+    assert [r.cached for r in results] == [True, True, True, False, False]
+    assert len(llm.requests) == 2
+    assert store.scalar("SELECT count(*) FROM llm_calls WHERE status = 'ok'") == 5
+    assert store.scalar("SELECT hits FROM llm_cache_hits WHERE stage = 's'") == 3
+
+
+def test_journal_of_a_killed_process_is_replayed_and_not_paid_again(tmp_path):
+    from sftmill.llm.journal import CallJournal
+
+    store = Store.open(tmp_path / "run.duckdb")
+    llm = ScriptedLLM(lambda r: {"score": 4}, store)
+    import asyncio
+
+    asyncio.run(llm.achat(req("done before the kill")))  # journaled, not merged
+    journal = CallJournal.for_store(store)
+    assert store.scalar("SELECT count(*) FROM llm_calls") == 0
+    with open(journal.path, "a") as f:
+        f.write('{"call_id": "torn", "key"')  # the kill tore the last line
+    CallJournal.forget()  # a new process: nothing of the old one in memory
+
+    again = ScriptedLLM(lambda r: pytest.fail("must not be sent again"), store)
+    assert again.chat(req("done before the kill")).cached
+    assert store.scalar("SELECT count(*) FROM llm_calls WHERE status = 'ok'") == 1
+    assert journal.path.read_text() == ""
+
+
+def test_calls_in_the_journal_answer_the_cache_before_the_merge(tmp_path):
+    import asyncio
+
+    store = Store.open(tmp_path / "run.duckdb")
+    llm = ScriptedLLM(lambda r: {"score": 4}, store)
+
+    async def twice():
+        first = await llm.achat(req("a"))
+        return first, await llm.achat(req("a"))
+
+    first, second = asyncio.run(twice())
+    assert (first.cached, second.cached) == (False, True) and len(llm.requests) == 1
 
 
 def test_key_covers_sampling_parameters_and_seed():

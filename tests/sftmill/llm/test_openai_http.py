@@ -1,16 +1,42 @@
-"""Retry and request logic of the HTTP backend against httpx.MockTransport
-(the real server is exercised in test_real_server.py)."""
+"""Retry and request logic of the HTTP backend against a transport that
+calls a handler (a real server is exercised in test_real_server.py, and the
+limits and replicas over real HTTP in test_limits.py)."""
 
+import asyncio
 import json
 import time
 
-import httpx
 import pytest
 
 from sftmill.config import LLMEndpoint
 from sftmill.llm import ChatRequest, LLMOutputError, LLMUnavailableError
 from sftmill.llm.openai_http import OpenAIChatLLM, retry_after_seconds
+from sftmill.llm.transport import Reply, Transport, TransportError, TransportTimeout
 from sftmill.store import Store
+
+
+class Sent:
+    """What the handler sees of a request."""
+
+    def __init__(self, url, body, headers):
+        self.url, self.body, self.headers = url, body, {k.lower(): v for k, v in headers.items()}
+
+
+class HandlerTransport(Transport):
+    """Calls `handler(Sent)` (plain or async); it returns a Reply or raises."""
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    async def post_json(self, url, body, headers, timeout_s):
+        answer = self.handler(Sent(url, json.loads(json.dumps(body)), headers))
+        if asyncio.iscoroutine(answer):
+            answer = await answer
+        return answer
+
+
+def reply(status, payload=None, headers=None, text=""):
+    return Reply(status, headers or {}, json.dumps(payload) if payload is not None else text)
 
 OK = {"choices": [{"message": {"content": '{"answer": "six"}'}}],
       "usage": {"prompt_tokens": 12, "completion_tokens": 4}}
@@ -20,7 +46,7 @@ SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "requi
 def make(handler, store=None, **endpoint):
     cfg = LLMEndpoint(backend="openai", base_url="http://llm.test/v1", model="m",
                       max_retries=3, **endpoint)
-    llm = OpenAIChatLLM(cfg, store, transport=httpx.MockTransport(handler))
+    llm = OpenAIChatLLM(cfg, store, transport=HandlerTransport(handler))
     llm.backoff_base_s = 0.01
     return llm
 
@@ -33,8 +59,8 @@ def test_sends_json_schema_and_counts_tokens(tmp_path):
     seen = []
 
     def handler(r):
-        seen.append(json.loads(r.content))
-        return httpx.Response(200, json=OK)
+        seen.append(r.body)
+        return reply(200, OK)
 
     store = Store.open(tmp_path / "run.duckdb")
     result = make(handler, store).chat(request())
@@ -50,7 +76,7 @@ def test_retries_on_429_and_5xx(status):
 
     def handler(r):
         calls.append(1)
-        return httpx.Response(status if len(calls) < 3 else 200, json=OK)
+        return reply(status if len(calls) < 3 else 200, OK)
 
     assert make(handler).chat(request()).data == {"answer": "six"}
     assert len(calls) == 3
@@ -62,10 +88,10 @@ def test_retries_on_connection_errors_and_timeouts():
     def handler(r):
         calls.append(1)
         if len(calls) == 1:
-            raise httpx.ConnectError("refused")
+            raise TransportError("ClientConnectorError: refused")
         if len(calls) == 2:
-            raise httpx.ReadTimeout("slow")
-        return httpx.Response(200, json=OK)
+            raise TransportTimeout("no answer within 120 s")
+        return reply(200, OK)
 
     assert make(handler).chat(request()).data == {"answer": "six"}
     assert len(calls) == 3
@@ -77,8 +103,8 @@ def test_honours_retry_after():
     def handler(r):
         calls.append(time.monotonic())
         if len(calls) == 1:
-            return httpx.Response(429, headers={"Retry-After": "0.3"})
-        return httpx.Response(200, json=OK)
+            return reply(429, headers={"Retry-After": "0.3"})
+        return reply(200, OK)
 
     make(handler).chat(request())
     assert calls[1] - calls[0] >= 0.3
@@ -91,7 +117,7 @@ def test_no_retry_on_other_4xx(status, error):
 
     def handler(r):
         calls.append(1)
-        return httpx.Response(status, text="nope")
+        return reply(status, text="nope")
 
     with pytest.raises(error):
         make(handler).chat(request())
@@ -103,7 +129,7 @@ def test_gives_up_after_max_retries():
 
     def handler(r):
         calls.append(1)
-        return httpx.Response(503)
+        return reply(503)
 
     with pytest.raises(LLMUnavailableError, match="gave up after 4 attempts"):
         make(handler).chat(request())
@@ -116,7 +142,7 @@ def test_api_key_goes_in_the_header_only(tmp_path, monkeypatch):
 
     def handler(r):
         headers.append(r.headers.get("authorization"))
-        return httpx.Response(200, json=OK)
+        return reply(200, OK)
 
     store = Store.open(tmp_path / "run.duckdb")
     make(handler, store, api_key_env="SFTMILL_TEST_KEY").chat(request())
@@ -125,26 +151,35 @@ def test_api_key_goes_in_the_header_only(tmp_path, monkeypatch):
     assert "sk-secret-123" not in dump
 
 
-def test_concurrency_is_bounded():
-    import threading
-
-    in_flight, peak, lock = [0], [0], threading.Lock()
+def counting_handler(delay_s=0.02):
+    in_flight, peak = [0], [0]
 
     async def handler(r):
-        import asyncio
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+        await asyncio.sleep(delay_s)
+        in_flight[0] -= 1
+        return reply(200, OK)
 
-        with lock:
-            in_flight[0] += 1
-            peak[0] = max(peak[0], in_flight[0])
-        await asyncio.sleep(0.02)
-        with lock:
-            in_flight[0] -= 1
-        return httpx.Response(200, json=OK)
+    return handler, peak
 
-    llm = make(handler, max_concurrency=3)
-    reqs = [ChatRequest.build([{"role": "user", "content": f"q{i}"}], schema=SCHEMA) for i in range(12)]
-    assert len(llm.chat_many(reqs)) == 12
+
+def many(n):
+    return [ChatRequest.build([{"role": "user", "content": f"q{i}"}], schema=SCHEMA) for i in range(n)]
+
+
+def test_concurrency_is_bounded_when_not_adaptive():
+    handler, peak = counting_handler()
+    llm = make(handler, max_concurrency=3, adaptive_concurrency=False)
+    assert len(llm.chat_many(many(12))) == 12
     assert peak[0] == 3
+
+
+def test_adaptive_concurrency_grows_while_latency_holds():
+    handler, peak = counting_handler()
+    llm = make(handler, max_concurrency=2, concurrency_ceiling=6)
+    assert all(r.data for r in llm.chat_many(many(200)))
+    assert peak[0] == 6  # grew from 2 to the ceiling, never past it
 
 
 def test_retry_after_parsing():

@@ -1,0 +1,206 @@
+"""Does the LLM server or sftmill set the pace?  Requests/s of a bare
+aiohttp client against `mock_openai.py`, then of sftmill's real relevance,
+prompt-filter and answer stages (their plain functions on a generated
+corpus in a fresh run database, with the call journal, cache look-ups,
+limits and progress all on) at the same concurrency; prints each stage's
+ratio to the bare client.
+
+    python benchmarks/llm_throughput.py [--items 4000] [--concurrency 64 256]
+                                        [--latency 0.2] [--adaptive]
+    python benchmarks/llm_throughput.py --whole-run 20000 [--concurrency 64]
+
+`--whole-run N` instead runs `sftmill run` end to end against the mock on a
+generated corpus with `target_prompts: N` and prints, per stage, the calls
+sent, the wall time and the LLM time — what the server needs for those calls
+at that concurrency (calls × latency ÷ concurrency) — and the whole run's
+wall time over its LLM time.
+
+The mock server runs in its own process on the same machine (so on 2 cores
+it competes with the client for CPU, as in the issue's measurement), with
+as many slots as the concurrency.  By default the endpoint's concurrency is
+fixed at the level measured (`adaptive_concurrency: false`) so that both
+sides hold the same number of requests in flight; `--adaptive` lets the
+limiter find its own level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from http_clients import BODY, run_aiohttp, start_server
+
+WORDS = ("quark gluon hadron meson baryon proton neutron colour charge confinement lattice "
+         "asymptotic freedom jet collider detector scattering parton flavour strange charm "
+         "bottom top up down lepton boson coupling vacuum plasma nucleus spin isospin").split()
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+def recipe_for(url: str, concurrency: int, adaptive: bool, run_dir: Path):
+    from sftmill.config import parse_recipe
+
+    (run_dir / "in.txt").write_text("x")
+    endpoint = {"backend": "openai", "base_url": url, "model": "mock",
+                "max_concurrency": concurrency, "adaptive_concurrency": adaptive,
+                "max_tokens": 200}
+    return parse_recipe({
+        "name": "throughput", "output_dir": "run", "inputs": [{"path": "in.txt"}],
+        "domain": {"name": "Particle physics"}, "search": {"backend": "none"},
+        "llm": {"generator": endpoint, "judge": {**endpoint, "temperature": 0.0, "max_tokens": 60}},
+        "thresholds": {"prompt_quality": 0.5}}, run_dir)
+
+
+def fill(store, n: int, seed: int = 0) -> None:
+    """n chunks, n candidate prompts, n prompts with 3 retrieved passages each."""
+    rng = random.Random(seed)
+    store.insert("documents", [{"doc_id": "d0", "uri": "gen", "source_kind": "file", "title": "gen",
+                                "text": "", "n_chars": 0}])
+    chunks = [{"chunk_id": f"c{i}", "doc_id": "d0", "idx": i, "char_start": 0, "char_end": 0,
+               "heading": "", "text": " ".join(sentence(rng, 12) for _ in range(8)), "n_tokens": 200}
+              for i in range(n)]
+    store.insert("chunks", chunks)
+    texts = [f"Why does the {rng.choice(WORDS)} {rng.choice(WORDS)} change {sentence(rng, 6)[:-1]}? ({i})"
+             for i in range(n)]
+    store.insert("candidate_prompts", [{"prompt_id": f"p{i}", "text": t, "origin": "generated",
+                                        "parent_id": "", "profile_id": "", "task_type": "question"}
+                                       for i, t in enumerate(texts)])
+    store.insert("prompts", [{"prompt_id": f"p{i}", "text": t, "origin": "generated", "parent_id": "",
+                              "profile_id": "", "chunk_id": f"c{i}", "doc_id": "d0",
+                              "subdomain": "", "task_type": "question"} for i, t in enumerate(texts)])
+    store.insert("retrievals", [{"prompt_id": f"p{i}", "rank": r, "chunk_id": f"c{(i + r) % n}",
+                                 "similarity": 0.6} for i in range(n) for r in range(3)])
+
+
+def stage_rates(url: str, n: int, concurrency: int, adaptive: bool) -> dict[str, float]:
+    from sftmill.progress import LogReporter, set_reporter
+    from sftmill.store import Store
+    from sftmill.tasks import answer, prompt_filter, relevance
+
+    set_reporter(LogReporter())
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe = recipe_for(url, concurrency, adaptive, Path(tmp))
+        store = Store.open(Path(tmp) / "run" / "sftmill.duckdb")
+        fill(store, n)
+        for name, run in (("relevance", lambda: relevance.score_chunks(store, recipe)),
+                          ("prompt_filter", lambda: prompt_filter.score_prompts(store, recipe)),
+                          ("answer", lambda: answer.write_answers(store, recipe))):
+            started = time.perf_counter()
+            run()
+            seconds = time.perf_counter() - started
+            sent = store.scalar("SELECT count(*) FROM llm_calls WHERE stage = ? AND status = 'ok'",
+                                [name])
+            out[name] = round(sent / seconds, 1)
+        Store.close_all()
+    return out
+
+
+def whole_run(url: str, target: int, concurrency: int, latency: float, adaptive: bool) -> dict:
+    import subprocess
+    import sys
+
+    import duckdb
+    import yaml
+
+    rng = random.Random(7)
+    per_profile = 4
+    n_chunks = int(target / per_profile * 1.1)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus"
+        corpus.mkdir()
+        per_file = 100
+        for f in range(0, n_chunks, per_file):
+            paragraphs = ["\n".join(sentence(rng, 14) for _ in range(9))
+                          for _ in range(min(per_file, n_chunks - f))]
+            (corpus / f"notes_{f // per_file:04d}.txt").write_text("\n\n".join(paragraphs))
+        endpoint = {"backend": "openai", "base_url": url, "model": "mock",
+                    "max_concurrency": concurrency, "adaptive_concurrency": adaptive,
+                    "max_tokens": 200}
+        recipe = {
+            "name": "throughput", "output_dir": "run", "inputs": [{"path": "corpus"}],
+            "domain": {"name": "Particle physics", "subdomains": [
+                {"name": "Quarks"}, {"name": "Gluons"}]},
+            "search": {"backend": "none"},
+            "llm": {"generator": endpoint, "judge": {**endpoint, "temperature": 0.0, "max_tokens": 60}},
+            "sizes": {"target_prompts": target, "prompts_per_profile": per_profile,
+                      "broaden_per_profile": 0, "max_rounds": 0},
+            "chunking": {"max_tokens": 256, "min_tokens": 24},
+            "thresholds": {"prompt_quality": 0.5, "max_opening_share": 1.0},
+            "answers": {"queries_per_prompt": 0, "min_similarity": 0.0}}
+        (Path(tmp) / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+        started = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "sftmill.cli", "run", str(Path(tmp) / "recipe.yaml")],
+                              capture_output=True, text=True,
+                              env={**__import__("os").environ, "PREFECT_HOME": str(Path(tmp) / "ph")})
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
+        con = duckdb.connect(str(Path(tmp) / "run" / "sftmill.duckdb"), read_only=True)
+        stages = {stage: round(seconds, 1) for stage, seconds in con.execute(
+            "SELECT stage, seconds FROM stage_stats ORDER BY finished_at").fetchall()}
+        calls = dict(con.execute("SELECT stage, count(*) FROM llm_calls WHERE status = 'ok' "
+                                 "GROUP BY stage").fetchall())
+        # Stragglers: the share of a stage's LLM span after its last request
+        # was sent (fewer than `concurrency` in flight, the stage waiting on them).
+        tails = {stage: round(tail, 4) for stage, tail in con.execute(
+            "SELECT stage, (epoch(max(created_at)) - max(epoch(created_at) - latency_s)) / "
+            "nullif(epoch(max(created_at)) - min(epoch(created_at) - latency_s), 0) "
+            "FROM llm_calls WHERE status = 'ok' GROUP BY stage").fetchall()}
+        records = con.execute("SELECT count(*) FROM dataset").fetchone()[0]
+        prompts = con.execute("SELECT count(*) FROM prompts").fetchone()[0]
+        con.close()
+    llm_time = {s: round(n * latency / concurrency, 1) for s, n in calls.items()}
+    return {"target_prompts": target, "chunks": n_chunks, "prompts": prompts, "records": records,
+            "wall_s": round(wall, 1), "llm_time_s": round(sum(llm_time.values()), 1),
+            "wall_over_llm_time": round(wall / max(1e-9, sum(llm_time.values())), 2),
+            "stages_s": stages, "calls": calls, "stage_llm_time_s": llm_time,
+            "straggler_share": tails}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=4000, help="calls per stage")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--adaptive", action="store_true")
+    parser.add_argument("--port", type=int, default=8012)
+    parser.add_argument("--whole-run", type=int, metavar="TARGET_PROMPTS")
+    args = parser.parse_args()
+    if args.whole_run:
+        c = args.concurrency[0]
+        server = start_server(args.port, args.latency, c)
+        try:
+            print(json.dumps(whole_run(f"http://127.0.0.1:{args.port}/v1", args.whole_run, c,
+                                       args.latency, args.adaptive)), flush=True)
+        finally:
+            server.terminate()
+            server.wait()
+        return
+    for c in args.concurrency:
+        server = start_server(args.port, args.latency, c)
+        try:
+            url = f"http://127.0.0.1:{args.port}/v1"
+            asyncio.run(run_aiohttp(url + "/chat/completions", 2 * c, c))  # warm up
+            started = time.perf_counter()
+            asyncio.run(run_aiohttp(url + "/chat/completions", args.items, c))
+            bare = args.items / (time.perf_counter() - started)
+            stages = stage_rates(url, args.items, c, args.adaptive)
+            print(json.dumps({"concurrency": c, "latency_s": args.latency, "items": args.items,
+                              "bare_requests_per_s": round(bare, 1), "stages": stages,
+                              "ratio": {k: round(v / bare, 2) for k, v in stages.items()}}),
+                  flush=True)
+        finally:
+            server.terminate()
+            server.wait()
+
+
+if __name__ == "__main__":
+    main()

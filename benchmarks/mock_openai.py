@@ -1,0 +1,118 @@
+"""An OpenAI-compatible chat-completions server for throughput benchmarks:
+a fixed latency per request, a fixed number of requests in service at once
+(the rest queue, as on a vLLM server with full batch slots), and answers
+that are valid for the request's JSON schema (the smallest instance that
+satisfies it, its strings drawn from the request's words so that answers
+differ) or, for free text, a sentence of passage [1] citing it.
+
+    python benchmarks/mock_openai.py --port 8011 --latency 0.2 --slots 64
+
+Runs on aiohttp's server in its own process, so the client under test does
+not share its event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+import zlib
+
+
+def schema_instance(schema: dict, words: list[str], rng: random.Random) -> object:
+    """The smallest value that a (simple) JSON schema accepts, its strings
+    made of words from the request (so that a whole run's prompts differ
+    and retrieval finds their passages)."""
+    if "enum" in schema:  # scores: the best (so that work flows on); labels: any
+        values = schema["enum"]
+        return max(values) if all(isinstance(v, int) for v in values) else rng.choice(values)
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = kind[0]
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: schema_instance(props[k], words, rng) for k in schema.get("required", list(props))}
+    if kind == "array":
+        return [schema_instance(schema.get("items", {}), words, rng)
+                for _ in range(schema.get("minItems", 1))]
+    if kind == "integer":
+        return max(schema.get("minimum", 4), min(4, schema.get("maximum", 4)))
+    if kind == "number":
+        return max(schema.get("minimum", 0.8), min(0.8, schema.get("maximum", 0.8)))
+    if kind == "boolean":
+        return True
+    picked = " ".join(rng.choice(words) for _ in range(10)) if words else "quarks and gluons"
+    text = f"Why does the {picked}?"
+    while len(text) < schema.get("minLength", 0):
+        text += " " + rng.choice(words or ["more"])
+    return text[: schema.get("maxLength", 10_000)]
+
+
+def free_text(user: str, rng: random.Random) -> str:
+    """An answer citing passage [1] with one of its sentences, when the
+    request lists passages; otherwise a sentence of the request's words."""
+    if "[1]" in user:
+        passage = user.split("[1]", 1)[1].split("\n", 1)[0]
+        sentences = [s.strip() for s in passage.split(".") if len(s.split()) > 4]
+        if sentences:
+            return f"{rng.choice(sentences)}. This is what the passage states [1]."
+    words = user.split()
+    return " ".join(rng.choice(words) for _ in range(20)) + "." if words else ANSWER
+
+
+def make_app(latency_s: float, slots: int):
+    from aiohttp import web
+
+    slot = asyncio.Semaphore(slots)
+    stats = {"requests": 0, "started": time.monotonic()}
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        fmt = body.get("response_format") or {}
+        schema = (fmt.get("json_schema") or {}).get("schema") or fmt.get("schema")
+        async with slot:
+            await asyncio.sleep(latency_s)
+        stats["requests"] += 1
+        user = next((m["content"] for m in reversed(body.get("messages", []))
+                     if m.get("role") == "user"), "")
+        rng = random.Random(zlib.crc32(user.encode()) ^ int(body.get("seed") or 0))
+        words = [w.strip('.,;:"()[]') for w in user.split() if len(w) > 3][:400]
+        content = json.dumps(schema_instance(schema, words, rng)) if schema else free_text(user, rng)
+        return web.json_response({
+            "id": f"chatcmpl-{stats['requests']}", "object": "chat.completion",
+            "model": body.get("model", "mock"),
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 200, "completion_tokens": 40, "total_tokens": 240}})
+
+    async def models(_request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "mock", "object": "model"}]})
+
+    async def served(_request: web.Request) -> web.Response:
+        return web.json_response(stats | {"uptime_s": time.monotonic() - stats["started"]})
+
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app.add_routes([web.post("/v1/chat/completions", chat), web.get("/v1/models", models),
+                    web.get("/stats", served)])
+    return app
+
+
+def main() -> None:
+    from aiohttp import web
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8011)
+    parser.add_argument("--latency", type=float, default=0.2, help="seconds per request")
+    parser.add_argument("--slots", type=int, default=64, help="requests in service at once")
+    args = parser.parse_args()
+    web.run_app(make_app(args.latency, args.slots), host=args.host, port=args.port,
+                access_log=None, print=None, backlog=2048)
+
+
+if __name__ == "__main__":
+    main()
