@@ -36,9 +36,9 @@ def schema_instance(schema: dict, words: list[str], rng: random.Random) -> objec
     if kind == "object":
         props = schema.get("properties", {})
         return {k: schema_instance(props[k], words, rng) for k in schema.get("required", list(props))}
-    if kind == "array":
-        return [schema_instance(schema.get("items", {}), words, rng)
-                for _ in range(schema.get("minItems", 1))]
+    if kind == "array":  # as many items as asked for (a list of n prompts: n)
+        n = min(schema.get("maxItems", schema.get("minItems", 1)), max(8, schema.get("minItems", 1)))
+        return [schema_instance(schema.get("items", {}), words, rng) for _ in range(n)]
     if kind == "integer":
         return max(schema.get("minimum", 4), min(4, schema.get("maximum", 4)))
     if kind == "number":

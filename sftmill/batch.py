@@ -93,7 +93,8 @@ class Rates:
 
     def line(self, now: float) -> str:
         elapsed = max(1e-6, now - self.started)
-        return f"{self.sent / elapsed:.0f} req/s · {self.tokens / elapsed:.0f} tok/s"
+        rate = self.sent / elapsed
+        return f"{rate:.{0 if rate >= 10 else 1}f} req/s · {self.tokens / elapsed:.0f} tok/s"
 
     def summary(self) -> str:
         return self.line(time.monotonic()) if self.sent else ""

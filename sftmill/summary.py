@@ -37,6 +37,9 @@ def subdomain_shares(store: Store, targets: dict[str, float],
 
 def summarize(store: Store, targets: dict[str, float] | None = None) -> RunSummary:
     """Per stage, the row of the latest run that computed it."""
+    from sftmill.llm.journal import CallJournal
+
+    CallJournal.for_store(store)  # calls of a killed run still in the journal count too
     stages = store.query_dicts(
         "SELECT stage, n_in, n_out, seconds, run_id FROM stage_stats "
         "QUALIFY row_number() OVER (PARTITION BY stage ORDER BY finished_at DESC) = 1 "

@@ -21,6 +21,7 @@ import atexit
 import concurrent.futures
 import contextvars
 import datetime
+import functools
 import json
 import sys
 import threading
@@ -107,6 +108,16 @@ class ChatResult:
     latency_s: float = 0.0
 
 
+@functools.lru_cache(maxsize=256)
+def _validator(schema_json: str):
+    """A checked validator per schema, built once (`jsonschema.validate`
+    checks the schema itself on every call: most of a structured call's CPU)."""
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
 def parse_structured(text: str, schema: dict[str, Any]) -> Any:
     """Parse `text` as JSON (repairing it if needed) and validate it.
 
@@ -121,7 +132,7 @@ def parse_structured(text: str, schema: dict[str, Any]) -> Any:
         if data in ("", None) or (data == [] and not text.strip().startswith("[")):
             raise ValueError("answer is not JSON") from None
     try:
-        jsonschema.validate(data, schema)
+        _validator(json.dumps(schema, sort_keys=True)).validate(data)
     except jsonschema.ValidationError as err:
         where = "/".join(str(p) for p in err.absolute_path) or "answer"
         raise ValueError(f"{where}: {err.message}") from None
@@ -215,10 +226,11 @@ class LLM:
                           hit["tokens_in"] or 0, hit["tokens_out"] or 0)
 
     # -- one call -----------------------------------------------------------
-    async def achat(self, request: ChatRequest, looked_up: bool = False) -> ChatResult:
+    async def achat(self, request: ChatRequest, looked_up: bool = False,
+                    key: str | None = None) -> ChatResult:
         """One call; the cache is asked first unless the caller already did
-        (`looked_up`: a batch looks up all its keys at once)."""
-        key = request.key(self.model)
+        (`looked_up`: a batch looks up all its keys at once, `key` given)."""
+        key = key or request.key(self.model)
         hit = None if looked_up else self.cached([key]).get(key)
         if hit is not None:
             return self._from_cache(key, request, hit)
@@ -292,7 +304,7 @@ class LLM:
                     result = down[0]
                 else:
                     try:
-                        result = await self.achat(req, looked_up=True)
+                        result = await self.achat(req, looked_up=True, key=keys[i])
                     except LLMUnavailableError as err:
                         down.append(err)
                         result = err
