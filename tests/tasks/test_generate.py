@@ -91,3 +91,30 @@ def test_generation_with_openings_drops_replies_that_begin_otherwise(tmp_path, m
     assert [d[:2] for d in drops] == [("p0:1", "llm_invalid_output"), ("p1:1", "llm_invalid_output"),
                                      ("p2:1", "llm_invalid_output")]
     assert drops[0][2] == "no question in the reply: I'll suggest something."
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("openings", [[], ["What is", "Why do"]])
+def test_both_generation_modes_with_the_real_embedded_model(tmp_path, openings):
+    """The list mode (one JSON list per profile) and the openings mode (one
+    plain-text question per call), each on SmolLM2 for two real passages."""
+    from examples import EXAMPLE
+    from sftmill.store import Store
+    from sftmill.tasks.generate import generate_prompts
+
+    r = recipe(tmp_path, [], per_profile=2)
+    r = r.model_copy(update={"generation": r.generation.model_copy(update={"openings": openings}),
+                             "llm": r.llm.model_copy(update={"generator": r.llm.generator.model_copy(
+                                 update={"max_tokens": 200})})})
+    text = (EXAMPLE / "corpus" / "quarks.md").read_text()
+    paragraphs = [p for p in text.split("\n\n") if len(p.split()) > 40][:2]
+    profiles = [{"profile_id": f"p{i}", "chunk_text": p, "heading": "Quarks", "topic": "quarks",
+                 "use_case": "exam revision"} for i, p in enumerate(paragraphs)]
+    store = Store.open(tmp_path / "run.duckdb")
+    generate_prompts(store, r, profiles)
+    rows = store.query_dicts("SELECT text, task_type, model FROM candidate_prompts")
+    drops = store.execute("SELECT reason FROM rejects WHERE stage = 'generate'")
+    assert len(rows) + len(drops) >= 2  # every call ended as prompts or a recorded drop
+    assert rows, "the real model wrote no usable prompt"
+    assert all(row["model"].startswith("llama.cpp:") and len(row["text"].split()) >= 3 for row in rows)
+    assert {reason for (reason,) in drops} <= {"llm_invalid_output"}

@@ -133,3 +133,30 @@ def test_when_every_replica_is_down_requests_fail_within_their_retries():
     llm.backoff_base_s = 0.01
     with pytest.raises(LLMUnavailableError, match="gave up after 4 attempts"):
         llm.chat_many(requests(20, "dead"))
+
+
+def test_rate_caps_take_an_estimate_per_request_and_correct_it_from_usage(monkeypatch):
+    taken, returned = [], []
+    original_take, original_back = TokenBucket.take, TokenBucket.give_back
+
+    async def take(self, amount):
+        taken.append((self.capacity, amount))
+        await original_take(self, amount)
+
+    def give_back(self, amount):
+        returned.append(amount)
+        original_back(self, amount)
+
+    monkeypatch.setattr(TokenBucket, "take", take)
+    monkeypatch.setattr(TokenBucket, "give_back", give_back)
+    server = FakeOpenAI(delay_s=0.0)
+    try:
+        llm = OpenAIChatLLM(endpoint(server.url, rpm=6000, tpm=1_000_000))
+        reqs = requests(5, "caps")
+        assert all(r.data for r in llm.chat_many(reqs))
+        estimate = llm.count_tokens(reqs[0].message_dicts()) + reqs[0].max_tokens
+        assert sorted(a for cap, a in taken if cap == 6000) == [1] * 5  # one request each
+        assert [a for cap, a in taken if cap == 1_000_000] == [estimate] * 5
+        assert returned == [estimate - 15] * 5  # the fake server's usage: 10 in, 5 out
+    finally:
+        server.close()
