@@ -35,9 +35,10 @@ class LogReporter:
         self._lock = threading.Lock()
 
     def start(self, stage: str, total: int) -> object:
-        _logger().info("%s: %d items", stage, total)
+        logger = _logger()
+        logger.info("%s: %d items", stage, total)
         return {"stage": stage, "total": total, "done": 0, "logged": 0, "status": "",
-                "logger": _logger()}
+                "logger": logger}
 
     def advance(self, handle: object, n: int = 1) -> None:
         with self._lock:

@@ -129,6 +129,10 @@ INTERROGATIVES = ("what", "why", "how", "who", "when", "where", "which", "is", "
 IMPERATIVES = ("explain", "describe", "compare")
 
 
+def first_word(text: str) -> str:
+    return text.split(" ", 1)[0].lower().strip(",.;!?'\"")
+
+
 def opening_prompt(text: str, opening: str, openings: list[str] = ()) -> str | None:
     """The prompt in a reply asked to begin with `opening`.  Quotes and a
     label ("Q:", "Question:", "Who:") come off; the reply is kept when it
@@ -142,18 +146,16 @@ def opening_prompt(text: str, opening: str, openings: list[str] = ()) -> str | N
     if first.endswith(":") and len(first) <= 10:  # a label: "Q:", "Question:", "Who:"
         text = text[len(first):].lstrip("\"'“ ")
     lowered = text.lower()
-    word = lowered.split(" ", 1)[0].strip(",.;!?'\"")
     starts = tuple(o.lower() for o in (opening, *openings))
-    if not (word in INTERROGATIVES or word in IMPERATIVES or lowered.startswith(starts)):
+    if not (first_word(text) in INTERROGATIVES + IMPERATIVES or lowered.startswith(starts)):
         found = [i for i in (lowered.find(f"{mark}{opening.lower()}") for mark in (': ', ':"', '"'))
                  if i >= 0]
         if not found:
             return None
         text = text[min(found):].lstrip(':"“ ')
-        word = text.lower().split(" ", 1)[0].strip(",.;!?'\"")
     if "?" in text:
         text = text[: text.index("?") + 1]
-    elif word in INTERROGATIVES:
+    elif first_word(text) in INTERROGATIVES:
         return None  # "What a groundbreaking result!": not a question
     text = text.rstrip("\"'” ")
     return text if len(text.split()) >= 3 else None
@@ -176,17 +178,21 @@ def generate_from_openings(store: Store, recipe: Recipe, profiles: list[dict]) -
     llm = make_llm(endpoint, store)
     items = opening_requests(profiles, recipe.generation.openings, n)
     results = llm_map(llm, endpoint, template, items,
-                      lambda it: {"profile": it[0], "text": it[0]["chunk_text"],
-                                  "topic": topic_of(it[0]), "opening": it[2]},
+                      lambda it: {"text": it[0]["chunk_text"], "topic": topic_of(it[0]),
+                                  "opening": it[2]},
                       stage=GENERATE_STAGE, seed=recipe.seed, max_tokens=TOKENS_PER_PROMPT,
                       stop=("\n",))
+
+    def item_id(it: tuple[dict, int, str]) -> str:
+        return f"{it[0]['profile_id']}:{it[1]}"
+
     rows = []
     with store.drops(GENERATE_STAGE) as drops:
-        for (profile, j, opening), result in answered(store, GENERATE_STAGE, results,
-                                                      lambda it: f"{it[0]['profile_id']}:{it[1]}"):
+        for item, result in answered(store, GENERATE_STAGE, results, item_id):
+            profile, opening = item[0], item[2]
             text = opening_prompt(result.text, opening, recipe.generation.openings)
             if text is None:
-                drops.add(f"{profile['profile_id']}:{j}", "llm_invalid_output",
+                drops.add(item_id(item), "llm_invalid_output",
                           f"no question in the reply: {result.text[:200]}", None)
                 continue
             rows.append(prompt_row(text, "generated", profile["profile_id"], profile["profile_id"],

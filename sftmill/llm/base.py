@@ -221,19 +221,24 @@ class LLM:
     def _from_cache(self, key: str, request: ChatRequest, hit: dict[str, Any]) -> ChatResult:
         if self.store is not None:
             self.journal.count_hit(request.stage, self.model)
-        data = parse_structured(hit["response_text"], request.schema) if request.schema else None
+        try:
+            data = parse_structured(hit["response_text"], request.schema) if request.schema else None
+        except ValueError as err:  # a cached answer that no longer parses
+            raise LLMOutputError(f"cached answer unusable: {err}") from None
         return ChatResult(hit["response_text"], data, key, True,
                           hit["tokens_in"] or 0, hit["tokens_out"] or 0)
 
     # -- one call -----------------------------------------------------------
-    async def achat(self, request: ChatRequest, looked_up: bool = False,
-                    key: str | None = None) -> ChatResult:
-        """One call; the cache is asked first unless the caller already did
-        (`looked_up`: a batch looks up all its keys at once, `key` given)."""
-        key = key or request.key(self.model)
-        hit = None if looked_up else self.cached([key]).get(key)
+    async def achat(self, request: ChatRequest) -> ChatResult:
+        """One call: from the cache when its key already succeeded, else sent."""
+        key = request.key(self.model)
+        hit = self.cached([key]).get(key)
         if hit is not None:
             return self._from_cache(key, request, hit)
+        return await self._send(key, request)
+
+    async def _send(self, key: str, request: ChatRequest) -> ChatResult:
+        """Send a call that is not in the cache, and journal how it ended."""
         too_long = self.prompt_too_long(request)
         if too_long:
             raise PromptTooLong(too_long)
@@ -294,8 +299,8 @@ class LLM:
             if hit is not None:  # answered from the cache without waiting for a slot
                 try:
                     result: ChatResult | Exception = self._from_cache(keys[i], req, hit)
-                except ValueError as err:  # a cached answer that no longer parses
-                    result = LLMOutputError(f"cached answer unusable: {err}")
+                except LLMOutputError as err:
+                    result = err
                 if on_result is not None:
                     on_result(i, result)
                 return result
@@ -304,7 +309,7 @@ class LLM:
                     result = down[0]
                 else:
                     try:
-                        result = await self.achat(req, looked_up=True, key=keys[i])
+                        result = await self._send(keys[i], req)
                     except LLMUnavailableError as err:
                         down.append(err)
                         result = err

@@ -21,6 +21,9 @@ from typing import Any
 from sftmill.store import Store
 
 
+CACHED_FIELDS = ("key", "response_text", "tokens_in", "tokens_out")
+
+
 class CallJournal:
     """One per run database and process (`for_store`); thread-safe."""
 
@@ -52,8 +55,8 @@ class CallJournal:
                 self._file = open(self.path, "a", encoding="utf-8")
             self._file.write(line)
             self._file.flush()
-            if row["status"] == "ok":
-                self._done[row["key"]] = row
+            if row["status"] == "ok":  # what the cache needs, not the whole row
+                self._done[row["key"]] = {k: row[k] for k in CACHED_FIELDS}
 
     def count_hit(self, stage: str, model: str) -> None:
         with self._lock:

@@ -29,7 +29,6 @@ class AdaptiveLimit:
         self.best_latency: float | None = None
         self._window: list[float] = []
         self._last_cut = 0.0
-        self.refusals = 0
 
     @property
     def current(self) -> int:
@@ -60,7 +59,6 @@ class AdaptiveLimit:
         """A refusal (429, 5xx, timeout): halve, once per window of requests;
         a Retry-After pauses every new send for that long."""
         self.in_flight -= 1
-        self.refusals += 1
         now = time.monotonic()
         if retry_after_s:
             self.paused_until = max(self.paused_until, now + retry_after_s)

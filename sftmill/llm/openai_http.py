@@ -69,6 +69,7 @@ class Replica:
 
     def __init__(self, url: str, endpoint: LLMEndpoint):
         self.url = url
+        self.alone = len(endpoint.base_urls) == 1  # the endpoint's only server
         self.limit = AdaptiveLimit(endpoint.max_concurrency, endpoint.concurrency_ceiling,
                                    adaptive=endpoint.adaptive_concurrency)
         self.strikes = 0  # failed answers in a row
@@ -87,13 +88,13 @@ class Replica:
         """Set aside, its rest not over (a probe in flight counts as not resting)."""
         return self.failures > 0 and now < self.back_at and self.in_flight == 0
 
-    def failed(self, gone: bool, alone: bool) -> None:
+    def failed(self, gone: bool) -> None:
         """No usable answer: a refused or reset connection (`gone`), or the
         third timeout / 5xx in a row, sets the replica aside for a while —
-        unless it is the endpoint's only one (`alone`: its requests' own
-        backoff paces the retries)."""
+        unless it is the endpoint's only one (its requests' own backoff then
+        paces the retries)."""
         self.strikes += 1
-        if not alone and (gone or self.strikes >= STRIKES):
+        if not self.alone and (gone or self.strikes >= STRIKES):
             self.failures += 1
             rest = min(SET_ASIDE_S[1], SET_ASIDE_S[0] * 2 ** (self.failures - 1))
             self.back_at = time.monotonic() + rest
@@ -126,15 +127,18 @@ class Pool:
     def all_resting(self, now: float) -> bool:
         return all(r.resting(now) for r in self.replicas)
 
+    def _no_replica(self) -> NoReplica:
+        return NoReplica(f"every replica is set aside ({len(self.replicas)})")
+
     async def acquire(self) -> Replica:
         """A replica with a slot taken for this request; `NoReplica` when
         every replica is set aside (the request backs off and tries again,
         so a dead endpoint still fails within its retries)."""
         now = time.monotonic()
         if self.all_resting(now):
-            raise NoReplica(f"every replica is set aside ({len(self.replicas)})")
+            raise self._no_replica()
         if not self._waiters:
-            replica = self._free(time.monotonic())
+            replica = self._free(now)
             if replica is not None:
                 replica.limit.take()
                 return replica
@@ -161,7 +165,7 @@ class Pool:
             replica.limit.release_other()
         self._wake()
         if self._waiters and self.all_resting(time.monotonic()):
-            problem = NoReplica(f"every replica is set aside ({len(self.replicas)})")
+            problem = self._no_replica()
             while self._waiters:
                 waiter = self._waiters.popleft()
                 if not waiter.done():
@@ -192,10 +196,6 @@ class Pool:
 
     def others_up(self, replica: Replica) -> bool:
         return any(r is not replica and r.failures == 0 for r in self.replicas)
-
-    @property
-    def in_flight(self) -> int:
-        return sum(r.in_flight for r in self.replicas)
 
 
 _POOLS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Pool]]" = (
@@ -285,8 +285,7 @@ class OpenAIChatLLM(LLM):
                 reply = await transport.post_json(url, body, headers, self.endpoint.timeout_s)
             except TransportError as err:
                 last_problem, replica_failed = f"{type(err).__name__}: {err}", True
-                replica.failed(gone=not isinstance(err, TransportTimeout),
-                              alone=len(pool.replicas) == 1)
+                replica.failed(gone=not isinstance(err, TransportTimeout))
                 pool.release(replica, "refused")
             else:
                 status = reply.status
@@ -305,11 +304,10 @@ class OpenAIChatLLM(LLM):
                 if status < 500 and status not in RETRY_STATUS:
                     pool.release(replica, "other")
                     raise LLMOutputError(f"request rejected: {last_problem}")
-                retry_after = retry_after_seconds(reply.headers.get("Retry-After")
-                                                  or reply.headers.get("retry-after"))
+                retry_after = retry_after_seconds(reply.headers.get("retry-after"))
                 replica_failed = status >= 500
                 if replica_failed:
-                    replica.failed(gone=False, alone=len(pool.replicas) == 1)
+                    replica.failed(gone=False)
                 pool.release(replica, "refused", retry_after_s=retry_after)
             if attempt < self.endpoint.max_retries:
                 if replica.failures and retry_after is None and pool.others_up(replica):

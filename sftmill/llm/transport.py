@@ -30,8 +30,11 @@ class TransportTimeout(TransportError):
 @dataclass
 class Reply:
     status: int
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # names lower-cased
     text: str
+
+    def __post_init__(self) -> None:
+        self.headers = {k.lower(): v for k, v in self.headers.items()}
 
     def json(self) -> Any:
         return json.loads(self.text)
@@ -42,9 +45,6 @@ class Transport:
 
     async def post_json(self, url: str, body: dict, headers: Mapping[str, str],
                         timeout_s: float) -> Reply:
-        raise NotImplementedError
-
-    async def get(self, url: str, headers: Mapping[str, str], timeout_s: float) -> Reply:
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -67,25 +67,18 @@ class AiohttpTransport(Transport):
                                                   json_serialize=lambda o: json.dumps(o))
         return self._session
 
-    async def _request(self, method: str, url: str, headers: Mapping[str, str],
-                       timeout_s: float, body: dict | None = None) -> Reply:
+    async def post_json(self, url, body, headers, timeout_s):
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
         try:
-            async with self._client().request(method, url, json=body, headers=dict(headers),
-                                              timeout=timeout) as response:
-                return Reply(response.status, dict(response.headers), await response.text())
+            async with self._client().post(url, json=body, headers=dict(headers),
+                                           timeout=timeout) as response:
+                return Reply(response.status, response.headers, await response.text())
         except asyncio.TimeoutError as err:
             raise TransportTimeout(f"no answer within {timeout_s:g} s") from err
         except aiohttp.ClientError as err:
             raise TransportError(f"{type(err).__name__}: {err}") from err
-
-    async def post_json(self, url, body, headers, timeout_s):
-        return await self._request("POST", url, headers, timeout_s, body)
-
-    async def get(self, url, headers, timeout_s):
-        return await self._request("GET", url, headers, timeout_s)
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:

@@ -14,7 +14,7 @@ SAMPLE = {
     "profile": dict(domain="Physics", subdomains=["QCD"], use_cases=["exam"], heading="",
                     text="MARK"),
     "web_queries": dict(domain="Physics", profile=PROFILE, n=3),
-    "generate_opening": dict(profile=PROFILE, text="passage", topic="MARK", opening="Why do"),
+    "generate_opening": dict(text="passage", topic="MARK", opening="Why do"),
     "generate": dict(domain="Physics", profile=PROFILE, text="passage", n=3, topic="MARK",
                      task_types=["question"], use_cases=["exam"]),
     "broaden": dict(domain="Physics", subdomains=["QCD"], profile=PROFILE,
