@@ -1,9 +1,12 @@
-"""An OpenAI-compatible chat-completions server for throughput benchmarks:
+"""An OpenAI-compatible chat-completions and embeddings server for throughput benchmarks:
 a fixed latency per request, a fixed number of requests in service at once
 (the rest queue, as on a vLLM server with full batch slots), and answers
 that are valid for the request's JSON schema (the smallest instance that
 satisfies it, its strings drawn from the request's words so that answers
 differ) or, for free text, a sentence of passage [1] citing it.
+`/v1/embeddings` answers a batch of texts with hashed bag-of-words vectors
+(384 dimensions: texts sharing words are near, so retrieval and dedup have
+something to find) after `--embed-latency` seconds in a slot.
 
     python benchmarks/mock_openai.py --port 8011 --latency 0.2 --slots 64
 
@@ -64,7 +67,17 @@ def free_text(user: str, rng: random.Random) -> str:
     return " ".join(rng.choice(words) for _ in range(20)) + "." if words else ANSWER
 
 
-def make_app(latency_s: float, slots: int):
+def bag_of_words(text: str, dim: int = 384) -> list[float]:
+    """A unit vector: each word adds ±1 at a bucket its hash picks."""
+    vector = [0.0] * dim
+    for word in text.lower().split():
+        h = zlib.crc32(word.strip('.,;:?!"()[]').encode())
+        vector[h % dim] += 1.0 if h & 1 << 20 else -1.0
+    norm = sum(x * x for x in vector) ** 0.5 or 1.0
+    return [x / norm for x in vector]
+
+
+def make_app(latency_s: float, slots: int, embed_latency_s: float = 0.05):
     from aiohttp import web
 
     slot = asyncio.Semaphore(slots)
@@ -89,6 +102,20 @@ def make_app(latency_s: float, slots: int):
                          "message": {"role": "assistant", "content": content}}],
             "usage": {"prompt_tokens": 200, "completion_tokens": 40, "total_tokens": 240}})
 
+    async def embeddings(request: web.Request) -> web.Response:
+        body = await request.json()
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        async with slot:
+            await asyncio.sleep(embed_latency_s)
+        stats["requests"] += 1
+        stats["embedded"] = stats.get("embedded", 0) + len(texts)
+        return web.json_response({
+            "object": "list", "model": body.get("model", "mock"),
+            "data": [{"object": "embedding", "index": i, "embedding": bag_of_words(t)}
+                     for i, t in enumerate(texts)],
+            "usage": {"prompt_tokens": sum(len(t.split()) for t in texts),
+                      "total_tokens": sum(len(t.split()) for t in texts)}})
+
     async def models(_request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "mock", "object": "model"}]})
 
@@ -96,7 +123,8 @@ def make_app(latency_s: float, slots: int):
         return web.json_response(stats | {"uptime_s": time.monotonic() - stats["started"]})
 
     app = web.Application(client_max_size=16 * 1024 * 1024)
-    app.add_routes([web.post("/v1/chat/completions", chat), web.get("/v1/models", models),
+    app.add_routes([web.post("/v1/chat/completions", chat),
+                    web.post("/v1/embeddings", embeddings), web.get("/v1/models", models),
                     web.get("/stats", served)])
     return app
 
@@ -109,8 +137,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8011)
     parser.add_argument("--latency", type=float, default=0.2, help="seconds per request")
     parser.add_argument("--slots", type=int, default=64, help="requests in service at once")
+    parser.add_argument("--embed-latency", type=float, default=0.05,
+                        help="seconds per /v1/embeddings request (a batch of texts)")
     args = parser.parse_args()
-    web.run_app(make_app(args.latency, args.slots), host=args.host, port=args.port,
+    web.run_app(make_app(args.latency, args.slots, args.embed_latency), host=args.host, port=args.port,
                 access_log=None, print=None, backlog=2048)
 
 

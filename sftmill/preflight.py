@@ -81,7 +81,12 @@ def preflight(recipe: Recipe) -> None:
         problem = preflight_endpoint(endpoint)
         if problem:
             raise RecipeError(f"llm.{role}: {problem}")
-    problem = model_available(recipe.embedding.model)
+    if recipe.embedding.backend == "openai":
+        from sftmill.llm.openai_http import check_reachable
+
+        problem = check_reachable(recipe.embedding)
+    else:
+        problem = model_available(recipe.embedding.model)
     if problem:
-        raise RecipeError(f"embedding.model: {problem}")
+        raise RecipeError(f"embedding: {problem}")
     check_templates_fit(recipe.llm_templates())

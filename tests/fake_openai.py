@@ -1,6 +1,8 @@
 """An OpenAI-compatible chat endpoint on 127.0.0.1 that answers like the
 scripted LLM (see fakes.schema_answers; free-text requests get a short
-plain answer), slowly, and can be taken down; with `capacity` it serves at
+plain answer), slowly, and can be taken down; `/v1/embeddings` answers with
+hashed bag-of-words vectors (texts sharing words are near), listed in
+reverse order with their `index` as some servers do; with `capacity` it serves at
 most that many requests at once and answers the rest 429 with Retry-After,
 as a hosted API over its rate limit does."""
 
@@ -8,9 +10,17 @@ import http.server
 import json
 import threading
 import time
+import zlib
 
 from fakes import schema_answers
 from sftmill.llm import ChatRequest
+
+
+def bag_of_words(text: str, dim: int = 64) -> list[float]:
+    vector = [0.0] * dim
+    for word in text.lower().split():
+        vector[zlib.crc32(word.strip(".,;:?!").encode()) % dim] += 1.0
+    return vector  # not normalised: the client must do it
 
 
 class FakeOpenAI:
@@ -24,6 +34,7 @@ class FakeOpenAI:
         self.log: list[str] = []  # "ok" / "429" per request, in order of arrival
         self._lock = threading.Lock()
         self.keys: list[str] = []  # the sftmill cache key of every request answered
+        self.embedded: list[list[str]] = []  # the texts of every embeddings request answered
         self.down_after = down_after  # answer 503 from this many requests on
         server = self
 
@@ -65,10 +76,20 @@ class FakeOpenAI:
                     self.end_headers()
                     return
                 try:
-                    self._answer(body)
+                    if self.path.endswith("/embeddings"):
+                        self._embed(body)
+                    else:
+                        self._answer(body)
                 finally:
                     with server._lock:
                         server.in_service -= 1
+
+            def _embed(self, body):
+                server.requests += 1
+                server.embedded.append(list(body["input"]))
+                time.sleep(delay_s / 4)
+                data = [{"index": i, "embedding": bag_of_words(t)} for i, t in enumerate(body["input"])]
+                self._json({"data": data[::-1], "usage": {"prompt_tokens": 7}})
 
             def _answer(self, body):
                 server.requests += 1

@@ -1,6 +1,6 @@
-"""OpenAI-compatible chat completions over HTTP (vLLM, SGLang, Ollama,
-llama.cpp server, OpenAI): replicas, adaptive concurrency, rate caps and
-retries.
+"""OpenAI-compatible chat completions and embeddings over HTTP (vLLM,
+SGLang, Ollama, llama.cpp server, TEI, OpenAI): replicas, adaptive
+concurrency, rate caps and retries.
 
 Retried: timeouts, connection errors, 429 and 5xx, with exponential backoff
 and jitter, honouring `Retry-After` (which also pauses the replica's other
@@ -26,9 +26,9 @@ import os
 import random
 import time
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
-from sftmill.config import LLMEndpoint
+from sftmill.config import Embedding, LLMEndpoint, ServerEndpoint
 from sftmill.llm.base import (ChatRequest, LLM, LLMOutputError, LLMUnavailableError,
                               RawCompletion)
 from sftmill.llm.limits import AdaptiveLimit, TokenBucket
@@ -42,7 +42,7 @@ SET_ASIDE_S = (2.0, 60.0)  # a failed replica rests 2 s, doubling per failure, a
 STRIKES = 3  # timeouts or 5xx in a row that set a replica aside
 
 
-def auth_headers(endpoint: LLMEndpoint) -> dict[str, str]:
+def auth_headers(endpoint: ServerEndpoint) -> dict[str, str]:
     """The Authorization header, with the key read from the environment at
     call time; it travels only here, never into the store, parameters or logs."""
     key = os.environ.get(endpoint.api_key_env, "") if endpoint.api_key_env else ""
@@ -67,7 +67,7 @@ def retry_after_seconds(value: str | None) -> float | None:
 class Replica:
     """One server of an endpoint: its URL, its limit, and whether it is set aside."""
 
-    def __init__(self, url: str, endpoint: LLMEndpoint):
+    def __init__(self, url: str, endpoint: ServerEndpoint):
         self.url = url
         self.alone = len(endpoint.base_urls) == 1  # the endpoint's only server
         self.limit = AdaptiveLimit(endpoint.max_concurrency, endpoint.concurrency_ceiling,
@@ -112,7 +112,7 @@ class Pool:
     Requests wait here, first come, first served, for a slot on whichever
     replica has room — the one with the fewest in flight for its limit."""
 
-    def __init__(self, endpoint: LLMEndpoint):
+    def __init__(self, endpoint: ServerEndpoint):
         self.replicas = [Replica(u, endpoint) for u in endpoint.base_urls]
         self.rpm = TokenBucket(endpoint.rpm) if endpoint.rpm else None
         self.tpm = TokenBucket(endpoint.tpm) if endpoint.tpm else None
@@ -202,7 +202,7 @@ _POOLS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Pool]]
     weakref.WeakKeyDictionary())
 
 
-def pool_for(endpoint: LLMEndpoint) -> Pool:
+def pool_for(endpoint: ServerEndpoint) -> Pool:
     """The running loop's pool for this endpoint (same URLs, model and limits)."""
     pools = _POOLS.setdefault(asyncio.get_running_loop(), {})
     key = (tuple(endpoint.base_urls), endpoint.model, endpoint.max_concurrency,
@@ -212,20 +212,106 @@ def pool_for(endpoint: LLMEndpoint) -> Pool:
     return pools[key]
 
 
-class OpenAIChatLLM(LLM):
-    backend = "openai"
+class Sent(NamedTuple):
+    reply: Reply
+    attempts: int
+    latency_s: float  # the answering attempt's round trip
+
+
+class ServerClient:
+    """Posts JSON to one endpoint's replicas: waits for a replica's slot and
+    the rate caps, retries what may succeed later, sets failing replicas
+    aside.  Chat completions and embeddings both send through here."""
+
     backoff_base_s = 0.5
     backoff_cap_s = 30.0
+
+    def __init__(self, endpoint: ServerEndpoint, transport: Transport | None = None):
+        self.endpoint = endpoint
+        self._transport = transport  # tests inject their own
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.backoff_cap_s)
+        ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** attempt)
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def post(self, path: str, body: dict[str, Any], estimate_tokens: int) -> Sent:
+        """The first 2xx reply.  Raises `LLMUnavailableError` when the endpoint
+        or key is wrong or the retries run out, `LLMOutputError` when the
+        server rejects this request (400, 413, 422).  `estimate_tokens` is
+        taken from the tpm cap before sending (see `give_back`)."""
+        endpoint = self.endpoint
+        pool = pool_for(endpoint)
+        transport = self._transport or shared_transport()
+        headers = auth_headers(endpoint)
+        last_problem = ""
+        for attempt in range(endpoint.max_retries + 1):
+            if pool.rpm:
+                await pool.rpm.take(1)
+            if pool.tpm:
+                await pool.tpm.take(estimate_tokens)
+            try:
+                replica = await pool.acquire()
+            except NoReplica as err:
+                last_problem = str(err)
+                if attempt < endpoint.max_retries:
+                    await asyncio.sleep(self._backoff(attempt, None))
+                continue
+            url = replica.url + path
+            started = time.monotonic()
+            retry_after = None
+            try:
+                reply = await transport.post_json(url, body, headers, endpoint.timeout_s)
+            except TransportError as err:
+                last_problem = f"{type(err).__name__}: {err}"
+                replica.failed(gone=not isinstance(err, TransportTimeout))
+                pool.release(replica, "refused")
+            else:
+                status = reply.status
+                if status < 300:
+                    latency = time.monotonic() - started
+                    replica.answered()
+                    pool.release(replica, "ok", latency)
+                    return Sent(reply, attempt + 1, latency)
+                last_problem = f"HTTP {status}: {reply.text[:200]}"
+                if status in FATAL_STATUS:
+                    pool.release(replica, "other")
+                    raise LLMUnavailableError(f"{url}: {last_problem}")
+                if status < 500 and status not in RETRY_STATUS:
+                    pool.release(replica, "other")
+                    raise LLMOutputError(f"request rejected: {last_problem}")
+                retry_after = retry_after_seconds(reply.headers.get("retry-after"))
+                if status >= 500:
+                    replica.failed(gone=False)
+                pool.release(replica, "refused", retry_after_s=retry_after)
+            if attempt < endpoint.max_retries:
+                if replica.failures and retry_after is None and pool.others_up(replica):
+                    continue  # another replica answers: go there now
+                await asyncio.sleep(self._backoff(attempt, retry_after))
+        raise LLMUnavailableError(
+            f"{endpoint.base_urls}: gave up after {endpoint.max_retries + 1} attempts "
+            f"({last_problem})")
+
+    def give_back(self, estimate_tokens: int, used_tokens: int) -> None:
+        """Correct the tpm cap by what the server reported using."""
+        pool = pool_for(self.endpoint)
+        if pool.tpm:
+            pool.tpm.give_back(estimate_tokens - used_tokens)
+
+
+class OpenAIChatLLM(LLM):
+    backend = "openai"
 
     def __init__(self, endpoint: LLMEndpoint, store: Store | None = None,
                  transport: Transport | None = None):
         super().__init__(endpoint.model, store)
         self.endpoint = endpoint
-        # Requests wait for a replica's limit inside `_raw_complete`, per attempt.
+        self.client = ServerClient(endpoint, transport)
+        # Requests wait for a replica's limit inside `ServerClient.post`, per attempt.
         self.max_concurrency = 1_000_000
         # A server's context is known only when the recipe gives it (n_ctx).
         self.context_window = endpoint.n_ctx if "n_ctx" in endpoint.model_fields_set else None
-        self._transport = transport  # tests inject their own
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -253,83 +339,55 @@ class OpenAIChatLLM(LLM):
                                        "schema": grammar_schema(request.schema)}
         return body
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.backoff_cap_s)
-        ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** attempt)
-        return random.uniform(ceiling / 2, ceiling)
-
     async def _raw_complete(self, request: ChatRequest) -> RawCompletion:
-        pool = pool_for(self.endpoint)
-        transport = self._transport or shared_transport()
-        body = self._body(request)
-        headers = auth_headers(self.endpoint)
         estimate = self.count_tokens(request.message_dicts()) + request.max_tokens
-        last_problem = ""
-        for attempt in range(self.endpoint.max_retries + 1):
-            if pool.rpm:
-                await pool.rpm.take(1)
-            if pool.tpm:
-                await pool.tpm.take(estimate)
-            try:
-                replica = await pool.acquire()
-            except NoReplica as err:
-                last_problem = str(err)
-                if attempt < self.endpoint.max_retries:
-                    await asyncio.sleep(self._backoff(attempt, None))
-                continue
-            url = replica.url + "/chat/completions"
-            started = time.monotonic()
-            retry_after, replica_failed = None, False
-            try:
-                reply = await transport.post_json(url, body, headers, self.endpoint.timeout_s)
-            except TransportError as err:
-                last_problem, replica_failed = f"{type(err).__name__}: {err}", True
-                replica.failed(gone=not isinstance(err, TransportTimeout))
-                pool.release(replica, "refused")
-            else:
-                status = reply.status
-                if status < 300:
-                    latency = time.monotonic() - started
-                    replica.answered()
-                    pool.release(replica, "ok", latency)
-                    completion = self._completion(reply, attempt + 1, latency)
-                    if pool.tpm:
-                        pool.tpm.give_back(estimate - completion.tokens_in - completion.tokens_out)
-                    return completion
-                last_problem = f"HTTP {status}: {reply.text[:200]}"
-                if status in FATAL_STATUS:
-                    pool.release(replica, "other")
-                    raise LLMUnavailableError(f"{url}: {last_problem}")
-                if status < 500 and status not in RETRY_STATUS:
-                    pool.release(replica, "other")
-                    raise LLMOutputError(f"request rejected: {last_problem}")
-                retry_after = retry_after_seconds(reply.headers.get("retry-after"))
-                replica_failed = status >= 500
-                if replica_failed:
-                    replica.failed(gone=False)
-                pool.release(replica, "refused", retry_after_s=retry_after)
-            if attempt < self.endpoint.max_retries:
-                if replica.failures and retry_after is None and pool.others_up(replica):
-                    continue  # another replica answers: go there now
-                await asyncio.sleep(self._backoff(attempt, retry_after))
-        raise LLMUnavailableError(
-            f"{self.endpoint.base_urls}: gave up after {self.endpoint.max_retries + 1} attempts "
-            f"({last_problem})")
+        sent = await self.client.post("/chat/completions", self._body(request), estimate)
+        completion = self._completion(sent)
+        self.client.give_back(estimate, completion.tokens_in + completion.tokens_out)
+        return completion
 
     @staticmethod
-    def _completion(reply: Reply, attempts: int, latency_s: float) -> RawCompletion:
+    def _completion(sent: Sent) -> RawCompletion:
         try:
-            payload = reply.json()
+            payload = sent.reply.json()
             text = payload["choices"][0]["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError) as err:
             raise LLMOutputError(f"malformed completion payload: {err}") from None
         usage = payload.get("usage") or {}
         return RawCompletion(text, int(usage.get("prompt_tokens") or 0),
-                             int(usage.get("completion_tokens") or 0), attempts, latency_s)
+                             int(usage.get("completion_tokens") or 0), sent.attempts,
+                             sent.latency_s)
 
 
-def check_reachable(endpoint: LLMEndpoint, timeout_s: float = 5.0) -> str | None:
+async def embed_on_server(endpoint: Embedding, texts: list[str],
+                          transport: Transport | None = None) -> list[list[float] | Exception]:
+    """POST `texts` to the server's /embeddings, `batch_size` per request, all
+    batches in flight together under the endpoint's limits.  Per batch, in
+    order: its vectors, or the exception that ended it (the caller keeps
+    what arrived before raising)."""
+    client = ServerClient(endpoint, transport)
+
+    async def one(batch: list[str]) -> list[list[float]]:
+        estimate = sum(len(t) // 4 + 1 for t in batch)
+        sent = await client.post("/embeddings", {"model": endpoint.model, "input": batch}, estimate)
+        try:
+            payload = sent.reply.json()
+            rows = sorted(payload["data"], key=lambda row: row["index"])
+            vectors = [[float(x) for x in row["embedding"]] for row in rows]
+        except (ValueError, KeyError, TypeError) as err:
+            raise LLMOutputError(f"malformed embeddings payload: {err}") from None
+        if len(vectors) != len(batch) or len({len(v) for v in vectors}) > 1:
+            raise LLMOutputError(f"the server returned {len(vectors)} vectors for {len(batch)} "
+                                 "texts (or of different sizes)")
+        client.give_back(estimate, int((payload.get("usage") or {}).get("prompt_tokens") or estimate))
+        return vectors
+
+    size = endpoint.batch_size
+    batches = [texts[i:i + size] for i in range(0, len(texts), size)]
+    return list(await asyncio.gather(*(one(b) for b in batches), return_exceptions=True))
+
+
+def check_reachable(endpoint: ServerEndpoint, timeout_s: float = 5.0) -> str | None:
     """None when a replica answers `GET /models` (the run goes on while any
     does); otherwise the problem.  A refused API key is a problem even when
     another replica answers."""

@@ -140,3 +140,29 @@ def test_answer_flow_with_the_real_embedded_model(prefect_harness, tmp_path, mon
         assert all(1 <= n <= 2 for n in a["cited_numbers"]) or a["answer_id"] in invalid
     lines = (tmp_path / "run" / "dataset.jsonl").read_text().splitlines()
     assert len(lines) == store.count("dataset")
+
+
+def test_pipeline_with_embeddings_from_a_server(prefect_harness, tmp_path, monkeypatch):
+    """`embedding.backend: openai`: dedup, retrieval and the answer checks use
+    the server's vectors, and no local model is loaded."""
+    from fake_openai import FakeOpenAI
+    from sftmill.flows.pipeline import pipeline
+
+    server = FakeOpenAI(delay_s=0.02)
+    try:
+        monkeypatch.setattr("sftmill.embeddings._load",
+                            lambda *a: pytest.fail("a served model must not load a local one"))
+        route_llm(monkeypatch, ScriptedLLM(schema_answers))
+        recipe = example_recipe(tmp_path, embedding={"backend": "openai", "base_url": server.url,
+                                                     "model": "fake", "batch_size": 16},
+                                answers={"min_similarity": 0.1, "min_prompt_similarity": 0.0})
+        pipeline(params(recipe))
+    finally:
+        server.close()
+    store = Store.open(tmp_path / "run" / "sftmill.duckdb")
+    assert store.execute("SELECT DISTINCT model FROM embeddings") == [("openai:fake",)]
+    embedded = {t for batch in server.embedded for t in batch}
+    prompts = [t for (t,) in store.execute("SELECT text FROM prompts")]
+    assert prompts and set(prompts) <= embedded
+    assert store.count("retrievals") > 0 and store.count("dataset") > 0
+    assert sum(len(b) for b in server.embedded) == len(embedded)  # each text sent once

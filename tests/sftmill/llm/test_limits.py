@@ -130,7 +130,7 @@ def test_when_every_replica_is_down_requests_fail_within_their_retries():
     a.close()
     b.close()  # both refuse connections
     llm = OpenAIChatLLM(endpoint(urls, max_retries=3))
-    llm.backoff_base_s = 0.01
+    llm.client.backoff_base_s = 0.01
     with pytest.raises(LLMUnavailableError, match="gave up after 4 attempts"):
         llm.chat_many(requests(20, "dead"))
 

@@ -47,7 +47,7 @@ def make(handler, store=None, **endpoint):
     cfg = LLMEndpoint(backend="openai", base_url="http://llm.test/v1", model="m",
                       max_retries=3, **endpoint)
     llm = OpenAIChatLLM(cfg, store, transport=HandlerTransport(handler))
-    llm.backoff_base_s = 0.01
+    llm.client.backoff_base_s = 0.01
     return llm
 
 

@@ -128,7 +128,7 @@ def test_retry_after_503_then_identical_call_served_from_cache(llama_server, tmp
     try:
         store = Store.open(tmp_path / "run.duckdb")
         llm = OpenAIChatLLM(endpoint(port), store)
-        llm.backoff_base_s = 0.05
+        llm.client.backoff_base_s = 0.05
         first = llm.chat(request())
         assert set(first.data) == {"answer", "count"}
         assert (proxy.seen, proxy.forwarded) == (3, 1)
@@ -147,7 +147,7 @@ def test_retry_while_server_is_briefly_down(llama_server, tmp_path):
     timer.start()
     try:
         llm = OpenAIChatLLM(endpoint(port), Store.open(tmp_path / "run.duckdb"))
-        llm.backoff_base_s = 0.2
+        llm.client.backoff_base_s = 0.2
         result = llm.chat(request("Name one gluon property."))
         assert set(result.data) == {"answer", "count"}
         assert proxy.forwarded == 1
