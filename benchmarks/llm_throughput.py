@@ -8,12 +8,16 @@ ratio to the bare client.
     python benchmarks/llm_throughput.py [--items 4000] [--concurrency 64 256]
                                         [--latency 0.2] [--adaptive]
     python benchmarks/llm_throughput.py --whole-run 20000 [--concurrency 64]
+                                        [--served-embeddings]
 
 `--whole-run N` instead runs `sftmill run` end to end against the mock on a
 generated corpus with `target_prompts: N` and prints, per stage, the calls
 sent, the wall time and the LLM time — what the server needs for those calls
 at that concurrency (calls × latency ÷ concurrency) — and the whole run's
-wall time over its LLM time.
+wall time over its LLM time.  With `--served-embeddings` the recipe's
+embeddings come from the mock's `/v1/embeddings` (as from a TEI or vLLM
+embedding server) instead of MiniLM on this machine's CPU, and their server
+time counts in the LLM time (requests × 0.05 s ÷ concurrency).
 
 The mock server runs in its own process on the same machine (so on 2 cores
 it competes with the client for CPU, as in the issue's measurement), with
@@ -31,9 +35,12 @@ import json
 import random
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from http_clients import BODY, run_aiohttp, start_server
+
+EMBED_LATENCY = 0.05  # mock_openai.py's default seconds per /v1/embeddings request
 
 WORDS = ("quark gluon hadron meson baryon proton neutron colour charge confinement lattice "
          "asymptotic freedom jet collider detector scattering parton flavour strange charm "
@@ -103,7 +110,9 @@ def stage_rates(url: str, n: int, concurrency: int, adaptive: bool) -> dict[str,
     return out
 
 
-def whole_run(url: str, target: int, concurrency: int, latency: float, adaptive: bool) -> dict:
+def whole_run(url: str, target: int, concurrency: int, latency: float, adaptive: bool,
+              served_embeddings: bool, warm_prefect: bool, keep: Path | None = None) -> dict:
+    import os
     import subprocess
     import sys
 
@@ -135,11 +144,17 @@ def whole_run(url: str, target: int, concurrency: int, latency: float, adaptive:
             "chunking": {"max_tokens": 256, "min_tokens": 24},
             "thresholds": {"prompt_quality": 0.5, "max_opening_share": 1.0},
             "answers": {"queries_per_prompt": 0, "min_similarity": 0.0}}
+        if served_embeddings:  # the mock's /v1/embeddings instead of MiniLM on this CPU
+            recipe["embedding"] = {"backend": "openai", "base_url": url, "model": "mock",
+                                   "batch_size": 64, "max_concurrency": 32}
         (Path(tmp) / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+        env = {**os.environ, "PREFECT_HOME": str(Path(tmp) / "ph")}
+        if warm_prefect:  # set up Prefect's database first, as any earlier run has
+            subprocess.run([sys.executable, "-c", "from prefect import flow; flow(lambda: 1)()"],
+                           env=env, check=True, capture_output=True)
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "sftmill.cli", "run", str(Path(tmp) / "recipe.yaml")],
-                              capture_output=True, text=True,
-                              env={**__import__("os").environ, "PREFECT_HOME": str(Path(tmp) / "ph")})
+                              capture_output=True, text=True, env=env)
         wall = time.perf_counter() - started
         if proc.returncode != 0:
             raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
@@ -154,15 +169,29 @@ def whole_run(url: str, target: int, concurrency: int, latency: float, adaptive:
             "SELECT stage, (epoch(max(created_at)) - max(epoch(created_at) - latency_s)) / "
             "nullif(epoch(max(created_at)) - min(epoch(created_at) - latency_s), 0) "
             "FROM llm_calls WHERE status = 'ok' GROUP BY stage").fetchall()}
+        # Around the LLM span: seconds of the stage before its first request
+        # and after its last answer (reading, preparing, writing, checking).
+        around = {stage: [round(before, 1), round(after, 1)] for stage, before, after in con.execute(
+            "SELECT s.stage, min(epoch(c.created_at) - c.latency_s) - (epoch(s.finished_at) - s.seconds), "
+            "epoch(s.finished_at) - max(epoch(c.created_at)) "
+            "FROM stage_stats s JOIN llm_calls c ON c.stage = s.stage AND c.status = 'ok' "
+            "GROUP BY s.stage, s.finished_at, s.seconds").fetchall()}
         records = con.execute("SELECT count(*) FROM dataset").fetchone()[0]
         prompts = con.execute("SELECT count(*) FROM prompts").fetchone()[0]
         con.close()
+        if keep is not None:  # the run folder and its recipe, to look into afterwards
+            import shutil
+
+            shutil.copytree(tmp, keep, dirs_exist_ok=True)
+        served = json.loads(urllib.request.urlopen(url.rsplit("/v1", 1)[0] + "/stats").read())
     llm_time = {s: round(n * latency / concurrency, 1) for s, n in calls.items()}
+    if served.get("embed_requests"):  # their server time counts as the server's
+        llm_time["embeddings"] = round(served["embed_requests"] * EMBED_LATENCY / concurrency, 1)
     return {"target_prompts": target, "chunks": n_chunks, "prompts": prompts, "records": records,
-            "wall_s": round(wall, 1), "llm_time_s": round(sum(llm_time.values()), 1),
+            "prefect_home": "warm" if warm_prefect else "cold", "wall_s": round(wall, 1), "llm_time_s": round(sum(llm_time.values()), 1),
             "wall_over_llm_time": round(wall / max(1e-9, sum(llm_time.values())), 2),
             "stages_s": stages, "calls": calls, "stage_llm_time_s": llm_time,
-            "straggler_share": tails}
+            "straggler_share": tails, "before_after_llm_s": around, "texts_embedded_by_server": served.get("embedded", 0)}
 
 
 def main() -> None:
@@ -173,13 +202,22 @@ def main() -> None:
     parser.add_argument("--adaptive", action="store_true")
     parser.add_argument("--port", type=int, default=8012)
     parser.add_argument("--whole-run", type=int, metavar="TARGET_PROMPTS")
+    parser.add_argument("--served-embeddings", action="store_true",
+                        help="whole run: embeddings from the mock's /v1/embeddings, not local MiniLM")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="whole run: copy the run (recipe, corpus, run folder) to DIR")
+    parser.add_argument("--cold-prefect", action="store_true",
+                        help="whole run: on a Prefect home never used before (the run also pays "
+                        "for setting up Prefect's database)")
     args = parser.parse_args()
     if args.whole_run:
         c = args.concurrency[0]
         server = start_server(args.port, args.latency, c)
         try:
             print(json.dumps(whole_run(f"http://127.0.0.1:{args.port}/v1", args.whole_run, c,
-                                       args.latency, args.adaptive)), flush=True)
+                                       args.latency, args.adaptive, args.served_embeddings,
+                                       not args.cold_prefect, args.keep)),
+                  flush=True)
         finally:
             server.terminate()
             server.wait()

@@ -17,7 +17,9 @@ not share its event loop.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
+import base64
 import json
 import random
 import time
@@ -105,13 +107,19 @@ def make_app(latency_s: float, slots: int, embed_latency_s: float = 0.05):
     async def embeddings(request: web.Request) -> web.Response:
         body = await request.json()
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        as_base64 = body.get("encoding_format") == "base64"
+
+        def encoded(vector: list[float]) -> list[float] | str:  # as OpenAI's API does
+            return base64.b64encode(array.array("f", vector).tobytes()).decode() if as_base64 else vector
+
         async with slot:
             await asyncio.sleep(embed_latency_s)
         stats["requests"] += 1
+        stats["embed_requests"] = stats.get("embed_requests", 0) + 1
         stats["embedded"] = stats.get("embedded", 0) + len(texts)
         return web.json_response({
             "object": "list", "model": body.get("model", "mock"),
-            "data": [{"object": "embedding", "index": i, "embedding": bag_of_words(t)}
+            "data": [{"object": "embedding", "index": i, "embedding": encoded(bag_of_words(t))}
                      for i, t in enumerate(texts)],
             "usage": {"prompt_tokens": sum(len(t.split()) for t in texts),
                       "total_tokens": sum(len(t.split()) for t in texts)}})

@@ -91,12 +91,16 @@ class Embedder:
     def _from_cache(self, hashes: list[str]) -> dict[str, np.ndarray]:
         if self.store is None or not hashes:
             return {}
-        rows = self.store.execute(
+        table = self.store.arrow(
             "SELECT text_hash, vector FROM embeddings WHERE model = ? "
             "AND text_hash IN (SELECT unnest(?))",
             [self.model_name, hashes],
         )
-        return {h: np.asarray(v, dtype=np.float32) for h, v in rows}
+        if table.num_rows == 0:
+            return {}
+        vectors = table.column("vector").combine_chunks()
+        flat = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        return dict(zip(table.column("text_hash").to_pylist(), flat.reshape(len(vectors), -1)))
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dim) float32, each row of unit length."""
@@ -118,9 +122,15 @@ class Embedder:
 
     def _keep(self, pairs: list[tuple[str, np.ndarray]], known: dict[str, np.ndarray]) -> None:
         known.update(pairs)
-        if self.store is not None and pairs:
-            self.store.insert("embeddings", [
-                {"text_hash": h, "model": self.model_name, "vector": v.tolist()} for h, v in pairs])
+        if self.store is None or not pairs:
+            return
+        import pyarrow as pa
+
+        matrix = np.stack([v for _, v in pairs]).astype(np.float32, copy=False)
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])
+        self.store.insert("embeddings", pa.table({
+            "text_hash": [h for h, _ in pairs], "model": [self.model_name] * len(pairs),
+            "vector": vectors.cast(pa.list_(pa.float32()))}))
 
     def _embed_remote(self, missing: list[tuple[str, str]], known: dict[str, np.ndarray]) -> None:
         """Embed on the server; the batches that came back are stored even

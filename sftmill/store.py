@@ -343,19 +343,29 @@ class Store:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
+    def arrow(self, sql: str, params: Iterable[Any] | None = None):
+        """The query's result as a pyarrow Table (vectors without a Python
+        object per number)."""
+        with self._lock:
+            return self._con.sql(sql, params=list(params or [])).to_arrow_table()
+
     def scalar(self, sql: str, params: Iterable[Any] | None = None) -> Any:
         rows = self.execute(sql, params)
         return rows[0][0] if rows else None
 
-    def insert(self, table: str, rows: list[dict[str, Any]], replace: bool = False) -> int:
-        """Insert rows by column name; rows whose key exists are ignored
-        (or replaced when `replace`).  Returns the number of rows offered."""
-        if not rows:
-            return 0
+    def insert(self, table: str, rows: "list[dict[str, Any]] | pa.Table", replace: bool = False) -> int:
+        """Insert rows (dicts, or a pyarrow Table) by column name; rows whose
+        key exists are ignored (or replaced when `replace`).  Returns the
+        number of rows offered."""
         import pyarrow as pa
 
-        columns = list(rows[0])
-        arrow = pa.table({c: [r.get(c) for r in rows] for c in columns})
+        if len(rows) == 0:
+            return 0
+        if isinstance(rows, pa.Table):
+            arrow = rows
+        else:
+            columns = list(rows[0])
+            arrow = pa.table({c: [r.get(c) for r in rows] for c in columns})
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         with self._lock:
             self._con.register("_incoming", arrow)

@@ -2,10 +2,13 @@
 scripted LLM (see fakes.schema_answers; free-text requests get a short
 plain answer), slowly, and can be taken down; `/v1/embeddings` answers with
 hashed bag-of-words vectors (texts sharing words are near), listed in
-reverse order with their `index` as some servers do; with `capacity` it serves at
+reverse order with their `index` as some servers do, as base64 when asked
+(`embedding_base64 = False`: numbers, as a server that ignores it); with `capacity` it serves at
 most that many requests at once and answers the rest 429 with Retry-After,
 as a hosted API over its rate limit does."""
 
+import array
+import base64
 import http.server
 import json
 import threading
@@ -35,6 +38,7 @@ class FakeOpenAI:
         self._lock = threading.Lock()
         self.keys: list[str] = []  # the sftmill cache key of every request answered
         self.embedded: list[list[str]] = []  # the texts of every embeddings request answered
+        self.embedding_base64 = True
         self.down_after = down_after  # answer 503 from this many requests on
         server = self
 
@@ -88,7 +92,10 @@ class FakeOpenAI:
                 server.requests += 1
                 server.embedded.append(list(body["input"]))
                 time.sleep(delay_s / 4)
-                data = [{"index": i, "embedding": bag_of_words(t)} for i, t in enumerate(body["input"])]
+                packed = server.embedding_base64 and body.get("encoding_format") == "base64"
+                data = [{"index": i, "embedding": (base64.b64encode(array.array(
+                            "f", bag_of_words(t)).tobytes()).decode() if packed else bag_of_words(t))}
+                        for i, t in enumerate(body["input"])]
                 self._json({"data": data[::-1], "usage": {"prompt_tokens": 7}})
 
             def _answer(self, body):

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import jsonschema
+import orjson
 
 from sftmill.store import Store, content_id
 
@@ -109,7 +110,7 @@ class ChatResult:
 
 
 @functools.lru_cache(maxsize=256)
-def _validator(schema_json: str):
+def _validator(schema_json: bytes):
     """A checked validator per schema, built once (`jsonschema.validate`
     checks the schema itself on every call: most of a structured call's CPU)."""
     schema = json.loads(schema_json)
@@ -132,7 +133,7 @@ def parse_structured(text: str, schema: dict[str, Any]) -> Any:
         if data in ("", None) or (data == [] and not text.strip().startswith("[")):
             raise ValueError("answer is not JSON") from None
     try:
-        _validator(json.dumps(schema, sort_keys=True)).validate(data)
+        _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)).validate(data)
     except jsonschema.ValidationError as err:
         where = "/".join(str(p) for p in err.absolute_path) or "answer"
         raise ValueError(f"{where}: {err.message}") from None
@@ -203,13 +204,12 @@ class LLM:
         """Journal a finished call (a file append, no database work)."""
         if self.store is None:
             return
-        request_json = json.dumps(
+        request_json = orjson.dumps(
             {"messages": request.message_dicts(), "schema": request.schema,
              "temperature": request.temperature, "top_p": request.top_p,
              "max_tokens": request.max_tokens, "seed": request.seed,
              **({"stop": list(request.stop)} if request.stop else {})},
-            ensure_ascii=False,
-        )
+        ).decode()
         self.journal.append({
             "call_id": uuid.uuid4().hex, "key": key, "model": self.model,
             "backend": self.backend, "stage": request.stage, "status": status,

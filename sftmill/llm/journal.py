@@ -18,6 +18,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from sftmill.store import Store
 
 
@@ -49,10 +51,10 @@ class CallJournal:
 
     def append(self, row: dict[str, Any]) -> None:
         """Write one finished call; it is on disk (in the OS) when this returns."""
-        line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
+        line = orjson.dumps(row, default=str, option=orjson.OPT_PASSTHROUGH_DATETIME) + b"\n"
         with self._lock:
             if self._file is None:
-                self._file = open(self.path, "a", encoding="utf-8")
+                self._file = open(self.path, "ab")
             self._file.write(line)
             self._file.flush()
             if row["status"] == "ok":  # what the cache needs, not the whole row

@@ -20,13 +20,15 @@ stage learned about a server carries over to the next stage.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import collections
 import email.utils
 import os
 import random
 import time
 import weakref
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sftmill.config import Embedding, LLMEndpoint, ServerEndpoint
 from sftmill.llm.base import (ChatRequest, LLM, LLMOutputError, LLMUnavailableError,
@@ -35,6 +37,9 @@ from sftmill.llm.limits import AdaptiveLimit, TokenBucket
 from sftmill.llm.transport import (Reply, Transport, TransportError, TransportTimeout,
                                    shared_transport)
 from sftmill.store import Store
+
+if TYPE_CHECKING:
+    import numpy as np
 
 RETRY_STATUS = {408, 409, 425, 429}
 FATAL_STATUS = {401, 403, 404}
@@ -359,22 +364,34 @@ class OpenAIChatLLM(LLM):
                              sent.latency_s)
 
 
+def vector_from(value: str | list[float]) -> np.ndarray:
+    """One embedding as float32: base64 of little-endian float32s (asked for,
+    as OpenAI's own client does: no JSON number per dimension), or a list of
+    numbers from a server that ignores `encoding_format`."""
+    import numpy as np
+
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value, validate=True), dtype="<f4").astype(np.float32)
+    return np.asarray(value, dtype=np.float32)
+
+
 async def embed_on_server(endpoint: Embedding, texts: list[str],
-                          transport: Transport | None = None) -> list[list[float] | Exception]:
+                          transport: Transport | None = None) -> list[list[np.ndarray] | Exception]:
     """POST `texts` to the server's /embeddings, `batch_size` per request, all
     batches in flight together under the endpoint's limits.  Per batch, in
     order: its vectors, or the exception that ended it (the caller keeps
     what arrived before raising)."""
     client = ServerClient(endpoint, transport)
 
-    async def one(batch: list[str]) -> list[list[float]]:
+    async def one(batch: list[str]) -> list[np.ndarray]:
         estimate = sum(len(t) // 4 + 1 for t in batch)
-        sent = await client.post("/embeddings", {"model": endpoint.model, "input": batch}, estimate)
+        sent = await client.post("/embeddings", {"model": endpoint.model, "input": batch,
+                                                  "encoding_format": "base64"}, estimate)
         try:
             payload = sent.reply.json()
             rows = sorted(payload["data"], key=lambda row: row["index"])
-            vectors = [[float(x) for x in row["embedding"]] for row in rows]
-        except (ValueError, KeyError, TypeError) as err:
+            vectors = [vector_from(row["embedding"]) for row in rows]
+        except (ValueError, KeyError, TypeError, binascii.Error) as err:
             raise LLMOutputError(f"malformed embeddings payload: {err}") from None
         if len(vectors) != len(batch) or len({len(v) for v in vectors}) > 1:
             raise LLMOutputError(f"the server returned {len(vectors)} vectors for {len(batch)} "

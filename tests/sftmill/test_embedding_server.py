@@ -47,6 +47,13 @@ def test_server_vectors_are_batched_ordered_normalised_and_cached(tmp_path, serv
     assert np.allclose(again, vectors[::-1])
 
 
+def test_numbers_from_a_server_that_ignores_base64(tmp_path, server):
+    packed = Embedder(served(server.url)).embed(TEXTS[:2])
+    server.embedding_base64 = False
+    plain = Embedder(served(server.url)).embed(TEXTS[:2])
+    assert np.allclose(packed, plain) and len(server.embedded) == 2
+
+
 def test_a_failed_batch_keeps_the_others_and_the_retry_pays_only_for_it(tmp_path, server):
     store = Store.open(tmp_path / "run.duckdb")
     server.down_after = 2  # the third request gets 503s
