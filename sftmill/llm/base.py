@@ -22,6 +22,7 @@ import concurrent.futures
 import contextvars
 import datetime
 import functools
+import logging
 import json
 import sys
 import threading
@@ -342,10 +343,14 @@ class LLM:
                   on_result: Callable[[int, ChatResult | Exception], None] | None = None,
                   ) -> list[ChatResult | LLMOutputError]:
         """Run a batch; a record whose answer is unusable comes back as its
-        `LLMOutputError`; an unreachable endpoint raises `LLMUnavailableError`."""
-        return run_sync(self.achat_many(requests, on_result))
+        `LLMOutputError`; an unreachable endpoint raises `LLMUnavailableError`.
+        While it waits, this thread moves finished calls from the journal into
+        `llm_calls` every few seconds, so the batch ends with little to write."""
+        tick = self.journal.merge if self.store is not None else None
+        return run_sync(self.achat_many(requests, on_result), tick=tick)
 
 
+MERGE_EVERY_S = 2.0  # journal → llm_calls while a batch runs
 _LOOP: asyncio.AbstractEventLoop | None = None
 _LOOP_LOCK = threading.Lock()
 
@@ -375,9 +380,10 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
     loop.call_soon_threadsafe(loop.stop)
 
 
-def run_sync(coro):
+def run_sync(coro, tick: Callable[[], Any] | None = None, every_s: float | None = None):
     """Run a coroutine on the LLM loop from sync code and wait for it; it
-    sees the caller's context variables (Prefect's run context, say)."""
+    sees the caller's context variables (Prefect's run context, say).
+    `tick` is called on this thread every `every_s` while it waits."""
     loop = llm_loop()
     try:
         running = asyncio.get_running_loop()
@@ -403,4 +409,11 @@ def run_sync(coro):
         task.add_done_callback(finish)
 
     loop.call_soon_threadsafe(start)
+    while tick is not None and not done.done():
+        concurrent.futures.wait([done], timeout=every_s or MERGE_EVERY_S)
+        if not done.done():
+            try:
+                tick()
+            except Exception as err:  # the batch's own final merge reports a real problem
+                logging.getLogger(__name__).warning("periodic work while waiting failed: %s", err)
     return done.result()

@@ -1,9 +1,15 @@
 """The call journal: every finished LLM call is a line appended to a JSONL
 file beside the run database and flushed as it lands; `merge` moves the
-lines into `llm_calls` in one insert (at the end of a batch) and empties
-the file.  A killed run replays what is left on its next start, so a call
-that completed is never sent again — with no database work per call on
-the event loop.
+lines into `llm_calls` in one insert — every few seconds from the thread
+waiting on a batch, and at the batch's end.  A killed run replays what is
+left on its next start, so a call that completed is never sent again — with
+no database work per call on the event loop.
+
+A merge swaps the journal for a fresh file (appends go on meanwhile),
+inserts the swapped file's rows, then deletes it; until that insert commits
+its calls still answer the cache from memory.  A kill in between leaves the
+swapped file, which the next start inserts again (`call_id` is the key, so
+nothing is counted twice).
 
 Cache hits add no row: they are counted per (stage, model) in
 `llm_cache_hits`.
@@ -11,7 +17,6 @@ Cache hits add no row: they are counted per (stage, model) in
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import Counter
@@ -35,9 +40,12 @@ class CallJournal:
     def __init__(self, store: Store):
         self.store = store
         self.path = Path(store.path + ".calls.jsonl")
-        self._lock = threading.Lock()
+        self.moving = Path(store.path + ".calls.merging.jsonl")  # being inserted
+        self._lock = threading.Lock()  # the file and the in-memory rows
+        self._merge_lock = threading.Lock()  # one merge at a time
         self._file = None
         self._done: dict[str, dict[str, Any]] = {}  # key → ok row not merged yet
+        self._moving_done: dict[str, dict[str, Any]] = {}  # … being merged
         self._hits: Counter[tuple[str, str]] = Counter()
         self.merge()  # a killed run's calls first
 
@@ -67,41 +75,52 @@ class CallJournal:
     def unmerged(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         """Completed calls among `keys` that are in the journal, not yet in the table."""
         with self._lock:
-            return {k: self._done[k] for k in keys if k in self._done}
+            return {k: self._done.get(k) or self._moving_done[k] for k in keys
+                    if k in self._done or k in self._moving_done}
 
-    def read(self) -> list[dict[str, Any]]:
-        """The journal's rows; a line torn by a kill mid-write is left out."""
-        if not self.path.exists():
+    @staticmethod
+    def read(path: Path) -> list[dict[str, Any]]:
+        """A journal file's rows; a line torn by a kill mid-write is left out."""
+        if not path.exists():
             return []
         rows = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_bytes().splitlines():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+                rows.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
                 continue
         return rows
 
     def merge(self) -> int:
         """Move the journal into `llm_calls` (and the hit counts into
-        `llm_cache_hits`); returns the number of calls moved."""
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-            rows = self.read()
+        `llm_cache_hits`); returns the number of calls moved.  Safe while
+        calls are being appended (from the LLM loop)."""
+        with self._merge_lock:
+            with self._lock:
+                if self._file is not None:
+                    self._file.close()
+                    self._file = None
+                if self.path.exists():
+                    if self.moving.exists():  # left by a kill mid-merge: add to it
+                        with open(self.moving, "ab") as f:
+                            f.write(self.path.read_bytes())
+                        self.path.unlink()
+                    else:
+                        os.replace(self.path, self.moving)
+                self._moving_done, self._done = self._done, {}
+                hits, self._hits = self._hits, Counter()
+            rows = self.read(self.moving)
             if rows:
-                self.store.insert("llm_calls", rows)
-            if self._hits:
+                self.store.insert("llm_calls", rows)  # by call_id: a replayed row is ignored
+            if hits:
                 self.store.execute(
                     "INSERT INTO llm_cache_hits SELECT * FROM (SELECT unnest(?) AS stage, "
                     "unnest(?) AS model, unnest(?) AS hits) "
                     "ON CONFLICT DO UPDATE SET hits = llm_cache_hits.hits + excluded.hits",
-                    [[s for s, _ in self._hits], [m for _, m in self._hits],
-                     list(self._hits.values())])
-                self._hits.clear()
-            if self.path.exists():
-                os.truncate(self.path, 0)
-            self._done.clear()
+                    [[s for s, _ in hits], [m for _, m in hits], list(hits.values())])
+            with self._lock:
+                self.moving.unlink(missing_ok=True)
+                self._moving_done = {}
             return len(rows)
 
     @classmethod

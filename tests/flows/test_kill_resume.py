@@ -36,10 +36,11 @@ def ok_calls(db: Path) -> dict[str, int]:
 
 
 def journaled_calls(db: Path) -> set[str]:
-    """Keys of completed calls in the journal (a line torn by the kill aside)."""
-    journal = Path(str(db) + ".calls.jsonl")
+    """Keys of completed calls in the journal and in a journal file being
+    merged (a line torn by the kill aside)."""
     keys = set()
-    for line in journal.read_text().splitlines() if journal.exists() else []:
+    journals = [Path(str(db) + ".calls.jsonl"), Path(str(db) + ".calls.merging.jsonl")]
+    for line in [ln for j in journals if j.exists() for ln in j.read_text().splitlines()]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:

@@ -1,3 +1,6 @@
+import asyncio
+
+import orjson
 import pytest
 
 from fakes import ScriptedLLM, down
@@ -56,7 +59,61 @@ def test_journal_of_a_killed_process_is_replayed_and_not_paid_again(tmp_path):
     again = ScriptedLLM(lambda r: pytest.fail("must not be sent again"), store)
     assert again.chat(req("done before the kill")).cached
     assert store.scalar("SELECT count(*) FROM llm_calls WHERE status = 'ok'") == 1
-    assert journal.path.read_text() == ""
+    assert not journal.path.exists() and not journal.moving.exists()
+
+
+def test_a_kill_mid_merge_is_replayed_without_counting_a_call_twice(tmp_path):
+    """Killed after the swapped file's insert committed but before it was
+    deleted: the next start inserts it again, and nothing is doubled."""
+    from sftmill.llm.journal import CallJournal
+
+    store = Store.open(tmp_path / "run.duckdb")
+    llm = ScriptedLLM(lambda r: {"score": 4}, store)
+    llm.chat_many([req("a"), req("b")])  # merged
+    journal = CallJournal.for_store(store)
+    lines = [orjson.dumps(r) + b"\n" for r in store.query_dicts("SELECT * FROM llm_calls")]
+    journal.moving.write_bytes(b"".join(lines))  # as if the kill came before the unlink
+    asyncio.run(llm.achat(req("c")))  # one more call, journaled only
+    CallJournal.forget()
+
+    again = ScriptedLLM(lambda r: pytest.fail("must not be sent again"), store)
+    assert all(r.cached for r in again.chat_many([req("a"), req("b"), req("c")]))
+    assert store.scalar("SELECT count(*) FROM llm_calls") == 3
+    assert not journal.moving.exists()
+
+
+def test_calls_merge_while_a_batch_waits_and_stay_cached_meanwhile(tmp_path, monkeypatch):
+    """The waiting thread merges every few seconds; a call being merged is
+    still found by a lookup, and each call lands in llm_calls once."""
+    import threading
+
+    from sftmill.llm import base
+    from sftmill.llm.journal import CallJournal
+
+    monkeypatch.setattr(base, "MERGE_EVERY_S", 0.05)
+    store = Store.open(tmp_path / "run.duckdb")
+    merges, seen = [], []
+    original = CallJournal.merge
+
+    def watched(self):
+        merges.append(threading.current_thread().name)
+        seen.append(sorted(self.unmerged([req(str(i)).key("scripted") for i in range(40)])))
+        return original(self)
+
+    monkeypatch.setattr(CallJournal, "merge", watched)
+
+    class Slow(ScriptedLLM):
+        async def _raw_complete(self, request):
+            await asyncio.sleep(0.01)
+            return await super()._raw_complete(request)
+
+    llm = Slow(lambda r: {"score": 4}, store)
+    llm.max_concurrency = 2
+    llm.chat_many([req(str(i)) for i in range(40)])
+    assert merges.count(threading.current_thread().name) >= 3  # merged while waiting
+    assert store.scalar("SELECT count(*) FROM llm_calls") == 40
+    assert store.scalar("SELECT count(DISTINCT key) FROM llm_calls") == 40
+    assert any(0 < len(keys) < 40 for keys in seen)  # part of the batch was in memory
 
 
 def test_calls_in_the_journal_answer_the_cache_before_the_merge(tmp_path):
