@@ -16,23 +16,36 @@ from sftmill.tasks.dedup import dedup
 from sftmill.tasks.generate import broaden, generate
 from sftmill.tasks.profile import profile
 from sftmill.tasks.prompt_filter import prompt_filter
-from sftmill.tasks.relevance import relevance
+from sftmill.tasks.relevance import more_wanted, relevance
 from sftmill.tasks.rephrase import rephrase
 from sftmill.tasks.web import enough_profiles, search_and_fetch, web_queries
 
 
+def judge_and_profile(recipe, chunks: StageResult, r: list[str]) -> list[StageResult]:
+    """Relevance → profile in waves, each as large as the relevant chunks
+    still missing for the target need (at the keep rate seen so far)."""
+    wave, results = 1, []
+    while True:
+        relevant = stage(relevance, "relevance", r)(recipe, chunks, wave)
+        results += [relevant, stage(profile, "profile", r)(recipe, relevant)]
+        if not more_wanted(relevant, recipe, wave):
+            return results
+        wave += 1
+
+
 @flow(name="sftmill-prompts", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def prompt_flow(params: RunParams) -> list[StageResult]:
-    """Collect → chunk → relevance → profile → (web queries → search and
-    fetch → chunk → relevance → profile)* → generate → broaden → rephrase →
+    """Collect → chunk → (relevance → profile)* in waves until the target has
+    its chunks → (web queries → search and fetch → chunk → relevance →
+    profile)* → generate → broaden → rephrase →
     filter → near-duplicate removal."""
     recipe, r = params.load(), params.refresh
     check_templates_fit(recipe.llm_templates())  # a prompt that can never fit stops here
     documents = stage(collect, "collect", r)(recipe, str(recipe.db_path), inputs_fingerprint(recipe))
     chunks = stage(chunk, "chunk", r)(recipe, documents)
-    relevant = stage(relevance, "relevance", r)(recipe, chunks)
-    profiles = stage(profile, "profile", r)(recipe, relevant)
-    done = [documents, chunks, relevant, profiles]
+    judged = judge_and_profile(recipe, chunks, r)
+    profiles = judged[-1]
+    done = [documents, chunks, *judged]
     if recipe.search.backend != "none" and recipe.sizes.queries_per_profile > 0:
         for round_no in range(1, recipe.sizes.max_rounds + 1):
             if enough_profiles(profiles, recipe):
@@ -42,9 +55,9 @@ def prompt_flow(params: RunParams) -> list[StageResult]:
             if fetched.n_out == 0:
                 break
             chunks = stage(chunk, "chunk", r)(recipe, fetched)
-            relevant = stage(relevance, "relevance", r)(recipe, chunks)
-            profiles = stage(profile, "profile", r)(recipe, relevant)
-            done += [queries, fetched, chunks, relevant, profiles]
+            judged = judge_and_profile(recipe, chunks, r)
+            profiles = judged[-1]
+            done += [queries, fetched, chunks, *judged]
     generated = stage(generate, "generate", r)(recipe, profiles)
     broadened = stage(broaden, "broaden", r)(recipe, generated)
     rephrased = stage(rephrase, "rephrase", r)(recipe, broadened)

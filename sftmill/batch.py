@@ -11,6 +11,7 @@ from sftmill.progress import progress
 from sftmill.prompts import PromptTemplate
 
 T = TypeVar("T")
+CHUNK = 500  # requests rendered, looked up in the cache and sent together
 
 
 def fit_to_context(llm: LLM, template: PromptTemplate, variables: dict[str, Any], key: str,
@@ -51,25 +52,31 @@ def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate, items: Se
         cap = max_tokens(item) if callable(max_tokens) else max_tokens
         return min(endpoint.max_tokens, cap or endpoint.max_tokens)
 
-    requests, kept = [], []
-    for item in items:
+    kept: list[tuple[int, int]] = []
+
+    def request(item: T) -> ChatRequest:
         values = variables(item)
         if fit is not None:
             offered = len(values[fit])
             values, n = fit_to_context(llm, template, values, fit, limit(item))
             kept.append((n, offered))
-        requests.append(ChatRequest.build(
+        return ChatRequest.build(
             template.messages(**values), schema=template.schema,
             temperature=endpoint.temperature if temperature is None else temperature,
-            top_p=endpoint.top_p, max_tokens=limit(item), seed=seed, stop=stop, stage=stage))
-    if kept and store is not None:
-        record_fit(store, stage, fit, kept)
-    with progress(stage, len(requests)) as bar:
+            top_p=endpoint.top_p, max_tokens=limit(item), seed=seed, stop=stop, stage=stage)
+
+    def chunks():  # rendered here while the chunks before are in flight
+        for start in range(0, len(items), CHUNK):
+            yield [request(item) for item in items[start:start + CHUNK]]
+
+    with progress(stage, len(items)) as bar:
         rates = Rates(llm)
-        results = llm.chat_many(requests, on_result=lambda _i, r: (bar.advance(), rates.add(r, bar)))
+        results = llm.chat_chunks(chunks(), on_result=lambda _i, r: (bar.advance(), rates.add(r, bar)))
         failed = sum(isinstance(r, LLMOutputError) for r in results)
         bar.note = "; ".join(x for x in (f"{failed} unusable answers" if failed else "",
                                          rates.summary()) if x)
+    if kept and store is not None:
+        record_fit(store, stage, fit, kept)
     return list(zip(items, results))
 
 

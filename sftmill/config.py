@@ -214,6 +214,12 @@ class Sizes(_Strict):
     max_chunks: int | None = Field(
         default=None, ge=1, description="Cap on chunks sent to the LLM (handy for trials)."
     )
+    profile_margin: float = Field(
+        default=1.5, ge=1, le=20,
+        description="Relevant chunks (one profile each) made per profile the target needs: room "
+        "for the subdomain shares and for prompts the filters drop.  Chunks are judged in waves, "
+        "sized by the relevance keep rate seen so far, until there are this many; the rest are "
+        "never sent to the judge.")
 
 
 class Generation(_Strict):

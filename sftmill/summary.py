@@ -59,6 +59,10 @@ def summarize(store: Store, targets: dict[str, float] | None = None) -> RunSumma
         "FROM calls FULL JOIN llm_cache_hits USING (model, stage) ORDER BY stage, model")
     tables = {t: store.count(t) for t in ("documents", "chunks", "profiles", "queries",
                                           "candidate_prompts", "prompts")}
+    if store.count("relevance"):  # chunks the target did not need: neither kept nor dropped
+        from sftmill.tasks.relevance import not_judged
+
+        tables["chunks not judged"] = not_judged(store)
     openings = store.get_meta("opening_share")
     return RunSummary(stages, store.reject_counts(), llm, tables,
                       subdomain_shares(store, targets or {}),

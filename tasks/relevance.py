@@ -5,9 +5,20 @@ Score first, decide second: scores are stored in `relevance`; the recipe's
 `thresholds.relevance` decides which chunks are kept, so changing the
 threshold never re-asks the LLM.  Rejects: `not_relevant` (score below the
 threshold, with its score and reason) and `llm_invalid_output`.
+
+Work sized by the target: chunks are judged in waves, only as many as the
+target needs (`needed_profiles` × `sizes.profile_margin` relevant chunks, at
+the keep rate seen so far), drawn round-robin across documents in a seeded
+order; the flow asks for another wave while relevant chunks are missing.
+A chunk never judged has no `relevance` row and no reject: the stage's note
+and `sftmill stats` count it as not judged.
 """
 
 from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
 
 from sftmill.batch import judge_into, record_low_scores
 from sftmill.config import Recipe
@@ -25,17 +36,74 @@ def chunk_variables(recipe: Recipe, heading: str, text: str) -> dict:
             "heading": heading or "", "text": text}
 
 
-def score_chunks(store: Store, recipe: Recipe) -> int:
-    """Ask the judge about every chunk without a score yet; return how many were asked."""
-    todo = store.execute(
-        "SELECT chunk_id, heading, text FROM chunks WHERE chunk_id NOT IN "
-        "(SELECT chunk_id FROM relevance) ORDER BY chunk_id"
-    )
+PRIOR_KEEP_RATE = 0.5  # the relevance keep rate assumed before 16 chunks are judged
+MIN_WAVE = 32  # chunks judged at least per wave (while that many are left)
+HEADROOM = 1.25  # a wave asks for this many times the chunks the keep rate says it needs
+MAX_WAVES = 8
+
+
+def wanted_relevant(recipe: Recipe) -> int:
+    """Relevant chunks the target needs: one profile each, with the margin."""
+    from sftmill.tasks.web import needed_profiles
+
+    return math.ceil(needed_profiles(recipe) * recipe.sizes.profile_margin)
+
+
+def interleave(rows: list[tuple[str, str]], seed: int) -> list[str]:
+    """Chunk IDs of (chunk_id, doc_id) rows, round-robin across documents:
+    documents and the chunks within each in a seeded random order, so any
+    prefix is a sample spread over the whole corpus."""
+    by_doc: dict[str, list[str]] = defaultdict(list)
+    for chunk_id, doc_id in sorted(rows):
+        by_doc[doc_id].append(chunk_id)
+    rng = random.Random(seed)
+    docs = sorted(by_doc)
+    rng.shuffle(docs)
+    for doc in docs:
+        rng.shuffle(by_doc[doc])
+    order, depth = [], 0
+    while len(order) < len(rows):
+        order += [by_doc[d][depth] for d in docs if depth < len(by_doc[d])]
+        depth += 1
+    return order
+
+
+def next_wave(store: Store, recipe: Recipe) -> list[str]:
+    """The chunks to judge next: none when enough relevant chunks are kept."""
+    judged = store.count("relevance")
+    kept = len(kept_chunk_ids(store, recipe.thresholds.relevance))
+    missing = wanted_relevant(recipe) - kept
+    unjudged = store.execute("SELECT chunk_id, doc_id FROM chunks WHERE chunk_id NOT IN "
+                             "(SELECT chunk_id FROM relevance)")
+    room = len(unjudged)
     if recipe.sizes.max_chunks is not None:
-        todo = todo[: max(0, recipe.sizes.max_chunks - store.count("relevance"))]
+        room = min(room, max(0, recipe.sizes.max_chunks - judged))
+    if missing <= 0 or room == 0:
+        return []
+    rate = kept / judged if judged >= MIN_WAVE // 2 else PRIOR_KEEP_RATE
+    n = max(MIN_WAVE, math.ceil(missing / max(rate, 0.02) * HEADROOM))
+    return interleave(unjudged, recipe.seed)[:min(n, room)]
+
+
+def score_chunks(store: Store, recipe: Recipe) -> int:
+    """Ask the judge about the next wave of chunks; return how many were asked."""
+    wave = next_wave(store, recipe)
+    todo = store.execute("SELECT chunk_id, heading, text FROM chunks "
+                         "WHERE chunk_id IN (SELECT unnest(?)) ORDER BY chunk_id", [wave])
     items = [(chunk_id, chunk_variables(recipe, heading, text)) for chunk_id, heading, text in todo]
     return judge_into(store, recipe, TEMPLATE, items, stage=STAGE, table="relevance",
                       id_column="chunk_id")
+
+
+def not_judged(store: Store) -> int:
+    """Chunks never sent to the judge (the target did not need them)."""
+    return int(store.scalar("SELECT count(*) FROM chunks WHERE chunk_id NOT IN "
+                            "(SELECT chunk_id FROM relevance)"))
+
+
+def more_wanted(relevant: StageResult, recipe: Recipe, wave: int) -> bool:
+    """Another wave: relevant chunks still missing and chunks left to judge."""
+    return wave < MAX_WAVES and bool(next_wave(Store.open(relevant.out.db_path), recipe))
 
 
 def decide(store: Store, threshold: float) -> int:
@@ -53,10 +121,14 @@ def kept_chunk_ids(store: Store, threshold: float) -> list[str]:
 
 @stage_task("relevance", sections=("domain", "llm", "sizes", "thresholds", "seed"),
             templates=(TEMPLATE,))
-def relevance(recipe: Recipe, chunks: StageResult) -> StageResult:
+def relevance(recipe: Recipe, chunks: StageResult, wave: int = 1) -> StageResult:
     store = Store.open(chunks.out.db_path)
     timer = StageTimer(store, STAGE)
     asked = score_chunks(store, recipe)
     kept = decide(store, recipe.thresholds.relevance)
     out = store.ref("relevance", "chunk_id")
-    return timer.done(out, store.count("chunks"), kept, f"{asked} chunks sent to the judge")
+    total, unjudged = store.count("chunks"), not_judged(store)
+    note = f"{asked} chunks sent to the judge"
+    if unjudged:
+        note += f"; {unjudged} of {total} not judged (the target needs no more)"
+    return timer.done(out, total, kept, note)

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import jsonschema
 import orjson
@@ -155,6 +155,7 @@ class LLM:
         self.model = model
         self.store = store
         self.in_flight = 0  # requests sent and not yet answered
+        self._slots: asyncio.Semaphore | None = None  # max_concurrency, across chunks
 
     def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
         """Tokens `messages` take in the prompt.  Without a tokenizer: a
@@ -290,7 +291,9 @@ class LLM:
     async def achat_many(self, requests: Sequence[ChatRequest],
                          on_result: Callable[[int, ChatResult | Exception], None] | None = None,
                          ) -> list[ChatResult | LLMOutputError]:
-        limit = asyncio.Semaphore(self.max_concurrency)
+        if self._slots is None:  # created on the LLM loop, shared by every chunk
+            self._slots = asyncio.Semaphore(self.max_concurrency)
+        limit = self._slots
         down: list[LLMUnavailableError] = []  # once the endpoint is gone, stop sending
         keys = [r.key(self.model) for r in requests]
         hits = self.cached(keys)
@@ -320,12 +323,9 @@ class LLM:
                 on_result(i, result)
             return result
 
-        try:
-            results = await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
-        finally:
-            if self.store is not None:
-                self.journal.merge()  # the batch's calls into llm_calls, in one insert
-        # Every call has finished (and the successful ones are cached) before an
+        results = await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
+        # (The calls reach llm_calls from the journal by the waiting thread:
+        # `chat_chunks`.)  Every call has finished (and the successful ones are cached) before an
         # unavailable endpoint fails the batch: a retry pays only for the rest.
         for result in results:
             if isinstance(result, LLMUnavailableError):
@@ -343,11 +343,33 @@ class LLM:
                   on_result: Callable[[int, ChatResult | Exception], None] | None = None,
                   ) -> list[ChatResult | LLMOutputError]:
         """Run a batch; a record whose answer is unusable comes back as its
-        `LLMOutputError`; an unreachable endpoint raises `LLMUnavailableError`.
-        While it waits, this thread moves finished calls from the journal into
-        `llm_calls` every few seconds, so the batch ends with little to write."""
+        `LLMOutputError`; an unreachable endpoint raises `LLMUnavailableError`."""
+        return self.chat_chunks([requests], on_result)
+
+    def chat_chunks(self, chunks: Iterable[Sequence[ChatRequest]],
+                    on_result: Callable[[int, ChatResult | Exception], None] | None = None,
+                    ) -> list[ChatResult | LLMOutputError]:
+        """`chat_many` over the chunks' requests, in order, each chunk sent as
+        soon as it is taken from `chunks` — a generator that renders prompts
+        builds the next chunk while the earlier ones are in flight, so a
+        stage's first requests leave before its last prompt is rendered.
+        While it waits, this thread moves finished calls from the journal
+        into `llm_calls` every few seconds, and the rest at the end."""
+        futures, offset = [], 0
+        for chunk in chunks:
+            report = on_result and (lambda i, r, base=offset: on_result(base + i, r))
+            futures.append(submit(self.achat_many(chunk, report)))
+            offset += len(chunk)
         tick = self.journal.merge if self.store is not None else None
-        return run_sync(self.achat_many(requests, on_result), tick=tick)
+        try:
+            wait_for(futures, tick)
+        finally:
+            if tick is not None:
+                tick()
+        results: list[ChatResult | LLMOutputError] = []
+        for future in futures:  # every chunk finished: now the first failure
+            results += future.result()
+        return results
 
 
 MERGE_EVERY_S = 2.0  # journal → llm_calls while a batch runs
@@ -380,10 +402,9 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
     loop.call_soon_threadsafe(loop.stop)
 
 
-def run_sync(coro, tick: Callable[[], Any] | None = None, every_s: float | None = None):
-    """Run a coroutine on the LLM loop from sync code and wait for it; it
-    sees the caller's context variables (Prefect's run context, say).
-    `tick` is called on this thread every `every_s` while it waits."""
+def submit(coro) -> concurrent.futures.Future:
+    """Start a coroutine on the LLM loop from sync code; it sees the caller's
+    context variables (Prefect's run context, say)."""
     loop = llm_loop()
     try:
         running = asyncio.get_running_loop()
@@ -391,7 +412,7 @@ def run_sync(coro, tick: Callable[[], Any] | None = None, every_s: float | None 
         running = None
     if running is loop:
         coro.close()
-        raise RuntimeError("run_sync called on the LLM loop itself: await the coroutine")
+        raise RuntimeError("called on the LLM loop itself: await the coroutine")
     done: concurrent.futures.Future = concurrent.futures.Future()
     context = contextvars.copy_context()
 
@@ -409,11 +430,26 @@ def run_sync(coro, tick: Callable[[], Any] | None = None, every_s: float | None 
         task.add_done_callback(finish)
 
     loop.call_soon_threadsafe(start)
-    while tick is not None and not done.done():
-        concurrent.futures.wait([done], timeout=every_s or MERGE_EVERY_S)
-        if not done.done():
+    return done
+
+
+def wait_for(futures: Sequence[concurrent.futures.Future],
+             tick: Callable[[], Any] | None = None, every_s: float | None = None) -> None:
+    """Wait until every future is done, calling `tick` on this thread every
+    `every_s` meanwhile."""
+    while True:
+        _, pending = concurrent.futures.wait(futures, timeout=every_s or MERGE_EVERY_S)
+        if not pending:
+            return
+        if tick is not None:
             try:
                 tick()
-            except Exception as err:  # the batch's own final merge reports a real problem
+            except Exception as err:  # the final tick reports a real problem
                 logging.getLogger(__name__).warning("periodic work while waiting failed: %s", err)
+
+
+def run_sync(coro, tick: Callable[[], Any] | None = None):
+    """Run a coroutine on the LLM loop from sync code and wait for it."""
+    done = submit(coro)
+    wait_for([done], tick)
     return done.result()

@@ -142,3 +142,55 @@ def test_a_deleted_run_folder_is_rebuilt_not_taken_from_the_cache(prefect_harnes
     results = prompt_flow(params(recipe))
     assert results[0].stage == "collect" and results[0].n_out > 0
     assert Store.open(tmp_path / "run" / "sftmill.duckdb").count("prompts") > 0
+
+
+def big_notes(path: Path, megabytes: float = 14.0) -> Path:
+    """One large text file: physics paragraphs, every fourth one off-topic."""
+    topics = ["quark confinement", "gluon self-interaction", "the proton's spin", "hadron masses",
+              "asymptotic freedom", "colour charge", "deep inelastic scattering", "jets at the LHC"]
+    paragraphs, size, i = [], 0, 0
+    while size < megabytes * 1_000_000:
+        if i % 4 == 3:
+            text = (f"Note {i}. Sourdough bread needs a long proof; the starter is fed flour and "
+                    "water the night before, and the dough rests until it has doubled. ") * 4
+        else:
+            topic = topics[i % len(topics)]
+            text = (f"Note {i} on {topic}. Quarks carry colour charge and are bound by gluons; "
+                    f"{topic} follows from quantum chromodynamics, measured in experiment {i}. ") * 4
+        paragraphs.append(text.strip())
+        size += len(text) + 2
+        i += 1
+    path.write_text("\n\n".join(paragraphs))
+    return path
+
+
+def test_a_small_target_over_a_large_file_judges_only_what_it_needs(prefect_harness, tmp_path,
+                                                                    scripted):
+    """Issue 12: `target_prompts: 20` over one 14 MB file sends a few dozen
+    judge and profile calls, not one per chunk, and still meets its target;
+    the chunks never judged are counted as such, not as rejects."""
+    from sftmill.flows.prompt_flow import prompt_flow
+    from sftmill.summary import summarize
+
+    notes = big_notes(tmp_path / "notes.txt")
+    recipe = example_recipe(tmp_path, sizes={"target_prompts": 20, "max_rounds": 0},
+                            search={"backend": "none"})
+    data = yaml.safe_load(recipe.read_text())
+    data["inputs"] = [{"path": notes.name}]
+    recipe.write_text(yaml.safe_dump(data))
+    prompt_flow(params(recipe))
+
+    store = Store.open(tmp_path / "run" / "sftmill.duckdb")
+    chunks = store.count("chunks")
+    assert chunks > 5_000
+    sent = dict(store.execute("SELECT stage, count(*) FROM llm_calls WHERE status = 'ok' "
+                              "GROUP BY stage"))
+    assert sent["relevance"] <= 300 and sent["profile"] <= 300, sent
+    assert store.count("prompts") >= 20
+    judged = store.count("relevance")
+    assert summarize(store).tables["chunks not judged"] == chunks - judged
+    rejected = store.scalar("SELECT count(*) FROM rejects WHERE stage = 'relevance'")
+    assert rejected < judged  # the off-topic quarter of what was judged, nothing more
+    # A sample across the file, not its first chunks.
+    idx = [i for (i,) in store.execute("SELECT c.idx FROM relevance JOIN chunks c USING (chunk_id)")]
+    assert max(idx) > chunks * 0.8 and min(idx) < chunks * 0.2

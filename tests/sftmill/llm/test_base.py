@@ -192,3 +192,34 @@ def test_unavailable_endpoint_fails_the_batch_after_caching_the_successes(tmp_pa
 def test_parse_structured_rejects_empty_answers(text):
     with pytest.raises(ValueError):
         parse_structured(text, SCHEMA)
+
+
+def test_chunks_are_sent_while_the_next_ones_are_built(tmp_path):
+    """`chat_chunks`: the first chunk is in flight before the generator
+    builds the second; results and `on_result` indices follow the input order."""
+    import threading
+    import time
+
+    store = Store.open(tmp_path / "run.duckdb")
+    first_sent = threading.Event()
+
+    class Watching(ScriptedLLM):
+        async def _raw_complete(self, request):
+            first_sent.set()
+            await asyncio.sleep(0.01)
+            return await super()._raw_complete(request)
+
+    llm = Watching(lambda r: {"score": int(r.messages[-1][1].split()[1]) % 5 + 1}, store)
+    built_after_first_sent = []
+
+    def chunks():
+        yield [req(f"item {i}") for i in range(3)]
+        built_after_first_sent.append(first_sent.wait(timeout=10))
+        yield [req(f"item {i}") for i in range(3, 5)]
+
+    seen = {}
+    results = llm.chat_chunks(chunks(), on_result=lambda i, r: seen.setdefault(i, r.data["score"]))
+    assert built_after_first_sent == [True]
+    assert [r.data["score"] for r in results] == [i % 5 + 1 for i in range(5)]
+    assert seen == {i: i % 5 + 1 for i in range(5)}
+    assert store.scalar("SELECT count(*) FROM llm_calls") == 5  # merged by the waiting thread
