@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from sftmill.flows.params import RunParams, stage
+from sftmill.llm.budget import record_budget
 from sftmill.preflight import check_templates_fit
 from sftmill.stages import StageResult
 from sftmill.store import Store
@@ -23,6 +24,7 @@ def answer_flow(params: RunParams) -> list[StageResult]:
     checks → export → dataset card."""
     recipe, r = params.load(), params.refresh
     check_templates_fit(recipe.llm_templates())  # a prompt that can never fit stops here
+    record_budget(Store.open(recipe.db_path), recipe)  # the run's LLMs check it per chunk
     prompts = Store.open(recipe.db_path).ref("prompts", "prompt_id")
     passages = stage(extended_search, "answer_search", r)(recipe, prompts)
     retrieved = stage(retrieve, "retrieve", r)(recipe, prompts, passages)

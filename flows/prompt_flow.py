@@ -8,8 +8,10 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from sftmill.flows.params import RunParams, stage
+from sftmill.llm.budget import record_budget
 from sftmill.preflight import check_templates_fit
 from sftmill.stages import StageResult
+from sftmill.store import Store
 from sftmill.tasks.chunk import chunk
 from sftmill.tasks.collect import collect, inputs_fingerprint
 from sftmill.tasks.dedup import dedup
@@ -41,6 +43,7 @@ def prompt_flow(params: RunParams) -> list[StageResult]:
     filter → near-duplicate removal."""
     recipe, r = params.load(), params.refresh
     check_templates_fit(recipe.llm_templates())  # a prompt that can never fit stops here
+    record_budget(Store.open(recipe.db_path), recipe)  # the run's LLMs check it per chunk
     documents = stage(collect, "collect", r)(recipe, str(recipe.db_path), inputs_fingerprint(recipe))
     chunks = stage(chunk, "chunk", r)(recipe, documents)
     judged = judge_and_profile(recipe, chunks, r)

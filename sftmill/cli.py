@@ -93,10 +93,10 @@ def _quiet_prefect(verbose: bool) -> None:
 
 
 def print_summary(store, run_id: str | None, elapsed: float | None = None,
-                  targets: dict[str, float] | None = None) -> None:
+                  targets: dict[str, float] | None = None, recipe=None) -> None:
     from sftmill.summary import summarize
 
-    s = summarize(store, targets)
+    s = summarize(store, targets, recipe)
     stages = Table(title="Stages", title_justify="left")
     for col in ("stage", "in", "out", "seconds", ""):
         stages.add_column(col, justify="right" if col in ("in", "out", "seconds") else "left")
@@ -113,14 +113,17 @@ def print_summary(store, run_id: str | None, elapsed: float | None = None,
             rejects.add_row(stage, reason, str(n))
         console.print(rejects)
     if s.llm:
+        planned = recipe is not None
         llm = Table(title="LLM calls", title_justify="left")
-        for col in ("stage", "model", "sent", "cache hits", "errors", "tokens in", "tokens out",
-                    "seconds"):
+        for col in ("stage", "model", *(["planned"] if planned else []), "sent", "cache hits",
+                    "errors", "tokens in", "tokens out", "seconds", *(["cost"] if planned else [])):
             llm.add_column(col)
         for r in s.llm:
-            llm.add_row(r["stage"], r["model"], str(r["sent"]), str(r["cache_hits"]),
-                        str(r["errors"]), str(r["tokens_in"]), str(r["tokens_out"]),
-                        f"{r['seconds']:.1f}")
+            dash = lambda v, fmt="{}": "-" if v is None else fmt.format(v)  # noqa: E731
+            llm.add_row(r["stage"], r["model"], *([dash(r["planned"])] if planned else []),
+                        str(r["sent"]), str(r["cache_hits"]), str(r["errors"]),
+                        str(r["tokens_in"]), str(r["tokens_out"]), f"{r['seconds']:.1f}",
+                        *([dash(r["cost"], "{:,.4f}")] if planned else []))
         console.print(llm)
     if s.tables.get("prompts"):
         shares = Table(title="Prompts per subdomain", title_justify="left")
@@ -169,10 +172,48 @@ def print_samples(store, n: int = 3) -> None:
                           highlight=False, soft_wrap=True)
 
 
+def print_plan(recipe) -> None:
+    """Per LLM stage: expected calls, tokens and cost (tasks/plan.py)."""
+    from sftmill.tasks.plan import plan_recipe
+
+    plans, chunks = plan_recipe(recipe)
+    table = Table(title=f"Plan for {recipe.name}: {chunks} chunks, target "
+                        f"{recipe.sizes.target_prompts} prompts", title_justify="left")
+    for col in ("stage", "model", "calls", "tokens in", "tokens out", "cost"):
+        table.add_column(col, justify="left" if col in ("stage", "model") else "right")
+    priced = [p.cost for p in plans if p.cost is not None]
+    for p in plans:
+        table.add_row(p.stage, p.model, f"{p.calls:,}", f"{p.tokens_in:,}", f"{p.tokens_out:,}",
+                      "-" if p.cost is None else f"{p.cost:,.2f}")
+    table.add_row("total", "", f"{sum(p.calls for p in plans):,}",
+                  f"{sum(p.tokens_in for p in plans):,}", f"{sum(p.tokens_out for p in plans):,}",
+                  f"{sum(priced):,.2f}" if priced else "-", style="bold")
+    console.print(table)
+    if len(priced) < len(plans):
+        console.print("No price for some models: add them under `prices:` "
+                      "(per million input and output tokens) to see the cost.")
+
+
+@app.command()
+def plan(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
+    """Show what running RECIPE will spend, before running it: per LLM stage,
+    the expected calls, input and output tokens, and the cost from the
+    recipe's `prices` section.
+
+    Reads and chunks the inputs (no LLM call, nothing written).  Counts follow
+    the stages' sizing rules; web rounds and the extended answer search are
+    not included.
+    """
+    print_plan(_load_checked(recipe, skip_preflight=True))
+
+
 @app.command()
 def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML file (see data/example/recipe.yaml)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Check the recipe and print its plan (`sftmill plan`); "
+                                 "send nothing."),
 ) -> None:
     """Run the whole pipeline on RECIPE locally, in Prefect's ephemeral mode (no server needed).
 
@@ -186,6 +227,9 @@ def run(
     """
     _quiet_prefect(verbose)  # before anything imports Prefect
     checked = _load_checked(recipe)
+    if dry_run:
+        print_plan(checked)
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from sftmill.flows.params import RunParams
@@ -194,6 +238,12 @@ def run(
     from sftmill.store import Store
 
     store = _claim(checked.db_path)
+    import logging
+
+    from sftmill.llm.budget import without_budget_traceback
+
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(without_budget_traceback)
     started = time.perf_counter()
     console.print(f"sftmill: running recipe [bold]{checked.name}[/] → {checked.run_dir.resolve()}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -208,10 +258,15 @@ def run(
 
     targets = target_shares(checked)
     if not state.is_completed():
-        print_summary(store, run_id, targets=targets)
+        print_summary(store, run_id, targets=targets, recipe=checked)
+        from sftmill.llm.budget import budget_message
+
+        stop = budget_message(state.message)
+        if stop:
+            _fail(stop, code=1)
         _fail(f"run failed: {state.message}. Finished stages and LLM calls are kept; "
               "run the same command again to resume.", code=1)
-    print_summary(store, run_id, time.perf_counter() - started, targets)
+    print_summary(store, run_id, time.perf_counter() - started, targets, checked)
     run_dir = checked.run_dir.resolve()
     records = store.count("dataset")
     if not records:

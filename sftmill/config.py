@@ -371,6 +371,24 @@ class GeneratorConfig(_Strict):
         return Path(self.output_dir) / "sftmill.duckdb"
 
 
+class Price(_Strict):
+    """What a model's tokens cost, in your currency per million tokens."""
+
+    input: float = Field(ge=0, description="Per million prompt tokens.")
+    output: float = Field(ge=0, description="Per million answer tokens.")
+
+
+class Budget(_Strict):
+    """Caps on what a run's LLM calls may spend; the run stops cleanly before
+    a batch of calls could pass one, and goes on when rerun with a higher cap."""
+
+    max_cost: float | None = Field(
+        default=None, gt=0, description="Most the run's LLM calls may cost (needs a price "
+        "for every model under prices).")
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Most tokens (prompt + answer) the run's LLM calls may use.")
+
+
 class Recipe(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = Field(description="Run directory; relative to the recipe file.")
@@ -387,6 +405,11 @@ class Recipe(_Strict):
     answers: Answers = Field(default_factory=Answers)
     export: Export = Field(default_factory=Export)
     schedule: Schedule = Field(default_factory=Schedule)
+    budget: Budget = Field(default_factory=Budget)
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description="Price per model name (as sent to the server; 'llama.cpp:<file>' for the "
+        "embedded model): `sftmill plan` and the run's summary show the cost per stage.")
     seed: int = 0
     base_dir: str = Field(default=".", description="Set by the loader: the recipe's folder.")
 

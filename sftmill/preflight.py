@@ -89,4 +89,12 @@ def preflight(recipe: Recipe) -> None:
         problem = model_available(recipe.embedding.model)
     if problem:
         raise RecipeError(f"embedding: {problem}")
+    if recipe.budget.max_cost is not None:
+        from sftmill.tasks.plan import model_name
+
+        for role in ("generator", "judge"):
+            model = model_name(getattr(recipe.llm, role))
+            if model not in recipe.prices:
+                raise RecipeError(f"budget.max_cost: no price for llm.{role}'s model {model!r} "
+                                  "(add it under prices: input and output per million tokens)")
     check_templates_fit(recipe.llm_templates())

@@ -98,11 +98,19 @@ def stage_task(name: str, *, sections: tuple[str, ...], templates: tuple[str, ..
             name=name,
             retries=STAGE_RETRIES,
             retry_delay_seconds=STAGE_RETRY_DELAYS,
+            retry_condition_fn=_worth_retrying,
             persist_result=True,
             **caching,
         )
 
     return wrap
+
+
+def _worth_retrying(_task, _task_run, state) -> bool:
+    """A stage stopped by the budget fails at once: a retry would stop again."""
+    from sftmill.llm.budget import BudgetExceeded
+
+    return not isinstance(state.result(raise_on_failure=False), BudgetExceeded)
 
 
 def current_run_id() -> str:

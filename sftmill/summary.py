@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sftmill.store import Store
+
+if TYPE_CHECKING:
+    from sftmill.config import Recipe
 
 
 @dataclass
@@ -35,8 +39,11 @@ def subdomain_shares(store: Store, targets: dict[str, float],
              "count": counts.get(n, 0)} for n in names]
 
 
-def summarize(store: Store, targets: dict[str, float] | None = None) -> RunSummary:
-    """Per stage, the row of the latest run that computed it."""
+def summarize(store: Store, targets: dict[str, float] | None = None,
+              recipe: "Recipe | None" = None) -> RunSummary:
+    """Per stage, the row of the latest run that computed it.  With the
+    recipe, each LLM row also has the calls planned for it (`sftmill plan`)
+    and its cost (None without a price for the model)."""
     from sftmill.llm.journal import CallJournal
 
     CallJournal.for_store(store)  # calls of a killed run still in the journal count too
@@ -57,6 +64,14 @@ def summarize(store: Store, targets: dict[str, float] | None = None) -> RunSumma
         "coalesce(tokens_in, 0) AS tokens_in, coalesce(tokens_out, 0) AS tokens_out, "
         "coalesce(seconds, 0) AS seconds "
         "FROM calls FULL JOIN llm_cache_hits USING (model, stage) ORDER BY stage, model")
+    if recipe is not None:
+        from sftmill.tasks.plan import planned_for_run, price_of
+
+        planned = planned_for_run(store, recipe)
+        for row in llm:
+            plan = planned.get((row["stage"], row["model"]))
+            row["planned"] = plan.calls if plan else None
+            row["cost"] = price_of(recipe, row["model"], row["tokens_in"], row["tokens_out"])
     tables = {t: store.count(t) for t in ("documents", "chunks", "profiles", "queries",
                                           "candidate_prompts", "prompts")}
     if store.count("relevance"):  # chunks the target did not need: neither kept nor dropped

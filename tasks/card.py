@@ -92,10 +92,17 @@ def _lengths_table(prompt_lengths: list[int], answer_lengths: list[int]) -> str:
 
 
 def _llm_table(summary) -> str:
-    return _table(["stage", "model", "calls sent", "cache hits", "errors", "tokens in", "tokens out",
-                   "seconds"],
-                  [[r["stage"], r["model"], r["sent"], r["cache_hits"], r["errors"], r["tokens_in"],
-                    r["tokens_out"], f"{r['seconds']:.1f}"] for r in summary.llm])
+    planned = any("planned" in r for r in summary.llm)
+    return _table(["stage", "model", *(["planned"] if planned else []), "calls sent", "cache hits",
+                   "errors", "tokens in", "tokens out", "seconds", *(["cost"] if planned else [])],
+                  [[r["stage"], r["model"], *([_or_dash(r["planned"])] if planned else []),
+                    r["sent"], r["cache_hits"], r["errors"], r["tokens_in"], r["tokens_out"],
+                    f"{r['seconds']:.1f}",
+                    *([_or_dash(r["cost"], "{:,.4f}")] if planned else [])] for r in summary.llm])
+
+
+def _or_dash(value, fmt: str = "{}") -> str:
+    return "-" if value is None else fmt.format(value)
 
 
 # What each classic generator's records are counted by in its card.
@@ -163,7 +170,7 @@ def _samples_section(store: Store, per_subdomain: int = 3) -> list[str]:
 
 def write_card(store: Store, recipe: Recipe) -> Path:
     run_dir = recipe.run_dir
-    summary = summarize(store, target_shares(recipe))
+    summary = summarize(store, target_shares(recipe), recipe)
     records = store.query_dicts("SELECT prompt, answer, grounded FROM dataset")
     prompt_lengths = [len(r["prompt"]) for r in records]
     answer_lengths = [len(r["answer"]) for r in records]
@@ -205,8 +212,9 @@ def write_card(store: Store, recipe: Recipe) -> Path:
 
 
 def publish_artifacts(summary, card_text: str) -> None:
-    """In a Prefect run: the per-stage counts and reject reasons as a table
-    artifact, the card as a markdown artifact (outside a run: nothing)."""
+    """In a Prefect run: the per-stage counts and reject reasons, and the LLM
+    calls, tokens and cost per stage, as table artifacts; the card as a
+    markdown artifact (outside a run: nothing)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
     from prefect.context import TaskRunContext
 
@@ -218,6 +226,13 @@ def publish_artifacts(summary, card_text: str) -> None:
                                   if st == s["stage"].split("#")[0])}
             for s in summary.stages]
     create_table_artifact(rows, key="sftmill-stages", description="Per-stage counts and drop reasons")
+    if summary.llm:
+        create_table_artifact(
+            [{"stage": r["stage"], "model": r["model"], "planned calls": r.get("planned"),
+              "calls sent": r["sent"], "cache hits": r["cache_hits"], "tokens in": r["tokens_in"],
+              "tokens out": r["tokens_out"], "cost": r.get("cost")} for r in summary.llm],
+            key="sftmill-llm-cost", description="LLM calls, tokens and cost per stage and model "
+            "(cost from the recipe's prices), beside the plan")
     create_markdown_artifact(card_text, key="sftmill-dataset-card", description="Dataset card")
 
 

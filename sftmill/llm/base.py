@@ -141,6 +141,12 @@ def parse_structured(text: str, schema: dict[str, Any]) -> Any:
     return data
 
 
+def estimate_tokens(messages: Sequence[dict[str, str]]) -> int:
+    """Prompt tokens without a tokenizer: a cautious estimate (3 characters a
+    token, 8 tokens of chat framing a message)."""
+    return sum(len(m["content"]) // 3 + 8 for m in messages)
+
+
 class LLM:
     """Base class; see module docstring.  Subclasses set `backend` and
     implement `_raw_complete`."""
@@ -158,10 +164,9 @@ class LLM:
         self._slots: asyncio.Semaphore | None = None  # max_concurrency, across chunks
 
     def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
-        """Tokens `messages` take in the prompt.  Without a tokenizer: a
-        cautious estimate (3 characters a token, 8 tokens of chat framing a
-        message); backends with one count exactly."""
-        return sum(len(m["content"]) // 3 + 8 for m in messages)
+        """Tokens `messages` take in the prompt; backends with a tokenizer
+        count exactly."""
+        return estimate_tokens(messages)
 
     def prompt_too_long(self, request: ChatRequest) -> str | None:
         """Why `request` cannot be answered whole in the model's context (None: it can)."""
@@ -346,6 +351,17 @@ class LLM:
         `LLMOutputError`; an unreachable endpoint raises `LLMUnavailableError`."""
         return self.chat_chunks([requests], on_result)
 
+    def _within(self, budget, chunk: Sequence[ChatRequest]) -> None:
+        """Raise `BudgetExceeded` when the chunk's uncached requests, at their
+        worst (estimated prompt + max_tokens), could pass the run's budget."""
+        self.journal.merge()  # what was spent so far, all of it in llm_calls
+        hits = self.cached([r.key(self.model) for r in chunk])
+        todo = [r for r in chunk if r.key(self.model) not in hits]
+        if todo:
+            budget.check(self.store, self.model, todo[0].stage, len(todo),
+                         sum(self.count_tokens(r.message_dicts()) for r in todo),
+                         sum(r.max_tokens for r in todo))
+
     def chat_chunks(self, chunks: Iterable[Sequence[ChatRequest]],
                     on_result: Callable[[int, ChatResult | Exception], None] | None = None,
                     ) -> list[ChatResult | LLMOutputError]:
@@ -355,17 +371,28 @@ class LLM:
         stage's first requests leave before its last prompt is rendered.
         While it waits, this thread moves finished calls from the journal
         into `llm_calls` every few seconds, and the rest at the end."""
-        futures, offset = [], 0
+        from sftmill.llm.budget import budget_of
+
+        budget = budget_of(self.store)
+        tick = self.journal.merge if self.store is not None else None
+        futures, offset, stopped = [], 0, None
         for chunk in chunks:
+            if budget is not None:
+                try:
+                    self._within(budget, chunk)
+                except LLMError as err:  # what is in flight finishes and is kept
+                    stopped = err
+                    break
             report = on_result and (lambda i, r, base=offset: on_result(base + i, r))
             futures.append(submit(self.achat_many(chunk, report)))
             offset += len(chunk)
-        tick = self.journal.merge if self.store is not None else None
         try:
             wait_for(futures, tick)
         finally:
             if tick is not None:
                 tick()
+        if stopped is not None:
+            raise stopped
         results: list[ChatResult | LLMOutputError] = []
         for future in futures:  # every chunk finished: now the first failure
             results += future.result()

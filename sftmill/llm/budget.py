@@ -1,0 +1,106 @@
+"""Budget caps (issue 12): a run's LLM spending, in cost and tokens, checked
+before each chunk of requests is sent.
+
+The flow writes the recipe's `budget` and `prices` into the run database's
+meta table (`record_budget`); an LLM with that store checks every chunk of a
+batch before sending it: what the run's calls have spent so far (the
+`llm_calls` table, after a journal merge) plus the chunk's worst case —
+estimated prompt tokens + `max_tokens` for each request not in the cache —
+must stay within the caps.  Otherwise the chunk is not sent, the chunks in
+flight finish (and are kept), and `BudgetExceeded` says what was spent and
+what was left to do.  Raising the cap and running again goes on from there:
+every finished call is answered from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sftmill.llm.base import LLMError
+
+if TYPE_CHECKING:
+    from sftmill.config import Recipe
+    from sftmill.store import Store
+
+META_KEY = "budget"
+
+
+class BudgetExceeded(LLMError):
+    """Sending the next requests would pass the run's budget."""
+
+
+@dataclass
+class Budget:
+    max_cost: float | None
+    max_tokens: int | None
+    prices: dict[str, tuple[float, float]]  # model → (input, output) per million tokens
+
+    def cost(self, model: str, tokens_in: float, tokens_out: float) -> float:
+        price_in, price_out = self.prices.get(model, (0.0, 0.0))
+        return tokens_in / 1e6 * price_in + tokens_out / 1e6 * price_out
+
+    def spent(self, store: "Store") -> tuple[float, int]:
+        """(cost, tokens) of the run's answered calls."""
+        rows = store.execute("SELECT model, coalesce(sum(tokens_in), 0), coalesce(sum(tokens_out), 0) "
+                             "FROM llm_calls WHERE status = 'ok' GROUP BY model")
+        return (sum(self.cost(m, i, o) for m, i, o in rows), int(sum(i + o for _, i, o in rows)))
+
+    def check(self, store: "Store", model: str, stage: str, calls: int, tokens_in: int,
+              tokens_out: int) -> None:
+        """Raise `BudgetExceeded` if `calls` more calls of at most these tokens
+        could pass a cap."""
+        cost, tokens = self.spent(store)
+        more_cost = self.cost(model, tokens_in, tokens_out)
+        more_tokens = tokens_in + tokens_out
+        over = []
+        if self.max_cost is not None and cost + more_cost > self.max_cost:
+            over.append(f"spent {cost:.4f} of budget.max_cost {self.max_cost:g}; "
+                        f"they could cost {more_cost:.4f}")
+        if self.max_tokens is not None and tokens + more_tokens > self.max_tokens:
+            over.append(f"used {tokens:,} of budget.max_tokens {self.max_tokens:,} tokens; "
+                        f"they could use {more_tokens:,}")
+        if over:
+            raise BudgetExceeded(
+                f"budget reached: stopped before {calls} more {stage or 'LLM'} calls ("
+                + "; ".join(over) + "). Finished work is kept: raise the budget and run again "
+                "to go on.")
+
+
+def record_budget(store: "Store", recipe: "Recipe") -> None:
+    """Write the recipe's budget and prices where the run's LLMs read them
+    (no budget: remove an earlier one)."""
+    budget = recipe.budget
+    if budget.max_cost is None and budget.max_tokens is None:
+        store.execute("DELETE FROM meta WHERE key = ?", [META_KEY])
+        return
+    store.set_meta(META_KEY, json.dumps({
+        "max_cost": budget.max_cost, "max_tokens": budget.max_tokens,
+        "prices": {m: [p.input, p.output] for m, p in recipe.prices.items()}}))
+
+
+def budget_of(store: "Store | None") -> Budget | None:
+    raw = store.get_meta(META_KEY) if store is not None else None
+    if not raw:
+        return None
+    data = json.loads(raw)
+    return Budget(data["max_cost"], data["max_tokens"],
+                  {m: (p[0], p[1]) for m, p in data["prices"].items()})
+
+
+def without_budget_traceback(record: logging.LogRecord) -> bool:
+    """A logging filter for Prefect's run loggers: a budget stop is logged
+    as its one line, without a traceback (it is not a crash)."""
+    if record.exc_info and isinstance(record.exc_info[1], BudgetExceeded):
+        record.exc_info = None
+        record.exc_text = None
+    return True
+
+
+def budget_message(text: str | None) -> str | None:
+    """The budget stop's own sentence inside a failed run's message, if any."""
+    if text and "budget reached:" in text:
+        return text[text.index("budget reached:"):].rstrip(".") + "."
+    return None

@@ -1,0 +1,167 @@
+"""Plan before running (issue 12): per LLM stage of the pipeline, the calls
+and tokens a recipe is expected to spend on its corpus, and their price
+from the recipe's `prices` section.
+
+The corpus is read and chunked here (no LLM, nothing written); the counts
+follow the stages' own sizing rules — relevance waves (`relevance.next_wave`,
+at the prior keep rate, or the rate a run database already shows), profiles
+per needed profile, prompts per profile — and the tokens are the template's
+own text plus the chunk, passages or prompt each call carries, and a typical
+answer length per stage (capped by the endpoint's `max_tokens`).  Web rounds
+and the extended answer search are not planned (their size depends on what
+the web returns).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from sftmill.config import LLMEndpoint, Recipe
+from sftmill.store import Store
+
+# Typical answer tokens per call (the endpoint's max_tokens caps them).
+TYPICAL_OUT = {"relevance": 40, "profile": 90, "generate": 40, "broaden": 48, "rephrase": 40,
+               "prompt_filter": 40, "answer_queries": 16, "answer": 300, "answer_checks": 60}
+PROMPT_TOKENS = 30  # a prompt
+REPHRASED_SHARE = 0.3  # prompts whose opening is over-represented (rephrased) when not all are
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    model: str
+    calls: int
+    tokens_in: int
+    tokens_out: int
+    cost: float | None = None  # None: no price for the model
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def corpus_sizes(recipe: Recipe) -> tuple[int, float]:
+    """(chunks, mean tokens per chunk) of the recipe's inputs, chunked as the run will."""
+    from sftmill.tasks.chunk import chunk_text, estimate_tokens
+    from sftmill.tasks.collect import Doc, iter_documents
+
+    n, tokens = 0, 0
+    seen: set[int] = set()
+    for _uri, item in iter_documents(recipe):
+        if not isinstance(item, Doc) or hash(item.text) in seen:
+            continue
+        seen.add(hash(item.text))
+        for c in chunk_text(item.text, recipe.chunking.max_tokens, recipe.chunking.min_tokens):
+            n += 1
+            tokens += estimate_tokens(item.text[c.start:c.end])
+    return n, tokens / n if n else 0.0
+
+
+def template_tokens(name: str) -> int:
+    from sftmill.llm.base import estimate_tokens
+    from sftmill.prompts import load_template
+
+    return estimate_tokens(load_template(name).skeleton())
+
+
+def price_of(recipe: Recipe, model: str, tokens_in: int, tokens_out: int) -> float | None:
+    price = recipe.prices.get(model)
+    if price is None:
+        return None
+    return tokens_in / 1e6 * price.input + tokens_out / 1e6 * price.output
+
+
+def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
+                keep_rate: float | None = None, prompt_keep_rate: float = 1.0) -> list[StagePlan]:
+    """The expected calls and tokens per LLM stage for a corpus of `chunks`
+    chunks of `chunk_tokens` tokens; `keep_rate`: relevance keep rate
+    (default: the prior the relevance waves start from); `prompt_keep_rate`:
+    the share of generated prompts that pass the filter and dedup."""
+    from sftmill.tasks.relevance import HEADROOM, MIN_WAVE, PRIOR_KEEP_RATE, wanted_relevant
+    from sftmill.tasks.web import needed_profiles
+
+    sizes, gen, judge = recipe.sizes, recipe.llm.generator, recipe.llm.judge
+    rate = PRIOR_KEEP_RATE if keep_rate is None else keep_rate
+    room = chunks if sizes.max_chunks is None else min(chunks, sizes.max_chunks)
+    wanted = wanted_relevant(recipe)
+    judged = min(room, max(MIN_WAVE, math.ceil(wanted / max(rate, 0.02) * HEADROOM)))
+    profiles = min(wanted, math.floor(judged * rate))
+    needed = min(needed_profiles(recipe), profiles)
+    per_profile = sizes.prompts_per_profile
+    openings = bool(recipe.generation.openings)
+    candidates = needed * (per_profile + sizes.broaden_per_profile)
+    rephrased = (candidates if sizes.keep_rephrased_originals
+                 else math.ceil(candidates * REPHRASED_SHARE)) if sizes.rephrasings_per_prompt else 0
+    prompts = min(sizes.target_prompts, math.ceil(candidates * prompt_keep_rate))
+    passages = recipe.answers.top_k * chunk_tokens
+    answer_out = min(gen.max_tokens, TYPICAL_OUT["answer"])
+    # (stage, endpoint, template, calls, input tokens a call carries, answer tokens)
+    rows = [
+        ("relevance", judge, "relevance", judged, chunk_tokens, TYPICAL_OUT["relevance"]),
+        ("profile", gen, "profile", profiles, chunk_tokens, TYPICAL_OUT["profile"]),
+        ("generate", gen, "generate_opening" if openings else "generate",
+         needed * per_profile if openings else needed, chunk_tokens,
+         TYPICAL_OUT["generate"] * (1 if openings else per_profile)),
+        ("broaden", gen, "broaden", needed if sizes.broaden_per_profile else 0, chunk_tokens,
+         TYPICAL_OUT["broaden"] * sizes.broaden_per_profile),
+        ("rephrase", gen, "rephrase", rephrased, PROMPT_TOKENS,
+         TYPICAL_OUT["rephrase"] * sizes.rephrasings_per_prompt),
+        ("prompt_filter", judge, "prompt_filter",
+         candidates if recipe.thresholds.prompt_quality > 0 else 0, PROMPT_TOKENS,
+         TYPICAL_OUT["prompt_filter"]),
+        ("answer_queries", gen, "answer_queries",
+         prompts if recipe.answers.queries_per_prompt else 0, PROMPT_TOKENS,
+         TYPICAL_OUT["answer_queries"] * recipe.answers.queries_per_prompt),
+        ("answer", gen, "answer", prompts, PROMPT_TOKENS + passages, answer_out),
+        ("answer_checks", judge, "groundedness",
+         prompts if recipe.answers.min_groundedness > 0 else 0,
+         PROMPT_TOKENS + passages + answer_out, TYPICAL_OUT["answer_checks"]),
+    ]
+    plans = []
+    for stage, endpoint, template, calls, carried, out in rows:
+        if calls <= 0:
+            continue
+        tokens_in = round(calls * (template_tokens(template) + carried))
+        tokens_out = round(calls * min(endpoint.max_tokens, out))
+        model = model_name(endpoint)
+        plans.append(StagePlan(stage, model, calls, tokens_in, tokens_out,
+                               price_of(recipe, model, tokens_in, tokens_out)))
+    return plans
+
+
+def model_name(endpoint: LLMEndpoint) -> str:
+    """The name calls are recorded under in `llm_calls` (and priced by)."""
+    if endpoint.backend == "embedded":
+        from sftmill.llm.embedded import EmbeddedModelMissing, resolve_gguf
+
+        try:
+            return f"llama.cpp:{resolve_gguf(endpoint.model).name}"
+        except EmbeddedModelMissing:  # preflight says so
+            return endpoint.model
+    return endpoint.model
+
+
+def plan_recipe(recipe: Recipe) -> tuple[list[StagePlan], int]:
+    """The plan for a recipe's corpus; (stage plans, chunks).  A run database
+    that already judged chunks and filtered prompts lends its keep rates."""
+    chunks, chunk_tokens = corpus_sizes(recipe)
+    keep_rate, prompt_keep_rate = None, 1.0
+    if recipe.db_path.exists():
+        from sftmill.tasks.relevance import kept_chunk_ids
+
+        store = Store.open(recipe.db_path)
+        judged, candidates = store.count("relevance"), store.count("candidate_prompts")
+        if judged:
+            keep_rate = len(kept_chunk_ids(store, recipe.thresholds.relevance)) / judged
+        if candidates:
+            prompt_keep_rate = store.count("prompts") / candidates
+    return plan_stages(recipe, chunks, chunk_tokens, keep_rate, prompt_keep_rate), chunks
+
+
+def planned_for_run(store: Store, recipe: Recipe) -> dict[tuple[str, str], StagePlan]:
+    """The plan as `sftmill plan` showed it before the run (prior keep rates),
+    for the corpus the run chunked; by (stage, model), for the summary."""
+    from sftmill.tasks.chunk import CHARS_PER_TOKEN
+
+    n, chars = store.execute("SELECT count(*), coalesce(avg(length(text)), 0) FROM chunks")[0]
+    return {(p.stage, p.model): p for p in plan_stages(recipe, n, chars / CHARS_PER_TOKEN)}
