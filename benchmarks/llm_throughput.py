@@ -62,7 +62,9 @@ def recipe_for(url: str, concurrency: int, adaptive: bool, run_dir: Path):
         "name": "throughput", "output_dir": "run", "inputs": [{"path": "in.txt"}],
         "domain": {"name": "Particle physics"}, "search": {"backend": "none"},
         "llm": {"generator": endpoint, "judge": {**endpoint, "temperature": 0.0, "max_tokens": 60}},
-        "thresholds": {"prompt_quality": 0.5}}, run_dir)
+        "thresholds": {"prompt_quality": 0.5},
+        # a target every chunk is needed for: the relevance wave judges them all
+        "sizes": {"target_prompts": 1_000_000}}, run_dir)
 
 
 def fill(store, n: int, seed: int = 0) -> None:

@@ -176,7 +176,7 @@ def print_plan(recipe) -> None:
     """Per LLM stage: expected calls, tokens and cost (tasks/plan.py)."""
     from sftmill.tasks.plan import plan_recipe
 
-    plans, chunks = plan_recipe(recipe)
+    plans, chunks, rates = plan_recipe(recipe)
     table = Table(title=f"Plan for {recipe.name}: {chunks} chunks, target "
                         f"{recipe.sizes.target_prompts} prompts", title_justify="left")
     for col in ("stage", "model", "calls", "tokens in", "tokens out", "cost"):
@@ -189,6 +189,7 @@ def print_plan(recipe) -> None:
                   f"{sum(p.tokens_in for p in plans):,}", f"{sum(p.tokens_out for p in plans):,}",
                   f"{sum(priced):,.2f}" if priced else "-", style="bold")
     console.print(table)
+    console.print(f"Rates: {rates}.  Web rounds and the extended answer search are not included.")
     if len(priced) < len(plans):
         console.print("No price for some models: add them under `prices:` "
                       "(per million input and output tokens) to see the cost.")

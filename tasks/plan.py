@@ -90,8 +90,14 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
     per_profile = sizes.prompts_per_profile
     openings = bool(recipe.generation.openings)
     candidates = needed * (per_profile + sizes.broaden_per_profile)
-    rephrased = (candidates if sizes.keep_rephrased_originals
-                 else math.ceil(candidates * REPHRASED_SHARE)) if sizes.rephrasings_per_prompt else 0
+    if not sizes.rephrasings_per_prompt:
+        rephrased = 0
+    elif sizes.keep_rephrased_originals:
+        rephrased = candidates
+    elif recipe.thresholds.max_opening_share < 1:  # only over-represented openings
+        rephrased = math.ceil(candidates * REPHRASED_SHARE)
+    else:
+        rephrased = 0
     prompts = min(sizes.target_prompts, math.ceil(candidates * prompt_keep_rate))
     passages = recipe.answers.top_k * chunk_tokens
     answer_out = min(gen.max_tokens, TYPICAL_OUT["answer"])
@@ -141,11 +147,14 @@ def model_name(endpoint: LLMEndpoint) -> str:
     return endpoint.model
 
 
-def plan_recipe(recipe: Recipe) -> tuple[list[StagePlan], int]:
-    """The plan for a recipe's corpus; (stage plans, chunks).  A run database
-    that already judged chunks and filtered prompts lends its keep rates."""
+def plan_recipe(recipe: Recipe) -> tuple[list[StagePlan], int, str]:
+    """The plan for a recipe's corpus: (stage plans, chunks, the rates it
+    assumed).  A run database that already judged chunks and filtered
+    prompts lends its keep rates."""
+    from sftmill.tasks.relevance import PRIOR_KEEP_RATE
+
     chunks, chunk_tokens = corpus_sizes(recipe)
-    keep_rate, prompt_keep_rate = None, 1.0
+    keep_rate, prompt_keep_rate, source = None, 1.0, "assumed before any run"
     if recipe.db_path.exists():
         from sftmill.tasks.relevance import kept_chunk_ids
 
@@ -153,9 +162,13 @@ def plan_recipe(recipe: Recipe) -> tuple[list[StagePlan], int]:
         judged, candidates = store.count("relevance"), store.count("candidate_prompts")
         if judged:
             keep_rate = len(kept_chunk_ids(store, recipe.thresholds.relevance)) / judged
+            source = f"seen in {recipe.db_path}"
         if candidates:
             prompt_keep_rate = store.count("prompts") / candidates
-    return plan_stages(recipe, chunks, chunk_tokens, keep_rate, prompt_keep_rate), chunks
+    rate = PRIOR_KEEP_RATE if keep_rate is None else keep_rate
+    note = (f"{rate:.0%} of judged chunks relevant, {prompt_keep_rate:.0%} of generated prompts "
+            f"kept ({source})")
+    return plan_stages(recipe, chunks, chunk_tokens, keep_rate, prompt_keep_rate), chunks, note
 
 
 def planned_for_run(store: Store, recipe: Recipe) -> dict[tuple[str, str], StagePlan]:
