@@ -405,7 +405,9 @@ class Recipe(_Strict):
     answers: Answers = Field(default_factory=Answers)
     export: Export = Field(default_factory=Export)
     schedule: Schedule = Field(default_factory=Schedule)
-    budget: Budget = Field(default_factory=Budget)
+    budget: Budget = Field(
+        default_factory=Budget,
+        description="Caps on the run's LLM spending (cost needs prices); none by default.")
     prices: dict[str, Price] = Field(
         default_factory=dict,
         description="Price per model name (as sent to the server; 'llama.cpp:<file>' for the "
