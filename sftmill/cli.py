@@ -115,9 +115,10 @@ def print_summary(store, run_id: str | None, elapsed: float | None = None,
     if s.llm:
         planned = recipe is not None
         llm = Table(title="LLM calls", title_justify="left")
-        for col in ("stage", "model", *(["planned"] if planned else []), "sent", "cache hits",
-                    "errors", "tokens in", "tokens out", "seconds", *(["cost"] if planned else [])):
-            llm.add_column(col)
+        for col in ("stage", "model", *(["plan"] if planned else []), "sent", "hits",
+                    "errors", "tokens in", "tokens out", "s", *(["cost"] if planned else [])):
+            llm.add_column(col, no_wrap=col == "stage",  # stage names whole
+                           max_width=14 if col == "model" else None)
         for r in s.llm:
             dash = lambda v, fmt="{}": "-" if v is None else fmt.format(v)  # noqa: E731
             llm.add_row(r["stage"], r["model"], *([dash(r["planned"])] if planned else []),
