@@ -94,7 +94,7 @@ def _quiet_prefect(verbose: bool) -> None:
 
 def print_summary(store, run_id: str | None, elapsed: float | None = None,
                   targets: dict[str, float] | None = None, recipe=None) -> None:
-    from sftmill.summary import summarize
+    from sftmill.summary import or_dash, summarize
 
     s = summarize(store, targets, recipe)
     stages = Table(title="Stages", title_justify="left")
@@ -120,11 +120,10 @@ def print_summary(store, run_id: str | None, elapsed: float | None = None,
             llm.add_column(col, no_wrap=col == "stage",  # stage names whole
                            max_width=14 if col == "model" else None)
         for r in s.llm:
-            dash = lambda v, fmt="{}": "-" if v is None else fmt.format(v)  # noqa: E731
-            llm.add_row(r["stage"], r["model"], *([dash(r["planned"])] if planned else []),
+            llm.add_row(r["stage"], r["model"], *([or_dash(r["planned"])] if planned else []),
                         str(r["sent"]), str(r["cache_hits"]), str(r["errors"]),
                         str(r["tokens_in"]), str(r["tokens_out"]), f"{r['seconds']:.1f}",
-                        *([dash(r["cost"], "{:,.4f}")] if planned else []))
+                        *([or_dash(r["cost"], "{:,.4f}")] if planned else []))
         console.print(llm)
     if s.tables.get("prompts"):
         shares = Table(title="Prompts per subdomain", title_justify="left")
@@ -175,6 +174,7 @@ def print_samples(store, n: int = 3) -> None:
 
 def print_plan(recipe) -> None:
     """Per LLM stage: expected calls, tokens and cost (tasks/plan.py)."""
+    from sftmill.summary import or_dash
     from sftmill.tasks.plan import plan_recipe
 
     plans, chunks, rates = plan_recipe(recipe)
@@ -185,7 +185,7 @@ def print_plan(recipe) -> None:
     priced = [p.cost for p in plans if p.cost is not None]
     for p in plans:
         table.add_row(p.stage, p.model, f"{p.calls:,}", f"{p.tokens_in:,}", f"{p.tokens_out:,}",
-                      "-" if p.cost is None else f"{p.cost:,.2f}")
+                      or_dash(p.cost, "{:,.2f}"))
     table.add_row("total", "", f"{sum(p.calls for p in plans):,}",
                   f"{sum(p.tokens_in for p in plans):,}", f"{sum(p.tokens_out for p in plans):,}",
                   f"{sum(priced):,.2f}" if priced else "-", style="bold")

@@ -377,6 +377,9 @@ class Price(_Strict):
     input: float = Field(ge=0, description="Per million prompt tokens.")
     output: float = Field(ge=0, description="Per million answer tokens.")
 
+    def cost(self, tokens_in: float, tokens_out: float) -> float:
+        return tokens_in / 1e6 * self.input + tokens_out / 1e6 * self.output
+
 
 class Budget(_Strict):
     """Caps on what a run's LLM calls may spend; the run stops cleanly before

@@ -23,6 +23,11 @@ class RunSummary:
     openings: dict | None = None
 
 
+def or_dash(value, fmt: str = "{}") -> str:
+    """A table cell: the value formatted, or "-" when there is none."""
+    return "-" if value is None else fmt.format(value)
+
+
 PROMPTS_BY_SUBDOMAIN = "SELECT coalesce(subdomain, '(none)'), count(*) FROM prompts GROUP BY ALL"
 RECORDS_BY_SUBDOMAIN = ("SELECT coalesce(p.subdomain, '(none)'), count(*) FROM dataset d "
                         "JOIN prompts p USING (prompt_id) GROUP BY ALL")

@@ -18,7 +18,8 @@ from pathlib import Path
 from sftmill.config import Recipe
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store
-from sftmill.summary import empty_run_hint, RECORDS_BY_SUBDOMAIN, subdomain_shares, summarize
+from sftmill.summary import (empty_run_hint, or_dash, RECORDS_BY_SUBDOMAIN, subdomain_shares,
+                             summarize)
 from sftmill.tasks.export import write_atomic
 from sftmill.tasks.generate import target_shares
 
@@ -95,14 +96,11 @@ def _llm_table(summary) -> str:
     planned = any("planned" in r for r in summary.llm)
     return _table(["stage", "model", *(["planned"] if planned else []), "calls sent", "cache hits",
                    "errors", "tokens in", "tokens out", "seconds", *(["cost"] if planned else [])],
-                  [[r["stage"], r["model"], *([_or_dash(r["planned"])] if planned else []),
+                  [[r["stage"], r["model"], *([or_dash(r["planned"])] if planned else []),
                     r["sent"], r["cache_hits"], r["errors"], r["tokens_in"], r["tokens_out"],
                     f"{r['seconds']:.1f}",
-                    *([_or_dash(r["cost"], "{:,.4f}")] if planned else [])] for r in summary.llm])
+                    *([or_dash(r["cost"], "{:,.4f}")] if planned else [])] for r in summary.llm])
 
-
-def _or_dash(value, fmt: str = "{}") -> str:
-    return "-" if value is None else fmt.format(value)
 
 
 # What each classic generator's records are counted by in its card.

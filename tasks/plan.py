@@ -66,9 +66,7 @@ def template_tokens(name: str) -> int:
 
 def price_of(recipe: Recipe, model: str, tokens_in: int, tokens_out: int) -> float | None:
     price = recipe.prices.get(model)
-    if price is None:
-        return None
-    return tokens_in / 1e6 * price.input + tokens_out / 1e6 * price.output
+    return None if price is None else price.cost(tokens_in, tokens_out)
 
 
 def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
@@ -77,14 +75,14 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
     chunks of `chunk_tokens` tokens; `keep_rate`: relevance keep rate
     (default: the prior the relevance waves start from); `prompt_keep_rate`:
     the share of generated prompts that pass the filter and dedup."""
-    from sftmill.tasks.relevance import HEADROOM, MIN_WAVE, PRIOR_KEEP_RATE, wanted_relevant
+    from sftmill.tasks.relevance import PRIOR_KEEP_RATE, wanted_relevant, wave_size
     from sftmill.tasks.web import needed_profiles
 
     sizes, gen, judge = recipe.sizes, recipe.llm.generator, recipe.llm.judge
     rate = PRIOR_KEEP_RATE if keep_rate is None else keep_rate
     room = chunks if sizes.max_chunks is None else min(chunks, sizes.max_chunks)
     wanted = wanted_relevant(recipe)
-    judged = min(room, max(MIN_WAVE, math.ceil(wanted / max(rate, 0.02) * HEADROOM)))
+    judged = wave_size(wanted, rate, room)  # the first wave, at that rate
     profiles = min(wanted, math.floor(judged * rate))
     needed = min(needed_profiles(recipe), profiles)
     per_profile = sizes.prompts_per_profile
@@ -138,10 +136,10 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
 def model_name(endpoint: LLMEndpoint) -> str:
     """The name calls are recorded under in `llm_calls` (and priced by)."""
     if endpoint.backend == "embedded":
-        from sftmill.llm.embedded import EmbeddedModelMissing, resolve_gguf
+        from sftmill.llm.embedded import EmbeddedModelMissing, model_label, resolve_gguf
 
         try:
-            return f"llama.cpp:{resolve_gguf(endpoint.model).name}"
+            return model_label(resolve_gguf(endpoint.model))
         except EmbeddedModelMissing:  # preflight says so
             return endpoint.model
     return endpoint.model

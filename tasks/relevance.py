@@ -70,21 +70,35 @@ def interleave(rows: list[tuple[str, str]], seed: int) -> list[str]:
     return order
 
 
-def next_wave(store: Store, recipe: Recipe) -> list[str]:
-    """The chunks to judge next: none when enough relevant chunks are kept."""
+def wave_size(missing: int, keep_rate: float, room: int) -> int:
+    """Chunks to judge for `missing` relevant ones at `keep_rate`, with
+    headroom, at least a minimum wave, at most the `room` left."""
+    if missing <= 0 or room <= 0:
+        return 0
+    return min(room, max(MIN_WAVE, math.ceil(missing / max(keep_rate, 0.02) * HEADROOM)))
+
+
+UNJUDGED = "FROM chunks WHERE chunk_id NOT IN (SELECT chunk_id FROM relevance)"
+
+
+def next_wave_size(store: Store, recipe: Recipe) -> int:
+    """How many chunks the next wave judges: 0 when enough relevant chunks
+    are kept (or none is left to judge)."""
     judged = store.count("relevance")
     kept = len(kept_chunk_ids(store, recipe.thresholds.relevance))
-    missing = wanted_relevant(recipe) - kept
-    unjudged = store.execute("SELECT chunk_id, doc_id FROM chunks WHERE chunk_id NOT IN "
-                             "(SELECT chunk_id FROM relevance)")
-    room = len(unjudged)
+    room = not_judged(store)
     if recipe.sizes.max_chunks is not None:
         room = min(room, max(0, recipe.sizes.max_chunks - judged))
-    if missing <= 0 or room == 0:
-        return []
     rate = kept / judged if judged >= MIN_WAVE // 2 else PRIOR_KEEP_RATE
-    n = max(MIN_WAVE, math.ceil(missing / max(rate, 0.02) * HEADROOM))
-    return interleave(unjudged, recipe.seed)[:min(n, room)]
+    return wave_size(wanted_relevant(recipe) - kept, rate, room)
+
+
+def next_wave(store: Store, recipe: Recipe) -> list[str]:
+    """The chunks to judge next, spread over the documents."""
+    n = next_wave_size(store, recipe)
+    if n == 0:
+        return []
+    return interleave(store.execute(f"SELECT chunk_id, doc_id {UNJUDGED}"), recipe.seed)[:n]
 
 
 def score_chunks(store: Store, recipe: Recipe) -> int:
@@ -99,13 +113,12 @@ def score_chunks(store: Store, recipe: Recipe) -> int:
 
 def not_judged(store: Store) -> int:
     """Chunks never sent to the judge (the target did not need them)."""
-    return int(store.scalar("SELECT count(*) FROM chunks WHERE chunk_id NOT IN "
-                            "(SELECT chunk_id FROM relevance)"))
+    return int(store.scalar(f"SELECT count(*) {UNJUDGED}"))
 
 
 def more_wanted(relevant: StageResult, recipe: Recipe, wave: int) -> bool:
     """Another wave: relevant chunks still missing and chunks left to judge."""
-    return wave < MAX_WAVES and bool(next_wave(Store.open(relevant.out.db_path), recipe))
+    return wave < MAX_WAVES and next_wave_size(Store.open(relevant.out.db_path), recipe) > 0
 
 
 def decide(store: Store, threshold: float) -> int:

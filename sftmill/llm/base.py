@@ -355,8 +355,9 @@ class LLM:
         """Raise `BudgetExceeded` when the chunk's uncached requests, at their
         worst (estimated prompt + max_tokens), could pass the run's budget."""
         self.journal.merge()  # what was spent so far, all of it in llm_calls
-        hits = self.cached([r.key(self.model) for r in chunk])
-        todo = [r for r in chunk if r.key(self.model) not in hits]
+        keys = [r.key(self.model) for r in chunk]
+        hits = self.cached(keys)
+        todo = [r for r, key in zip(chunk, keys) if key not in hits]
         if todo:
             budget.check(self.store, self.model, todo[0].stage, len(todo),
                          sum(self.count_tokens(r.message_dicts()) for r in todo),

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from sftmill.llm.base import LLMError
 
 if TYPE_CHECKING:
-    from sftmill.config import Recipe
+    from sftmill.config import Price, Recipe
     from sftmill.store import Store
 
 META_KEY = "budget"
@@ -36,11 +36,11 @@ class BudgetExceeded(LLMError):
 class Budget:
     max_cost: float | None
     max_tokens: int | None
-    prices: dict[str, tuple[float, float]]  # model → (input, output) per million tokens
+    prices: dict[str, "Price"]  # by model name
 
     def cost(self, model: str, tokens_in: float, tokens_out: float) -> float:
-        price_in, price_out = self.prices.get(model, (0.0, 0.0))
-        return tokens_in / 1e6 * price_in + tokens_out / 1e6 * price_out
+        price = self.prices.get(model)  # a model without a price costs nothing
+        return price.cost(tokens_in, tokens_out) if price is not None else 0.0
 
     def spent(self, store: "Store") -> tuple[float, int]:
         """(cost, tokens) of the run's answered calls."""
@@ -78,16 +78,18 @@ def record_budget(store: "Store", recipe: "Recipe") -> None:
         return
     store.set_meta(META_KEY, json.dumps({
         "max_cost": budget.max_cost, "max_tokens": budget.max_tokens,
-        "prices": {m: [p.input, p.output] for m, p in recipe.prices.items()}}))
+        "prices": {m: p.model_dump() for m, p in recipe.prices.items()}}))
 
 
 def budget_of(store: "Store | None") -> Budget | None:
     raw = store.get_meta(META_KEY) if store is not None else None
     if not raw:
         return None
+    from sftmill.config import Price
+
     data = json.loads(raw)
     return Budget(data["max_cost"], data["max_tokens"],
-                  {m: (p[0], p[1]) for m, p in data["prices"].items()})
+                  {m: Price(**p) for m, p in data["prices"].items()})
 
 
 def without_budget_traceback(record: logging.LogRecord) -> bool:

@@ -100,14 +100,19 @@ def _close_models() -> None:
     _MODELS.clear()
 
 
+def model_label(gguf: Path) -> str:
+    """The model name calls are recorded (and cached, and priced) under: the
+    file, not its folder, so a moved venv keeps its cache."""
+    return f"llama.cpp:{gguf.name}"
+
+
 class EmbeddedLLM(LLM):
     backend = "embedded"
     max_concurrency = 1
 
     def __init__(self, endpoint: LLMEndpoint, store: Store | None = None):
         self.gguf = resolve_gguf(endpoint.model)
-        # The cache key names the file, not its folder, so a moved venv keeps its cache.
-        super().__init__(f"llama.cpp:{self.gguf.name}", store)
+        super().__init__(model_label(self.gguf), store)
         self.endpoint = endpoint
         self.n_threads = endpoint.n_threads or default_threads()
         self.context_window = endpoint.n_ctx

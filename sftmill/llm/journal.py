@@ -107,7 +107,8 @@ class CallJournal:
                         self.path.unlink()
                     else:
                         os.replace(self.path, self.moving)
-                self._moving_done, self._done = self._done, {}
+                # (kept beside what a failed earlier merge left, still in `moving`)
+                self._moving_done, self._done = {**self._moving_done, **self._done}, {}
                 hits, self._hits = self._hits, Counter()
             rows = self.read(self.moving)
             if rows:

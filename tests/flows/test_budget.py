@@ -75,13 +75,15 @@ def test_a_cost_cap_needs_prices_for_the_models(tmp_path):
 
 
 def test_the_check_counts_what_was_spent_and_the_worst_case_of_what_comes(tmp_path):
+    from sftmill.config import Price
     from sftmill.llm.budget import Budget, BudgetExceeded
     from sftmill.store import Store
 
     store = Store.open(tmp_path / "run.duckdb")
     store.insert("llm_calls", [{"call_id": "a", "key": "k", "model": "m", "status": "ok",
                                 "tokens_in": 600_000, "tokens_out": 100_000}])
-    budget = Budget(max_cost=1.0, max_tokens=None, prices={"m": (1.0, 2.0)})  # spent 0.80
+    budget = Budget(max_cost=1.0, max_tokens=None,
+                    prices={"m": Price(input=1.0, output=2.0)})  # spent 0.80
     budget.check(store, "m", "answer", 10, 100_000, 0)  # 0.90: fine
     with pytest.raises(BudgetExceeded, match=r"before 10 more answer calls \(spent 0.8000 of "
                                              r"budget.max_cost 1; they could cost 0.3000\)"):
