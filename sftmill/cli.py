@@ -184,13 +184,15 @@ def print_plan(recipe) -> None:
         table.add_column(col, justify="left" if col in ("stage", "model") else "right")
     priced = [p.cost for p in plans if p.cost is not None]
     for p in plans:
-        table.add_row(p.stage, p.model, f"{p.calls:,}", f"{p.tokens_in:,}", f"{p.tokens_out:,}",
-                      or_dash(p.cost, "{:,.2f}"))
+        table.add_row(p.stage, p.model + (" (batch)" if p.batch else ""), f"{p.calls:,}",
+                      f"{p.tokens_in:,}", f"{p.tokens_out:,}", or_dash(p.cost, "{:,.2f}"))
     table.add_row("total", "", f"{sum(p.calls for p in plans):,}",
                   f"{sum(p.tokens_in for p in plans):,}", f"{sum(p.tokens_out for p in plans):,}",
                   f"{sum(priced):,.2f}" if priced else "-", style="bold")
     console.print(table)
-    console.print(f"Rates: {rates}.  Web rounds and the extended answer search are not included.")
+    console.print(f"Rates: {rates}.  Web rounds and the extended answer search are not included."
+                  + ("  (batch): through the Batch API, at the batch price where `prices` "
+                     "gives one." if any(p.batch for p in plans) else ""))
     if len(priced) < len(plans):
         console.print("No price for some models: add them under `prices:` "
                       "(per million input and output tokens) to see the cost.")

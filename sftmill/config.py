@@ -154,11 +154,31 @@ class LLMEndpoint(ServerEndpoint):
     n_threads: int | None = Field(
         default=None, ge=1, description="llama.cpp threads (embedded only); default: all cores."
     )
+    batch: bool = Field(
+        default=False,
+        description="'openai' only: send each stage's requests through the server's Batch API "
+        "(/files + /batches; half price at hosted providers, answers within "
+        "batch_completion_window instead of seconds).  Failed and expired lines go into a "
+        "new batch; fewer than batch_min requests are sent online.")
+    batch_completion_window: str = Field(
+        default="24h", description="The completion_window asked of the Batch API.")
+    batch_poll_s: float = Field(
+        default=10.0, gt=0,
+        description="Seconds before the first status poll of a batch; each next waits 1.5x "
+        "longer, at most 60 s (or this, if longer).")
+    batch_min: int = Field(
+        default=20, ge=0,
+        description="A stage with fewer requests to send than this, and the failed lines of a "
+        "batch when fewer, are sent online rather than waiting for a batch.")
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> "LLMEndpoint":
         if self.backend == "openai" and not self.base_urls:
             raise ValueError("backend 'openai' needs base_url")
+        if self.batch and self.backend != "openai":
+            raise ValueError("batch: true needs backend 'openai' (a server with a Batch API)")
+        if self.batch and len(self.base_urls) != 1:
+            raise ValueError("batch: true needs one base_url (a batch lives on one server)")
         return self
 
 
@@ -376,9 +396,17 @@ class Price(_Strict):
 
     input: float = Field(ge=0, description="Per million prompt tokens.")
     output: float = Field(ge=0, description="Per million answer tokens.")
+    batch_input: float | None = Field(
+        default=None, ge=0, description="Per million prompt tokens sent through a Batch API "
+        "(endpoints with batch: true); default: the online price.")
+    batch_output: float | None = Field(
+        default=None, ge=0, description="Per million answer tokens through a Batch API; "
+        "default: the online price.")
 
-    def cost(self, tokens_in: float, tokens_out: float) -> float:
-        return tokens_in / 1e6 * self.input + tokens_out / 1e6 * self.output
+    def cost(self, tokens_in: float, tokens_out: float, batch: bool = False) -> float:
+        per_in = self.batch_input if batch and self.batch_input is not None else self.input
+        per_out = self.batch_output if batch and self.batch_output is not None else self.output
+        return tokens_in / 1e6 * per_in + tokens_out / 1e6 * per_out
 
 
 class Budget(_Strict):

@@ -21,7 +21,8 @@ class Reporter(Protocol):
     def finish(self, handle: object, note: str = "") -> None: ...
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter:
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a run, else the `sftmill` logger."""
     try:
         from prefect import get_run_logger
 
@@ -35,7 +36,7 @@ class LogReporter:
         self._lock = threading.Lock()
 
     def start(self, stage: str, total: int) -> object:
-        logger = _logger()
+        logger = run_logger()
         logger.info("%s: %d items", stage, total)
         return {"stage": stage, "total": total, "done": 0, "logged": 0, "status": "",
                 "logger": logger}
@@ -55,7 +56,7 @@ class LogReporter:
         handle["status"] = text
 
     def finish(self, handle: object, note: str = "") -> None:
-        _logger().info("%s: done %s", handle["stage"], note)
+        run_logger().info("%s: done %s", handle["stage"], note)
 
 
 class PrefectReporter(LogReporter):

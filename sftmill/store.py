@@ -240,6 +240,22 @@ SCHEMA: dict[str, str] = {
         latency_s DOUBLE,
         created_at TIMESTAMP DEFAULT current_timestamp
     """,
+    # Batches submitted to a Batch API (llm/batch_api.py): written when the
+    # input file is uploaded, before the batch is created, so that a killed
+    # run resumes the same batch instead of paying for its requests again.
+    "llm_batches": """
+        input_file_id VARCHAR PRIMARY KEY,
+        batch_id VARCHAR,             -- null until the server created it
+        base_url VARCHAR,
+        model VARCHAR,
+        stage VARCHAR,
+        keys VARCHAR[],               -- the cache keys of its requests (their custom_id)
+        status VARCHAR,               -- the server's last word: validating … completed | expired | failed | cancelled
+        n_completed INTEGER,
+        n_failed INTEGER,
+        created_at TIMESTAMP DEFAULT current_timestamp,
+        updated_at TIMESTAMP
+    """,
     "embeddings": """
         text_hash VARCHAR,
         model VARCHAR,

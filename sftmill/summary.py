@@ -62,9 +62,12 @@ def summarize(store: Store, targets: dict[str, float] | None = None,
         "count(*) FILTER (WHERE status = 'error') AS errors, "
         "coalesce(sum(tokens_in) FILTER (WHERE status = 'ok'), 0) AS tokens_in, "
         "coalesce(sum(tokens_out) FILTER (WHERE status = 'ok'), 0) AS tokens_out, "
-        "coalesce(sum(latency_s) FILTER (WHERE status = 'ok'), 0) AS seconds "
+        "coalesce(sum(latency_s) FILTER (WHERE status = 'ok'), 0) AS seconds, "
+        "coalesce(sum(tokens_in) FILTER (WHERE status = 'ok' AND backend LIKE '%-batch'), 0) AS batch_in, "
+        "coalesce(sum(tokens_out) FILTER (WHERE status = 'ok' AND backend LIKE '%-batch'), 0) AS batch_out "
         "FROM llm_calls GROUP BY ALL) "
         "SELECT model, stage, coalesce(sent, 0) AS sent, "
+        "coalesce(batch_in, 0) AS batch_in, coalesce(batch_out, 0) AS batch_out, "
         "coalesce(old_hits, 0) + coalesce(hits, 0) AS cache_hits, coalesce(errors, 0) AS errors, "
         "coalesce(tokens_in, 0) AS tokens_in, coalesce(tokens_out, 0) AS tokens_out, "
         "coalesce(seconds, 0) AS seconds "
@@ -76,7 +79,10 @@ def summarize(store: Store, targets: dict[str, float] | None = None,
         for row in llm:
             plan = planned.get((row["stage"], row["model"]))
             row["planned"] = plan.calls if plan else None
-            row["cost"] = price_of(recipe, row["model"], row["tokens_in"], row["tokens_out"])
+            online = price_of(recipe, row["model"], row["tokens_in"] - row["batch_in"],
+                              row["tokens_out"] - row["batch_out"])
+            batch = price_of(recipe, row["model"], row["batch_in"], row["batch_out"], batch=True)
+            row["cost"] = None if online is None else online + batch
     tables = {t: store.count(t) for t in ("documents", "chunks", "profiles", "queries",
                                           "candidate_prompts", "prompts")}
     if store.count("relevance"):  # chunks the target did not need: neither kept nor dropped

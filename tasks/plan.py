@@ -35,6 +35,7 @@ class StagePlan:
     tokens_in: int
     tokens_out: int
     cost: float | None = None  # None: no price for the model
+    batch: bool = False  # sent through a Batch API (priced at its batch rate)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -64,9 +65,10 @@ def template_tokens(name: str) -> int:
     return estimate_tokens(load_template(name).skeleton())
 
 
-def price_of(recipe: Recipe, model: str, tokens_in: int, tokens_out: int) -> float | None:
+def price_of(recipe: Recipe, model: str, tokens_in: int, tokens_out: int,
+             batch: bool = False) -> float | None:
     price = recipe.prices.get(model)
-    return None if price is None else price.cost(tokens_in, tokens_out)
+    return None if price is None else price.cost(tokens_in, tokens_out, batch)
 
 
 def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
@@ -128,8 +130,9 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
         tokens_in = round(calls * (template_tokens(template) + carried))
         tokens_out = round(calls * min(endpoint.max_tokens, out))
         model = model_name(endpoint)
+        batch = endpoint.batch and calls >= endpoint.batch_min
         plans.append(StagePlan(stage, model, calls, tokens_in, tokens_out,
-                               price_of(recipe, model, tokens_in, tokens_out)))
+                               price_of(recipe, model, tokens_in, tokens_out, batch), batch))
     return plans
 
 

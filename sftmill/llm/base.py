@@ -97,6 +97,7 @@ class RawCompletion:
     # The server's time for the answer (the last attempt's round trip), when
     # the backend knows it; else the call's whole time, waits included.
     latency_s: float | None = None
+    batch: bool = False  # answered through a Batch API (recorded as such, priced as such)
 
 
 @dataclass
@@ -156,6 +157,7 @@ class LLM:
     # Tokens the model takes, prompt and answer together; None: not known
     # (prompts are then sent as they are and the server decides).
     context_window: int | None = None
+    batched = False  # stages go through a Batch API (priced at the batch rate)
 
     def __init__(self, model: str, store: Store | None = None):
         self.model = model
@@ -207,8 +209,9 @@ class LLM:
 
     def _record(self, key: str, request: ChatRequest, status: str, *, text: str = "",
                 error: str = "", attempts: int = 0, tokens_in: int = 0,
-                tokens_out: int = 0, latency_s: float = 0.0) -> None:
-        """Journal a finished call (a file append, no database work)."""
+                tokens_out: int = 0, latency_s: float = 0.0, batch: bool = False) -> None:
+        """Journal a finished call (a file append, no database work); a call
+        answered through a Batch API is recorded with backend `<backend>-batch`."""
         if self.store is None:
             return
         request_json = orjson.dumps(
@@ -219,7 +222,8 @@ class LLM:
         ).decode()
         self.journal.append({
             "call_id": uuid.uuid4().hex, "key": key, "model": self.model,
-            "backend": self.backend, "stage": request.stage, "status": status,
+            "backend": self.backend + ("-batch" if batch else ""), "stage": request.stage,
+            "status": status,
             "request_json": request_json, "response_text": text, "error": error[:2000],
             "attempts": attempts, "tokens_in": tokens_in, "tokens_out": tokens_out,
             "latency_s": latency_s, "created_at": datetime.datetime.now().isoformat(),
@@ -264,7 +268,8 @@ class LLM:
             self.in_flight -= 1
         latency = raw.latency_s if raw.latency_s is not None else time.perf_counter() - started
         self._record(key, request, "ok", text=text, attempts=raw.attempts,
-                     tokens_in=raw.tokens_in, tokens_out=raw.tokens_out, latency_s=latency)
+                     tokens_in=raw.tokens_in, tokens_out=raw.tokens_out, latency_s=latency,
+                     batch=raw.batch)
         return ChatResult(text, data, key, False, raw.tokens_in, raw.tokens_out, latency)
 
     async def _structured(self, request: ChatRequest, raw: RawCompletion):
@@ -361,7 +366,7 @@ class LLM:
         if todo:
             budget.check(self.store, self.model, todo[0].stage, len(todo),
                          sum(self.count_tokens(r.message_dicts()) for r in todo),
-                         sum(r.max_tokens for r in todo))
+                         sum(r.max_tokens for r in todo), batch=self.batched)
 
     def chat_chunks(self, chunks: Iterable[Sequence[ChatRequest]],
                     on_result: Callable[[int, ChatResult | Exception], None] | None = None,

@@ -38,22 +38,25 @@ class Budget:
     max_tokens: int | None
     prices: dict[str, "Price"]  # by model name
 
-    def cost(self, model: str, tokens_in: float, tokens_out: float) -> float:
+    def cost(self, model: str, tokens_in: float, tokens_out: float, batch: bool = False) -> float:
         price = self.prices.get(model)  # a model without a price costs nothing
-        return price.cost(tokens_in, tokens_out) if price is not None else 0.0
+        return price.cost(tokens_in, tokens_out, batch) if price is not None else 0.0
 
     def spent(self, store: "Store") -> tuple[float, int]:
-        """(cost, tokens) of the run's answered calls."""
-        rows = store.execute("SELECT model, coalesce(sum(tokens_in), 0), coalesce(sum(tokens_out), 0) "
-                             "FROM llm_calls WHERE status = 'ok' GROUP BY model")
-        return (sum(self.cost(m, i, o) for m, i, o in rows), int(sum(i + o for _, i, o in rows)))
+        """(cost, tokens) of the run's answered calls (those answered through
+        a Batch API at the batch price)."""
+        rows = store.execute("SELECT model, backend LIKE '%-batch', coalesce(sum(tokens_in), 0), "
+                             "coalesce(sum(tokens_out), 0) FROM llm_calls WHERE status = 'ok' "
+                             "GROUP BY ALL")
+        return (sum(self.cost(m, i, o, bool(b)) for m, b, i, o in rows),
+                int(sum(i + o for _, _, i, o in rows)))
 
     def check(self, store: "Store", model: str, stage: str, calls: int, tokens_in: int,
-              tokens_out: int) -> None:
+              tokens_out: int, batch: bool = False) -> None:
         """Raise `BudgetExceeded` if `calls` more calls of at most these tokens
         could pass a cap."""
         cost, tokens = self.spent(store)
-        more_cost = self.cost(model, tokens_in, tokens_out)
+        more_cost = self.cost(model, tokens_in, tokens_out, batch)
         more_tokens = tokens_in + tokens_out
         over = []
         if self.max_cost is not None and cost + more_cost > self.max_cost:

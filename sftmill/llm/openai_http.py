@@ -34,7 +34,7 @@ from sftmill.config import Embedding, LLMEndpoint, ServerEndpoint
 from sftmill.llm.base import (ChatRequest, LLM, LLMOutputError, LLMUnavailableError,
                               RawCompletion)
 from sftmill.llm.limits import AdaptiveLimit, TokenBucket
-from sftmill.llm.transport import (Reply, Transport, TransportError, TransportTimeout,
+from sftmill.llm.transport import (Reply, Transport, TransportError, TransportTimeout, Upload,
                                    shared_transport)
 from sftmill.store import Store
 
@@ -242,6 +242,11 @@ class ServerClient:
         return random.uniform(ceiling / 2, ceiling)
 
     async def post(self, path: str, body: dict[str, Any], estimate_tokens: int) -> Sent:
+        """POST JSON: `send`'s hot path (chat completions, embeddings)."""
+        return await self.send("POST", path, body=body, estimate_tokens=estimate_tokens)
+
+    async def send(self, method: str, path: str, *, body: dict[str, Any] | None = None,
+                   upload: Upload | None = None, estimate_tokens: int = 0) -> Sent:
         """The first 2xx reply.  Raises `LLMUnavailableError` when the endpoint
         or key is wrong or the retries run out, `LLMOutputError` when the
         server rejects this request (400, 413, 422).  `estimate_tokens` is
@@ -254,7 +259,7 @@ class ServerClient:
         for attempt in range(endpoint.max_retries + 1):
             if pool.rpm:
                 await pool.rpm.take(1)
-            if pool.tpm:
+            if pool.tpm and estimate_tokens:
                 await pool.tpm.take(estimate_tokens)
             try:
                 replica = await pool.acquire()
@@ -267,7 +272,11 @@ class ServerClient:
             started = time.monotonic()
             retry_after = None
             try:
-                reply = await transport.post_json(url, body, headers, endpoint.timeout_s)
+                if method == "POST" and body is not None:
+                    reply = await transport.post_json(url, body, headers, endpoint.timeout_s)
+                else:
+                    reply = await transport.request(method, url, headers, endpoint.timeout_s,
+                                                    body=body, upload=upload)
             except TransportError as err:
                 last_problem = f"{type(err).__name__}: {err}"
                 replica.failed(gone=not isinstance(err, TransportTimeout))
@@ -305,6 +314,18 @@ class ServerClient:
             pool.tpm.give_back(estimate_tokens - used_tokens)
 
 
+def completion_of(payload: dict[str, Any], attempts: int = 1, latency_s: float | None = None,
+                  batch: bool = False) -> RawCompletion:
+    """The text and usage of a chat-completion object (online or a batch line's body)."""
+    try:
+        text = payload["choices"][0]["message"]["content"] or ""
+    except (KeyError, IndexError, TypeError) as err:
+        raise LLMOutputError(f"malformed completion payload: {err!r}") from None
+    usage = payload.get("usage") or {}
+    return RawCompletion(text, int(usage.get("prompt_tokens") or 0),
+                         int(usage.get("completion_tokens") or 0), attempts, latency_s, batch)
+
+
 class OpenAIChatLLM(LLM):
     backend = "openai"
 
@@ -317,6 +338,8 @@ class OpenAIChatLLM(LLM):
         self.max_concurrency = 1_000_000
         # A server's context is known only when the recipe gives it (n_ctx).
         self.context_window = endpoint.n_ctx if "n_ctx" in endpoint.model_fields_set else None
+        self.batched = endpoint.batch and store is not None  # batches are resumed from the store
+        self._answered: dict[str, RawCompletion] = {}  # by key, from batches, not yet used
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -344,24 +367,50 @@ class OpenAIChatLLM(LLM):
                                        "schema": grammar_schema(request.schema)}
         return body
 
+    def chat_chunks(self, chunks, on_result=None):
+        """With `batch: true`, the requests not in the cache are first answered
+        through the Batch API (`batch_api.py`); every request then takes the
+        ordinary path, where those answers stand in for sending."""
+        if not self.batched:
+            return super().chat_chunks(chunks, on_result)
+        from sftmill.batch import CHUNK
+        from sftmill.llm.base import run_sync
+        from sftmill.llm.batch_api import BatchRunner
+        from sftmill.llm.budget import budget_of
+
+        requests = [r for chunk in chunks for r in chunk]
+        budget = budget_of(self.store)
+        if budget is not None and requests:
+            self._within(budget, requests)  # the whole stage, before a batch is paid for
+        hits = self.cached([r.key(self.model) for r in requests])
+        todo = {}
+        for request in requests:
+            key = request.key(self.model)
+            if key not in hits and key not in self._answered and not self.prompt_too_long(request):
+                todo[key] = request
+        if len(todo) >= self.endpoint.batch_min:
+            self._answered.update(run_sync(BatchRunner(self).answer(todo)))
+        try:
+            return super().chat_chunks(
+                (requests[i:i + CHUNK] for i in range(0, len(requests), CHUNK)), on_result)
+        finally:
+            for key in todo:
+                self._answered.pop(key, None)
+
     async def _raw_complete(self, request: ChatRequest) -> RawCompletion:
+        if self._answered:
+            answered = self._answered.pop(request.key(self.model), None)
+            if answered is not None:
+                return answered
         estimate = self.count_tokens(request.message_dicts()) + request.max_tokens
         sent = await self.client.post("/chat/completions", self._body(request), estimate)
-        completion = self._completion(sent)
-        self.client.give_back(estimate, completion.tokens_in + completion.tokens_out)
-        return completion
-
-    @staticmethod
-    def _completion(sent: Sent) -> RawCompletion:
         try:
             payload = sent.reply.json()
-            text = payload["choices"][0]["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError) as err:
+        except ValueError as err:
             raise LLMOutputError(f"malformed completion payload: {err}") from None
-        usage = payload.get("usage") or {}
-        return RawCompletion(text, int(usage.get("prompt_tokens") or 0),
-                             int(usage.get("completion_tokens") or 0), sent.attempts,
-                             sent.latency_s)
+        completion = completion_of(payload, sent.attempts, sent.latency_s)
+        self.client.give_back(estimate, completion.tokens_in + completion.tokens_out)
+        return completion
 
 
 def vector_from(value: str | list[float]) -> np.ndarray:

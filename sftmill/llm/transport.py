@@ -1,4 +1,4 @@
-"""HTTP for the LLM layer: one aiohttp session per process (on the LLM loop,
+"""HTTP for the LLM layer (chat, embeddings, batch files): one aiohttp session per process (on the LLM loop,
 `base.llm_loop`), its connections kept alive across the stages of a run.
 
 aiohttp, not httpx: against the same mock server on 2 cores, httpx reached
@@ -44,11 +44,26 @@ class Reply:
         return orjson.loads(self.text)
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A file sent as multipart/form-data (OpenAI's `/files`), with its form fields."""
+
+    name: str
+    content: bytes
+    fields: Mapping[str, str]
+
+
 class Transport:
-    """POSTs JSON and returns the reply; subclasses (tests) override `post_json`."""
+    """Sends a request and returns the reply; subclasses (tests) override
+    `post_json` (the hot path) and, for batch files, `request`."""
 
     async def post_json(self, url: str, body: dict, headers: Mapping[str, str],
                         timeout_s: float) -> Reply:
+        return await self.request("POST", url, headers, timeout_s, body=body)
+
+    async def request(self, method: str, url: str, headers: Mapping[str, str], timeout_s: float,
+                      body: dict | None = None, upload: Upload | None = None) -> Reply:
+        """GET, or POST a JSON `body` or an `upload`."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -71,13 +86,22 @@ class AiohttpTransport(Transport):
         return self._session
 
     async def post_json(self, url, body, headers, timeout_s):
+        return await self.request("POST", url, headers, timeout_s, body=body)
+
+    async def request(self, method, url, headers, timeout_s, body=None, upload=None):
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
+        data: Any = None
+        if body is not None:
+            data, headers = orjson.dumps(body), {**headers, "Content-Type": "application/json"}
+        elif upload is not None:
+            data = aiohttp.FormData(dict(upload.fields))
+            data.add_field("file", upload.content, filename=upload.name,
+                           content_type="application/jsonl")
         try:
-            async with self._client().post(url, data=orjson.dumps(body), timeout=timeout,
-                                           headers={**headers, "Content-Type": "application/json"},
-                                           ) as response:
+            async with self._client().request(method, url, data=data, timeout=timeout,
+                                              headers=headers) as response:
                 return Reply(response.status, response.headers, await response.text())
         except asyncio.TimeoutError as err:
             raise TransportTimeout(f"no answer within {timeout_s:g} s") from err

@@ -48,3 +48,19 @@ def test_plan_command_on_the_example(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0 and "total" in dry.stdout + dry.stderr
     assert not (tmp_path / "run" / "sftmill.duckdb").exists()  # nothing was run
+
+
+def test_a_batch_endpoint_is_planned_at_the_batch_price(tmp_path):
+    server = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "g"}
+    recipe = load_recipe(example_recipe(
+        tmp_path, llm={"generator": {**server, "batch": True, "batch_min": 20},
+                       "judge": {**server, "model": "j"}},
+        prices={"g": {"input": 2.0, "output": 8.0, "batch_input": 1.0, "batch_output": 4.0},
+                "j": {"input": 2.0, "output": 8.0, "batch_input": 1.0, "batch_output": 4.0}}))
+    plans = {p.stage: p for p in plan_stages(recipe, chunks=10_000, chunk_tokens=300)}
+    answer, relevance = plans["answer"], plans["relevance"]
+    assert answer.batch and answer.calls >= 20
+    assert answer.cost == pytest.approx(answer.tokens_in / 1e6 * 1.0 + answer.tokens_out / 1e6 * 4.0)
+    assert not relevance.batch  # the judge is online: the online price
+    assert relevance.cost == pytest.approx(relevance.tokens_in / 1e6 * 2.0
+                                           + relevance.tokens_out / 1e6 * 8.0)

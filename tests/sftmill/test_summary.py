@@ -1,4 +1,5 @@
 """Samples and the empty-run hint, read back from a run database."""
+import pytest
 
 from sftmill.store import Store
 from sftmill.summary import empty_run_hint, sample_records
@@ -38,3 +39,23 @@ def test_an_empty_run_names_the_stage_and_the_setting(tmp_path):
     assert hint.startswith("No record survived. The answer stage removed the most (5; 5 of them "
                            "no_supporting_passage)") and "answers.min_similarity" in hint
     assert len(hint.splitlines()) == 1
+
+
+def test_llm_cost_prices_batch_calls_at_the_batch_rate(tmp_path):
+    from examples import example_recipe
+    from sftmill.config import load_recipe
+    from sftmill.store import Store
+    from sftmill.summary import summarize
+
+    server = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "g"}
+    recipe = load_recipe(example_recipe(
+        tmp_path, llm={"generator": server, "judge": server},
+        prices={"g": {"input": 2.0, "output": 8.0, "batch_input": 1.0, "batch_output": 4.0}}))
+    store = Store.open(tmp_path / "run.duckdb")
+    store.insert("llm_calls", [
+        {"call_id": "a", "key": "a", "model": "g", "backend": "openai", "stage": "answer",
+         "status": "ok", "tokens_in": 1_000_000, "tokens_out": 0},
+        {"call_id": "b", "key": "b", "model": "g", "backend": "openai-batch", "stage": "answer",
+         "status": "ok", "tokens_in": 1_000_000, "tokens_out": 1_000_000}])
+    (row,) = summarize(store, recipe=recipe).llm
+    assert row["sent"] == 2 and row["cost"] == pytest.approx(2.0 + 1.0 + 4.0)
