@@ -190,7 +190,7 @@ def print_plan(recipe) -> None:
                   f"{sum(p.tokens_in for p in plans):,}", f"{sum(p.tokens_out for p in plans):,}",
                   f"{sum(priced):,.2f}" if priced else "-", style="bold")
     console.print(table)
-    console.print(f"Rates: {rates}.  Web rounds and the extended answer search are not included."
+    console.print(f"Rates: {rates}."
                   + ("  (batch): through the Batch API, at the batch price where `prices` "
                      "gives one." if any(p.batch for p in plans) else ""))
     if len(priced) < len(plans):
@@ -205,8 +205,8 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
     recipe's `prices` section.
 
     Reads and chunks the inputs (no LLM call, nothing written).  Counts follow
-    the stages' sizing rules; web rounds and the extended answer search are
-    not included.
+    the stages' sizing rules, with the rates they assume printed below the
+    table (web rounds only when the corpus falls short of the target).
     """
     print_plan(_load_checked(recipe, skip_preflight=True))
 

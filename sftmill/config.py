@@ -330,6 +330,11 @@ class Answers(_Strict):
         "gain from a high temperature, answers from a low one.")
     queries_per_prompt: int = Field(default=2, ge=0, le=20,
                                     description="Extended search queries per prompt (0: none).")
+    search_below: float = Field(
+        default=0.5, ge=-1, le=1,
+        description="Extended search only for prompts the run's chunks support weakly: those "
+        "whose best passage has a cosine below this (1: every prompt).  Prompts the corpus "
+        "already covers cost no query, search or fetch.")
     top_k: int = Field(default=4, ge=1, le=20, description="Passages retrieved per prompt.")
     min_similarity: float = Field(
         default=0.3, ge=-1, le=1, description="Passages below this cosine are not retrieved.")

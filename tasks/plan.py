@@ -7,9 +7,12 @@ follow the stages' own sizing rules — relevance waves (`relevance.next_wave`,
 at the prior keep rate, or the rate a run database already shows), profiles
 per needed profile, prompts per profile — and the tokens are the template's
 own text plus the chunk, passages or prompt each call carries, and a typical
-answer length per stage (capped by the endpoint's `max_tokens`).  Web rounds
-and the extended answer search are not planned (their size depends on what
-the web returns).
+answer length per stage (capped by the endpoint's `max_tokens`).  Web
+rounds are planned when the corpus falls short of the profiles the target
+needs (queries at a prior profile per query, their pages judged and
+profiled like the corpus), the extended answer search for a prior share of
+weakly supported prompts (or the share a run database shows); searches and
+fetches are not LLM calls and not counted.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from sftmill.store import Store
 TYPICAL_OUT = {"relevance": 40, "profile": 90, "generate": 40, "broaden": 48, "rephrase": 40,
                "prompt_filter": 40, "answer_queries": 16, "answer": 300, "answer_checks": 60}
 PROMPT_TOKENS = 30  # a prompt
+PROFILE_TOKENS = 80  # a profile (domain, subdomain, topic, use case, summary)
+QUERY_TOKENS = 12  # a search query
+PRIOR_WEAK_SHARE = 0.3  # prompts the corpus supports weakly, before a run has shown it
 REPHRASED_SHARE = 0.3  # prompts whose opening is over-represented (rephrased) when not all are
 
 
@@ -72,13 +78,16 @@ def price_of(recipe: Recipe, model: str, tokens_in: int, tokens_out: int,
 
 
 def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
-                keep_rate: float | None = None, prompt_keep_rate: float = 1.0) -> list[StagePlan]:
+                keep_rate: float | None = None, prompt_keep_rate: float = 1.0,
+                weak_share: float = PRIOR_WEAK_SHARE) -> list[StagePlan]:
     """The expected calls and tokens per LLM stage for a corpus of `chunks`
     chunks of `chunk_tokens` tokens; `keep_rate`: relevance keep rate
     (default: the prior the relevance waves start from); `prompt_keep_rate`:
-    the share of generated prompts that pass the filter and dedup."""
+    the share of generated prompts that pass the filter and dedup;
+    `weak_share`: the share of prompts whose best passage is below
+    `answers.search_below` (they get extended search queries)."""
     from sftmill.tasks.relevance import PRIOR_KEEP_RATE, wanted_relevant, wave_size
-    from sftmill.tasks.web import needed_profiles
+    from sftmill.tasks.web import MIN_QUERIES, PRIOR_PROFILES_PER_QUERY, needed_profiles
 
     sizes, gen, judge = recipe.sizes, recipe.llm.generator, recipe.llm.judge
     rate = PRIOR_KEEP_RATE if keep_rate is None else keep_rate
@@ -86,6 +95,17 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
     wanted = wanted_relevant(recipe)
     judged = wave_size(wanted, rate, room)  # the first wave, at that rate
     profiles = min(wanted, math.floor(judged * rate))
+    # Web rounds when the corpus falls short: queries for the missing
+    # profiles at the prior profiles per query, and their pages judged and
+    # profiled like the corpus (assuming the web has them).
+    missing = needed_profiles(recipe) - profiles
+    query_calls = 0
+    if missing > 0 and recipe.search.backend != "none" and sizes.queries_per_profile and sizes.max_rounds:
+        query_calls = math.ceil(wave_size(missing, PRIOR_PROFILES_PER_QUERY, 10**9, MIN_QUERIES)
+                                / sizes.queries_per_profile)
+        web_relevant = math.ceil(missing * sizes.profile_margin)
+        judged += math.ceil(web_relevant / rate)
+        profiles += web_relevant
     needed = min(needed_profiles(recipe), profiles)
     per_profile = sizes.prompts_per_profile
     openings = bool(recipe.generation.openings)
@@ -99,12 +119,18 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
     else:
         rephrased = 0
     prompts = min(sizes.target_prompts, math.ceil(candidates * prompt_keep_rate))
+    answers = recipe.answers
+    searched = 0  # prompts given extended search queries: the weakly supported share
+    if recipe.search.backend != "none" and answers.queries_per_prompt:
+        searched = math.ceil(prompts * (1.0 if answers.search_below >= 1 else weak_share))
     passages = recipe.answers.top_k * chunk_tokens
     answer_out = min(gen.max_tokens, TYPICAL_OUT["answer"])
     # (stage, endpoint, template, calls, input tokens a call carries, answer tokens)
     rows = [
         ("relevance", judge, "relevance", judged, chunk_tokens, TYPICAL_OUT["relevance"]),
         ("profile", gen, "profile", profiles, chunk_tokens, TYPICAL_OUT["profile"]),
+        ("web_queries", gen, "web_queries", query_calls, PROFILE_TOKENS,
+         QUERY_TOKENS * sizes.queries_per_profile),
         ("generate", gen, "generate_opening" if openings else "generate",
          needed * per_profile if openings else needed, chunk_tokens,
          TYPICAL_OUT["generate"] * (1 if openings else per_profile)),
@@ -115,8 +141,7 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
         ("prompt_filter", judge, "prompt_filter",
          candidates if recipe.thresholds.prompt_quality > 0 else 0, PROMPT_TOKENS,
          TYPICAL_OUT["prompt_filter"]),
-        ("answer_queries", gen, "answer_queries",
-         prompts if recipe.answers.queries_per_prompt else 0, PROMPT_TOKENS,
+        ("answer_queries", gen, "answer_queries", searched, PROMPT_TOKENS,
          TYPICAL_OUT["answer_queries"] * recipe.answers.queries_per_prompt),
         ("answer", gen, "answer", prompts, PROMPT_TOKENS + passages, answer_out),
         ("answer_checks", judge, "groundedness",
@@ -154,8 +179,11 @@ def plan_recipe(recipe: Recipe) -> tuple[list[StagePlan], int, str]:
     prompts lends its keep rates."""
     from sftmill.tasks.relevance import PRIOR_KEEP_RATE
 
+    from sftmill.tasks.web import PRIOR_PROFILES_PER_QUERY
+
     chunks, chunk_tokens = corpus_sizes(recipe)
     keep_rate, prompt_keep_rate, source = None, 1.0, "assumed before any run"
+    weak_share = PRIOR_WEAK_SHARE
     if recipe.db_path.exists():
         from sftmill.tasks.relevance import kept_chunk_ids
 
@@ -166,10 +194,18 @@ def plan_recipe(recipe: Recipe) -> tuple[list[StagePlan], int, str]:
             source = f"seen in {recipe.db_path}"
         if candidates:
             prompt_keep_rate = store.count("prompts") / candidates
+        if store.count("answer_queries"):
+            weak_share = (store.scalar("SELECT count(DISTINCT prompt_id) FROM answer_queries")
+                          / max(1, store.count("prompts")))
     rate = PRIOR_KEEP_RATE if keep_rate is None else keep_rate
+    searching = recipe.search.backend != "none"
     note = (f"{rate:.0%} of judged chunks relevant, {prompt_keep_rate:.0%} of generated prompts "
-            f"kept ({source})")
-    return plan_stages(recipe, chunks, chunk_tokens, keep_rate, prompt_keep_rate), chunks, note
+            f"kept" + (f", {weak_share:.0%} of prompts searched for more passages"
+                       if searching and recipe.answers.queries_per_prompt else "")
+            + f" ({source})" + (f"; web rounds at {PRIOR_PROFILES_PER_QUERY:g} profile per query"
+                                if searching and recipe.sizes.queries_per_profile else ""))
+    return (plan_stages(recipe, chunks, chunk_tokens, keep_rate, prompt_keep_rate, weak_share),
+            chunks, note)
 
 
 def planned_for_run(store: Store, recipe: Recipe) -> dict[tuple[str, str], StagePlan]:

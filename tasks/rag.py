@@ -1,7 +1,9 @@
 """Answer steps 1–2 — extended queries and chop-n-RAG.
 
-`extended_search`: the generator writes `answers.queries_per_prompt` search
-queries per kept prompt covering more details and aspects of it; the search
+`extended_search`: for each kept prompt the run's chunks support weakly (its
+best passage below `answers.search_below`; work sized by need), the
+generator writes `answers.queries_per_prompt` search queries covering more
+details and aspects of it; the search
 backend and the guarded fetcher of the prompt flow bring pages in (same
 limits, same `fetches` log, so a URL is fetched once per run); new pages are
 chunked.  `retrieve`: every chunk of the run — the recipe's own sources
@@ -31,12 +33,28 @@ RETRIEVE_STAGE = "retrieve"
 TEMPLATE = "answer_queries"
 
 
-def write_answer_queries(store: Store, recipe: Recipe) -> int:
+def weakly_supported(store: Store, recipe: Recipe, prompts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (prompt_id, text) pairs whose best passage among the run's chunks
+    has a cosine below `answers.search_below` (the vectors are cached for
+    the retrieve stage)."""
+    below = recipe.answers.search_below
+    if below >= 1 or not prompts:
+        return prompts
+    passages = [t for t, in store.execute("SELECT text FROM chunks ORDER BY chunk_id")]
+    embedder = Embedder(recipe.embedding, store)
+    best = top_passages(embedder.embed([t for _, t in prompts]), embedder.embed(passages), 1, -1.0)
+    return [p for p, hits in zip(prompts, best) if not hits or hits[0][1] < below]
+
+
+def write_answer_queries(store: Store, recipe: Recipe) -> tuple[int, int, int]:
+    """Queries for the prompts that need them; return (queries written,
+    prompts asked about, prompts looked at)."""
     n = recipe.answers.queries_per_prompt
-    todo = store.execute("SELECT prompt_id, text FROM prompts WHERE prompt_id NOT IN "
-                         "(SELECT prompt_id FROM answer_queries) ORDER BY prompt_id")
+    fresh = store.execute("SELECT prompt_id, text FROM prompts WHERE prompt_id NOT IN "
+                          "(SELECT prompt_id FROM answer_queries) ORDER BY prompt_id")
+    todo = weakly_supported(store, recipe, fresh)
     if n == 0 or not todo:
-        return 0
+        return 0, 0, len(fresh)
     base = load_template(TEMPLATE)
     template = with_schema(base, exact_items(base.schema, "queries", n))
     endpoint = recipe.llm.generator
@@ -52,21 +70,24 @@ def write_answer_queries(store: Store, recipe: Recipe) -> int:
                          "query": query, "model": llm.model, "template_version": template.version,
                          "call_key": result.key})
     store.insert("answer_queries", rows)
-    return len(rows)
+    return len(rows), len(todo), len(fresh)
 
 
-def extended_search_into(store: Store, recipe: Recipe) -> tuple[int, int]:
-    """Queries → search → fetch → chunk; return (queries written, documents added)."""
-    written = write_answer_queries(store, recipe)
-    if recipe.search.backend == "none":
-        return written, 0
+def extended_search_into(store: Store, recipe: Recipe) -> tuple[int, int, str]:
+    """Queries → search → fetch → chunk for the prompts the corpus supports
+    weakly; return (queries written, documents added, a note)."""
+    if recipe.search.backend == "none" or recipe.answers.queries_per_prompt == 0:
+        return 0, 0, "no extended search (search.backend none or answers.queries_per_prompt 0)"
+    written, asked, looked = write_answer_queries(store, recipe)
+    note = (f"{asked} of {looked} new prompts below answers.search_below "
+            f"{recipe.answers.search_below:g}: {written} queries")
     run_searches(store, recipe, store.execute(
         "SELECT query_id, query FROM answer_queries WHERE query_id NOT IN "
         "(SELECT query_id FROM search_results) ORDER BY query_id"), SEARCH_STAGE)
     _tried, new_docs = fetch_new_pages(store, recipe, round_no=0, stage=SEARCH_STAGE)
     if new_docs:
         chunk_documents(store, recipe, new_docs)
-    return written, len(new_docs)
+    return written, len(new_docs), f"{note}, {len(new_docs)} new documents"
 
 
 def top_passages(prompt_vectors: np.ndarray, passage_vectors: np.ndarray, k: int,
@@ -102,13 +123,12 @@ def retrieve_into(store: Store, recipe: Recipe) -> tuple[int, int]:
 
 
 @stage_task("answer_search", sections=("domain", "llm", "search", "limits", "chunking",
-                                       "answers", "seed"), templates=(TEMPLATE,))
+                                       "answers", "embedding", "seed"), templates=(TEMPLATE,))
 def extended_search(recipe: Recipe, prompts: TableRef) -> StageResult:
     store = Store.open(prompts.db_path)
     timer = StageTimer(store, SEARCH_STAGE)
-    written, added = extended_search_into(store, recipe)
-    return timer.done(store.ref("chunks", "chunk_id"), prompts.rows, added,
-                      f"{written} queries, {added} new documents")
+    _written, added, note = extended_search_into(store, recipe)
+    return timer.done(store.ref("chunks", "chunk_id"), prompts.rows, added, note)
 
 
 @stage_task("retrieve", sections=("embedding", "answers"))

@@ -70,12 +70,13 @@ def interleave(rows: list[tuple[str, str]], seed: int) -> list[str]:
     return order
 
 
-def wave_size(missing: int, keep_rate: float, room: int) -> int:
-    """Chunks to judge for `missing` relevant ones at `keep_rate`, with
-    headroom, at least a minimum wave, at most the `room` left."""
+def wave_size(missing: int, keep_rate: float, room: int, minimum: int = MIN_WAVE) -> int:
+    """Items to try (chunks to judge, queries to search) for `missing` good
+    ones at `keep_rate` good per item, with headroom, at least `minimum`,
+    at most the `room` left."""
     if missing <= 0 or room <= 0:
         return 0
-    return min(room, max(MIN_WAVE, math.ceil(missing / max(keep_rate, 0.02) * HEADROOM)))
+    return min(room, max(minimum, math.ceil(missing / max(keep_rate, 0.02) * HEADROOM)))
 
 
 UNJUDGED = "FROM chunks WHERE chunk_id NOT IN (SELECT chunk_id FROM relevance)"

@@ -1,7 +1,9 @@
 """Stage 5 — fresh documents from the web.
 
 `web_queries`: the generator writes `queries_per_profile` search queries for
-every profile that has none yet.  `search_and_fetch`: the search backend
+as many profiles as the target still needs — the profiles missing, at the
+profiles per query earlier rounds gave (`profiles_to_query`), drawn across
+subdomains.  `search_and_fetch`: the search backend
 turns each query into URLs; pages are fetched with the guards of
 `tasks.fetch` (or read from disk for the local backend's `file://` results),
 cleaned with trafilatura and stored as documents that remember their query
@@ -15,6 +17,7 @@ not_html, robots_disallowed, blocked_address, http_error, …).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
@@ -49,11 +52,49 @@ def enough_profiles(profiles: StageResult, recipe: Recipe) -> bool:
     return profiles.out.rows >= needed_profiles(recipe)
 
 
-def write_queries(store: Store, recipe: Recipe, round_no: int) -> int:
-    n = recipe.sizes.queries_per_profile
+# Profiles a search query is assumed to bring (through its pages' relevant
+# chunks) before a round has shown the real figure.
+PRIOR_PROFILES_PER_QUERY = 1.0
+MIN_QUERIES = 8  # queries a round writes at least (while profiles are left to ask about)
+
+
+def profiles_per_query(store: Store, round_no: int) -> float:
+    """Profiles made from web pages per query of the earlier rounds (the
+    prior before any)."""
+    asked = store.scalar("SELECT count(*) FROM queries WHERE round < ?", [round_no]) or 0
+    if not asked:
+        return PRIOR_PROFILES_PER_QUERY
+    gained = store.scalar("SELECT count(*) FROM profiles JOIN chunks USING (chunk_id) "
+                          "JOIN documents USING (doc_id) WHERE source_kind = 'web'") or 0
+    return gained / asked
+
+
+def profiles_to_query(store: Store, recipe: Recipe, round_no: int) -> list[dict]:
+    """The profiles this round writes queries for: enough queries for the
+    profiles the target still misses, at the profiles per query seen so far
+    (the relevance waves' rule: headroom, a minimum round), drawn
+    round-robin across subdomains in a seeded order.  The others never cost
+    a query."""
+    from sftmill.tasks.relevance import interleave, wave_size
+
+    missing = needed_profiles(recipe) - store.count("profiles")
     todo = store.query_dicts(
         "SELECT * FROM profiles WHERE profile_id NOT IN (SELECT profile_id FROM queries) "
         "ORDER BY profile_id")
+    per_profile = recipe.sizes.queries_per_profile
+    queries = wave_size(missing, profiles_per_query(store, round_no), len(todo) * per_profile,
+                        MIN_QUERIES)
+    order = interleave([(p["profile_id"], p["subdomain"] or "") for p in todo], recipe.seed)
+    chosen = set(order[:math.ceil(queries / per_profile)]) if per_profile else set()
+    return [p for p in todo if p["profile_id"] in chosen]
+
+
+def write_queries(store: Store, recipe: Recipe, round_no: int) -> tuple[int, int]:
+    """Queries for the profiles this round needs; return (queries written, profiles asked about)."""
+    n = recipe.sizes.queries_per_profile
+    todo = profiles_to_query(store, recipe, round_no)
+    if not todo:
+        return 0, 0
     base = load_template(TEMPLATE)
     template = with_schema(base, exact_items(base.schema, "queries", n))
     endpoint = recipe.llm.generator
@@ -70,7 +111,7 @@ def write_queries(store: Store, recipe: Recipe, round_no: int) -> int:
                          "model": llm.model, "template_version": template.version,
                          "call_key": result.key})
     store.insert("queries", rows)
-    return len(rows)
+    return len(rows), len(todo)
 
 
 def read_local(url: str) -> Fetched:
@@ -138,8 +179,10 @@ def fetch_new_pages(store: Store, recipe: Recipe, round_no: int,
 def web_queries(recipe: Recipe, profiles: StageResult, round_no: int) -> StageResult:
     store = Store.open(profiles.out.db_path)
     timer = StageTimer(store, QUERY_STAGE)
-    written = write_queries(store, recipe, round_no)
-    return timer.done(store.ref("queries", "query_id"), profiles.out.rows, written)
+    missing = max(0, needed_profiles(recipe) - store.count("profiles"))
+    written, asked = write_queries(store, recipe, round_no)
+    return timer.done(store.ref("queries", "query_id"), profiles.out.rows, written,
+                      f"queries for {asked} profiles: the target misses {missing} profiles")
 
 
 @stage_task("search_fetch", sections=("search", "limits"))

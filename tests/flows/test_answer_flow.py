@@ -117,7 +117,8 @@ def test_answer_flow_with_the_real_embedded_model(prefect_harness, tmp_path, mon
     from sftmill.flows.answer_flow import answer_flow
     from sftmill.flows.prompt_flow import prompt_flow
 
-    recipe = example_recipe(tmp_path, answers={"queries_per_prompt": 1, "top_k": 2})
+    recipe = example_recipe(tmp_path, answers={"queries_per_prompt": 1, "top_k": 2,
+                                               "search_below": 1})  # every prompt searched
     with monkeypatch.context() as patch:
         route_llm(patch, ScriptedLLM(schema_answers))
         prompt_flow(params(recipe))

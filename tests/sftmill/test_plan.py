@@ -1,5 +1,6 @@
 """`sftmill plan`: expected calls, tokens and cost per LLM stage, before running."""
 
+import math
 import subprocess
 import sys
 
@@ -37,7 +38,12 @@ def test_plan_command_on_the_example(tmp_path):
     recipe = example_recipe(tmp_path)
     plans, chunks, rates = plan_recipe(load_recipe(recipe))
     assert chunks == 35 and "assumed before any run" in rates
-    assert plans[0].stage == "relevance" and plans[0].calls == 35
+    # 32 profiles needed; at the prior 80 % the corpus gives 28, so a web round
+    # is planned: 8 queries (2 per profile: 4 calls), and 6 relevant chunks'
+    # worth of pages judged (8) and profiled.
+    by_stage = {p.stage: p.calls for p in plans}
+    assert by_stage["relevance"] == 35 + 8 and by_stage["web_queries"] == 4
+    assert by_stage["profile"] == 28 + 6 and "answer_queries" not in by_stage
     out = subprocess.run([sys.executable, "-m", "sftmill.cli", "plan", str(recipe)],
                          capture_output=True, text=True, timeout=120,
                          env={"COLUMNS": "160", **__import__("os").environ})
@@ -64,3 +70,11 @@ def test_a_batch_endpoint_is_planned_at_the_batch_price(tmp_path):
     assert not relevance.batch  # the judge is online: the online price
     assert relevance.cost == pytest.approx(relevance.tokens_in / 1e6 * 2.0
                                            + relevance.tokens_out / 1e6 * 8.0)
+
+
+@pytest.mark.parametrize("below, share", [(0.5, 0.3), (1.0, 1.0)])
+def test_the_extended_answer_search_is_planned_for_weakly_supported_prompts(tmp_path, below, share):
+    recipe = load_recipe(example_recipe(
+        tmp_path, answers={"queries_per_prompt": 2, "search_below": below}))
+    plans = {p.stage: p for p in plan_stages(recipe, chunks=10_000, chunk_tokens=300)}
+    assert plans["answer_queries"].calls == math.ceil(plans["answer"].calls * share)
