@@ -14,6 +14,8 @@ from sftmill.stages import StageResult
 from sftmill.store import Store
 from sftmill.tasks.answer import answer, answer_checks
 from sftmill.tasks.card import dataset_card
+from sftmill.tasks.curate import curate
+from sftmill.tasks.preferences import preference_pairs
 from sftmill.tasks.export import export
 from sftmill.tasks.rag import extended_search, retrieve
 
@@ -21,7 +23,7 @@ from sftmill.tasks.rag import extended_search, retrieve
 @flow(name="sftmill-answers", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def answer_flow(params: RunParams) -> list[StageResult]:
     """Extended queries → chop-n-RAG retrieval → grounded answers → answer
-    checks → export → dataset card."""
+    checks → curation → export → dataset card."""
     recipe, r = params.load(), params.refresh
     check_templates_fit(recipe.llm_templates())  # a prompt that can never fit stops here
     record_budget(Store.open(recipe.db_path), recipe)  # the run's LLMs check it per chunk
@@ -30,6 +32,9 @@ def answer_flow(params: RunParams) -> list[StageResult]:
     retrieved = stage(retrieve, "retrieve", r)(recipe, prompts, passages)
     answers = stage(answer, "answer", r)(recipe, retrieved)
     dataset = stage(answer_checks, "answer_checks", r)(recipe, answers)
-    exported = export(recipe, dataset)
+    curated = stage(curate, "curate", r)(recipe, dataset)
+    pairs = [stage(preference_pairs, "preferences", r)(recipe, curated)
+             ] if recipe.export.preference_pairs else []
+    exported = export(recipe, curated)
     card = dataset_card(recipe, exported)
-    return [passages, retrieved, answers, dataset, exported, card]
+    return [passages, retrieved, answers, dataset, curated, *pairs, exported, card]

@@ -8,6 +8,7 @@ from prefect import flow
 from sftmill.preflight import check_templates_fit
 from sftmill.stages import StageResult
 from sftmill.tasks.augment import AugmentConfig, augment_dataset, complete_pairs, make_variants
+from sftmill.tasks.curate import curate_generated
 from sftmill.tasks.export import export_dataset
 from sftmill.tasks.pairs_io import file_fingerprint, load_inputs, read_items
 
@@ -21,4 +22,5 @@ def augment_flow(cfg: AugmentConfig, fmt: str = "openai") -> list[StageResult]:
     pairs = complete_pairs(cfg, inputs)
     variants = make_variants(cfg, pairs)
     dataset = augment_dataset(cfg, variants)
-    return [inputs, pairs, variants, dataset, export_dataset(cfg.output_dir, fmt, dataset)]
+    curated = curate_generated(cfg, dataset)
+    return [inputs, pairs, variants, dataset, curated, export_dataset(cfg.output_dir, fmt, curated)]

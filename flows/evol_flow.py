@@ -8,6 +8,7 @@ from prefect import flow
 from sftmill.preflight import check_templates_fit
 from sftmill.stages import StageResult
 from sftmill.tasks.evol import EvolConfig, evol_dataset, evolve_round
+from sftmill.tasks.curate import curate_generated
 from sftmill.tasks.export import export_dataset
 from sftmill.tasks.pairs_io import file_fingerprint, load_inputs, read_items
 
@@ -21,4 +22,5 @@ def evol_flow(cfg: EvolConfig, fmt: str = "openai") -> list[StageResult]:
     for round_no in range(1, cfg.rounds + 1):
         stages.append(evolve_round(cfg, stages[-1], round_no))
     stages.append(evol_dataset(cfg, stages[-1]))
+    stages.append(curate_generated(cfg, stages[-1]))
     return stages + [export_dataset(cfg.output_dir, fmt, stages[-1])]

@@ -13,7 +13,7 @@ from sftmill.config import Recipe, RecipeError, load_recipe, parse_recipe
 
 Stage = Literal["collect", "chunk", "relevance", "profile", "web_queries", "search_fetch",
                 "generate", "broaden", "rephrase", "prompt_filter", "dedup", "answer_search",
-                "retrieve", "answer", "answer_checks"]
+                "retrieve", "answer", "answer_checks", "curate", "preferences"]
 
 
 class RunParams(BaseModel):

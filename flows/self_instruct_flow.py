@@ -7,13 +7,15 @@ from prefect import flow, get_run_logger
 
 from sftmill.preflight import check_templates_fit
 from sftmill.stages import StageResult
-from sftmill.tasks.self_instruct import (SelfInstructConfig, bootstrap_round, export_self_instruct,
-                                         load_seeds, stall_message, stalled)
+from sftmill.tasks.curate import curate_generated
+from sftmill.tasks.export import export_dataset
+from sftmill.tasks.self_instruct import (SelfInstructConfig, bootstrap_round, load_seeds,
+                                         self_instruct_dataset, stall_message, stalled)
 
 
 @flow(name="sftmill-self-instruct")
 def self_instruct_flow(cfg: SelfInstructConfig, fmt: str = "openai") -> list[StageResult]:
-    """Rounds of generate → filter → classify → instances, then export."""
+    """Rounds of generate → filter → classify → instances, then dataset → curation → export."""
     check_templates_fit(cfg.llm_templates())  # a prompt that can never fit stops here
     load_seeds(cfg.seeds_path)  # a malformed seed file stops before any LLM call
     rounds: list[StageResult] = []
@@ -26,4 +28,6 @@ def self_instruct_flow(cfg: SelfInstructConfig, fmt: str = "openai") -> list[Sta
         if stalled(rounds):
             get_run_logger().warning(stall_message(cfg, rounds))
             break
-    return rounds + [export_self_instruct(cfg, pool, fmt)]
+    dataset = self_instruct_dataset(cfg, pool)
+    curated = curate_generated(cfg, dataset)
+    return rounds + [dataset, curated, export_dataset(cfg.output_dir, fmt, curated)]

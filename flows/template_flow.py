@@ -7,6 +7,7 @@ from prefect import flow
 
 from sftmill.preflight import check_templates_fit
 from sftmill.stages import StageResult
+from sftmill.tasks.curate import curate_generated
 from sftmill.tasks.export import export_dataset
 from sftmill.tasks.pairs_io import file_fingerprint
 from sftmill.tasks.templates import TemplatesConfig, load_spec, slot_values, template_dataset, template_pairs
@@ -20,4 +21,5 @@ def template_flow(cfg: TemplatesConfig, fmt: str = "openai") -> list[StageResult
     values = slot_values(cfg, fingerprint)
     pairs = template_pairs(cfg, values, fingerprint)
     dataset = template_dataset(cfg, pairs)
-    return [values, pairs, dataset, export_dataset(cfg.output_dir, fmt, dataset)]
+    curated = curate_generated(cfg, dataset)
+    return [values, pairs, dataset, curated, export_dataset(cfg.output_dir, fmt, curated)]

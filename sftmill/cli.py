@@ -160,7 +160,9 @@ def print_samples(store, n: int = 3) -> None:
         samples += [r for r in sample_records(store, n) if r["prompt"] not in seen][:n - len(samples)]
     if not samples:
         return
-    console.print(f"[bold]Sample records[/] ({len(samples)} of {store.count('dataset')}):")
+    from sftmill.tasks.curate import kept_count
+
+    console.print(f"[bold]Sample records[/] ({len(samples)} of {kept_count(store)}):")
     for r in samples:
         console.print(f"• [bold]prompt[/] ({r['subdomain']}): {_clip(r['prompt'], 200)}",
                       highlight=False, soft_wrap=True)
@@ -272,7 +274,9 @@ def run(
               "run the same command again to resume.", code=1)
     print_summary(store, run_id, time.perf_counter() - started, targets, checked)
     run_dir = checked.run_dir.resolve()
-    records = store.count("dataset")
+    from sftmill.tasks.curate import kept_count
+
+    records = kept_count(store)
     if not records:
         from sftmill.summary import empty_run_hint
 
@@ -365,8 +369,9 @@ def serve(
 ) -> None:
     """Serve sftmill's flows as deployments on a Prefect server.
 
-    Registers the deployments (pipeline, prompts, answers, and the classic
-    generators: self-instruct, evol, augment, templates) with the Prefect
+    Registers the deployments (pipeline, prompts, answers, the classic
+    generators: self-instruct, evol, augment, templates, and curate and mix
+    for finished datasets) with the Prefect
     server named by PREFECT_API_URL and executes their runs until stopped.
 
     Trigger runs from the Prefect UI (a form shows every parameter), with
@@ -391,7 +396,9 @@ def serve(
 
     from sftmill.flows.answer_flow import answer_flow
     from sftmill.flows.augment_flow import augment_flow
+    from sftmill.flows.curate_flow import curate_flow
     from sftmill.flows.evol_flow import evol_flow
+    from sftmill.flows.mix_flow import mix_flow
     from sftmill.flows.pipeline import pipeline
     from sftmill.flows.prompt_flow import prompt_flow
     from sftmill.flows.self_instruct_flow import self_instruct_flow
@@ -409,6 +416,9 @@ def serve(
         evol_flow.to_deployment(name="evol", **by_module),
         augment_flow.to_deployment(name="augment", **by_module),
         template_flow.to_deployment(name="templates", **by_module),
+        # Curation and mixing of finished datasets: their form is the curation config.
+        curate_flow.to_deployment(name="curate", **by_module),
+        mix_flow.to_deployment(name="mix", **by_module),
     ]
     console.print(f"serving {len(deployments)} deployments on {os.environ['PREFECT_API_URL']}"
                   + (f" (pipeline schedule: {schedule})" if schedule else ""))
@@ -447,7 +457,8 @@ def self_instruct(
     cfg = _config(SelfInstructConfig, seeds_path=str(seeds.resolve()), output_dir=str(out.resolve()),
                   target=target, max_rounds=rounds, prompts_per_round=prompts_per_round,
                   generator=_endpoint(base_url, model))
-    _run_flow("self-instruct", self_instruct_flow, cfg, format, out)
+    _run_flow("self-instruct", out, lambda: self_instruct_flow(cfg, format, return_state=True),
+              cfg.llm_templates())
 
 
 def _endpoint(base_url: str | None, model: str | None, **settings):
@@ -524,7 +535,8 @@ def evol(
                   judge_info_gain=judge, include_inputs=include_inputs, seed=seed,
                   generator=_endpoint(base_url, model),
                   judge=_endpoint(base_url, model, temperature=0.0, max_tokens=16))
-    _run_flow("evol-instruct", evol_flow, cfg, format, out)
+    _run_flow("evol-instruct", out, lambda: evol_flow(cfg, format, return_state=True),
+              cfg.llm_templates())
 
 
 def _augment(kind: str, input: Path, out: Path, fmt: str, base_url, model, **settings) -> None:
@@ -535,7 +547,8 @@ def _augment(kind: str, input: Path, out: Path, fmt: str, base_url, model, **set
     _check_input(input)
     cfg = _config(AugmentConfig, input_path=str(input.resolve()), output_dir=str(out.resolve()),
                   generator=_endpoint(base_url, model), **settings)
-    _run_flow(kind, augment_flow, cfg, fmt, out)
+    _run_flow(kind, out, lambda: augment_flow(cfg, fmt, return_state=True),
+              cfg.llm_templates())
 
 
 def _fields(text: str) -> tuple[str, ...]:
@@ -623,10 +636,99 @@ def templates(
         _fail(str(err))
     cfg = _config(TemplatesConfig, spec_path=str(spec.resolve()), output_dir=str(out.resolve()),
                   seed=seed, generator=_endpoint(base_url, model))
-    _run_flow("templates", template_flow, cfg, format, out)
+    _run_flow("templates", out, lambda: template_flow(cfg, format, return_state=True),
+              cfg.llm_templates())
 
 
-def _run_flow(kind: str, flow_fn, cfg, fmt: str, out: Path) -> None:
+@app.command()
+def curate(
+    input: Path = typer.Argument(..., help="A dataset: JSONL (OpenAI messages, ShareGPT, Alpaca, "
+                                 "prompt/response, or any sftmill export) or .txt (instructions)."),
+    config: Path = typer.Option(None, "--config", "-c",
+                                help="Curation config YAML: checks and thresholds (see README, "
+                                "'Curation'); default: every default."),
+    out: Path = typer.Option(Path("runs/curated"), help="Run folder: the DuckDB file with every "
+                             "score, the curated dataset.jsonl / dataset.parquet and card.md."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
+) -> None:
+    """Curate INPUT: length bounds, keyword block/allow lists, fluency
+    (perplexity under the embedded model), offensive language, optional LLM
+    safety and adherence judges, near duplicates and benchmark
+    decontamination; export what passes, with a card.
+
+    Every check's score per record stays in the run folder's DuckDB file:
+    rerun with a changed threshold and only the decision is made again (no
+    LLM call, no perplexity computed twice).  Records keep the lineage of
+    the export they came from."""
+    _quiet_prefect(verbose)
+    from sftmill.config import load_curate_config
+    from sftmill.flows.curate_flow import curate_flow
+
+    _check_input(input)
+    try:
+        cfg = load_curate_config(config)
+    except RecipeError as err:
+        _fail(str(err))
+    from sftmill.tasks.curate import standalone_judge
+
+    templates = [(name, standalone_judge(cfg), name, 0)
+                 for name in ("safety", "adherence") if getattr(cfg, name).enabled]
+    _run_flow("curate", out, lambda: curate_flow(str(input.resolve()), cfg, str(out.resolve()),
+                                                 return_state=True), templates)
+
+
+@app.command()
+def mix(
+    sources: list[str] = typer.Argument(..., help="Datasets to mix: run folders or dataset files "
+                                        "(any format sftmill reads), each as PATH or NAME=PATH."),
+    weights: str = typer.Option(None, help="Target shares, e.g. pipeline=2,evol=1,self-instruct=1 "
+                                "(normalised); default: equal."),
+    by: str = typer.Option("source", help="What the weights are of: 'source', or a metadata "
+                           "field of the records (subdomain, task_type, generator …)."),
+    total: int = typer.Option(None, min=1, help="Records wanted; default: the most the weights "
+                              "allow from what curation keeps."),
+    config: Path = typer.Option(None, "--config", "-c", help="Curation config YAML (as for "
+                                "`sftmill curate`); near duplicates are removed across sources."),
+    out: Path = typer.Option(Path("runs/mix"), help="Run folder for the DuckDB file, the mixed "
+                             "dataset.jsonl / dataset.parquet and card.md."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
+) -> None:
+    """Mix several datasets into one: records keep their own lineage (plus
+    `mix.source`), near duplicates are removed across sources, the mix is
+    curated, and each group (source, or the --by field) gets its weight's
+    share of the records within one record; the card shows the mix against
+    its targets."""
+    _quiet_prefect(verbose)
+    from sftmill.config import load_curate_config
+    from sftmill.flows.mix_flow import mix_flow
+    from sftmill.tasks.curate import standalone_judge
+    from sftmill.tasks.mix import Source, parse_weights
+
+    try:
+        parsed = [Source.parse(s) for s in sources]
+        names = [s.name for s in parsed]
+        if len(set(names)) != len(names):
+            raise RecipeError("two sources have the same name: give them NAME=PATH")
+        shares = parse_weights(weights, names if by == "source" else [])
+        unknown = sorted(set(shares) - set(names)) if by == "source" else []
+        if unknown:
+            raise RecipeError(f"--weights: no source named {unknown[0]} (sources: {', '.join(names)})")
+        cfg = load_curate_config(config)
+    except RecipeError as err:
+        _fail(str(err))
+    for source in parsed:
+        _check_input(source.path)
+    templates = [(name, standalone_judge(cfg), name, 0)
+                 for name in ("safety", "adherence") if getattr(cfg, name).enabled]
+    _run_flow("mix", out, lambda: mix_flow([f"{s.name}={s.path.resolve()}" for s in parsed],
+                                           shares, cfg, str(out.resolve()), by, total,
+                                           return_state=True), templates)
+
+
+def _run_flow(kind: str, out: Path, start, templates=()) -> None:
+    """Run a flow (`start()` returns its final state) whose run folder is
+    `out`, with progress bars and the closing summary; `templates`: its LLM
+    steps, checked against the model's context first."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from sftmill.progress import set_reporter
@@ -634,9 +736,9 @@ def _run_flow(kind: str, flow_fn, cfg, fmt: str, out: Path) -> None:
 
     from sftmill.preflight import check_templates_fit
 
-    store = _claim(Path(cfg.output_dir) / "sftmill.duckdb")
+    store = _claim(out.resolve() / "sftmill.duckdb")
     try:
-        check_templates_fit(cfg.llm_templates())
+        check_templates_fit(templates)
     except RecipeError as err:
         _fail(str(err))
     store.execute("DELETE FROM meta WHERE key = 'stopped_early'")
@@ -645,13 +747,15 @@ def _run_flow(kind: str, flow_fn, cfg, fmt: str, out: Path) -> None:
                   TimeElapsedColumn(), console=console) as bars:
         previous = set_reporter(RichReporter(bars))
         try:
-            state = flow_fn(cfg, fmt, return_state=True)
+            state = start()
         finally:
             set_reporter(previous)
     print_summary(store, str(state.state_details.flow_run_id))
     if not state.is_completed():
         _fail(f"run failed: {state.message}. Rerun the same command to resume.", code=1)
-    records = store.count("dataset")
+    from sftmill.tasks.curate import kept_count
+
+    records = kept_count(store)
     stopped = store.get_meta("stopped_early")
     if stopped:
         console.print(stopped, highlight=False)

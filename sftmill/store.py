@@ -264,6 +264,11 @@ SCHEMA: dict[str, str] = {
     """,
 }
 
+# The records that go out: `dataset` without those curation dropped
+# (`tasks/curate.py`) or a mix left over its weights (`tasks/mix.py`), as a subquery.
+KEPT_DATASET = ("(SELECT * FROM dataset WHERE record_id NOT IN "
+                "(SELECT item_id FROM rejects WHERE stage IN ('curate', 'mix')))")
+
 
 def content_id(*parts: Any) -> str:
     """A stable 16-hex-digit ID from the JSON form of `parts`."""

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sftmill.store import Store
+from sftmill.store import KEPT_DATASET, Store
 
 if TYPE_CHECKING:
     from sftmill.config import Recipe
@@ -29,7 +29,7 @@ def or_dash(value, fmt: str = "{}") -> str:
 
 
 PROMPTS_BY_SUBDOMAIN = "SELECT coalesce(subdomain, '(none)'), count(*) FROM prompts GROUP BY ALL"
-RECORDS_BY_SUBDOMAIN = ("SELECT coalesce(p.subdomain, '(none)'), count(*) FROM dataset d "
+RECORDS_BY_SUBDOMAIN = (f"SELECT coalesce(p.subdomain, '(none)'), count(*) FROM {KEPT_DATASET} d "
                         "JOIN prompts p USING (prompt_id) GROUP BY ALL")
 
 
@@ -146,14 +146,16 @@ def sample_records(store: Store, n: int = 3, per_subdomain: bool = False) -> lis
     """A few finished records with the passage each cites first: prompt,
     answer, subdomain, passage, source.  Chosen by record ID (a hash, so a
     stable spread across the data); `per_subdomain`: up to `n` of each."""
-    if not store.count("dataset"):
+    from sftmill.tasks.curate import kept_count
+
+    if not kept_count(store):
         return []
     rows = store.query_dicts(
         "SELECT d.record_id, d.prompt, d.answer, coalesce(p.subdomain, '(none)') AS subdomain, "
         "c.text AS passage, doc.uri AS source, row_number() OVER ("
         + ("PARTITION BY p.subdomain " if per_subdomain else "")
         + "ORDER BY d.record_id) AS k "
-        "FROM dataset d LEFT JOIN answers a USING (answer_id) LEFT JOIN prompts p "
+        f"FROM {KEPT_DATASET} d LEFT JOIN answers a USING (answer_id) LEFT JOIN prompts p "
         "ON p.prompt_id = d.prompt_id LEFT JOIN chunks c ON c.chunk_id = a.cited_chunk_ids[1] "
         "LEFT JOIN documents doc ON doc.doc_id = c.doc_id QUALIFY k <= ? "
         "ORDER BY subdomain, d.record_id", [n])

@@ -170,7 +170,12 @@ def check_answers(store: Store, recipe: Recipe) -> int:
         "WHERE a.answer_id NOT IN (SELECT answer_id FROM answer_checks) ORDER BY a.answer_id")
     budget = recipe.llm.generator.max_tokens
     passages = passages_by_prompt(store)
-    similarity = prompt_answer_similarity(store, recipe, answers)
+    # Embedding answers and prompts does not decide who is judged: it runs
+    # beside the judge's calls instead of before them.
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="answer-similarity")
+    similar = pool.submit(prompt_answer_similarity, store, recipe, answers)
     cheap = []
     for a in answers:
         found = [x["text"] for x in passages.get(a["prompt_id"], [])]
@@ -180,7 +185,7 @@ def check_answers(store: Store, recipe: Recipe) -> int:
             "refusal": bool(REFUSAL.search(a["text"])),
             "truncated": (a["tokens_out"] or 0) >= budget or ends_mid_sentence(a["text"]),
             "echoes_prompt": echoes_prompt(a["text"], a["prompt"]),
-            "prompt_similarity": similarity.get(a["answer_id"]),
+            "prompt_similarity": None,  # filled in below
             "citations_valid": citations_valid(a["cited_numbers"], len(found)),
             "lexical_support": lexical_support(a["text"], cited) if cited else 0.0,
             "groundedness": None, "judge_reason": None if judge_on else JUDGE_OFF, "model": None,
@@ -204,6 +209,10 @@ def check_answers(store: Store, recipe: Recipe) -> int:
         c.update(groundedness=normalise_score(result.data["score"]),
                  judge_reason=result.data["reason"], model=llm.model,
                  template_version=template.version, call_key=result.key)
+    similarity = similar.result()
+    pool.shutdown()
+    for c in cheap:
+        c["prompt_similarity"] = similarity.get(c["answer_id"])
     store.insert("answer_checks", [{k: v for k, v in c.items() if not k.startswith("_")}
                                    for c in cheap])
     return len(judge_these)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sftmill.config import Recipe
 from sftmill.stages import StageResult, StageTimer, stage_task
-from sftmill.store import Store
+from sftmill.store import KEPT_DATASET, Store
 from sftmill.summary import (empty_run_hint, or_dash, RECORDS_BY_SUBDOMAIN, subdomain_shares,
                              summarize)
 from sftmill.tasks.export import write_atomic
@@ -103,8 +103,100 @@ def _llm_table(summary) -> str:
 
 
 
+PLOTTED = ("instruction_perplexity", "response_perplexity", "offensive", "safety", "adherence",
+           "response_chars", "instruction_chars")
+
+
+def curation_section(store: Store, folder: Path) -> list[str]:
+    """Per check of the last curation: its threshold, the spread of its
+    scores (and a plot with the threshold drawn), how many records it
+    removed; near duplicates; contamination hits by benchmark."""
+    import json
+
+    from sftmill.tasks.curate import META_KEY
+
+    raw = store.get_meta(META_KEY)
+    if not raw:
+        return []
+    decided = json.loads(raw)
+    scores: dict[str, list[float]] = {}
+    for check, score in store.execute(
+            'SELECT "check", score FROM curation_scores WHERE score IS NOT NULL AND record_id IN '
+            "(SELECT record_id FROM dataset)"):
+        scores.setdefault(check, []).append(score)
+    removed = sum(r["removed"] for r in decided["rules"]) + (
+        (decided["near_duplicates"] or {}).get("removed", 0))
+    sign = {"min": "≥", "max": "≤", "at_least": "<"}
+    rows = []
+    for rule in decided["rules"]:
+        values = sorted(scores.get(rule["check"], []))
+        spread = ([f"{values[0]:,.3g}", f"{statistics.median(values):,.3g}", f"{values[-1]:,.3g}"]
+                  if values else ["-", "-", "-"])
+        rows.append([rule["check"], f"{sign[rule['kind']]} {rule['bound']:,.6g} (`{rule['setting']}`)",
+                     len(values), *spread, rule["removed"]])
+    parts = ["## Curation",
+             f"{decided['records']} records checked, {decided['records'] - removed} kept. Each row "
+             "is a threshold a record must meet (checked in this order; a record is counted "
+             "under the first it fails). Scores stay in `curation_scores`: change a threshold "
+             "and rerun, and only the decision is made again.",
+             _table(["check", "keep when", "scored", "min", "median", "max", "removed"], rows)]
+    near = decided.get("near_duplicates")
+    if near:
+        parts.append(f"Near duplicates (instructions at cosine ≥ {near['cosine']:g}; the "
+                     f"better-scored record kept): {near['removed']} removed.")
+    hits = store.execute(
+        "SELECT split_part(detail, ':', 1) AS benchmark, count(*) FROM curation_scores "
+        "WHERE \"check\" = 'contamination' AND score > 0 GROUP BY ALL ORDER BY 1")
+    if any(r["check"] == "contamination" for r in decided["rules"]):
+        parts += ["### Contamination by benchmark",
+                  _table(["benchmark", "records sharing an n-gram"], [list(h) for h in hits])
+                  if hits else "No record shares an n-gram with the benchmarks."]
+    plots = _curation_plots(folder, decided["rules"], scores)
+    parts += [f"![{name}](plots/{name})" for name in plots]
+    return parts
+
+
+def _curation_plots(folder: Path, checked: list[dict], scores: dict[str, list[float]]) -> list[str]:
+    """A histogram per scored check, its threshold drawn: where to set it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for check in PLOTTED:
+        values = scores.get(check)
+        if not values:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3))
+        log = check.endswith("perplexity") and min(values) > 0
+        if log:
+            import numpy as np
+
+            bins = np.logspace(np.log10(min(values)), np.log10(max(values) * 1.01 + 1e-9), 25)
+            ax.set_xscale("log")
+        else:
+            bins = 20
+        ax.hist(values, bins=bins)
+        for rule in checked:
+            if rule["check"] == check:
+                ax.axvline(rule["bound"], color="red", linestyle="--", label=rule["setting"])
+        ax.set_xlabel(check)
+        ax.set_ylabel("records")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        fig.tight_layout()
+        name = f"curation_{check}.png"
+        fig.savefig(folder / name, dpi=100)
+        plt.close(fig)
+        made.append(name)
+    return made
+
+
 # What each classic generator's records are counted by in its card.
 BREAKDOWN = {"evol-instruct": ("round", "operation"), "augment": ("method", "field"),
+             "mix": ("generator",),
              "template": ("template",), "self-instruct": ("round",)}
 
 
@@ -116,9 +208,11 @@ def write_generator_card(store: Store, run_dir: Path, fmt: str) -> Path:
     from collections import Counter
 
     summary = summarize(store)
-    records = store.query_dicts("SELECT prompt, answer, metadata FROM dataset")
+    records = store.query_dicts(f"SELECT prompt, answer, metadata FROM {KEPT_DATASET}")
     metas = [json.loads(r["metadata"]) for r in records]
     generator = metas[0].get("generator", "generator") if metas else "generator"
+    if metas and all("mix" in m for m in metas):
+        generator = "mix"
     keys = BREAKDOWN.get(generator, ())
     by_origin = Counter(tuple(m.get(k) for k in keys) for m in metas)
     prompt_lengths = [len(r["prompt"]) for r in records]
@@ -137,6 +231,9 @@ def write_generator_card(store: Store, run_dir: Path, fmt: str) -> Path:
         parts += ["## Records by " + " and ".join(keys),
                   _table([*keys, "records"], [[*k, n] for k, n in sorted(
                       by_origin.items(), key=lambda kn: [str(x) for x in kn[0]])])]
+    from sftmill.tasks.mix import mix_section
+
+    parts += mix_section(store) + curation_section(store, run_dir / "plots")
     parts += ["## Lengths (characters)", _lengths_table(prompt_lengths, answer_lengths),
               "## LLM usage (tokens and time per stage and model)", _llm_table(summary),
               "## Plots", *[f"![{name}](plots/{name})" for name in plots]]
@@ -169,7 +266,7 @@ def _samples_section(store: Store, per_subdomain: int = 3) -> list[str]:
 def write_card(store: Store, recipe: Recipe) -> Path:
     run_dir = recipe.run_dir
     summary = summarize(store, target_shares(recipe), recipe)
-    records = store.query_dicts("SELECT prompt, answer, grounded FROM dataset")
+    records = store.query_dicts(f"SELECT prompt, answer, grounded FROM {KEPT_DATASET}")
     prompt_lengths = [len(r["prompt"]) for r in records]
     answer_lengths = [len(r["answer"]) for r in records]
     shares = subdomain_shares(store, target_shares(recipe), RECORDS_BY_SUBDOMAIN)
@@ -191,6 +288,7 @@ def write_card(store: Store, recipe: Recipe) -> Path:
         _table(["subdomain", "target", "actual", "records"],
                [[s["subdomain"], "-" if s["target"] is None else f"{s['target']:.0%}",
                  f"{s['actual']:.0%}", s["count"]] for s in shares]),
+        *curation_section(store, run_dir / "plots"),
         "## Lengths (characters)", _lengths_table(prompt_lengths, answer_lengths),
         f"Near-duplicate rate among filtered prompts: {dup_rate:.1%}.",
         "## LLM usage (tokens and time per stage and model)", _llm_table(summary),

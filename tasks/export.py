@@ -153,13 +153,23 @@ def export_parquet(store: Store, out: Path) -> int:
 
 
 def export_files(store: Store, fmt: str, out_dir: Path) -> int:
-    """`dataset.jsonl` in `fmt` and `dataset.parquet` in `out_dir`."""
+    """`dataset.jsonl` in `fmt` and `dataset.parquet` in `out_dir`; and
+    `preferences.jsonl` when the run made preference pairs (`tasks.preferences`)."""
+    from sftmill.tasks.preferences import export_pairs
+
     n = export_jsonl(store, fmt, out_dir / "dataset.jsonl")
     export_parquet(store, out_dir / "dataset.parquet")
+    pairs = out_dir / "preferences.jsonl"
+    if export_pairs(store, pairs) == 0:
+        pairs.unlink()  # no pairs, no file (an earlier run's would mislead)
     return n
 
 
 def export_run(store: Store, recipe: Recipe) -> int:
+    if not recipe.export.preference_pairs:  # pairs of an earlier run with them on
+        from sftmill.tasks.preferences import write_pairs
+
+        write_pairs(store, [])
     return export_files(store, recipe.export.format, recipe.run_dir)
 
 

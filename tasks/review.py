@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftmill.config import RecipeError
-from sftmill.store import Store
+from sftmill.store import KEPT_DATASET, Store
 
 SCHEMA = {
     "reviews": """
@@ -125,12 +125,13 @@ def apply_sheet(store: Store, path: Path) -> ApplyReport:
 
 
 def reviewed_rows(store: Store) -> list[dict]:
-    """The `dataset` rows as the export sees them: rejected ones left out,
-    edits applied, the review in the metadata."""
+    """The `dataset` rows as the export sees them: those curation dropped and
+    those reviewers rejected left out, edits applied, the review in the metadata."""
+    
     store.ensure_tables(SCHEMA)
     rows = store.query_dicts(
         "SELECT d.*, r.decision, r.edited_prompt, r.edited_answer, r.note, r.sheet "
-        "FROM dataset d LEFT JOIN reviews r USING (record_id) ORDER BY d.record_id")
+        f"FROM {KEPT_DATASET} d LEFT JOIN reviews r USING (record_id) ORDER BY d.record_id")
     out = []
     for row in rows:
         decision = row.pop("decision")

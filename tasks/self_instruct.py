@@ -277,15 +277,10 @@ def bootstrap_round(cfg: SelfInstructConfig, pool: StageResult | None, round_no:
                       machine_count(store), f"round {round_no}: {added} instructions added")
 
 
-@stage_task("self_instruct_export", sections=(), cached=False)
-def export_self_instruct(cfg: SelfInstructConfig, pool: StageResult, fmt: str) -> StageResult:
-    from sftmill.tasks.card import write_generator_card
-    from sftmill.tasks.export import export_files
-
+@stage_task("self_instruct_dataset", sections=(), cached=False)
+def self_instruct_dataset(cfg: SelfInstructConfig, pool: StageResult) -> StageResult:
+    """The pool's tasks as `dataset` records (then curation and export)."""
     store = Store.open(cfg.db_path)
-    timer = StageTimer(store, "export")
+    timer = StageTimer(store, "dataset")
     n = to_dataset(store)
-    export_files(store, fmt, Path(cfg.output_dir))
-    result = timer.done(store.ref("dataset", "record_id"), pool.n_out, n)
-    write_generator_card(store, Path(cfg.output_dir), fmt)  # after timer.done: the card lists this export
-    return result
+    return timer.done(store.ref("dataset", "record_id"), pool.n_out, n)

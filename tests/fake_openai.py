@@ -54,6 +54,24 @@ def completion(body: dict) -> dict:
             "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
 
 
+def echo_logprobs(body: dict) -> dict:
+    """A legacy completion with `echo` and `logprobs`, as vLLM answers it: the
+    prompt's words as tokens, each with a log-probability (−1 for words of
+    the domain, −8 for others; none for the first), and their offsets."""
+    assert body.get("echo") and body.get("logprobs") is not None
+    text = body["prompt"]
+    tokens, offsets, logprobs, at = [], [], [], 0
+    for word in text.split():
+        at = text.index(word, at)
+        tokens.append(word)
+        offsets.append(at)
+        logprobs.append(None if not logprobs else -1.0 if word.strip(".,?").isalpha() else -8.0)
+        at += len(word)
+    return {"object": "text_completion", "choices": [{"text": text, "logprobs": {
+        "tokens": tokens, "token_logprobs": logprobs, "text_offset": offsets}}],
+        "usage": {"prompt_tokens": len(tokens), "completion_tokens": 1}}
+
+
 def bag_of_words(text: str, dim: int = 64) -> list[float]:
     vector = [0.0] * dim
     for word in text.lower().split():
@@ -161,6 +179,8 @@ class FakeOpenAI:
                 try:
                     if self.path.endswith("/embeddings"):
                         self._embed(body)
+                    elif self.path.endswith("/v1/completions"):
+                        self._json(echo_logprobs(body))
                     else:
                         self._answer(body)
                 finally:

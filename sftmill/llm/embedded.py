@@ -79,17 +79,20 @@ def grammar_schema(schema):
     return out
 
 
-_MODELS: dict[tuple[str, int, int], object] = {}
+_MODELS: dict[tuple[str, int, int, bool], object] = {}
 
 
-def _load(path: str, n_ctx: int, n_threads: int):
-    key = (path, n_ctx, n_threads)
+def _load(path: str, n_ctx: int, n_threads: int, logits_all: bool = False):
+    """The process's llama.cpp model for these settings (`logits_all`: logits
+    for every position, for perplexities; a separate instance)."""
+    key = (path, n_ctx, n_threads, logits_all)
     if key not in _MODELS:
         from llama_cpp import Llama
 
         if not _MODELS:
             atexit.register(_close_models)
-        _MODELS[key] = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+        _MODELS[key] = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False,
+                             logits_all=logits_all)
     return _MODELS[key]
 
 

@@ -34,6 +34,14 @@ def check_record(fmt: str, record: dict) -> tuple[str, str]:
     return prompt, answer
 
 
+def judging_ungrounded_answers_poorly(request):
+    """The scripted LLM, whose judge finds answers written without sources unsupported."""
+    text = next(c for r, c in reversed(request.messages) if r == "user")
+    if "Answer to check" in text and "Without sources" in text:
+        return {"score": 1, "reason": "the sources do not say this"}
+    return schema_answers(request)
+
+
 @pytest.fixture(scope="module")
 def finished_run(prefect_harness, tmp_path_factory):
     from _pytest.monkeypatch import MonkeyPatch
@@ -43,8 +51,8 @@ def finished_run(prefect_harness, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
     patch = MonkeyPatch()
     try:
-        route_llm(patch, ScriptedLLM(schema_answers))
-        recipe = example_recipe(tmp)
+        route_llm(patch, ScriptedLLM(judging_ungrounded_answers_poorly))
+        recipe = example_recipe(tmp, export={"preference_pairs": True})
         results = pipeline(params(recipe))
     finally:
         patch.undo()
@@ -53,14 +61,31 @@ def finished_run(prefect_harness, tmp_path_factory):
 
 def test_pipeline_ends_with_export_and_card(finished_run):
     run_dir, results = finished_run
-    assert [r.stage for r in results][-6:] == ["answer_search", "retrieve", "answer",
-                                               "answer_checks", "export", "card"]
+    assert [r.stage for r in results][-8:] == ["answer_search", "retrieve", "answer",
+                                               "answer_checks", "curate", "preferences", "export",
+                                               "card"]
     assert (run_dir / "dataset.jsonl").is_file() and (run_dir / "dataset.parquet").is_file()
     card = (run_dir / "card.md").read_text()
     for heading in ("## Stages", "## Dropped, by reason", "## Subdomains: target vs actual",
-                    "## Lengths", "## LLM usage", "![subdomains.png](plots/subdomains.png)"):
+                    "## Lengths", "## LLM usage", "![subdomains.png](plots/subdomains.png)",
+                    "## Curation", "offensive.max_probability"):
         assert heading in card
     assert (run_dir / "plots" / "lengths.png").stat().st_size > 1000
+
+
+def test_preference_pairs_are_exported_apart_with_their_reason(finished_run):
+    run_dir, _results = finished_run
+    exported = dict(check_record("openai", json.loads(line))
+                    for line in (run_dir / "dataset.jsonl").read_text().splitlines())
+    pairs = [json.loads(line) for line in (run_dir / "preferences.jsonl").read_text().splitlines()]
+    assert pairs and len(pairs) <= len(exported)
+    for pair in pairs:
+        assert set(pair) == {"prompt", "chosen", "rejected", "metadata"}
+        assert pair["chosen"] == exported[pair["prompt"]]  # the kept answer
+        assert pair["rejected"].startswith("Without sources")  # answered without passages
+        assert pair["metadata"]["rejected_because"] == "not_grounded"
+        assert pair["metadata"]["origin"] == "ungrounded_answer"
+    assert not any(answer.startswith("Without sources") for answer in exported.values())
 
 
 def test_run_publishes_table_and_card_artifacts(finished_run):

@@ -69,7 +69,7 @@ def test_evol_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatch):
     cfg = EvolConfig(input_path=str(ROOT / "data" / "evol" / "instructions.txt"),
                      output_dir=str(tmp_path / "evol"), rounds=2)
     results = evol_flow(cfg, "alpaca")
-    assert [r.stage for r in results] == ["input", "evol_r1", "evol_r2", "dataset", "export"]
+    assert [r.stage for r in results] == ["input", "evol_r1", "evol_r2", "dataset", "curate", "export"]
     store = Store.open(cfg.db_path)
     reasons = {(s, r): n for s, r, n in store.execute(
         "SELECT stage, reason, count(*) FROM rejects WHERE stage LIKE 'evol%' GROUP BY ALL")}

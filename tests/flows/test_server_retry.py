@@ -128,7 +128,8 @@ def test_retry_on_the_server_reuses_completed_stages(prefect_server, tmp_path):
 
         dep = wait_for(deployment, 120, "the served deployment")
         for name in ("sftmill-self-instruct/self-instruct", "sftmill-evol-instruct/evol",
-                     "sftmill-augment/augment", "sftmill-templates/templates"):
+                     "sftmill-augment/augment", "sftmill-templates/templates",
+                     "sftmill-curate/curate", "sftmill-mix/mix"):
             def registered(name=name):
                 r = httpx.get(f"{api}/deployments/name/{name}", timeout=10)
                 return r.json() if r.status_code == 200 else None

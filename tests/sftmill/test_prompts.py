@@ -25,6 +25,8 @@ SAMPLE = {
     "answer": dict(domain="Physics", prompt="Why?", passages=["MARK passage"]),
     "propose_subdomains": dict(domain="Physics", excerpts=["quarks.md: MARK"], n=3),
     "groundedness": dict(passages=["p"], prompt="Why?", answer="MARK [1]"),
+    "safety": dict(instruction="MARK", response="Because."),
+    "adherence": dict(instruction="MARK", response="Because."),
     "self_instruct_generate": dict(examples=["MARK one", "two"], n=4),
     "self_instruct_classify": dict(examples=[{"instruction": "Sort it.", "is_classification": True}],
                                    instruction="MARK"),
