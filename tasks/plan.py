@@ -119,7 +119,7 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
     else:
         rephrased = 0
     prompts = min(sizes.target_prompts, math.ceil(candidates * prompt_keep_rate))
-    answers = recipe.answers
+    answers, curation = recipe.answers, recipe.curation
     searched = 0  # prompts given extended search queries: the weakly supported share
     if recipe.search.backend != "none" and answers.queries_per_prompt:
         searched = math.ceil(prompts * (1.0 if answers.search_below >= 1 else weak_share))
@@ -146,6 +146,15 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
         ("answer", gen, "answer", prompts, PROMPT_TOKENS + passages, answer_out),
         ("answer_checks", judge, "groundedness",
          prompts if recipe.answers.min_groundedness > 0 else 0,
+         PROMPT_TOKENS + passages + answer_out, TYPICAL_OUT["answer_checks"]),
+        # Curation's LLM judges and the preference pairs: a call per record.
+        *((f"curate_{name}", curation.judge or judge, name,
+           prompts if curation.enabled and getattr(curation, name).enabled else 0,
+           PROMPT_TOKENS + answer_out, TYPICAL_OUT["answer_checks"])
+          for name in ("safety", "adherence")),
+        ("negative_answer", gen, "answer", prompts if recipe.export.preference_pairs else 0,
+         PROMPT_TOKENS, answer_out),
+        ("negative_check", judge, "groundedness", prompts if recipe.export.preference_pairs else 0,
          PROMPT_TOKENS + passages + answer_out, TYPICAL_OUT["answer_checks"]),
     ]
     plans = []

@@ -78,3 +78,12 @@ def test_the_extended_answer_search_is_planned_for_weakly_supported_prompts(tmp_
         tmp_path, answers={"queries_per_prompt": 2, "search_below": below}))
     plans = {p.stage: p for p in plan_stages(recipe, chunks=10_000, chunk_tokens=300)}
     assert plans["answer_queries"].calls == math.ceil(plans["answer"].calls * share)
+
+
+def test_curation_judges_and_preference_pairs_are_planned_per_record(tmp_path):
+    recipe = load_recipe(example_recipe(
+        tmp_path, curation={"adherence": {"enabled": True}}, export={"preference_pairs": True}))
+    plans = {p.stage: p.calls for p in plan_stages(recipe, chunks=10_000, chunk_tokens=300)}
+    records = plans["answer"]
+    assert plans["curate_adherence"] == records and "curate_safety" not in plans
+    assert plans["negative_answer"] == plans["negative_check"] == records
