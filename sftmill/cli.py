@@ -425,6 +425,10 @@ def serve(
     prefect_serve(*deployments, limit=limit)
 
 
+CURATION_HELP = ("Curation config YAML (as for `sftmill curate`: checks and thresholds) for the "
+                 "curate stage before export; default: the default checks.")
+
+
 @app.command("self-instruct")
 def self_instruct(
     seeds: Path = typer.Argument(..., help="Seed tasks, JSONL of {instruction, instances: "
@@ -436,6 +440,7 @@ def self_instruct(
     format: str = typer.Option("openai", "--format", "-f", help="openai, sharegpt or alpaca."),
     base_url: str = typer.Option(None, help="OpenAI-compatible server; default: the embedded model."),
     model: str = typer.Option(None, help="Model name on that server."),
+    curation: Path = typer.Option(None, "--curation", help=CURATION_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
 ) -> None:
     """Self-Instruct (Wang et al., 2022) from a seed task file.
@@ -454,11 +459,25 @@ def self_instruct(
         _fail(str(err))
     from sftmill.flows.self_instruct_flow import self_instruct_flow
 
-    cfg = _config(SelfInstructConfig, seeds_path=str(seeds.resolve()), output_dir=str(out.resolve()),
+    cfg = _config(SelfInstructConfig, curation=_curation(curation), seeds_path=str(seeds.resolve()), output_dir=str(out.resolve()),
                   target=target, max_rounds=rounds, prompts_per_round=prompts_per_round,
                   generator=_endpoint(base_url, model))
     _run_flow("self-instruct", out, lambda: self_instruct_flow(cfg, format, return_state=True),
               cfg.llm_templates())
+
+
+def _curation(path: Path | None):
+    """The generator's curation settings from a `sftmill curate` config file,
+    or one line naming its problem."""
+    from sftmill.config import Curation, load_curate_config
+
+    if path is None:
+        return Curation()
+    try:
+        cfg = load_curate_config(path)
+    except RecipeError as err:
+        _fail(str(err))
+    return Curation(**cfg.model_dump(include=set(Curation.model_fields)))
 
 
 def _endpoint(base_url: str | None, model: str | None, **settings):
@@ -515,6 +534,7 @@ def evol(
     base_url: str = typer.Option(None, help="OpenAI-compatible server; default: the embedded model."),
     model: str = typer.Option(None, help="Model name on that server."),
     seed: int = typer.Option(0, help="Seed for operation draws and sampling."),
+    curation: Path = typer.Option(None, "--curation", help=CURATION_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
 ) -> None:
     """Evol-Instruct (Xu et al., 2023): evolve instructions for M rounds.
@@ -530,7 +550,7 @@ def evol(
 
     _check_format(format)
     _check_input(input)
-    cfg = _config(EvolConfig, input_path=str(input.resolve()), output_dir=str(out.resolve()),
+    cfg = _config(EvolConfig, curation=_curation(curation), input_path=str(input.resolve()), output_dir=str(out.resolve()),
                   rounds=rounds, operations=tuple(o.strip() for o in operations.split(",")),
                   judge_info_gain=judge, include_inputs=include_inputs, seed=seed,
                   generator=_endpoint(base_url, model),
@@ -539,14 +559,15 @@ def evol(
               cfg.llm_templates())
 
 
-def _augment(kind: str, input: Path, out: Path, fmt: str, base_url, model, **settings) -> None:
+def _augment(kind: str, input: Path, out: Path, fmt: str, base_url, model, curation,
+             **settings) -> None:
     from sftmill.flows.augment_flow import augment_flow
     from sftmill.tasks.augment import AugmentConfig
 
     _check_format(fmt)
     _check_input(input)
     cfg = _config(AugmentConfig, input_path=str(input.resolve()), output_dir=str(out.resolve()),
-                  generator=_endpoint(base_url, model), **settings)
+                  generator=_endpoint(base_url, model), curation=_curation(curation), **settings)
     _run_flow(kind, out, lambda: augment_flow(cfg, fmt, return_state=True),
               cfg.llm_templates())
 
@@ -573,6 +594,7 @@ def paraphrase(
     format: str = typer.Option("openai", "--format", "-f", help="openai, sharegpt or alpaca."),
     base_url: str = typer.Option(None, help="OpenAI-compatible server; default: the embedded model."),
     model: str = typer.Option(None, help="Model name on that server."),
+    curation: Path = typer.Option(None, "--curation", help=CURATION_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
 ) -> None:
     """Paraphrase instructions and/or responses with the LLM.
@@ -580,7 +602,7 @@ def paraphrase(
     Drops variants that are unchanged, repeated or drift in meaning
     (embedding similarity) and exports each kept variant as a pair with lineage."""
     _quiet_prefect(verbose)
-    _augment("paraphrase", input, out, format, base_url, model, method="paraphrase",
+    _augment("paraphrase", input, out, format, base_url, model, curation, method="paraphrase",
              fields=_fields(field), n=n, min_similarity=min_similarity, include_originals=originals)
 
 
@@ -596,6 +618,7 @@ def back_translate(
     format: str = typer.Option("openai", "--format", "-f", help="openai, sharegpt or alpaca."),
     base_url: str = typer.Option(None, help="OpenAI-compatible server; default: the embedded model."),
     model: str = typer.Option(None, help="Model name on that server."),
+    curation: Path = typer.Option(None, "--curation", help=CURATION_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
 ) -> None:
     """Back-translate instructions and/or responses through pivot languages.
@@ -604,7 +627,8 @@ def back_translate(
     repeated or drifting variants are dropped, each kept one is exported as a
     pair with lineage."""
     _quiet_prefect(verbose)
-    _augment("back-translation", input, out, format, base_url, model, method="back_translate",
+    _augment("back-translation", input, out, format, base_url, model, curation,
+             method="back_translate",
              fields=_fields(field), pivots=tuple(pivot), source_language=source_language,
              min_similarity=min_similarity, include_originals=originals)
 
@@ -619,6 +643,7 @@ def templates(
     base_url: str = typer.Option(None, help="OpenAI-compatible server; default: the embedded model."),
     model: str = typer.Option(None, help="Model name on that server."),
     seed: int = typer.Option(0, help="Seed for drawing fillings and sampling."),
+    curation: Path = typer.Option(None, "--curation", help=CURATION_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
 ) -> None:
     """Instructions from templates with slots, answered by the generator.
@@ -634,7 +659,7 @@ def templates(
         load_spec(spec)
     except RecipeError as err:
         _fail(str(err))
-    cfg = _config(TemplatesConfig, spec_path=str(spec.resolve()), output_dir=str(out.resolve()),
+    cfg = _config(TemplatesConfig, curation=_curation(curation), spec_path=str(spec.resolve()), output_dir=str(out.resolve()),
                   seed=seed, generator=_endpoint(base_url, model))
     _run_flow("templates", out, lambda: template_flow(cfg, format, return_state=True),
               cfg.llm_templates())

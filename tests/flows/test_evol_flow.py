@@ -62,6 +62,21 @@ def scripted(request):
     return parent.rstrip(".") + " and apologise."
 
 
+def test_the_curate_stage_applies_the_generators_curation(prefect_harness, tmp_path, monkeypatch):
+    from sftmill.config import Curation
+    from sftmill.flows.evol_flow import evol_flow
+
+    route_llm(monkeypatch, ScriptedLLM(scripted))
+    cfg = EvolConfig(input_path=str(ROOT / "data" / "evol" / "instructions.txt"),
+                     output_dir=str(tmp_path / "evol"), rounds=2,
+                     curation=Curation(keywords={"block": ["one more example"]}))
+    evol_flow(cfg, "alpaca")
+    store = Store.open(cfg.db_path)
+    dropped = store.execute("SELECT reason, count(*) FROM rejects WHERE stage = 'curate' GROUP BY ALL")
+    assert dropped == [("blocked_keyword", 2)]  # both records say it (see the test below)
+    assert (tmp_path / "evol" / "dataset.jsonl").read_text() == ""
+
+
 def test_evol_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatch):
     from sftmill.flows.evol_flow import evol_flow
 

@@ -56,6 +56,8 @@ def test_generator_commands_stop_on_bad_input_with_one_line(tmp_path):
     good.write_text("Explain gluons.\n")
     spec = tmp_path / "spec.yaml"
     spec.write_text("templates: ['Explain [X].']\n")
+    bad_curation = tmp_path / "curate.yaml"
+    bad_curation.write_text("keywords: {block: ['(unclosed']}\n")
     cases = [
         (("evol", tmp_path / "missing.jsonl"), "input file not found"),
         (("evol", good, "--operations", "deepen,fly"), "--operations: Input should be"),
@@ -66,6 +68,9 @@ def test_generator_commands_stop_on_bad_input_with_one_line(tmp_path):
         (("self-instruct", Path(__file__).resolve().parents[2] / "data" / "self_instruct" /
           "seed_tasks.jsonl", "--target", "0"),
          "--target: Input should be greater than or equal to 1"),
+        (("evol", good, "--curation", bad_curation), "keywords: Value error, bad regular "
+                                                      "expression '(unclosed'"),
+        (("paraphrase", good, "--curation", tmp_path / "none.yaml"), "config file not found"),
     ]
     for args, message in cases:
         result = cli(*args, "--out", tmp_path / "out")
