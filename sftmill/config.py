@@ -711,18 +711,25 @@ def resolve_curation(curation: Curation, base_dir: Path, where: str = "curation"
         update={"benchmarks": paths})})
 
 
+def read_yaml(path: Path, kind: str) -> object:
+    """The YAML in `path` (a recipe, config or spec: `kind`); RecipeError
+    with one line when it is missing or not YAML."""
+    if not path.is_file():
+        raise RecipeError(f"{path}: {kind} not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{path}: not valid YAML: {str(err).strip().splitlines()[0]}") from None
+
+
 def load_curate_config(path: str | Path | None) -> CurateConfig:
     """`sftmill curate`'s config file (none: every default); RecipeError with one line."""
     if path is None:
         return CurateConfig()
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: config file not found")
+    data = read_yaml(path, "config file") or {}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         cfg = CurateConfig.model_validate(data)
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise RecipeError(f"{path}: not valid YAML: {str(err).strip().splitlines()[0]}") from None
     except ValidationError as err:
         raise RecipeError(f"{path}: {_format_validation_error(err)}") from None
     return resolve_curation(cfg, path.resolve().parent, "config")
@@ -745,13 +752,7 @@ def parse_recipe(data: object, base_dir: Path) -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file; raise RecipeError with one clear line."""
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        first_line = str(err).strip().splitlines()[0]
-        raise RecipeError(f"{path}: not valid YAML: {first_line}") from None
+    data = read_yaml(path, "recipe file")
     try:
         return parse_recipe(data, path.resolve().parent)
     except RecipeError as err:

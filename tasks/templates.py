@@ -31,11 +31,10 @@ import re
 from pathlib import Path
 from typing import Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sftmill.batch import answered, llm_map
-from sftmill.config import Embedding, GeneratorConfig, RecipeError
+from sftmill.config import Embedding, GeneratorConfig, RecipeError, read_yaml
 from sftmill.embeddings import Embedder
 from sftmill.llm import make_llm
 from sftmill.prompts import exact_items, load_template, with_schema
@@ -114,13 +113,9 @@ def _first_problem(err: ValidationError, raw) -> str:
 def load_spec(path: str | Path) -> TemplateSpec:
     """The spec, checked; any problem is one RecipeError line."""
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: template spec not found")
+    raw = read_yaml(path, "template spec") or {}
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         spec = TemplateSpec.model_validate(raw)
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     except ValidationError as err:
         raise RecipeError(f"{path}: {_first_problem(err, raw)}") from None
     for name, values in spec.slots.items():

@@ -382,12 +382,10 @@ class OpenAIChatLLM(LLM):
         budget = budget_of(self.store)
         if budget is not None and requests:
             self._within(budget, requests)  # the whole stage, before a batch is paid for
-        hits = self.cached([r.key(self.model) for r in requests])
-        todo = {}
-        for request in requests:
-            key = request.key(self.model)
-            if key not in hits and key not in self._answered and not self.prompt_too_long(request):
-                todo[key] = request
+        keys = [r.key(self.model) for r in requests]
+        hits = self.cached(keys)
+        todo = {key: request for key, request in zip(keys, requests)
+                if key not in hits and key not in self._answered and not self.prompt_too_long(request)}
         if len(todo) >= self.endpoint.batch_min:
             self._answered.update(run_sync(BatchRunner(self).answer(todo)))
         try:
