@@ -14,7 +14,11 @@ ratio to the bare client.
 generated corpus with `target_prompts: N` and prints, per stage, the calls
 sent, the wall time and the LLM time — what the server needs for those calls
 at that concurrency (calls × latency ÷ concurrency) — and the whole run's
-wall time over its LLM time.  With `--served-embeddings` the recipe's
+wall time over its LLM time.  It also measures the bare client against the
+same mock first and prints the wall time over the bare client's time for the
+same calls (calls ÷ the bare client's requests/s): the denominator the stage
+ratios use, which folds in what this machine's 2 cores lose to the mock and
+the client sharing them.  With `--served-embeddings` the recipe's
 embeddings come from the mock's `/v1/embeddings` (as from a TEI or vLLM
 embedding server) instead of MiniLM on this machine's CPU, and their server
 time counts in the LLM time (requests × 0.05 s ÷ concurrency).
@@ -38,7 +42,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from http_clients import BODY, run_aiohttp, start_server
+from http_clients import run_aiohttp, start_server
 
 EMBED_LATENCY = 0.05  # mock_openai.py's default seconds per /v1/embeddings request
 
@@ -112,8 +116,17 @@ def stage_rates(url: str, n: int, concurrency: int, adaptive: bool) -> dict[str,
     return out
 
 
+def bare_rate(url: str, items: int, concurrency: int) -> float:
+    """Requests/s of a bare aiohttp client holding `concurrency` in flight."""
+    asyncio.run(run_aiohttp(url + "/chat/completions", 2 * concurrency, concurrency))  # warm up
+    started = time.perf_counter()
+    asyncio.run(run_aiohttp(url + "/chat/completions", items, concurrency))
+    return items / (time.perf_counter() - started)
+
+
 def whole_run(url: str, target: int, concurrency: int, latency: float, adaptive: bool,
-              served_embeddings: bool, warm_prefect: bool, keep: Path | None = None) -> dict:
+              served_embeddings: bool, warm_prefect: bool, keep: Path | None = None,
+              bare_rps: float | None = None) -> dict:
     import os
     import subprocess
     import sys
@@ -189,9 +202,14 @@ def whole_run(url: str, target: int, concurrency: int, latency: float, adaptive:
     llm_time = {s: round(n * latency / concurrency, 1) for s, n in calls.items()}
     if served.get("embed_requests"):  # their server time counts as the server's
         llm_time["embeddings"] = round(served["embed_requests"] * EMBED_LATENCY / concurrency, 1)
+    bare = {}
+    if bare_rps:
+        bare_time = sum(calls.values()) / bare_rps + llm_time.get("embeddings", 0.0)
+        bare = {"bare_requests_per_s": round(bare_rps, 1), "bare_client_time_s": round(bare_time, 1),
+                "wall_over_bare_client_time": round(wall / bare_time, 2)}
     return {"target_prompts": target, "chunks": n_chunks, "prompts": prompts, "records": records,
             "prefect_home": "warm" if warm_prefect else "cold", "wall_s": round(wall, 1), "llm_time_s": round(sum(llm_time.values()), 1),
-            "wall_over_llm_time": round(wall / max(1e-9, sum(llm_time.values())), 2),
+            "wall_over_llm_time": round(wall / max(1e-9, sum(llm_time.values())), 2), **bare,
             "stages_s": stages, "calls": calls, "stage_llm_time_s": llm_time,
             "straggler_share": tails, "before_after_llm_s": around, "texts_embedded_by_server": served.get("embedded", 0)}
 
@@ -216,9 +234,11 @@ def main() -> None:
         c = args.concurrency[0]
         server = start_server(args.port, args.latency, c)
         try:
-            print(json.dumps(whole_run(f"http://127.0.0.1:{args.port}/v1", args.whole_run, c,
+            url = f"http://127.0.0.1:{args.port}/v1"
+            bare_rps = bare_rate(url, args.items, c)
+            print(json.dumps(whole_run(url, args.whole_run, c,
                                        args.latency, args.adaptive, args.served_embeddings,
-                                       not args.cold_prefect, args.keep)),
+                                       not args.cold_prefect, args.keep, bare_rps)),
                   flush=True)
         finally:
             server.terminate()
@@ -228,10 +248,7 @@ def main() -> None:
         server = start_server(args.port, args.latency, c)
         try:
             url = f"http://127.0.0.1:{args.port}/v1"
-            asyncio.run(run_aiohttp(url + "/chat/completions", 2 * c, c))  # warm up
-            started = time.perf_counter()
-            asyncio.run(run_aiohttp(url + "/chat/completions", args.items, c))
-            bare = args.items / (time.perf_counter() - started)
+            bare = bare_rate(url, args.items, c)
             stages = stage_rates(url, args.items, c, args.adaptive)
             print(json.dumps({"concurrency": c, "latency_s": args.latency, "items": args.items,
                               "bare_requests_per_s": round(bare, 1), "stages": stages,

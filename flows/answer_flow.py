@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from sftmill.flows.params import RunParams, stage
+from sftmill.flows.review import pass_gate
 from sftmill.llm.budget import record_budget
 from sftmill.preflight import check_templates_fit
 from sftmill.stages import StageResult
@@ -22,19 +23,32 @@ from sftmill.tasks.rag import extended_search, retrieve
 
 @flow(name="sftmill-answers", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def answer_flow(params: RunParams) -> list[StageResult]:
-    """Extended queries → chop-n-RAG retrieval → grounded answers → answer
-    checks → curation → export → dataset card."""
+    """(Prompt review gate) → extended queries → chop-n-RAG retrieval →
+    grounded answers → answer checks → curation → (answer review gate) →
+    export → dataset card.  A gate still waiting for reviewers ends the flow
+    there (a served run pauses at it instead)."""
     recipe, r = params.load(), params.refresh
     check_templates_fit(recipe.llm_templates())  # a prompt that can never fit stops here
-    record_budget(Store.open(recipe.db_path), recipe)  # the run's LLMs check it per chunk
-    prompts = Store.open(recipe.db_path).ref("prompts", "prompt_id")
+    store = Store.open(recipe.db_path)
+    record_budget(store, recipe)  # the run's LLMs check it per chunk
+    done: list[StageResult] = []
+    if "prompts" in recipe.review.gates:  # before any answer is paid for
+        done.append(pass_gate(recipe, "prompts", params.review, store.ref("prompts", "prompt_id")))
+        if done[-1].note == "waiting":
+            return done
+    prompts = store.ref("answerable_prompts", "prompt_id || text")
     passages = stage(extended_search, "answer_search", r)(recipe, prompts)
     retrieved = stage(retrieve, "retrieve", r)(recipe, prompts, passages)
     answers = stage(answer, "answer", r)(recipe, retrieved)
     dataset = stage(answer_checks, "answer_checks", r)(recipe, answers)
     curated = stage(curate, "curate", r)(recipe, dataset)
+    done += [passages, retrieved, answers, dataset, curated]
+    if "answers" in recipe.review.gates:
+        done.append(pass_gate(recipe, "answers", params.review, curated))
+        if done[-1].note == "waiting":
+            return done
     pairs = [stage(preference_pairs, "preferences", r)(recipe, curated)
              ] if recipe.export.preference_pairs else []
     exported = export(recipe, curated)
     card = dataset_card(recipe, exported)
-    return [passages, retrieved, answers, dataset, curated, *pairs, exported, card]
+    return done + [*pairs, exported, card]

@@ -40,6 +40,11 @@ class RunParams(BaseModel):
         default_factory=list, description="Stages to recompute even when their cached result "
         "is valid (LLM calls that already succeeded still come from the run's call table).")
 
+    review: Literal["wait", "use", "skip"] = Field(
+        default="wait", description="At a review gate (recipe's review.gates): wait until "
+        "every sampled item is reviewed (a served run pauses with a form), use the reviews so "
+        "far, or skip the review.")
+
     @model_validator(mode="after")
     def _one_recipe(self) -> "RunParams":
         if not (self.recipe_path or self.recipe_yaml):

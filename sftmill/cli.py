@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -213,6 +214,12 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
     print_plan(_load_checked(recipe, skip_preflight=True))
 
 
+class ReviewChoice(str, Enum):
+    wait = "wait"
+    use = "use"
+    skip = "skip"
+
+
 @app.command()
 def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML file (see data/example/recipe.yaml)."),
@@ -220,6 +227,11 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Check the recipe and print its plan (`sftmill plan`); "
                                  "send nothing."),
+    review: ReviewChoice = typer.Option(
+        "wait", "--review",
+        help="At a review gate (the recipe's review.gates): wait = stop there until every "
+        "sampled item is reviewed (rerun the same command to go on); use = go on with the "
+        "reviews so far; skip = go on without review."),
 ) -> None:
     """Run the whole pipeline on RECIPE locally, in Prefect's ephemeral mode (no server needed).
 
@@ -256,7 +268,8 @@ def run(
                   TimeElapsedColumn(), console=console, transient=False) as bars:
         previous = set_reporter(RichReporter(bars))
         try:
-            state = pipeline(RunParams(recipe_path=str(recipe.resolve())), return_state=True)
+            state = pipeline(RunParams(recipe_path=str(recipe.resolve()), review=review.value),
+                             return_state=True)
         finally:
             set_reporter(previous)
     run_id = str(state.state_details.flow_run_id)
@@ -274,6 +287,20 @@ def run(
               "run the same command again to resume.", code=1)
     print_summary(store, run_id, time.perf_counter() - started, targets, checked)
     run_dir = checked.run_dir.resolve()
+    from sftmill.tasks.review_gate import pending_gate
+
+    waiting = pending_gate(store, checked)
+    if waiting is not None:
+        console.print(f"[bold yellow]Stopped at {waiting.line()}[/]", highlight=False, soft_wrap=True)
+        how = ("annotate the tasks there" if waiting.tool == "label_studio" else
+               "fill in its decision column (accept, reject or edit; reviewers may each fill a "
+               f"copy named {waiting.gate}-<name>.csv beside it)")
+        console.print(f"Review: {how}.  Then rerun `sftmill run {recipe}` to go on once every "
+                      "item is reviewed; add --review use to go on with the reviews so far, or "
+                      "--review skip to go on without them.  Finished work is kept.",
+                      highlight=False, soft_wrap=True)
+        Store.close_all()
+        raise typer.Exit(3)
     from sftmill.tasks.curate import kept_count
 
     records = kept_count(store)
@@ -852,9 +879,11 @@ def review_apply(
 
     Stores the decisions and rewrites dataset.jsonl and dataset.parquet:
     rejected records left out, edits applied, each reviewed record's
-    metadata carrying its review.  Unusable rows are listed and skipped."""
+    metadata carrying its review; card.md's review section is rewritten.
+    A `reviewer` column lets several reviewers share a sheet (majority
+    decides, a tie goes to the latest).  Unusable rows are listed and skipped."""
     from sftmill.tasks.export import export_files
-    from sftmill.tasks.review import apply_sheet, detect_format
+    from sftmill.tasks.review import apply_sheet, detect_format, refresh_card
 
     if not sheet.is_file():
         _fail(f"{sheet}: sheet not found")
@@ -867,6 +896,7 @@ def review_apply(
         console.print(f"skipped line {line}: {reason}", highlight=False)
     fmt = detect_format(run_dir / "dataset.jsonl")
     n = export_files(store, fmt, run_dir)
+    refresh_card(run_dir / "card.md", store)
     decided = sum(report.applied.values())
     accepted = report.applied.get("accept", 0) + report.applied.get("edit", 0)
     console.print(f"applied {decided} decisions ({', '.join(f'{k} {v}' for k, v in sorted(report.applied.items())) or 'none'}), "

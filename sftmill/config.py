@@ -383,6 +383,54 @@ class Schedule(_Strict):
         return self
 
 
+class LabelStudio(_Strict):
+    """Where the review projects live.  The URL and the token are read from
+    the environment (never from the recipe, the store or the logs)."""
+
+    url_env: str = Field(default="LABEL_STUDIO_URL",
+                         description="Environment variable holding Label Studio's URL.")
+    token_env: str = Field(
+        default="LABEL_STUDIO_API_KEY", description="Environment variable holding an access "
+        "token: a personal access token (JWT, exchanged for short-lived access tokens) or "
+        "a legacy token.")
+
+
+class Review(_Strict):
+    """Human review gates (recipe: prompt step 11 and answer step 3).  At a
+    gate the run stops until the sample is reviewed: a served run pauses with
+    a form in Prefect's UI; `sftmill run` stops with a message and goes on
+    when rerun."""
+
+    gates: list[Literal["prompts", "answers"]] = Field(
+        default_factory=list, description="'prompts': after near-duplicate removal, before "
+        "any answer is paid for (accept / reject / edit); 'answers': after the checks and "
+        "curation, before export (also style, domain fit, context relevance 1-5).")
+    sample: int | float | Literal["all"] = Field(
+        default=50, description="Items sent to review per gate: a number, a share in (0, 1), "
+        "or 'all'.  Items outside the sample pass unreviewed.")
+    tool: Literal["csv", "label_studio"] = Field(
+        default="csv", description="'csv': sheets in RUN_DIR/review/; 'label_studio': a "
+        "project per gate through Label Studio's API.")
+    reviewers_per_item: int = Field(
+        default=1, ge=1, le=10, description="Reviewers wanted per item (Label Studio's "
+        "overlap); an item counts as reviewed once it has this many.")
+    label_studio: LabelStudio = Field(default_factory=LabelStudio)
+    pause_hours: float = Field(
+        default=168, gt=0, description="A served run paused at a gate fails after this long "
+        "without an answer (Prefect's pause timeout); its finished work is kept.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sample_size(self) -> "Review":
+        if isinstance(self.sample, bool) or (
+                self.sample != "all" and not (self.sample >= 1 if isinstance(self.sample, int)
+                                              else 0 < self.sample < 1)):
+            raise ValueError("give a number of items (≥ 1), a share between 0 and 1, or 'all'")
+        if len(set(self.gates)) != len(self.gates):
+            raise ValueError("a gate is named twice")
+        return self
+
+
 class LengthBounds(_Strict):
     """Characters and tokens (estimated as characters / 4) of instruction and response."""
 
@@ -581,6 +629,8 @@ class Recipe(_Strict):
     schedule: Schedule = Field(default_factory=Schedule)
     curation: Curation = Field(default_factory=Curation,
                                description="The checks the dataset passes before export.")
+    review: Review = Field(default_factory=Review,
+                           description="Human review gates; none by default.")
     budget: Budget = Field(
         default_factory=Budget,
         description="Caps on the run's LLM spending (cost needs prices); none by default.")
@@ -689,6 +739,11 @@ def _check_inputs(recipe: Recipe) -> None:
     key_env = recipe.search.key_env()
     if key_env and key_env not in os.environ:
         raise RecipeError(f"search.api_key_env: environment variable {key_env} is not set")
+    if recipe.review.gates and recipe.review.tool == "label_studio":
+        ls = recipe.review.label_studio
+        for key, env in (("url_env", ls.url_env), ("token_env", ls.token_env)):
+            if not os.environ.get(env):
+                raise RecipeError(f"review.label_studio.{key}: environment variable {env} is not set")
     for role, endpoint in (("generator", recipe.llm.generator), ("judge", recipe.llm.judge)):
         if endpoint.api_key_env and endpoint.api_key_env not in os.environ:
             raise RecipeError(

@@ -256,6 +256,15 @@ SCHEMA: dict[str, str] = {
         created_at TIMESTAMP DEFAULT current_timestamp,
         updated_at TIMESTAMP
     """,
+    # Reviewers' resolved decisions on prompts at the prompt gate (`tasks/review.py`).
+    "prompt_reviews": """
+        prompt_id VARCHAR PRIMARY KEY,
+        decision VARCHAR,             -- accept | reject | edit
+        edited_prompt VARCHAR,
+        note VARCHAR,
+        n_reviewers INTEGER,
+        source VARCHAR
+    """,
     "embeddings": """
         text_hash VARCHAR,
         model VARCHAR,
@@ -266,6 +275,13 @@ SCHEMA: dict[str, str] = {
 
 # The records that go out: `dataset` without those curation dropped
 # (`tasks/curate.py`) or a mix left over its weights (`tasks/mix.py`), as a subquery.
+# The prompts the answer stages work on: `prompts` with the prompt gate's
+# reviews applied (rejected ones left out, edited ones as edited), a view.
+ANSWERABLE_PROMPTS_VIEW = (
+    "CREATE OR REPLACE VIEW answerable_prompts AS "
+    "SELECT p.* REPLACE (coalesce(r.edited_prompt, p.text) AS text) "
+    "FROM prompts p LEFT JOIN prompt_reviews r USING (prompt_id) "
+    "WHERE r.decision IS DISTINCT FROM 'reject'")
 KEPT_DATASET = ("(SELECT * FROM dataset WHERE record_id NOT IN "
                 "(SELECT item_id FROM rejects WHERE stage IN ('curate', 'mix')))")
 
@@ -314,6 +330,7 @@ class Store:
                 "same output folder must take turns, or use another output folder") from None
         self._lock = threading.RLock()
         self.ensure_tables(SCHEMA)
+        self._con.execute(ANSWERABLE_PROMPTS_VIEW)
 
     @classmethod
     def open(cls, path: str | Path) -> "Store":

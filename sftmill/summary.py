@@ -112,6 +112,7 @@ SETTING_FOR_REASON = {
     "no_citations": "a stronger llm.generator",
     "llm_invalid_output": "llm.generator / llm.judge (a model that follows JSON schemas)",
     "prompt_too_long": "chunking.max_tokens, answers.top_k or the model's n_ctx",
+    "rejected_by_reviewer": "the reviewers' notes (review sheets or Label Studio project)",
 }
 
 

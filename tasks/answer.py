@@ -99,7 +99,7 @@ def passages_by_prompt(store: Store) -> dict[str, list[dict]]:
 
 
 def write_answers(store: Store, recipe: Recipe) -> tuple[int, int]:
-    prompts = store.query_dicts("SELECT prompt_id, text FROM prompts ORDER BY prompt_id")
+    prompts = store.query_dicts("SELECT prompt_id, text FROM answerable_prompts ORDER BY prompt_id")
     passages = passages_by_prompt(store)
     todo = []
     store.execute("DELETE FROM rejects WHERE stage = ? AND reason = 'no_supporting_passage'",
@@ -166,7 +166,7 @@ def check_answers(store: Store, recipe: Recipe) -> int:
     answers = store.query_dicts(
         "SELECT a.*, p.text AS prompt, (SELECT max(c.tokens_out) FROM llm_calls c "
         "WHERE c.key = a.call_key AND c.status = 'ok') AS tokens_out "
-        "FROM answers a JOIN prompts p USING (prompt_id) "
+        "FROM answers a JOIN answerable_prompts p USING (prompt_id) "
         "WHERE a.answer_id NOT IN (SELECT answer_id FROM answer_checks) ORDER BY a.answer_id")
     budget = recipe.llm.generator.max_tokens
     passages = passages_by_prompt(store)
@@ -261,7 +261,7 @@ def decide(store: Store, recipe: Recipe) -> int:
         "coalesce(k.echoes_prompt, false) AS echoes_prompt, k.prompt_similarity, "
         "k.citations_valid, k.model AS judge_model, len(a.cited_numbers) > 0 AS cited, "
         "p.text AS prompt "
-        "FROM answers a JOIN answer_checks k USING (answer_id) JOIN prompts p USING (prompt_id) "
+        "FROM answers a JOIN answer_checks k USING (answer_id) JOIN answerable_prompts p USING (prompt_id) "
         "ORDER BY a.prompt_id, a.answer_id")
     store.execute("DELETE FROM rejects WHERE stage = ?", [CHECK_STAGE])
     kept, dropped, seen_prompts = [], [], set()

@@ -232,8 +232,9 @@ def write_generator_card(store: Store, run_dir: Path, fmt: str) -> Path:
                   _table([*keys, "records"], [[*k, n] for k, n in sorted(
                       by_origin.items(), key=lambda kn: [str(x) for x in kn[0]])])]
     from sftmill.tasks.mix import mix_section
+    from sftmill.tasks.review import review_section
 
-    parts += mix_section(store) + curation_section(store, run_dir / "plots")
+    parts += mix_section(store) + curation_section(store, run_dir / "plots") + review_section(store)
     parts += ["## Lengths (characters)", _lengths_table(prompt_lengths, answer_lengths),
               "## LLM usage (tokens and time per stage and model)", _llm_table(summary),
               "## Plots", *[f"![{name}](plots/{name})" for name in plots]]
@@ -264,6 +265,8 @@ def _samples_section(store: Store, per_subdomain: int = 3) -> list[str]:
 
 
 def write_card(store: Store, recipe: Recipe) -> Path:
+    from sftmill.tasks.review import review_section
+
     run_dir = recipe.run_dir
     summary = summarize(store, target_shares(recipe), recipe)
     records = store.query_dicts(f"SELECT prompt, answer, grounded FROM {KEPT_DATASET}")
@@ -289,6 +292,7 @@ def write_card(store: Store, recipe: Recipe) -> Path:
                [[s["subdomain"], "-" if s["target"] is None else f"{s['target']:.0%}",
                  f"{s['actual']:.0%}", s["count"]] for s in shares]),
         *curation_section(store, run_dir / "plots"),
+        *review_section(store),
         "## Lengths (characters)", _lengths_table(prompt_lengths, answer_lengths),
         f"Near-duplicate rate among filtered prompts: {dup_rate:.1%}.",
         "## LLM usage (tokens and time per stage and model)", _llm_table(summary),

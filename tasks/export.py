@@ -46,6 +46,8 @@ def build_metadata(store: Store, recipe: Recipe, rows: list[dict]) -> list[str]:
     sources = _keyed(store, "SELECT d.doc_id, d.uri, d.source_kind, q.query FROM documents d "
                      f"LEFT JOIN queries q USING (query_id) WHERE d.doc_id {in_ids}",
                      (p.get("doc_id") for p in prompts.values()), "doc_id")
+    prompt_reviews = _keyed(store, f"SELECT * FROM prompt_reviews WHERE prompt_id {in_ids}",
+                            pids, "prompt_id")
     relevance = _keyed(store, f"SELECT chunk_id, score FROM relevance WHERE chunk_id {in_ids}",
                        (p.get("chunk_id") for p in prompts.values()), "chunk_id")
     retrieved: dict[str, list[dict]] = {}
@@ -93,6 +95,12 @@ def build_metadata(store: Store, recipe: Recipe, rows: list[dict]) -> list[str]:
                        "lexical_support": row.get("lexical_support")},
             "recipe": recipe_meta,
         }
+        reviewed = prompt_reviews.get(row["prompt_id"])
+        if reviewed:  # the prompt gate's decision; an edited prompt keeps its original here
+            meta["prompt_review"] = {"decision": reviewed["decision"], "note": reviewed["note"],
+                                     "reviewers": reviewed["n_reviewers"], "source": reviewed["source"]}
+            if reviewed["decision"] == "edit":
+                meta["prompt_review"]["original_prompt"] = prompt.get("text")
         out.append(json.dumps(meta, ensure_ascii=False, default=str))
     return out
 

@@ -50,7 +50,7 @@ def write_answer_queries(store: Store, recipe: Recipe) -> tuple[int, int, int]:
     """Queries for the prompts that need them; return (queries written,
     prompts asked about, prompts looked at)."""
     n = recipe.answers.queries_per_prompt
-    fresh = store.execute("SELECT prompt_id, text FROM prompts WHERE prompt_id NOT IN "
+    fresh = store.execute("SELECT prompt_id, text FROM answerable_prompts WHERE prompt_id NOT IN "
                           "(SELECT prompt_id FROM answer_queries) ORDER BY prompt_id")
     todo = weakly_supported(store, recipe, fresh)
     if n == 0 or not todo:
@@ -107,7 +107,7 @@ def top_passages(prompt_vectors: np.ndarray, passage_vectors: np.ndarray, k: int
 
 def retrieve_into(store: Store, recipe: Recipe) -> tuple[int, int]:
     """Fill `retrievals`; return (prompts, prompts with at least one passage)."""
-    prompts = store.execute("SELECT prompt_id, text FROM prompts ORDER BY prompt_id")
+    prompts = store.execute("SELECT prompt_id, text FROM answerable_prompts ORDER BY prompt_id")
     passages = store.execute("SELECT chunk_id, text FROM chunks ORDER BY chunk_id")
     embedder = Embedder(recipe.embedding, store)
     with progress("retrieve", len(prompts)) as bar:

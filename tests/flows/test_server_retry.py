@@ -204,3 +204,94 @@ def test_retry_on_the_server_reuses_completed_stages(prefect_server, tmp_path):
         serve.wait(timeout=60)
         log.close()
         llm.close()
+
+
+def test_a_served_run_pauses_at_a_review_gate_and_resumes_with_the_form(prefect_server, tmp_path):
+    """The prompt gate of a served pipeline run: the answers subflow shows as
+    Paused with the gate's form, the reviewers fill the sheet, the run is
+    resumed through the API with the form's input, and only the prompts
+    reviewers kept are answered (the edited one as edited)."""
+    api = prefect_server
+    llm = FakeOpenAI(delay_s=0.01)
+    (tmp_path / "corpus").mkdir()
+    for name in ("quarks.md", "gluons.md"):
+        shutil.copy(ROOT / "data" / "example" / "corpus" / name, tmp_path / "corpus" / name)
+    (tmp_path / "recipe.yaml").write_text(
+        (ROOT / "data" / "example" / "recipe.yaml").read_text()
+        .replace("../../runs/quarks-and-gluons", "run").replace("backend: local", "backend: none")
+        + "\nreview: {gates: [prompts], sample: 3, tool: csv}\n")
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "client-home"),
+           "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
+           "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true", "SFTMILL_TASK_RETRY_DELAYS": "0,0",
+           "SFTMILL_PAUSE_POLL_S": "1", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    log = (tmp_path / "serve.log").open("wb")
+    serve = subprocess.Popen([sys.executable, "-m", "sftmill.cli", "serve"], cwd=ROOT, env=env,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def deployment():
+            r = httpx.get(f"{api}/deployments/name/sftmill-pipeline/pipeline", timeout=10)
+            return r.json() if r.status_code == 200 else None
+
+        dep = wait_for(deployment, 120, "the served pipeline deployment")
+        run = create_run(api, dep["id"], {"params": {
+            "recipe_path": str(tmp_path / "recipe.yaml"), "generator_base_url": llm.url,
+            "generator_model": "fake", "judge_base_url": llm.url, "judge_model": "fake",
+            "target_prompts": 8}})
+
+        def paused():
+            r = httpx.post(f"{api}/flow_runs/filter", timeout=30, json={"flow_runs": {
+                "parent_flow_run_id": None, "state": {"type": {"any_": ["PAUSED"]}}}})
+            runs = [fr for fr in r.json() if fr["name"] != run["name"]]
+            if flow_run_state(api, run["id"]) in ("FAILED", "CRASHED", "COMPLETED"):
+                pytest.fail(f"the run ended before the gate: {flow_run_state(api, run['id'])}")
+            return runs[0] if runs else None
+
+        answers_run = wait_for(paused, 300, "the answers subflow to pause at the gate")
+        assert answers_run["state"]["name"] == "Paused"
+        keyset = answers_run["state"]["state_details"]["run_input_keyset"]
+        description = httpx.get(f"{api}/flow_runs/{answers_run['id']}/input/{keyset['description']}",
+                                timeout=10).json()
+        assert "review gate 'prompts': 0 of 3 prompts reviewed" in description
+        schema = httpx.get(f"{api}/flow_runs/{answers_run['id']}/input/{keyset['schema']}",
+                           timeout=10).json()
+        assert schema["properties"]["choice"]["enum"] == ["use", "wait", "skip"]
+        assert flow_run_state(api, run["id"]) == "RUNNING"
+
+        db = tmp_path / "run" / "sftmill.duckdb"
+        sheet = tmp_path / "run" / "review" / "prompts.csv"
+        import csv as csv_module
+
+        rows = list(csv_module.DictReader(sheet.open(encoding="utf-8")))
+        assert len(rows) == 3
+        rows[0]["decision"], rows[1]["decision"] = "reject", "edit"
+        rows[1]["edited_prompt"] = "What holds quarks together inside a proton?"
+        with sheet.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv_module.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+        response = httpx.post(f"{api}/flow_runs/{answers_run['id']}/resume", timeout=30,
+                              json={"run_input": {"choice": "use"}})
+        response.raise_for_status()
+        assert response.json()["status"] == "ACCEPT"
+        wait_for(lambda: flow_run_state(api, run["id"]) in ("FAILED", "COMPLETED", "CRASHED"),
+                 300, "the resumed run to end")
+        assert flow_run_state(api, run["id"]) == "COMPLETED"
+
+        con = read_only(db)
+        answered = {p for (p,) in con.execute("SELECT DISTINCT prompt_id FROM answers").fetchall()}
+        edited = con.execute("SELECT text FROM answerable_prompts WHERE prompt_id = ?",
+                             [rows[1]["item_id"]]).fetchone()
+        asked = con.execute("SELECT count(*) FROM llm_calls WHERE stage = 'answer' AND "
+                            "request_json LIKE '%What holds quarks together inside a proton?%'"
+                            ).fetchone()[0]
+        con.close()
+        assert rows[0]["item_id"] not in answered and rows[1]["item_id"] in answered
+        assert edited == ("What holds quarks together inside a proton?",) and asked == 1
+        card = (tmp_path / "run" / "card.md").read_text()
+        assert "## Human review: prompts" in card
+    finally:
+        os.killpg(serve.pid, 15)
+        serve.wait(timeout=60)
+        log.close()
+        llm.close()

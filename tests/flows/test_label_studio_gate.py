@@ -1,0 +1,129 @@
+"""The prompt gate with a real Label Studio: installed in its own virtual
+environment (its pins are not the project's), started on 127.0.0.1, the
+run stops at the gate with a project of tasks, two reviewers annotate
+through Label Studio's API, and the rerun answers only the prompts they
+kept — the edited one as edited."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from examples import example_recipe, params
+from fakes import ScriptedLLM, route_llm, schema_answers
+from sftmill.store import Store
+
+VERSION = "1.23.2"
+TOKEN = "sftmill-test-token"
+pytestmark = pytest.mark.server
+
+
+def label_studio_venv() -> Path:
+    """Label Studio's own venv (SFTMILL_LABEL_STUDIO_VENV, or a cache folder),
+    made on first use: pip install takes a few minutes."""
+    venv = Path(os.environ.get("SFTMILL_LABEL_STUDIO_VENV")
+                or Path.home() / ".cache" / "sftmill-tests" / f"label-studio-{VERSION}")
+    if not (venv / "bin" / "label-studio").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
+                        f"label-studio=={VERSION}"], check=True, timeout=1800)
+    return venv
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory):
+    venv = label_studio_venv()
+    data = tmp_path_factory.mktemp("label-studio")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data)}
+    log = (data / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [str(venv / "bin" / "label-studio"), "start", "--no-browser", "--internal-host", "127.0.0.1",
+         "-p", str(port), "--data-dir", str(data / "media"), "--username", "lead@example.org",
+         "--password", "lead-password-1", "--user-token", TOKEN, "--enable-legacy-api-token"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"label-studio exited; see {data / 'server.log'}")
+        try:
+            if httpx.get(f"{url}/api/projects", headers={"Authorization": f"Token {TOKEN}"},
+                         timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail("Label Studio did not answer within 10 minutes")
+        time.sleep(1)
+    yield url
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=60)
+    log.close()
+
+
+def test_prompt_gate_in_label_studio(label_studio, prefect_harness, tmp_path, monkeypatch):
+    from sftmill.flows.pipeline import pipeline
+    from sftmill.label_studio import LabelStudioClient, choices_result
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    llm = route_llm(monkeypatch, ScriptedLLM(schema_answers))
+    recipe = example_recipe(tmp_path, review={"gates": ["prompts"], "sample": 6,
+                                              "tool": "label_studio"})
+    results = pipeline(params(recipe))
+    assert results[-1].stage == "review_prompts" and results[-1].note == "waiting"
+    store = Store.open(tmp_path / "run" / "sftmill.duckdb")
+    assert store.count("answers") == 0  # nothing answered before the gate passes
+    assert store.scalar("SELECT count(*) FROM llm_calls WHERE stage = 'answer'") == 0
+    project_id, link = store.execute("SELECT project_id, location FROM review_gates")[0]
+    assert link == f"{label_studio}/projects/{project_id}/data"
+
+    # What a reviewer sees, through Label Studio's own API.
+    client = LabelStudioClient(label_studio, TOKEN)
+    tasks = sorted(client.tasks(project_id), key=lambda t: t["data"]["item_id"])
+    assert len(tasks) == 6
+    prompts = dict(store.execute("SELECT prompt_id, text FROM prompts"))
+    assert all(t["data"]["prompt"] == prompts[t["data"]["item_id"]] for t in tasks)
+    second = httpx.post(f"{label_studio}/api/users/", headers={"Authorization": f"Token {TOKEN}"},
+                        json={"email": "second@example.org", "username": "second@example.org"},
+                        timeout=30).json()["id"]
+    ids = [t["data"]["item_id"] for t in tasks]
+    edited = "What keeps a single quark from ever being observed on its own?"
+    client.annotate(tasks[0]["id"], choices_result("reject", "prompt"))
+    client.annotate(tasks[1]["id"], choices_result("edit", "prompt", {"edited_prompt": edited}))
+    for t in tasks[2:]:
+        client.annotate(t["id"], choices_result("accept", "prompt"))
+    # a second reviewer: agrees on the first, disagrees on the third (a tie: the later wins)
+    client.annotate(tasks[0]["id"], choices_result("reject", "prompt"), completed_by=second)
+    client.annotate(tasks[2]["id"], choices_result("reject", "prompt"), completed_by=second)
+    client.close()
+    Store.close_all()
+
+    llm.requests.clear()
+    results = pipeline(params(recipe))
+    store = Store.open(tmp_path / "run" / "sftmill.duckdb")
+    gate = next(r for r in results if r.stage == "review_prompts")
+    assert (gate.n_in, gate.n_out, gate.note) == (6, 6, "reviewed")
+    rejected = {ids[0], ids[2]}
+    considered = {p for (p,) in store.execute(
+        "SELECT prompt_id FROM answers UNION SELECT item_id FROM rejects WHERE stage = 'answer'")}
+    assert considered == set(prompts) - rejected  # every other prompt was answered or dropped
+    assert rejected.isdisjoint({p for (p,) in store.execute("SELECT prompt_id FROM answers")})
+    assert ids[1] in {p for (p,) in store.execute("SELECT prompt_id FROM answers")}
+    asked = [content for r in llm.requests for _role, content in r.messages]
+    assert any(edited in text for text in asked)
+    assert not any(prompts[ids[1]] in text for text in asked)  # the original is never asked
+    assert store.execute("SELECT item_id FROM rejects WHERE stage = 'prompt_review' ORDER BY 1") \
+        == [(i,) for i in sorted(rejected)]
+    card = (tmp_path / "run" / "card.md").read_text()
+    assert "## Human review: prompts" in card
+    assert "6 prompts reviewed by 2 reviewer(s) (8 annotations)" in card
+    assert "Agreement: 2 prompts had two reviewers or more; 50% unanimous" in card
