@@ -165,8 +165,10 @@ def whole_run(url: str, target: int, concurrency: int, latency: float, adaptive:
         (Path(tmp) / "recipe.yaml").write_text(yaml.safe_dump(recipe))
         env = {**os.environ, "PREFECT_HOME": str(Path(tmp) / "ph")}
         if warm_prefect:  # set up Prefect's database first, as any earlier run has
-            subprocess.run([sys.executable, "-c", "from prefect import flow; flow(lambda: 1)()"],
-                           env=env, check=True, capture_output=True)
+            warm = subprocess.run([sys.executable, "-c", "from prefect import flow; flow(lambda: 1)()"],
+                                  env=env, capture_output=True, text=True)
+            if warm.returncode != 0:
+                raise SystemExit("warming Prefect's home failed:\n" + warm.stderr[-3000:])
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "sftmill.cli", "run", str(Path(tmp) / "recipe.yaml")],
                               capture_output=True, text=True, env=env)

@@ -5,7 +5,7 @@ with a labelling config, import tasks, export them with their annotations
 The URL and the token come from the environment (`review.label_studio`
 names the variables); the token never reaches the store, the logs or an
 error message.  Both kinds of token work: a personal access token (a JWT)
-is exchanged at `/api/token/refresh` for short-lived access tokens
+is exchanged at `/api/token/refresh/` for short-lived access tokens
 (`Authorization: Bearer`), renewed on a 401; a legacy token is sent as
 `Authorization: Token`.
 """
@@ -125,7 +125,7 @@ class LabelStudioClient:
         if not _is_jwt(self._token):
             return {"Authorization": f"Token {self._token}"}
         if self._access is None or renew:
-            reply = self._send("POST", "/api/token/refresh", json={"refresh": self._token},
+            reply = self._send("POST", "/api/token/refresh/", json={"refresh": self._token},
                                auth=False)
             self._access = reply["access"]
         return {"Authorization": f"Bearer {self._access}"}

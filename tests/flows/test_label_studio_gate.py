@@ -4,6 +4,7 @@ run stops at the gate with a project of tasks, two reviewers annotate
 through Label Studio's API, and the rerun answers only the prompts they
 kept — the edited one as edited."""
 
+import json
 import os
 import socket
 import subprocess
@@ -76,7 +77,7 @@ def test_prompt_gate_in_label_studio(label_studio, prefect_harness, tmp_path, mo
     monkeypatch.setenv("LABEL_STUDIO_URL", label_studio)
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
     llm = route_llm(monkeypatch, ScriptedLLM(schema_answers))
-    recipe = example_recipe(tmp_path, review={"gates": ["prompts"], "sample": 6,
+    recipe = example_recipe(tmp_path, review={"gates": ["prompts", "answers"], "sample": 6,
                                               "tool": "label_studio"})
     results = pipeline(params(recipe))
     assert results[-1].stage == "review_prompts" and results[-1].note == "waiting"
@@ -107,6 +108,12 @@ def test_prompt_gate_in_label_studio(label_studio, prefect_harness, tmp_path, mo
     client.close()
     Store.close_all()
 
+    # From here on a personal access token (a JWT, exchanged for short-lived
+    # Bearer tokens), as Label Studio's UI hands out by default.
+    pat = httpx.post(f"{label_studio}/api/token/", headers={"Authorization": f"Token {TOKEN}"},
+                     timeout=30).json()["token"]
+    assert pat.startswith("eyJ")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", pat)
     llm.requests.clear()
     results = pipeline(params(recipe))
     store = Store.open(tmp_path / "run" / "sftmill.duckdb")
@@ -123,7 +130,29 @@ def test_prompt_gate_in_label_studio(label_studio, prefect_harness, tmp_path, mo
     assert not any(prompts[ids[1]] in text for text in asked)  # the original is never asked
     assert store.execute("SELECT item_id FROM rejects WHERE stage = 'prompt_review' ORDER BY 1") \
         == [(i,) for i in sorted(rejected)]
+    # The answer gate: a project of records with their cited passages and the scales.
+    assert results[-1].stage == "review_answers" and results[-1].note == "waiting"
+    assert not (tmp_path / "run" / "dataset.jsonl").exists()
+    project_id = store.scalar("SELECT project_id FROM review_gates WHERE gate = 'answers'")
+    client = LabelStudioClient(label_studio, pat)
+    records = sorted(client.tasks(project_id), key=lambda t: t["data"]["item_id"])
+    assert records and all(t["data"]["answer"] and t["data"]["passages"] for t in records)
+    better = "Colour confinement: the strong force grows with distance, so quarks stay bound."
+    client.annotate(records[0]["id"], choices_result(
+        "edit", "answer", {"edited_answer": better}, {"style": 2, "domain_fit": 5, "context_relevance": 4}))
+    for t in records[1:]:
+        client.annotate(t["id"], choices_result("accept", "answer", scales={
+            "style": 4, "domain_fit": 4, "context_relevance": 5}))
+    client.close()
+    Store.close_all()
+    results = pipeline(params(recipe))
+    assert next(r for r in results if r.stage == "review_answers").note == "reviewed"
+    exported = [json.loads(x) for x in (tmp_path / "run" / "dataset.jsonl").read_text().splitlines()]
+    edited_records = [r for r in exported if r["metadata"].get("review", {}).get("decision") == "edit"]
+    assert [r["messages"][1]["content"] for r in edited_records] == [better]
     card = (tmp_path / "run" / "card.md").read_text()
+    assert f"{len(records)} records reviewed by 1 reviewer(s)" in card
+    assert "| style | " in card and "| context_relevance | " in card
     assert "## Human review: prompts" in card
     assert "6 prompts reviewed by 2 reviewer(s) (8 annotations)" in card
     assert "Agreement: 2 prompts had two reviewers or more; 50% unanimous" in card
