@@ -70,7 +70,8 @@ def main() -> None:
             env={**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(tmp / "ls")},
             stdout=(tmp / "ls.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True))
         env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"),
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
+               "PREFECT_UI_API_URL": api}  # the UI's own calls (default: port 4200)
         procs.append(subprocess.Popen(
             [str(PY), "-m", "prefect", "server", "start", "--host", "127.0.0.1",
              "--port", str(prefect_port)], env=env, stdout=(tmp / "prefect.log").open("wb"),
@@ -116,21 +117,26 @@ def main() -> None:
             page.click("button[type=submit]")
             page.wait_for_load_state("networkidle")
             page.goto(f"{ls_url}/projects/{project['id']}/data?task={task['id']}")
-            page.wait_for_selector("text=accept", timeout=60_000)
-            page.get_by_text("reject", exact=True).first.click()  # a reviewer mid-decision
+            page.wait_for_selector("text=Edited prompt", timeout=120_000)
+            page.wait_for_timeout(3000)
+            # A reviewer mid-decision: "edit" chosen (its hotkey is 3), a better prompt typed.
+            page.get_by_text("edit").first.click()
+            page.locator("textarea").first.fill(
+                "Why can a quark never be observed on its own, outside a hadron?")
             page.wait_for_timeout(1500)
             page.screenshot(path=str(args.out / "review_label_studio_task.png"))
 
             ui = f"http://127.0.0.1:{api.split(':')[2].split('/')[0]}"
             page.goto(f"{ui}/runs/flow-run/{paused['id']}")
-            page.wait_for_selector("text=Paused", timeout=60_000)
+            page.get_by_role("button", name="Resume").first.wait_for(timeout=60_000)
+            page.wait_for_timeout(2000)
+            page.screenshot(path=str(args.out / "review_prefect_paused_run.png"))
             page.get_by_role("button", name="Resume").first.click()
-            page.wait_for_selector("text=choice", timeout=60_000)
+            page.wait_for_selector("text=Review there", timeout=60_000)
             page.wait_for_timeout(1500)
             page.screenshot(path=str(args.out / "review_prefect_pause_form.png"))
             browser.close()
-        print(f"wrote {args.out / 'review_label_studio_task.png'} and "
-              f"{args.out / 'review_prefect_pause_form.png'}")
+        print(f"wrote {', '.join(sorted(str(f) for f in args.out.glob('review_*.png')))}")
     finally:
         for proc in reversed(procs):
             try:
