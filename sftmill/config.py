@@ -414,7 +414,9 @@ class Review(_Strict):
     reviewers_per_item: int = Field(
         default=1, ge=1, le=10, description="Reviewers wanted per item (Label Studio's "
         "overlap); an item counts as reviewed once it has this many.")
-    label_studio: LabelStudio = Field(default_factory=LabelStudio)
+    label_studio: LabelStudio = Field(
+        default_factory=LabelStudio, description="With tool label_studio: the environment "
+        "variables holding its URL and access token.")
     pause_hours: float = Field(
         default=168, gt=0, description="A served run paused at a gate fails after this long "
         "without an answer (Prefect's pause timeout); its finished work is kept.")

@@ -15,6 +15,7 @@ from pathlib import Path
 _PREFECT_HOME = tempfile.mkdtemp(prefix="sftmill-prefect-home-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # as the CLI
 os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
