@@ -15,12 +15,13 @@ import duckdb
 import yaml
 
 from fake_openai import FakeOpenAI
+from prefect_homes import warm_home
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_run(recipe: Path, home: Path) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env = {**os.environ, "PREFECT_HOME": str(warm_home(home)), "PREFECT_LOGGING_LEVEL": "WARNING"}
     return subprocess.Popen([sys.executable, "-m", "sftmill.cli", "run", str(recipe)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
