@@ -20,7 +20,7 @@ from pydantic import Field
 
 from sftmill.config import Recipe
 from sftmill.stages import StageResult
-from sftmill.store import Store
+from sftmill.store import Store, TableRef
 from sftmill.tasks.review_gate import review_gate, status
 
 # Seconds between the paused run's looks at its state (Prefect's default is 10).
@@ -43,7 +43,8 @@ def served() -> bool:
     return deployment.id is not None
 
 
-def pass_gate(recipe: Recipe, gate: str, choice: str, upstream: StageResult) -> StageResult:
+def pass_gate(recipe: Recipe, gate: str, choice: str,
+              upstream: StageResult | TableRef) -> StageResult:
     """The gate's stage result; its note is 'waiting' when the run must stop here."""
     result = review_gate(recipe, gate, choice, upstream)
     if result.note != "waiting" or not served():

@@ -24,19 +24,29 @@ class LabelStudioError(RuntimeError):
     """Label Studio refused or could not be reached (one line, no token)."""
 
 
-def prompt_config() -> str:
-    """A task per prompt: accept / reject / edit, an edited text, a note."""
-    return """<View>
-  <Header value="Prompt ($subdomain, $task_type)"/>
-  <Text name="prompt" value="$prompt"/>
-  <Choices name="decision" toName="prompt" choice="single-radio" required="true" showInline="true">
+def _decision(to_name: str) -> str:
+    """The accept / reject / edit choice, and the note box, of every task."""
+    return f"""  <Choices name="decision" toName="{to_name}" choice="single-radio" required="true" showInline="true">
     <Choice value="accept"/>
     <Choice value="reject"/>
     <Choice value="edit"/>
-  </Choices>
+  </Choices>"""
+
+
+def _note(to_name: str) -> str:
+    return (f'  <TextArea name="note" toName="{to_name}" rows="1" maxSubmissions="1" editable="true" '
+            'placeholder="Note (optional)"/>')
+
+
+def prompt_config() -> str:
+    """A task per prompt: accept / reject / edit, an edited text, a note."""
+    return f"""<View>
+  <Header value="Prompt ($subdomain, $task_type)"/>
+  <Text name="prompt" value="$prompt"/>
+{_decision("prompt")}
   <Header value="Edited prompt (when the decision is edit)" size="6"/>
   <TextArea name="edited_prompt" toName="prompt" rows="3" maxSubmissions="1" editable="true"/>
-  <TextArea name="note" toName="prompt" rows="1" maxSubmissions="1" editable="true" placeholder="Note (optional)"/>
+{_note("prompt")}
 </View>"""
 
 
@@ -55,16 +65,12 @@ def answer_config() -> str:
   <Text name="answer" value="$answer"/>
   <Header value="Passages it cites"/>
   <Text name="passages" value="$passages"/>
-  <Choices name="decision" toName="answer" choice="single-radio" required="true" showInline="true">
-    <Choice value="accept"/>
-    <Choice value="reject"/>
-    <Choice value="edit"/>
-  </Choices>
+{_decision("answer")}
 {ratings}
   <Header value="Edited prompt / answer (when the decision is edit)" size="6"/>
   <TextArea name="edited_prompt" toName="prompt" rows="2" maxSubmissions="1" editable="true"/>
   <TextArea name="edited_answer" toName="answer" rows="6" maxSubmissions="1" editable="true"/>
-  <TextArea name="note" toName="answer" rows="1" maxSubmissions="1" editable="true" placeholder="Note (optional)"/>
+{_note("answer")}
 </View>"""
 
 
@@ -154,15 +160,6 @@ class LabelStudioClient:
             "maximum_annotations": reviewers_per_item, "overlap_cohort_percentage": 100,
             "show_skip_button": False})
         return int(reply["id"])
-
-    def project_exists(self, project_id: int) -> bool:
-        try:
-            self._send("GET", f"/api/projects/{project_id}")
-            return True
-        except LabelStudioError as err:
-            if "HTTP 404" in str(err):
-                return False
-            raise
 
     def import_tasks(self, project_id: int, tasks: list[dict]) -> None:
         """Tasks as `{"data": {...}}`, in requests of 500."""

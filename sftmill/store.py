@@ -273,8 +273,6 @@ SCHEMA: dict[str, str] = {
     """,
 }
 
-# The records that go out: `dataset` without those curation dropped
-# (`tasks/curate.py`) or a mix left over its weights (`tasks/mix.py`), as a subquery.
 # The prompts the answer stages work on: `prompts` with the prompt gate's
 # reviews applied (rejected ones left out, edited ones as edited), a view.
 ANSWERABLE_PROMPTS_VIEW = (
@@ -282,6 +280,8 @@ ANSWERABLE_PROMPTS_VIEW = (
     "SELECT p.* REPLACE (coalesce(r.edited_prompt, p.text) AS text) "
     "FROM prompts p LEFT JOIN prompt_reviews r USING (prompt_id) "
     "WHERE r.decision IS DISTINCT FROM 'reject'")
+# The records that go out: `dataset` without those curation dropped
+# (`tasks/curate.py`) or a mix left over its weights (`tasks/mix.py`), as a subquery.
 KEPT_DATASET = ("(SELECT * FROM dataset WHERE record_id NOT IN "
                 "(SELECT item_id FROM rejects WHERE stage IN ('curate', 'mix')))")
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from sftmill.config import Recipe
 from sftmill.stages import StageResult, StageTimer, stage_task
-from sftmill.store import KEPT_DATASET, Store
-from sftmill.tasks.review import (SCALES, SCHEMA, apply_prompt_reviews, apply_record_reviews,
-                                  read_sheet, record_annotations, write_csv)
+from sftmill.store import KEPT_DATASET, Store, TableRef
+from sftmill.tasks.review import (SCALES, SCHEMA, SHEET_REVIEWER, apply_prompt_reviews,
+                                  apply_record_reviews, read_sheet, record_annotations, write_csv)
 
 GATE_SCHEMA = {
     **SCHEMA,
@@ -179,7 +179,7 @@ def pull_gate(store: Store, recipe: Recipe, gate: str) -> GateStatus:
                 annotations, _report = read_sheet(path, known, gate)
                 if path != sheet:  # a reviewer's own copy: its name is the reviewer
                     for a in annotations:
-                        if a["reviewer"] == "csv":
+                        if a["reviewer"] == SHEET_REVIEWER:
                             a["reviewer"] = path.stem
                 record_annotations(store, annotations)
         else:
@@ -252,7 +252,8 @@ def pending_gate(store: Store, recipe: Recipe) -> GateStatus | None:
 
 
 @stage_task("review_gate", sections=("review", "output_dir"), cached=False)
-def review_gate(recipe: Recipe, gate: str, choice: str, upstream: StageResult | None = None) -> StageResult:
+def review_gate(recipe: Recipe, gate: str, choice: str,
+                upstream: StageResult | TableRef | None = None) -> StageResult:
     """A Prefect task around `advance` (retried like every stage; never
     cached: its result depends on what reviewers did since).  `upstream`
     orders it after the stage whose output it reviews."""

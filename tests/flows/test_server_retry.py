@@ -7,6 +7,7 @@ failed stage (and those after it) ran again, and that no LLM call that had
 succeeded was sent twice.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -104,24 +105,42 @@ def flow_run_state(api: str, flow_run_id: str) -> str:
     return httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30).json()["state"]["type"]
 
 
+def example_folder(tmp_path: Path, files: tuple[str, ...], extra: str = "") -> Path:
+    """The example recipe (no web search, output in ./run) over some of its
+    corpus files, in `tmp_path`; returns the recipe file."""
+    (tmp_path / "corpus").mkdir()
+    for name in files:
+        shutil.copy(ROOT / "data" / "example" / "corpus" / name, tmp_path / "corpus" / name)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text((ROOT / "data" / "example" / "recipe.yaml").read_text()
+                      .replace("../../runs/quarks-and-gluons", "run")
+                      .replace("backend: local", "backend: none") + extra)
+    return recipe
+
+
+@contextlib.contextmanager
+def serving(api: str, tmp_path: Path, **env):
+    """`sftmill serve` against the server at `api`, stopped on leaving."""
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "client-home"),
+           "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
+           "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true", "SFTMILL_TASK_RETRY_DELAYS": "0,0",
+           "PREFECT_LOGGING_LEVEL": "WARNING", **env}
+    with (tmp_path / "serve.log").open("wb") as log:
+        serve = subprocess.Popen([sys.executable, "-m", "sftmill.cli", "serve"], cwd=ROOT, env=env,
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield serve
+        finally:
+            os.killpg(serve.pid, 15)
+            serve.wait(timeout=60)
+
+
 def test_retry_on_the_server_reuses_completed_stages(prefect_server, tmp_path):
     api = prefect_server
     llm = FakeOpenAI(delay_s=0.02, down_after=14)  # relevance (11 calls) passes, profile fails
     # The example's first four files (11 chunks): the failure below is placed by call count.
-    (tmp_path / "corpus").mkdir()
-    for name in ("quarks.md", "gluons.md", "experiments.md", "bread.txt"):
-        shutil.copy(ROOT / "data" / "example" / "corpus" / name, tmp_path / "corpus" / name)
-    (tmp_path / "recipe.yaml").write_text(
-        (ROOT / "data" / "example" / "recipe.yaml").read_text()
-        .replace("../../runs/quarks-and-gluons", "run").replace("backend: local", "backend: none"))
-    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "client-home"),
-           "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
-           "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true", "SFTMILL_TASK_RETRY_DELAYS": "0,0",
-           "PREFECT_LOGGING_LEVEL": "WARNING"}
-    log = (tmp_path / "serve.log").open("wb")
-    serve = subprocess.Popen([sys.executable, "-m", "sftmill.cli", "serve"], cwd=ROOT, env=env,
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    example_folder(tmp_path, ("quarks.md", "gluons.md", "experiments.md", "bread.txt"))
+    with contextlib.closing(llm), serving(api, tmp_path):
         def deployment():
             r = httpx.get(f"{api}/deployments/name/sftmill-prompts/prompts", timeout=10)
             return r.json() if r.status_code == 200 else None
@@ -199,11 +218,6 @@ def test_retry_on_the_server_reuses_completed_stages(prefect_server, tmp_path):
         assert flow_run_state(api, run["id"]) == "COMPLETED"
         records = [json.loads(x) for x in (tmp_path / "tpl" / "dataset.jsonl").read_text().splitlines()]
         assert len(records) == 3 and all(r["output"].startswith("A plain answer") for r in records)
-    finally:
-        os.killpg(serve.pid, 15)
-        serve.wait(timeout=60)
-        log.close()
-        llm.close()
 
 
 def test_a_served_run_pauses_at_a_review_gate_and_resumes_with_the_form(prefect_server, tmp_path):
@@ -213,21 +227,9 @@ def test_a_served_run_pauses_at_a_review_gate_and_resumes_with_the_form(prefect_
     reviewers kept are answered (the edited one as edited)."""
     api = prefect_server
     llm = FakeOpenAI(delay_s=0.01)
-    (tmp_path / "corpus").mkdir()
-    for name in ("quarks.md", "gluons.md"):
-        shutil.copy(ROOT / "data" / "example" / "corpus" / name, tmp_path / "corpus" / name)
-    (tmp_path / "recipe.yaml").write_text(
-        (ROOT / "data" / "example" / "recipe.yaml").read_text()
-        .replace("../../runs/quarks-and-gluons", "run").replace("backend: local", "backend: none")
-        + "\nreview: {gates: [prompts], sample: 3, tool: csv}\n")
-    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "client-home"),
-           "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
-           "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true", "SFTMILL_TASK_RETRY_DELAYS": "0,0",
-           "SFTMILL_PAUSE_POLL_S": "1", "PREFECT_LOGGING_LEVEL": "WARNING"}
-    log = (tmp_path / "serve.log").open("wb")
-    serve = subprocess.Popen([sys.executable, "-m", "sftmill.cli", "serve"], cwd=ROOT, env=env,
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    example_folder(tmp_path, ("quarks.md", "gluons.md"),
+                   "\nreview: {gates: [prompts], sample: 3, tool: csv}\n")
+    with contextlib.closing(llm), serving(api, tmp_path, SFTMILL_PAUSE_POLL_S="1"):
         def deployment():
             r = httpx.get(f"{api}/deployments/name/sftmill-pipeline/pipeline", timeout=10)
             return r.json() if r.status_code == 200 else None
@@ -290,8 +292,3 @@ def test_a_served_run_pauses_at_a_review_gate_and_resumes_with_the_form(prefect_
         assert edited == ("What holds quarks together inside a proton?",) and asked == 1
         card = (tmp_path / "run" / "card.md").read_text()
         assert "## Human review: prompts" in card
-    finally:
-        os.killpg(serve.pid, 15)
-        serve.wait(timeout=60)
-        log.close()
-        llm.close()
