@@ -41,17 +41,49 @@ def test_representative_is_the_first_in_priority_order_and_chains_do_not_cascade
     assert removed[1][0] == 0
 
 
-def test_approximate_index_agrees_with_exact_search(monkeypatch):
-    rng = np.random.default_rng(0)
-    base = rng.normal(size=(300, 32)).astype(np.float32)
-    noisy = base[:100] + rng.normal(scale=0.05, size=(100, 32)).astype(np.float32)
-    vectors = np.vstack([base, noisy])
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    exact = dedup.near_duplicates(vectors, 0.95)
-    monkeypatch.setattr(dedup, "EXACT_MAX", 10)  # force the HNSW path
-    approx = dedup.near_duplicates(vectors, 0.95)
-    assert len(exact) == 100
-    assert set(approx) == set(exact)
+def clustered(n_topics=60, per_topic=50, dim=96, seed=0):
+    """Topic-clustered unit vectors (cosine ~0.5 within a topic) with a tenth
+    of them copied at cosine 0.95–0.99: the shape of real prompt embeddings."""
+    rng = np.random.default_rng(seed)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    centres = unit(rng.normal(size=(n_topics, dim)))
+    base = unit(centres.repeat(per_topic, 0) + unit(rng.normal(size=(n_topics * per_topic, dim))))
+    src = base[rng.choice(len(base), len(base) // 10, replace=False)]
+    cos = rng.uniform(0.95, 0.99, len(src))[:, None]
+    noise = rng.normal(size=src.shape)
+    noise = unit(noise - (noise * src).sum(1, keepdims=True) * src)
+    vectors = np.vstack([base, cos * src + np.sqrt(1 - cos ** 2) * noise])
+    return vectors[rng.permutation(len(vectors))].astype(np.float32)
+
+
+def test_cells_find_what_exact_search_finds_with_exact_cosines(monkeypatch):
+    vectors = clustered()
+    exact = dedup.similar_pairs(vectors, 0.92)
+    exact_removed = dedup.near_duplicates(vectors, 0.92)
+    monkeypatch.setattr(dedup, "EXACT_MAX", 10)  # the path of a million prompts:
+    monkeypatch.setattr(dedup, "CELL_SIZE", 50)  # PCA 96 → 64, 66 cells, 8 probed
+    cells = dedup.similar_pairs(vectors, 0.92)
+    exact_pairs = set(zip(exact[0].tolist(), exact[1].tolist()))
+    cell_pairs = set(zip(cells[0].tolist(), cells[1].tolist()))
+    assert len(exact_pairs) >= 600  # 300 planted pairs, both ways
+    assert cell_pairs <= exact_pairs  # nothing below the threshold …
+    assert len(cell_pairs) >= 0.95 * len(exact_pairs)  # … and few missed
+    assert np.allclose(cells[2], (vectors[cells[0]] * vectors[cells[1]]).sum(1), atol=1e-5)
+    assert list(cells[0]) == sorted(cells[0])
+    removed = dedup.near_duplicates(vectors, 0.92)
+    assert len(set(removed) ^ set(exact_removed)) <= 0.05 * len(exact_removed)
+
+
+def test_cells_compare_new_rows_with_all_rows(monkeypatch):
+    vectors = clustered(seed=1)
+    first = 2000
+    exact = dedup.similar_pairs(vectors, 0.92, first=first)
+    monkeypatch.setattr(dedup, "EXACT_MAX", 10)
+    monkeypatch.setattr(dedup, "CELL_SIZE", 50)
+    cells = dedup.similar_pairs(vectors, 0.92, first=first)
+    assert cells[0].min() >= first and len(cells[0]) >= 0.95 * len(exact[0])
+    assert set(zip(cells[0].tolist(), cells[1].tolist())) <= set(zip(exact[0].tolist(), exact[1].tolist()))
+    assert (cells[1] < first).any() and (cells[1] >= first).any()  # old rows and other new rows
 
 
 def test_no_prompts():
