@@ -208,11 +208,27 @@ class Embedding(ServerEndpoint):
     batch_size: int = Field(default=64, ge=1, le=4096,
                             description="Texts per forward pass ('local') or per request ('openai').")
     device: str = "cpu"
+    runner: Literal["process", "dask"] = Field(
+        default="process",
+        description="Where 'local' embeds: in this process, or spread over a Dask cluster "
+        "through Prefect's DaskTaskRunner (prefect-dask): a LocalCluster of dask_workers "
+        "processes on this machine, or the scheduler at dask_address.")
+    dask_address: str | None = Field(
+        default=None, description="A running Dask scheduler, e.g. tcp://10.0.0.5:8786 "
+        "(runner 'dask'; unset: a LocalCluster on this machine).")
+    dask_workers: int = Field(default=2, ge=1, le=256,
+                              description="Worker processes of the LocalCluster (runner 'dask').")
+    dask_chunk: int = Field(default=2048, ge=1, le=1_000_000,
+                            description="Texts per Dask task (runner 'dask').")
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> "Embedding":
         if self.backend == "openai" and not self.base_urls:
             raise ValueError("embedding backend 'openai' needs base_url")
+        if self.runner == "dask" and self.backend != "local":
+            raise ValueError("embedding runner 'dask' works with backend 'local' only")
+        if self.dask_address and self.runner != "dask":
+            raise ValueError("embedding dask_address needs runner: dask")
         return self
 
 
@@ -620,6 +636,13 @@ class Recipe(_Strict):
     inputs: list[InputSource] = Field(min_length=1)
     llm: LLMRoles = Field(default_factory=LLMRoles)
     embedding: Embedding = Field(default_factory=Embedding)
+    dedup_embedding: Embedding | None = Field(
+        default=None,
+        description="The embedding model of near-duplicate removal (step 10) when it should "
+        "differ from `embedding`: at a million prompts, model 'static:all-MiniLM-L6-v2' (a "
+        "static model distilled from MiniLM, ~30x faster on CPU; pair it with "
+        "thresholds.dedup_cosine ~0.93, see benchmarks/README.md).  Unset: "
+        "`embedding`.")
     sizes: Sizes = Field(default_factory=Sizes)
     generation: Generation = Field(default_factory=Generation)
     chunking: Chunking = Field(default_factory=Chunking)

