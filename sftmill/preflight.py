@@ -81,14 +81,18 @@ def preflight(recipe: Recipe) -> None:
         problem = preflight_endpoint(endpoint)
         if problem:
             raise RecipeError(f"llm.{role}: {problem}")
-    if recipe.embedding.backend == "openai":
-        from sftmill.llm.openai_http import check_reachable
+    for section in ("embedding", "dedup_embedding"):
+        embedding = getattr(recipe, section)
+        if embedding is None:
+            continue
+        if embedding.backend == "openai":
+            from sftmill.llm.openai_http import check_reachable
 
-        problem = check_reachable(recipe.embedding)
-    else:
-        problem = model_available(recipe.embedding.model)
-    if problem:
-        raise RecipeError(f"embedding: {problem}")
+            problem = check_reachable(embedding)
+        else:
+            problem = model_available(embedding.model) or dask_reachable(embedding.dask_address)
+        if problem:
+            raise RecipeError(f"{section}: {problem}")
     if recipe.budget.max_cost is not None:
         from sftmill.tasks.plan import model_name
 
@@ -98,3 +102,18 @@ def preflight(recipe: Recipe) -> None:
                 raise RecipeError(f"budget.max_cost: no price for llm.{role}'s model {model!r} "
                                   "(add it under prices: input and output per million tokens)")
     check_templates_fit(recipe.llm_templates())
+
+
+def dask_reachable(address: str | None) -> str | None:
+    """None when there is no address or its scheduler takes a connection."""
+    if not address:
+        return None
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 8786), timeout=5):
+            return None
+    except (OSError, ValueError) as exc:
+        return f"Dask scheduler {address} not reachable ({exc.__class__.__name__}: {exc})"

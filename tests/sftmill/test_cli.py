@@ -213,3 +213,20 @@ def test_a_recipe_whose_answer_prompt_can_never_fit_stops_in_one_line(tmp_path):
         assert "llm.generator: prompt 'answer' can never fit the model's context" in line
         assert "chunking.max_tokens / answers.top_k" in line
     assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_embedding_places_that_cannot_work_stop_in_one_line(tmp_path):
+    (tmp_path / "a.txt").write_text("Quarks and gluons. " * 20)
+    head = "name: t\noutput_dir: out\ninputs: [{path: a.txt}]\ndomain: {name: P}\nsearch: {backend: none}\n"
+    cases = {"embedding: {runner: dask, dask_address: 'tcp://127.0.0.1:9'}\n":
+             "embedding: Dask scheduler tcp://127.0.0.1:9 not reachable",
+             "dedup_embedding: {model: 'static:/nowhere/model'}\n":
+             "dedup_embedding: embedding model folder not found: /nowhere/model",
+             "embedding: {dask_address: 'tcp://127.0.0.1:9'}\n":
+             "embedding dask_address needs runner: dask"}
+    for extra, expected in cases.items():
+        (tmp_path / "r.yaml").write_text(head + extra)
+        result = cli("validate", tmp_path / "r.yaml")
+        assert result.exit_code == 2, result.output
+        line, = result.output.strip().splitlines()
+        assert expected in line
