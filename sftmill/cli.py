@@ -399,7 +399,7 @@ def serve(
 ) -> None:
     """Serve sftmill's flows as deployments on a Prefect server.
 
-    Registers the deployments (pipeline, prompts, answers, the classic
+    Registers the deployments (pipeline, prompts, answers, sharded, the classic
     generators: self-instruct, evol, augment, templates, and curate and mix
     for finished datasets) with the Prefect
     server named by PREFECT_API_URL and executes their runs until stopped.
@@ -432,6 +432,7 @@ def serve(
     from sftmill.flows.pipeline import pipeline
     from sftmill.flows.prompt_flow import prompt_flow
     from sftmill.flows.self_instruct_flow import self_instruct_flow
+    from sftmill.flows.shard_flow import sharded
     from sftmill.flows.template_flow import template_flow
 
     # Module entrypoints (sftmill.flows.pipeline.pipeline …): they load the
@@ -441,6 +442,8 @@ def serve(
         pipeline.to_deployment(name="pipeline", parameters=defaults, **by_module, **schedule),
         prompt_flow.to_deployment(name="prompts", parameters=defaults, **by_module),
         answer_flow.to_deployment(name="answers", parameters=defaults, **by_module),
+        # One recipe in shards: each shard's prompt and answer flows as runs of the two above.
+        sharded.to_deployment(name="sharded", **by_module),
         # The classic generators: their form is their config (input file, rounds, endpoints …).
         self_instruct_flow.to_deployment(name="self-instruct", **by_module),
         evol_flow.to_deployment(name="evol", **by_module),

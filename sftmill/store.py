@@ -274,12 +274,15 @@ SCHEMA: dict[str, str] = {
 }
 
 # The prompts the answer stages work on: `prompts` with the prompt gate's
-# reviews applied (rejected ones left out, edited ones as edited), a view.
+# reviews applied (rejected ones left out, edited ones as edited) and
+# without the near-duplicates of other shards of a sharded run
+# (`tasks/shard.py`), a view.
 ANSWERABLE_PROMPTS_VIEW = (
     "CREATE OR REPLACE VIEW answerable_prompts AS "
     "SELECT p.* REPLACE (coalesce(r.edited_prompt, p.text) AS text) "
     "FROM prompts p LEFT JOIN prompt_reviews r USING (prompt_id) "
-    "WHERE r.decision IS DISTINCT FROM 'reject'")
+    "WHERE r.decision IS DISTINCT FROM 'reject' "
+    "AND p.prompt_id NOT IN (SELECT item_id FROM rejects WHERE stage = 'shard_merge')")
 # The records that go out: `dataset` without those curation dropped
 # (`tasks/curate.py`) or a mix left over its weights (`tasks/mix.py`), as a subquery.
 KEPT_DATASET = ("(SELECT * FROM dataset WHERE record_id NOT IN "

@@ -1,0 +1,164 @@
+"""Sharded runs: one recipe's inputs split into N shards that run as their
+own flow runs (flows/shard_flow.py puts them on a work pool), then merged.
+
+- `plan_shards`: the recipe's files are dealt to N shards, largest first to
+  the lightest shard (deterministic), and each shard gets a recipe of its
+  own — the same recipe with its files as inputs, its own run folder
+  `<output_dir>/shards/shard-<k>` (its own DuckDB file, its own call journal
+  and caches) and its share of `sizes.target_prompts` by bytes.
+- `merge_prompts`: after every shard's prompt flow, near-duplicates *across*
+  shards (within a shard the shard's own dedup ran): all shards' prompts in
+  one priority order (origin, judge score, shard, prompt ID), each removed
+  when it repeats a kept prompt of another shard at `dedup_cosine` or more.
+  The decision is written into each shard's `rejects` (stage `shard_merge`,
+  reason `near_duplicate`), which the shard's `answerable_prompts` leaves
+  out, so its answer flow never pays for them.
+- `merge_exports`: every shard's `dataset.jsonl` into one, each record with
+  `metadata.shard`, and a card that sums the shards up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from sftmill.config import Recipe
+from sftmill.store import Store
+
+STAGE = "shard_merge"
+
+
+def shard_dir(recipe: Recipe, k: int) -> Path:
+    return recipe.run_dir / "shards" / f"shard-{k}"
+
+
+def input_files(recipe: Recipe) -> list[Path]:
+    """Every local file the recipe's `path` inputs stand for (URLs: none)."""
+    from sftmill.tasks.collect import expand_source
+
+    files: list[Path] = []
+    for source in recipe.inputs:
+        if source.path is not None:
+            files += [p.resolve() for p in expand_source(source, recipe)]
+    return sorted(set(files))
+
+
+def plan_shards(recipe: Recipe, n: int) -> list[Path]:
+    """Write one recipe per shard; their paths, shard 0 first."""
+    if any(source.url for source in recipe.inputs):
+        raise ValueError("sharded runs take path inputs only (a URL input cannot be split)")
+    files = input_files(recipe)
+    if len(files) < n:
+        raise ValueError(f"{len(files)} input file(s) cannot make {n} shards")
+    loads, dealt = [0] * n, [[] for _ in range(n)]
+    for path in sorted(files, key=lambda p: (-p.stat().st_size, str(p))):
+        k = min(range(n), key=lambda i: (loads[i], i))
+        loads[k] += path.stat().st_size
+        dealt[k].append(path)
+    total = sum(loads) or 1
+    data = recipe.model_dump(mode="json", exclude={"base_dir"})
+    paths = []
+    for k in range(n):
+        folder = shard_dir(recipe, k)
+        folder.mkdir(parents=True, exist_ok=True)
+        shard = json.loads(json.dumps(data))
+        shard["name"] = f"{recipe.name}-shard{k}"
+        shard["output_dir"] = "."
+        shard["inputs"] = [{**_source_options(recipe, path), "path": str(path)} for path in sorted(dealt[k])]
+        shard["sizes"]["target_prompts"] = max(1, math.ceil(recipe.sizes.target_prompts * loads[k] / total))
+        if recipe.search.local_dir:  # paths made absolute: the shard's recipe lives elsewhere
+            shard["search"]["local_dir"] = str(recipe.resolve(recipe.search.local_dir).resolve())
+        # (curation's benchmark files are absolute already: the loader resolved them)
+        path = folder / "recipe.yaml"
+        path.write_text(f"# shard {k} of {n} of {recipe.name} (sftmill sharded run; made, not edited)\n"
+                        + yaml.safe_dump(shard, sort_keys=False))
+        paths.append(path)
+    return paths
+
+
+def _source_options(recipe: Recipe, path: Path) -> dict:
+    """The table options (text/id column) of the input a file came from."""
+    from sftmill.tasks.collect import expand_source
+
+    for source in recipe.inputs:
+        if source.path is not None and path in {p.resolve() for p in expand_source(source, recipe)}:
+            return source.model_dump(exclude={"path", "url"}, exclude_defaults=True)
+    return {}
+
+
+def merge_prompts(recipe: Recipe, shard_recipes: list[Path]) -> dict:
+    """Remove near-duplicates across shards; the counts."""
+    import numpy as np
+
+    from sftmill.config import load_recipe
+    from sftmill.embeddings import Embedder
+    from sftmill.tasks.dedup import ORIGIN_RANK, new_near_duplicates
+
+    rows, vectors = [], []
+    for k, path in enumerate(shard_recipes):
+        shard = load_recipe(path)
+        store = Store.open(shard.db_path)
+        store.execute("DELETE FROM rejects WHERE stage = ?", [STAGE])  # a rerun decides afresh
+        found = store.query_dicts("SELECT prompt_id, text, origin, quality FROM prompts")
+        rows += [{**r, "shard": k} for r in found]
+        vectors.append(Embedder(shard.dedup_embedding or shard.embedding, store).embed(  # from its cache
+            [r["text"] for r in found]))
+        Store.close_all()
+    order = sorted(range(len(rows)), key=lambda i: (ORIGIN_RANK.get(rows[i]["origin"], 9),
+                                                    -(rows[i]["quality"] or 0), rows[i]["shard"],
+                                                    rows[i]["prompt_id"]))
+    rows = [rows[i] for i in order]
+    matrix = np.vstack(vectors)[order] if rows else np.zeros((0, 1), dtype=np.float32)
+    removed = new_near_duplicates(matrix[:0], matrix, recipe.thresholds.dedup_cosine,
+                                  new_groups=[r["shard"] for r in rows]) if rows else {}
+    per_shard = {k: [] for k in range(len(shard_recipes))}
+    for j, (_which, i, sim) in removed.items():
+        kept, dropped = rows[i], rows[j]
+        per_shard[dropped["shard"]].append(
+            (dropped["prompt_id"], "near_duplicate",
+             f"cosine {sim:.3f} to shard {kept['shard']} {kept['prompt_id']}: {kept['text'][:120]}", sim))
+    for k, path in enumerate(shard_recipes):
+        if per_shard[k]:
+            store = Store.open(load_recipe(path).db_path)
+            store.reject_many(STAGE, per_shard[k])
+            Store.close_all()
+    return {"prompts": len(rows), "removed_across_shards": len(removed),
+            "per_shard": {k: len(v) for k, v in per_shard.items()}}
+
+
+def merge_exports(recipe: Recipe, shard_recipes: list[Path], merged: dict | None = None) -> dict:
+    """`dataset.jsonl` and `card.md` of the whole run from its shards'."""
+    from sftmill.config import load_recipe
+
+    out = recipe.run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    counts, n = [], 0
+    with (out / "dataset.jsonl.tmp").open("w") as sink:
+        for k, path in enumerate(shard_recipes):
+            shard = load_recipe(path)
+            exported = shard.run_dir / "dataset.jsonl"
+            if not exported.exists():
+                raise FileNotFoundError(f"shard {k} has no export yet: {exported}")
+            lines = [json.loads(line) for line in exported.read_text().splitlines() if line.strip()]
+            for record in lines:
+                record.setdefault("metadata", {})["shard"] = k
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+            counts.append((k, shard, len(lines)))
+            n += len(lines)
+    (out / "dataset.jsonl.tmp").replace(out / "dataset.jsonl")
+    lines = [f"# {recipe.name}: dataset card (sharded run, {len(shard_recipes)} shards)", "",
+             f"{n} records in `dataset.jsonl`, each with `metadata.shard`; every shard's own card "
+             "(samples, stages, reject reasons) is in its folder.", ""]
+    if merged:
+        lines += [f"Near-duplicates across shards: {merged['removed_across_shards']} of "
+                  f"{merged['prompts']} prompts removed before answering (cosine ≥ "
+                  f"{recipe.thresholds.dedup_cosine}).", ""]
+    lines += ["| shard | input files | records | card |", "|---|---|---|---|"]
+    for k, shard, count in counts:
+        lines.append(f"| {k} | {len(shard.inputs)} | {count} | "
+                     f"[shards/shard-{k}/card.md](shards/shard-{k}/card.md) |")
+    (out / "card.md").write_text("\n".join(lines) + "\n")
+    return {"records": n, "per_shard": {k: c for k, _, c in counts}}
