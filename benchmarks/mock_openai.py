@@ -66,7 +66,7 @@ def free_text(user: str, rng: random.Random) -> str:
         if sentences:
             return f"{rng.choice(sentences)}. This is what the passage states [1]."
     words = user.split()
-    return " ".join(rng.choice(words) for _ in range(20)) + "." if words else ANSWER
+    return " ".join(rng.choice(words) for _ in range(20)) + "." if words else "A plain answer."
 
 
 def bag_of_words(text: str, dim: int = 384) -> list[float]:
