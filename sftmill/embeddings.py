@@ -97,7 +97,8 @@ def static_model(source: str, dims: int = STATIC_DIMS, sif: float = 1e-4):
         return tokenizer, np.load(path)
     import torch
 
-    hf = _load(resolved, "cpu")[0].auto_model
+    with _LOCK:
+        hf = _load(resolved, "cpu")[0].auto_model
     vocab = tokenizer.get_vocab()
     ids = np.array(sorted(i for t, i in vocab.items()
                           if not re.fullmatch(r"\[(unused\d+|PAD|CLS|SEP|MASK)\]", t)))
@@ -132,13 +133,17 @@ def encode_static(source: str, texts: list[str]) -> np.ndarray:
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
+def local_model(config: Embedding):
+    """The sentence-transformers model of a 'local' config, loaded once per process."""
+    with _LOCK:
+        return _load(resolve_model(config.model), config.device)
+
+
 def encode(config: Embedding, texts: list[str]) -> np.ndarray:
     """Unit-length vectors of `texts` from the local model (no cache)."""
     if config.model.startswith(STATIC):
         return encode_static(config.model[len(STATIC):], texts)
-    with _LOCK:
-        model = _load(resolve_model(config.model), config.device)
-    return model.encode(texts, batch_size=config.batch_size, normalize_embeddings=True,
+    return local_model(config).encode(texts, batch_size=config.batch_size, normalize_embeddings=True,
                         convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
 
 
@@ -159,8 +164,7 @@ class Embedder:
         self._remote_dim = 0
 
     def _model(self):
-        with _LOCK:
-            return _load(resolve_model(self.model_name), self.config.device)
+        return local_model(self.config)
 
     @property
     def dim(self) -> int:
@@ -196,13 +200,14 @@ class Embedder:
                          key=lambda ht: len(ht[1]))  # similar lengths batch well
         if missing and self.remote:
             self._embed_remote(missing, known)
-        elif missing and self.config.runner == "dask":
-            from sftmill.flows.embed_on_dask import embed_on_dask
-
-            vectors = embed_on_dask(self.config, [t for _, t in missing])
-            self._keep(list(zip((h for h, _ in missing), vectors)), known)
         elif missing:
-            vectors = encode(self.config, [t for _, t in missing])
+            texts = [t for _, t in missing]
+            if self.config.runner == "dask":
+                from sftmill.flows.embed_on_dask import embed_on_dask
+
+                vectors = embed_on_dask(self.config, texts)
+            else:
+                vectors = encode(self.config, texts)
             self._keep(list(zip((h for h, _ in missing), vectors)), known)
         return np.stack([known[h] for h in hashes])
 

@@ -35,15 +35,18 @@ def shard_dir(recipe: Recipe, k: int) -> Path:
     return recipe.run_dir / "shards" / f"shard-{k}"
 
 
-def input_files(recipe: Recipe) -> list[Path]:
-    """Every local file the recipe's `path` inputs stand for (URLs: none)."""
+def input_files(recipe: Recipe) -> dict[Path, dict]:
+    """Every local file the recipe's `path` inputs stand for (URLs: none),
+    sorted, each with the table options (text/id column) of its input."""
     from sftmill.tasks.collect import expand_source
 
-    files: list[Path] = []
+    files: dict[Path, dict] = {}
     for source in recipe.inputs:
         if source.path is not None:
-            files += [p.resolve() for p in expand_source(source, recipe)]
-    return sorted(set(files))
+            options = source.model_dump(exclude={"path", "url"}, exclude_defaults=True)
+            for path in expand_source(source, recipe):
+                files.setdefault(path.resolve(), options)
+    return dict(sorted(files.items()))
 
 
 def plan_shards(recipe: Recipe, n: int) -> list[Path]:
@@ -53,10 +56,11 @@ def plan_shards(recipe: Recipe, n: int) -> list[Path]:
     files = input_files(recipe)
     if len(files) < n:
         raise ValueError(f"{len(files)} input file(s) cannot make {n} shards")
+    sizes = {path: path.stat().st_size for path in files}
     loads, dealt = [0] * n, [[] for _ in range(n)]
-    for path in sorted(files, key=lambda p: (-p.stat().st_size, str(p))):
+    for path in sorted(files, key=lambda p: (-sizes[p], str(p))):
         k = min(range(n), key=lambda i: (loads[i], i))
-        loads[k] += path.stat().st_size
+        loads[k] += sizes[path]
         dealt[k].append(path)
     total = sum(loads) or 1
     data = recipe.model_dump(mode="json", exclude={"base_dir"})
@@ -67,7 +71,7 @@ def plan_shards(recipe: Recipe, n: int) -> list[Path]:
         shard = json.loads(json.dumps(data))
         shard["name"] = f"{recipe.name}-shard{k}"
         shard["output_dir"] = "."
-        shard["inputs"] = [{**_source_options(recipe, path), "path": str(path)} for path in sorted(dealt[k])]
+        shard["inputs"] = [{**files[path], "path": str(path)} for path in sorted(dealt[k])]
         shard["sizes"]["target_prompts"] = max(1, math.ceil(recipe.sizes.target_prompts * loads[k] / total))
         if recipe.search.local_dir:  # paths made absolute: the shard's recipe lives elsewhere
             shard["search"]["local_dir"] = str(recipe.resolve(recipe.search.local_dir).resolve())
@@ -77,16 +81,6 @@ def plan_shards(recipe: Recipe, n: int) -> list[Path]:
                         + yaml.safe_dump(shard, sort_keys=False))
         paths.append(path)
     return paths
-
-
-def _source_options(recipe: Recipe, path: Path) -> dict:
-    """The table options (text/id column) of the input a file came from."""
-    from sftmill.tasks.collect import expand_source
-
-    for source in recipe.inputs:
-        if source.path is not None and path in {p.resolve() for p in expand_source(source, recipe)}:
-            return source.model_dump(exclude={"path", "url"}, exclude_defaults=True)
-    return {}
 
 
 def merge_prompts(recipe: Recipe, shard_recipes: list[Path]) -> dict:
