@@ -88,21 +88,25 @@ def task_runs(api: str, flow_run_id: str) -> list[dict]:
     return response.json()
 
 
-def create_run(api: str, deployment_id: str, parameters: dict) -> dict:
-    """Create a flow run of a deployment, retrying 503s as Prefect's own client does
-    (a busy server's SQLite answers them now and then under load)."""
+def api_call(method: str, url: str, **kwargs) -> httpx.Response:
+    """A request to the Prefect API, retrying 503s as Prefect's own client does
+    (a busy server's SQLite is locked now and then under load)."""
     for _attempt in range(10):
-        response = httpx.post(f"{api}/deployments/{deployment_id}/create_flow_run", timeout=30,
-                              json={"parameters": parameters})
+        response = httpx.request(method, url, timeout=30, **kwargs)
         if response.status_code != 503:
             break
         time.sleep(1)
     response.raise_for_status()
-    return response.json()
+    return response
+
+
+def create_run(api: str, deployment_id: str, parameters: dict) -> dict:
+    return api_call("POST", f"{api}/deployments/{deployment_id}/create_flow_run",
+                    json={"parameters": parameters}).json()
 
 
 def flow_run_state(api: str, flow_run_id: str) -> str:
-    return httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30).json()["state"]["type"]
+    return api_call("GET", f"{api}/flow_runs/{flow_run_id}").json()["state"]["type"]
 
 
 def example_folder(tmp_path: Path, files: tuple[str, ...], extra: str = "") -> Path:

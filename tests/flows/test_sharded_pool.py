@@ -18,14 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import yaml
 
 from fake_openai import FakeOpenAI
 from test_kill_resume import journaled_calls, ok_calls
-from test_server_retry import create_run, flow_run_state, prefect_server, wait_for  # noqa: F401
+from test_server_retry import api_call, create_run, flow_run_state, prefect_server, wait_for  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.server
@@ -71,13 +70,13 @@ def process_of(flow_run_id: str) -> int | None:
 
 def child_runs(api: str, parent_id: str) -> list[dict]:
     """Flow runs started by the sharded run (run_deployment links them to its task runs)."""
-    tasks = httpx.post(f"{api}/task_runs/filter", timeout=30,
-                       json={"flow_runs": {"id": {"any_": [parent_id]}}, "limit": 200}).json()
+    tasks = api_call("POST", f"{api}/task_runs/filter",
+                     json={"flow_runs": {"id": {"any_": [parent_id]}}, "limit": 200}).json()
     ids = [t["id"] for t in tasks]
     if not ids:
         return []
-    return httpx.post(f"{api}/flow_runs/filter", timeout=30,
-                      json={"flow_runs": {"parent_task_run_id": {"any_": ids}}, "limit": 50}).json()
+    return api_call("POST", f"{api}/flow_runs/filter",
+                    json={"flow_runs": {"parent_task_run_id": {"any_": ids}}, "limit": 50}).json()
 
 
 def test_a_sharded_run_on_a_work_pool_with_a_killed_shard_retried_alone(prefect_server, tmp_path):
@@ -100,7 +99,7 @@ def test_a_sharded_run_on_a_work_pool_with_a_killed_shard_retried_alone(prefect_
            "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_LOGGING_LEVEL": "WARNING"}
     prefect_cli(env, "work-pool", "create", "sftmill-pool", "--type", "process")
     prefect_cli(env, "deploy", "--all")
-    deployment = httpx.get(f"{api}/deployments/name/sftmill-sharded/sharded", timeout=10).json()
+    deployment = api_call("GET", f"{api}/deployments/name/sftmill-sharded/sharded").json()
     with contextlib.closing(llm), workers(env, tmp_path, 2):
         run = create_run(api, deployment["id"], {"params": {
             "recipe_path": str(tmp_path / "recipe.yaml"), "shards": 2, "poll_s": 1}})
