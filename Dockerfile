@@ -15,10 +15,11 @@ COPY flows ./flows
 COPY tasks ./tasks
 COPY prompts ./prompts
 COPY data ./data
+COPY prefect.yaml ./
 # A regular install: flows/, tasks/ and prompts/ land under the sftmill
 # namespace (sftmill.flows, sftmill.tasks, sftmill.prompts) in site-packages;
 # data/ stays in /app for the example recipe.
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir ".[s3]"
 
 ENV PREFECT_RESULTS_PERSIST_BY_DEFAULT=true \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \

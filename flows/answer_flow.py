@@ -11,6 +11,7 @@ from sftmill.flows.params import RunParams, stage
 from sftmill.flows.review import pass_gate
 from sftmill.llm.budget import record_budget
 from sftmill.preflight import check_templates_fit
+from sftmill.remote import local_recipe
 from sftmill.stages import StageResult
 from sftmill.store import Store
 from sftmill.tasks.answer import answer, answer_checks
@@ -27,6 +28,11 @@ def answer_flow(params: RunParams) -> list[StageResult]:
     grounded answers → answer checks → curation → (answer review gate) →
     export → dataset card.  A gate still waiting for reviewers ends the flow
     there (a served run pauses at it instead)."""
+    with local_recipe(params.recipe_path) as path:  # on object storage: its run folder synced here
+        return answer_flow_stages(params.model_copy(update={"recipe_path": path}))
+
+
+def answer_flow_stages(params: RunParams) -> list[StageResult]:
     recipe, r = params.load(), params.refresh
     check_templates_fit(recipe.llm_templates())  # a prompt that can never fit stops here
     store = Store.open(recipe.db_path)

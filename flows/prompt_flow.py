@@ -10,6 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from sftmill.flows.params import RunParams, stage
 from sftmill.llm.budget import record_budget
 from sftmill.preflight import check_templates_fit
+from sftmill.remote import local_recipe
 from sftmill.stages import StageResult
 from sftmill.store import Store
 from sftmill.tasks.chunk import chunk
@@ -41,6 +42,11 @@ def prompt_flow(params: RunParams) -> list[StageResult]:
     its chunks → (web queries → search and fetch → chunk → relevance →
     profile)* → generate → broaden → rephrase →
     filter → near-duplicate removal."""
+    with local_recipe(params.recipe_path) as path:  # on object storage: its run folder synced here
+        return prompt_flow_stages(params.model_copy(update={"recipe_path": path}))
+
+
+def prompt_flow_stages(params: RunParams) -> list[StageResult]:
     recipe, r = params.load(), params.refresh
     check_templates_fit(recipe.llm_templates())  # a prompt that can never fit stops here
     record_budget(Store.open(recipe.db_path), recipe)  # the run's LLMs check it per chunk

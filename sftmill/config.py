@@ -703,6 +703,14 @@ class Recipe(_Strict):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def cache_dir() -> Path:
+    """sftmill's cache folder (models it distils, copies of remote run
+    folders): $SFTMILL_CACHE, else $XDG_CACHE_HOME/sftmill or ~/.cache/sftmill."""
+    root = os.environ.get("SFTMILL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sftmill")
+    return Path(root)
+
+
 def _format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "recipe"

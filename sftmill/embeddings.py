@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sftmill.config import Embedding
+from sftmill.config import Embedding, cache_dir
 from sftmill.store import Store
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -69,12 +69,6 @@ def _load(resolved: str, device: str):
     return SentenceTransformer(resolved, device=device)
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("SFTMILL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sftmill")
-    return Path(root)
-
-
 @lru_cache(maxsize=2)
 def static_model(source: str, dims: int = STATIC_DIMS, sif: float = 1e-4):
     """(tokenizer, table) of a static model distilled from the
@@ -92,7 +86,7 @@ def static_model(source: str, dims: int = STATIC_DIMS, sif: float = 1e-4):
     tokenizer = AutoTokenizer.from_pretrained(resolved)
     key = hashlib.sha256(f"{Path(resolved).resolve() if Path(resolved).exists() else resolved}"
                          f"|{dims}|{sif}".encode()).hexdigest()[:16]
-    path = _cache_dir() / "static" / f"{key}.npy"
+    path = cache_dir() / "static" / f"{key}.npy"
     if path.exists():
         return tokenizer, np.load(path)
     import torch

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import yaml
@@ -49,8 +50,10 @@ def input_files(recipe: Recipe) -> dict[Path, dict]:
     return dict(sorted(files.items()))
 
 
-def plan_shards(recipe: Recipe, n: int) -> list[Path]:
-    """Write one recipe per shard; their paths, shard 0 first."""
+def plan_shards(recipe: Recipe, n: int, self_contained: bool = False) -> list[Path]:
+    """Write one recipe per shard; their paths, shard 0 first.  Self-contained
+    (for object storage): each shard's input files, and the recipe's
+    `search.local_dir`, are copied into its folder and named relative to it."""
     if any(source.url for source in recipe.inputs):
         raise ValueError("sharded runs take path inputs only (a URL input cannot be split)")
     files = input_files(recipe)
@@ -71,16 +74,35 @@ def plan_shards(recipe: Recipe, n: int) -> list[Path]:
         shard = json.loads(json.dumps(data))
         shard["name"] = f"{recipe.name}-shard{k}"
         shard["output_dir"] = "."
-        shard["inputs"] = [{**files[path], "path": str(path)} for path in sorted(dealt[k])]
+        shard["inputs"] = [{**files[path], "path": _place(path, folder / "inputs", self_contained)}
+                           for path in sorted(dealt[k])]
         shard["sizes"]["target_prompts"] = max(1, math.ceil(recipe.sizes.target_prompts * loads[k] / total))
-        if recipe.search.local_dir:  # paths made absolute: the shard's recipe lives elsewhere
-            shard["search"]["local_dir"] = str(recipe.resolve(recipe.search.local_dir).resolve())
+        if recipe.search.local_dir:  # the shard's recipe lives elsewhere
+            shard["search"]["local_dir"] = _place(recipe.resolve(recipe.search.local_dir).resolve(),
+                                                  folder / "search", self_contained)
         # (curation's benchmark files are absolute already: the loader resolved them)
         path = folder / "recipe.yaml"
         path.write_text(f"# shard {k} of {n} of {recipe.name} (sftmill sharded run; made, not edited)\n"
                         + yaml.safe_dump(shard, sort_keys=False))
         paths.append(path)
     return paths
+
+
+def _place(path: Path, into: Path, copy: bool) -> str:
+    """How a shard's recipe names a file or folder: absolute, or (`copy`)
+    copied into `into` and relative to the shard's folder."""
+    if not copy:
+        return str(path)
+    target = into / path.name if path.is_file() else into
+    if path.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while target.exists() and target.read_bytes() != path.read_bytes():  # a name met twice
+            target, n = into / f"{path.stem}-{n}{path.suffix}", n + 1
+        shutil.copyfile(path, target)
+    else:
+        shutil.copytree(path, target, dirs_exist_ok=True)
+    return str(target.relative_to(into.parent))
 
 
 def merge_prompts(recipe: Recipe, shard_recipes: list[Path]) -> dict:

@@ -12,17 +12,42 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 
 
+ONE_SHOT = {"minio-setup", "pool-setup"}
+
+
 def test_services_and_profiles():
-    assert set(SERVICES) == {"postgres", "prefect-server", "sftmill", "searxng", "llm-cpu", "vllm"}
+    assert set(SERVICES) == {"postgres", "prefect-server", "sftmill", "searxng", "llm-cpu", "vllm",
+                             "minio", "minio-setup", "pool-setup", "worker"}
     assert SERVICES["llm-cpu"]["profiles"] == ["cpu"]
     assert SERVICES["vllm"]["profiles"] == ["gpu"]
+    assert all(SERVICES[name]["profiles"] == ["pool"] for name in ("minio", "minio-setup", "pool-setup", "worker"))
 
 
 def test_every_service_has_a_healthcheck_and_dependencies_exist():
     for name, service in SERVICES.items():
-        assert "healthcheck" in service, name
-        for dependency in service.get("depends_on", {}):
+        assert ("healthcheck" in service) != (name in ONE_SHOT), name
+        for dependency, how in service.get("depends_on", {}).items():
             assert dependency in SERVICES
+            assert how["condition"] == ("service_completed_successfully" if dependency in ONE_SHOT
+                                        else "service_healthy"), (name, dependency)
+
+
+def test_the_pool_profile_has_two_workers_on_the_pool_prefect_yaml_deploys_to_with_minio_keys():
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    pools = {d["work_pool"]["name"] for d in spec["deployments"]}
+    worker = SERVICES["worker"]
+    assert worker["deploy"]["replicas"] >= 2
+    assert pools == {worker["command"].split("--pool ")[1].split()[0]}
+    assert f"work-pool create {pools.pop()} --type process" in SERVICES["pool-setup"]["command"]
+    assert "deploy --all" in SERVICES["pool-setup"]["command"]
+    env, minio = worker["environment"], SERVICES["minio"]["environment"]
+    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000" and "9000:9000" in SERVICES["minio"]["ports"]
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+        minio["MINIO_ROOT_USER"].split(":")[0] + "}", minio["MINIO_ROOT_PASSWORD"].split(":")[0] + "}")
+    assert env["PREFECT_LOCAL_STORAGE_PATH"] == SERVICES["sftmill"]["environment"]["PREFECT_LOCAL_STORAGE_PATH"]
+    assert "local/sftmill" in SERVICES["minio-setup"]["entrypoint"]  # the bucket the README names
+    assert "COPY prefect.yaml" in (ROOT / "Dockerfile").read_text()
+    assert '.[s3]' in (ROOT / "Dockerfile").read_text()
 
 
 def test_prefect_server_matches_the_pinned_client_and_has_analytics_off():

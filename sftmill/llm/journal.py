@@ -13,6 +13,10 @@ nothing is counted twice).
 
 Cache hits add no row: they are counted per (stage, model) in
 `llm_cache_hits`.
+
+When a ledger file (`<db>.calls.ledger.jsonl`) exists as the journal opens,
+every line also goes there and stays: sftmill.remote creates it for a run
+folder kept on object storage and uploads its new lines as they land.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class CallJournal:
         self.store = store
         self.path = Path(store.path + ".calls.jsonl")
         self.moving = Path(store.path + ".calls.merging.jsonl")  # being inserted
+        ledger = Path(store.path + ".calls.ledger.jsonl")  # kept for object storage
+        self._ledger = open(ledger, "ab") if ledger.exists() else None
         self._lock = threading.Lock()  # the file and the in-memory rows
         self._merge_lock = threading.Lock()  # one merge at a time
         self._file = None
@@ -65,6 +71,9 @@ class CallJournal:
                 self._file = open(self.path, "ab")
             self._file.write(line)
             self._file.flush()
+            if self._ledger is not None:
+                self._ledger.write(line)
+                self._ledger.flush()
             if row["status"] == "ok":  # what the cache needs, not the whole row
                 self._done[row["key"]] = {k: row[k] for k in CACHED_FIELDS}
 
@@ -135,4 +144,9 @@ class CallJournal:
     def forget(cls) -> None:
         """Drop every journal object (their stores are being closed)."""
         with cls._registry_lock:
+            for journal in cls._registry.values():
+                with journal._lock:
+                    if journal._ledger is not None:
+                        journal._ledger.close()
+                        journal._ledger = None
             cls._registry.clear()

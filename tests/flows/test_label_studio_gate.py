@@ -6,7 +6,6 @@ kept — the edited one as edited."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from examples import example_recipe, params
 from fakes import ScriptedLLM, route_llm, schema_answers
 from sftmill.store import Store
+from conftest import free_port
 
 VERSION = "1.23.2"
 TOKEN = "sftmill-test-token"
@@ -40,9 +40,7 @@ def label_studio_venv() -> Path:
 def label_studio(tmp_path_factory):
     venv = label_studio_venv()
     data = tmp_path_factory.mktemp("label-studio")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data)}
     log = (data / "server.log").open("wb")
     proc = subprocess.Popen(

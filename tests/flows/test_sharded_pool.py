@@ -1,9 +1,12 @@
 """One recipe across a work pool: a real Prefect server, a process work pool
 with two workers started by `prefect worker start`, the deployments of
 prefect.yaml (`prefect deploy --all`), and the sharded flow run through the
-API on the example corpus in 2 shards.  One shard's prompt-flow run is
-killed (SIGKILL of its process) in the middle of its LLM calls and retried
-alone with `prefect flow-run retry`; the sharded run then finishes.
+API on the example corpus in 2 shards, the shards' folders on object storage
+(a local server speaking S3, as MinIO does; the workers share this machine's
+cache folder, so each keeps its copy between attempts).  One shard's
+prompt-flow run is killed (SIGKILL of its process) in the middle of its LLM
+calls and retried alone with `prefect flow-run retry`; the sharded run then
+finishes.
 
 Asserts that every record traces to a document of its own shard, that no
 two exported prompts of different shards are near-duplicates, and that no
@@ -22,6 +25,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import BUCKET
 from fake_openai import FakeOpenAI
 from test_kill_resume import journaled_calls, ok_calls
 from test_server_retry import api_call, create_run, flow_run_state, prefect_server, wait_for  # noqa: F401
@@ -79,8 +83,16 @@ def child_runs(api: str, parent_id: str) -> list[dict]:
                     json={"flow_runs": {"parent_task_run_id": {"any_": ids}}, "limit": 50}).json()
 
 
-def test_a_sharded_run_on_a_work_pool_with_a_killed_shard_retried_alone(prefect_server, tmp_path):
+def test_a_sharded_run_on_a_work_pool_with_a_killed_shard_retried_alone(prefect_server, s3_env, tmp_path,
+                                                                       monkeypatch):
+    import fsspec
+
+    from sftmill import remote
+
     api = prefect_server
+    storage = f"s3://{BUCKET}/pool-run"
+    monkeypatch.setenv("SFTMILL_CACHE", str(tmp_path / "cache"))  # the workers' too
+    fs = fsspec.filesystem("s3")
     llm = FakeOpenAI(delay_s=0.05)
     (tmp_path / "corpus").mkdir()
     for name in ("quarks.md", "gluons.md", "experiments.md", "hadrons.md", "qcd.md", "bread.txt"):
@@ -93,7 +105,7 @@ def test_a_sharded_run_on_a_work_pool_with_a_killed_shard_retried_alone(prefect_
     data["sizes"]["target_prompts"] = 40  # every chunk gets prompts: the copy's repeat across shards
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(data))
 
-    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "client-home"),
+    env = {**os.environ, **s3_env, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "client-home"),
            "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "results"), "SFTMILL_HOME": str(ROOT),
            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true", "SFTMILL_TASK_RETRY_DELAYS": "0,0",
            "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_LOGGING_LEVEL": "WARNING"}
@@ -102,10 +114,10 @@ def test_a_sharded_run_on_a_work_pool_with_a_killed_shard_retried_alone(prefect_
     deployment = api_call("GET", f"{api}/deployments/name/sftmill-sharded/sharded").json()
     with contextlib.closing(llm), workers(env, tmp_path, 2):
         run = create_run(api, deployment["id"], {"params": {
-            "recipe_path": str(tmp_path / "recipe.yaml"), "shards": 2, "poll_s": 1}})
+            "recipe_path": str(tmp_path / "recipe.yaml"), "shards": 2, "poll_s": 1, "storage": storage}})
 
         # Kill shard 1's prompt flow once its run has completed calls of its own.
-        db1 = tmp_path / "run" / "shards" / "shard-1" / "sftmill.duckdb"
+        db1 = remote.local_dir(f"{storage}/shards/shard-1") / "sftmill.duckdb"  # the workers' copy
         victim = wait_for(lambda: next((r for r in child_runs(api, run["id"])
                                         if r["name"] == "shard-1-prompts"
                                         and r["state_type"] == "RUNNING"), None), 300,
@@ -139,13 +151,14 @@ def test_a_sharded_run_on_a_work_pool_with_a_killed_shard_retried_alone(prefect_
     assert all(n == 1 for n in ok_calls(db1).values())
 
     # Every record traces to a document of its own shard.
+    fs.invalidate_cache()
     shard_files = [{inp["path"] for inp in yaml.safe_load(
-        (tmp_path / "run" / "shards" / f"shard-{k}" / "recipe.yaml").read_text())["inputs"]}
-        for k in range(2)]
+        fs.cat_file(f"{storage}/shards/shard-{k}/recipe.yaml"))["inputs"]} for k in range(2)]
+    assert all(f.startswith("inputs/") for files in shard_files for f in files)  # copied there
     assert not shard_files[0] & shard_files[1] and len(shard_files[0] | shard_files[1]) == 7
     assert {Path(f).name for f in shard_files[0]} & {"quarks.md", "quarks-copy.md"} in (
         {"quarks.md"}, {"quarks-copy.md"})  # one in each shard
-    records = [json.loads(x) for x in (tmp_path / "run" / "dataset.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in fs.cat_file(f"{storage}/dataset.jsonl").decode().splitlines()]
     shards = {r["metadata"]["shard"] for r in records}
     assert shards == {0, 1}, shards
     for record in records:
@@ -161,7 +174,7 @@ def test_a_sharded_run_on_a_work_pool_with_a_killed_shard_retried_alone(prefect_
     which = np.array([r["metadata"]["shard"] for r in records])
     across = (vectors @ vectors.T)[which[:, None] != which[None, :]]
     assert across.max() < data.get("thresholds", {}).get("dedup_cosine", 0.92)
-    card = (tmp_path / "run" / "card.md").read_text()
+    card = fs.cat_file(f"{storage}/card.md").decode()
     assert f"{len(records)} records" in card
     removed = int(card.split("Near-duplicates across shards: ", 1)[1].split(" ", 1)[0])
     assert removed >= 1  # prompts of the copied file, removed before they were answered
@@ -169,7 +182,8 @@ def test_a_sharded_run_on_a_work_pool_with_a_killed_shard_retried_alone(prefect_
 
     dropped = set()
     for k in range(2):
-        con = duckdb.connect(str(tmp_path / "run" / "shards" / f"shard-{k}" / "sftmill.duckdb"), read_only=True)
+        fs.get_file(f"{storage}/shards/shard-{k}/sftmill.duckdb", str(tmp_path / f"shard-{k}.duckdb"))
+        con = duckdb.connect(str(tmp_path / f"shard-{k}.duckdb"), read_only=True)
         dropped |= {t for (t,) in con.execute("SELECT p.text FROM prompts p JOIN rejects r ON "
                                               "r.item_id = p.prompt_id AND r.stage = 'shard_merge'").fetchall()}
         con.close()

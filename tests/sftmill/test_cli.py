@@ -147,7 +147,7 @@ def test_an_output_dir_that_is_a_file_stops_with_one_line(tmp_path):
         for command in ("run", "validate"):
             result = cli(command, tmp_path / name)
             assert result.exit_code == 2, result.output
-            assert f"output_dir: " in result.output and expected in result.output
+            assert "output_dir: " in result.output and expected in result.output
             assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     result = cli("evol", tmp_path / "a.txt", "--out", tmp_path / "taken")
     assert result.exit_code == 2 and "exists and is not a folder" in result.output

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from examples import example_recipe
 from sftmill.config import load_recipe

@@ -43,6 +43,41 @@ def test_plan_refuses_what_cannot_be_sharded(tmp_path):
         raise AssertionError("planned more shards than files")
 
 
+def test_a_self_contained_plan_copies_each_shards_files_into_its_folder(tmp_path):
+    """For object storage: a shard's folder is all its worker needs (a name
+    met twice with other content is told apart)."""
+    recipe_path = example_recipe(tmp_path, sizes={"target_prompts": 100})
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "quarks.md").write_text("Other notes on quarks, under the same name.\n" * 30)
+    data = yaml.safe_load(recipe_path.read_text())
+    data["inputs"].append({"path": "more/*.md"})
+    recipe_path.write_text(yaml.safe_dump(data))
+    recipe = load_recipe(recipe_path)
+    paths = shard.plan_shards(recipe, 1, self_contained=True)
+    planned = yaml.safe_load(paths[0].read_text())
+    names = [i["path"] for i in planned["inputs"]]
+    assert all(n.startswith("inputs/") for n in names) and len(set(names)) == len(shard.input_files(recipe))
+    assert {"inputs/quarks.md", "inputs/quarks-1.md"} <= set(names)
+    copied = load_recipe(paths[0])  # loads where it stands: every input is in its folder
+    texts = sorted((paths[0].parent / n).read_text() for n in names)
+    assert texts == sorted(p.read_text() for p in shard.input_files(recipe))
+    assert copied.inputs[0].path == names[0]
+    assert recipe.search.local_dir and planned["search"]["local_dir"] == "search"  # the web pages too
+    assert sorted(p.name for p in (paths[0].parent / "search").iterdir()) == sorted(
+        p.name for p in recipe.resolve(recipe.search.local_dir).iterdir())
+
+
+def test_sharded_params_take_an_object_storage_url_only():
+    import pytest
+    from pydantic import ValidationError
+
+    from sftmill.flows.shard_flow import ShardParams
+
+    assert ShardParams(recipe_path="r.yaml", storage="s3://b/runs/x").storage == "s3://b/runs/x"
+    with pytest.raises(ValidationError, match="object-storage URL"):
+        ShardParams(recipe_path="r.yaml", storage="/shared/runs/x")
+
+
 def _shard_with_prompts(path, k, texts, vectors):
     store = Store.open(load_recipe(path).db_path)
     store.insert("prompts", [{"prompt_id": f"s{k}p{i}", "text": t, "origin": "generated",

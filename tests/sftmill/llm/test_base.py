@@ -198,7 +198,6 @@ def test_chunks_are_sent_while_the_next_ones_are_built(tmp_path):
     """`chat_chunks`: the first chunk is in flight before the generator
     builds the second; results and `on_result` indices follow the input order."""
     import threading
-    import time
 
     store = Store.open(tmp_path / "run.duckdb")
     first_sent = threading.Event()

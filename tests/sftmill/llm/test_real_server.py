@@ -3,7 +3,6 @@ llama-cpp-python's own server with the same GGUF, behind a small proxy
 that can answer 503 or be down for a moment."""
 
 import http.server
-import socket
 import subprocess
 import sys
 import threading
@@ -17,18 +16,13 @@ from sftmill.llm import ChatRequest
 from sftmill.llm.embedded import resolve_gguf
 from sftmill.llm.openai_http import OpenAIChatLLM, check_reachable
 from sftmill.store import Store
+from conftest import free_port
 
 pytestmark = pytest.mark.real_model
 
 SCHEMA = {"type": "object",
           "properties": {"answer": {"type": "string", "minLength": 1}, "count": {"type": "integer"}},
           "required": ["answer", "count"], "additionalProperties": False}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
