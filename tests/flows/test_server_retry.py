@@ -76,20 +76,27 @@ def read_only(db: Path):
 
 
 def task_runs(api: str, flow_run_id: str) -> list[dict]:
-    response = httpx.post(f"{api}/task_runs/filter", timeout=30,
-                          json={"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200})
-    response.raise_for_status()
-    return response.json()
+    return api_call("POST", f"{api}/task_runs/filter",
+                    json={"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200}).json()
 
 
-def api_call(method: str, url: str, **kwargs) -> httpx.Response:
-    """A request to the Prefect API, retrying 503s as Prefect's own client does
-    (a busy server's SQLite is locked now and then under load)."""
-    for _attempt in range(10):
-        response = httpx.request(method, url, timeout=30, **kwargs)
+def api_call(method: str, url: str, missing_ok: bool = False, **kwargs):
+    """A request to the Prefect API, retrying 503s and timeouts as Prefect's
+    own client does (a busy server's SQLite is locked now and then under
+    load; on 2 busy cores an answer once took over 30 s).  `missing_ok`: the
+    JSON answer, or None for a 404."""
+    for attempt in range(10):
+        try:
+            response = httpx.request(method, url, timeout=30, **kwargs)
+        except httpx.TimeoutException:
+            if attempt == 9:
+                raise
+            continue
         if response.status_code != 503:
             break
         time.sleep(1)
+    if missing_ok:
+        return None if response.status_code == 404 else response.raise_for_status().json()
     response.raise_for_status()
     return response
 
@@ -140,16 +147,14 @@ def test_retry_on_the_server_reuses_completed_stages(prefect_server, tmp_path):
     example_folder(tmp_path, ("quarks.md", "gluons.md", "experiments.md", "bread.txt"))
     with contextlib.closing(llm), serving(api, tmp_path):
         def deployment():
-            r = httpx.get(f"{api}/deployments/name/sftmill-prompts/prompts", timeout=10)
-            return r.json() if r.status_code == 200 else None
+            return api_call("GET", f"{api}/deployments/name/sftmill-prompts/prompts", missing_ok=True)
 
         dep = wait_for(deployment, 120, "the served deployment")
         for name in ("sftmill-self-instruct/self-instruct", "sftmill-evol-instruct/evol",
                      "sftmill-augment/augment", "sftmill-templates/templates",
                      "sftmill-curate/curate", "sftmill-mix/mix"):
             def registered(name=name):
-                r = httpx.get(f"{api}/deployments/name/{name}", timeout=10)
-                return r.json() if r.status_code == 200 else None
+                return api_call("GET", f"{api}/deployments/name/{name}", missing_ok=True)
 
             generator = wait_for(registered, 60, name)
             assert "cfg" in generator["parameter_openapi_schema"]["required"], name
@@ -172,12 +177,10 @@ def test_retry_on_the_server_reuses_completed_stages(prefect_server, tmp_path):
         assert len(ok_before) == 14
 
         llm.down_after = None  # the endpoint is back
-        response = httpx.post(f"{api}/flow_runs/{run['id']}/set_state", timeout=30,
-                              json={"state": {"type": "SCHEDULED", "message": "retry from test"},
-                                    "force": True})
-        response.raise_for_status()
+        api_call("POST", f"{api}/flow_runs/{run['id']}/set_state",
+                 json={"state": {"type": "SCHEDULED", "message": "retry from test"}, "force": True})
         wait_for(lambda: flow_run_state(api, run["id"]) in ("FAILED", "COMPLETED", "CRASHED")
-                 and httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()["run_count"] >= 2,
+                 and api_call("GET", f"{api}/flow_runs/{run['id']}").json()["run_count"] >= 2,
                  300, "the retried run to end")
         assert flow_run_state(api, run["id"]) == "COMPLETED"
 
@@ -198,7 +201,7 @@ def test_retry_on_the_server_reuses_completed_stages(prefect_server, tmp_path):
         assert all(n == 1 for n in per_key.values())  # nothing that succeeded was sent again
         assert ok_before <= set(per_key)
 
-        artifacts = httpx.post(f"{api}/artifacts/filter", timeout=30, json={
+        artifacts = api_call("POST", f"{api}/artifacts/filter", json={
             "artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
         progress = [a for a in artifacts if a["type"] == "progress"]
         assert progress and all(a["data"] == 100.0 for a in progress)  # long stages showed progress
@@ -207,7 +210,7 @@ def test_retry_on_the_server_reuses_completed_stages(prefect_server, tmp_path):
         spec = tmp_path / "spec.yaml"
         spec.write_text("templates: ['Explain [TOPIC] to a student.']\n"
                         "slots: {TOPIC: [quark confinement, gluon jets, asymptotic freedom]}\n")
-        templates = httpx.get(f"{api}/deployments/name/sftmill-templates/templates", timeout=10).json()
+        templates = api_call("GET", f"{api}/deployments/name/sftmill-templates/templates").json()
         run = create_run(api, templates["id"], {"fmt": "alpaca", "cfg": {
             "spec_path": str(spec), "output_dir": str(tmp_path / "tpl"),
             "generator": {"backend": "openai", "base_url": llm.url, "model": "fake"}}})
@@ -229,8 +232,7 @@ def test_a_served_run_pauses_at_a_review_gate_and_resumes_with_the_form(prefect_
                    "\nreview: {gates: [prompts], sample: 3, tool: csv}\n")
     with contextlib.closing(llm), serving(api, tmp_path, SFTMILL_PAUSE_POLL_S="1"):
         def deployment():
-            r = httpx.get(f"{api}/deployments/name/sftmill-pipeline/pipeline", timeout=10)
-            return r.json() if r.status_code == 200 else None
+            return api_call("GET", f"{api}/deployments/name/sftmill-pipeline/pipeline", missing_ok=True)
 
         dep = wait_for(deployment, 120, "the served pipeline deployment")
         run = create_run(api, dep["id"], {"params": {
@@ -239,7 +241,7 @@ def test_a_served_run_pauses_at_a_review_gate_and_resumes_with_the_form(prefect_
             "target_prompts": 8}})
 
         def paused():
-            r = httpx.post(f"{api}/flow_runs/filter", timeout=30, json={"flow_runs": {
+            r = api_call("POST", f"{api}/flow_runs/filter", json={"flow_runs": {
                 "parent_flow_run_id": None, "state": {"type": {"any_": ["PAUSED"]}}}})
             runs = [fr for fr in r.json() if fr["name"] != run["name"]]
             if flow_run_state(api, run["id"]) in ("FAILED", "CRASHED", "COMPLETED"):
@@ -249,11 +251,9 @@ def test_a_served_run_pauses_at_a_review_gate_and_resumes_with_the_form(prefect_
         answers_run = wait_for(paused, 300, "the answers subflow to pause at the gate")
         assert answers_run["state"]["name"] == "Paused"
         keyset = answers_run["state"]["state_details"]["run_input_keyset"]
-        description = httpx.get(f"{api}/flow_runs/{answers_run['id']}/input/{keyset['description']}",
-                                timeout=10).json()
+        description = api_call("GET", f"{api}/flow_runs/{answers_run['id']}/input/{keyset['description']}").json()
         assert "review gate 'prompts': 0 of 3 prompts reviewed" in description
-        schema = httpx.get(f"{api}/flow_runs/{answers_run['id']}/input/{keyset['schema']}",
-                           timeout=10).json()
+        schema = api_call("GET", f"{api}/flow_runs/{answers_run['id']}/input/{keyset['schema']}").json()
         assert schema["properties"]["choice"]["enum"] == ["use", "wait", "skip"]
         assert flow_run_state(api, run["id"]) == "RUNNING"
 

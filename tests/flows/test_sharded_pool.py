@@ -57,7 +57,13 @@ def workers(env: dict, tmp_path: Path, n: int):
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # (seen once on a busy machine)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
 
 
 def process_of(flow_run_id: str) -> int | None:
