@@ -37,7 +37,11 @@ def subdomain_shares(store: Store, targets: dict[str, float],
                      count_sql: str = PROMPTS_BY_SUBDOMAIN) -> list[dict]:
     """Target vs actual share per subdomain of what `count_sql` counts
     (final prompts by default); `count` is the number behind each share."""
-    counts = dict(store.execute(count_sql))
+    return shares_of(dict(store.execute(count_sql)), targets)
+
+
+def shares_of(counts: dict[str, int], targets: dict[str, float]) -> list[dict]:
+    """Target vs actual share per subdomain, from counts per subdomain."""
     total = sum(counts.values()) or 1
     names = list(targets) + sorted(set(counts) - set(targets))
     return [{"subdomain": n, "target": targets.get(n), "actual": counts.get(n, 0) / total,

@@ -69,6 +69,14 @@ def _plots(folder: Path, shares: list[dict], prompt_lengths: list[int],
     return made
 
 
+def subdomain_section(shares: list[dict]) -> list[str]:
+    """The card's section on target vs actual subdomain shares (`shares_of`)."""
+    return ["## Subdomains: target vs actual",
+            _table(["subdomain", "target", "actual", "records"],
+                   [[s["subdomain"], "-" if s["target"] is None else f"{s['target']:.0%}",
+                     f"{s['actual']:.0%}", s["count"]] for s in shares])]
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -287,10 +295,7 @@ def write_card(store: Store, recipe: Recipe) -> Path:
         "and `sftmill.duckdb` with every intermediate table.",
         "## Stages", _stages_table(summary),
         "## Dropped, by reason", _drops_table(summary),
-        "## Subdomains: target vs actual",
-        _table(["subdomain", "target", "actual", "records"],
-               [[s["subdomain"], "-" if s["target"] is None else f"{s['target']:.0%}",
-                 f"{s['actual']:.0%}", s["count"]] for s in shares]),
+        *subdomain_section(shares),
         *curation_section(store, run_dir / "plots"),
         *review_section(store),
         "## Lengths (characters)", _lengths_table(prompt_lengths, answer_lengths),

@@ -148,10 +148,13 @@ def merge_prompts(recipe: Recipe, shard_recipes: list[Path]) -> dict:
 def merge_exports(recipe: Recipe, shard_recipes: list[Path], merged: dict | None = None) -> dict:
     """`dataset.jsonl` and `card.md` of the whole run from its shards'."""
     from sftmill.config import load_recipe
+    from sftmill.summary import RECORDS_BY_SUBDOMAIN, shares_of
+    from sftmill.tasks.card import subdomain_section
+    from sftmill.tasks.generate import target_shares
 
     out = recipe.run_dir
     out.mkdir(parents=True, exist_ok=True)
-    counts, n = [], 0
+    counts, n, by_subdomain = [], 0, {}
     with (out / "dataset.jsonl.tmp").open("w") as sink:
         for k, path in enumerate(shard_recipes):
             shard = load_recipe(path)
@@ -164,6 +167,10 @@ def merge_exports(recipe: Recipe, shard_recipes: list[Path], merged: dict | None
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
             counts.append((k, shard, len(lines)))
             n += len(lines)
+            store = Store.open(shard.db_path)
+            for name, count in store.execute(RECORDS_BY_SUBDOMAIN):
+                by_subdomain[name] = by_subdomain.get(name, 0) + count
+            Store.close_all()
     (out / "dataset.jsonl.tmp").replace(out / "dataset.jsonl")
     lines = [f"# {recipe.name}: dataset card (sharded run, {len(shard_recipes)} shards)", "",
              f"{n} records in `dataset.jsonl`, each with `metadata.shard`; every shard's own card "
@@ -176,5 +183,7 @@ def merge_exports(recipe: Recipe, shard_recipes: list[Path], merged: dict | None
     for k, shard, count in counts:
         lines.append(f"| {k} | {len(shard.inputs)} | {count} | "
                      f"[shards/shard-{k}/card.md](shards/shard-{k}/card.md) |")
+    # Each shard aimed at its share of every subdomain; the whole run's balance:
+    lines += ["", *subdomain_section(shares_of(by_subdomain, target_shares(recipe)))]
     (out / "card.md").write_text("\n".join(lines) + "\n")
     return {"records": n, "per_shard": {k: c for k, _, c in counts}}

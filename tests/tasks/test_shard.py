@@ -111,14 +111,23 @@ def test_merge_removes_near_duplicates_across_shards_only(tmp_path):
 def test_merge_exports_tags_records_with_their_shard(tmp_path):
     recipe = load_recipe(example_recipe(tmp_path))
     paths = shard.plan_shards(recipe, 2)
+    subdomains = [["quarks", "gluons"], ["quarks", "quarks", "gluons"]]  # the records' prompts'
     for k, path in enumerate(paths):
         (path.parent / "dataset.jsonl").write_text("".join(
             json.dumps({"messages": [], "metadata": {"source": {"uri": f"doc{k}-{i}"}}}) + "\n"
             for i in range(k + 2)))
+        store = Store.open(load_recipe(path).db_path)
+        store.insert("prompts", [{"prompt_id": f"s{k}p{i}", "text": f"p{k}{i}", "subdomain": sub}
+                                 for i, sub in enumerate(subdomains[k])])
+        store.insert("dataset", [{"record_id": f"s{k}r{i}", "prompt_id": f"s{k}p{i}"}
+                                 for i in range(len(subdomains[k]))])
+        Store.close_all()
     out = shard.merge_exports(recipe, paths, {"prompts": 9, "removed_across_shards": 2})
     assert out == {"records": 5, "per_shard": {0: 2, 1: 3}}
     records = [json.loads(x) for x in (recipe.run_dir / "dataset.jsonl").read_text().splitlines()]
     assert [r["metadata"]["shard"] for r in records] == [0, 0, 1, 1, 1]
     card = (recipe.run_dir / "card.md").read_text()
     assert "5 records" in card and "2 of 9 prompts removed" in card and "shards/shard-1/card.md" in card
+    assert "| quarks |" in card and "| 3 |" in card.split("| quarks |")[1].split("\n")[0]  # 3 of 5 over shards
+    assert "60%" in card.split("| quarks |")[1].split("\n")[0]
     assert yaml.safe_load(paths[0].read_text())["output_dir"] == "."
