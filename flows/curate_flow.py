@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from sftmill.config import CurateConfig
+from sftmill.config import DB_FILE, CurateConfig
 from sftmill.stages import StageResult
 from sftmill.tasks.curate import curate_inputs, curate_standalone
 from sftmill.tasks.export import export_dataset
@@ -18,7 +18,7 @@ from sftmill.tasks.pairs_io import file_fingerprint, load_inputs, read_items
 def curate_flow(input_path: str, cfg: CurateConfig, output_dir: str) -> list[StageResult]:
     """Inputs → dataset → curation (score, then decide) → export with card."""
     read_items(input_path)  # an unusable input file stops before any work
-    db_path = str(Path(output_dir) / "sftmill.duckdb")
+    db_path = str(Path(output_dir) / DB_FILE)
     inputs = load_inputs(input_path, db_path, file_fingerprint(input_path))
     dataset = curate_inputs(db_path, inputs)
     curated = curate_standalone(cfg, dataset)

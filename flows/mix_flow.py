@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from sftmill.config import CurateConfig
+from sftmill.config import DB_FILE, CurateConfig
 from sftmill.stages import StageResult
 from sftmill.tasks.curate import curate_standalone
 from sftmill.tasks.export import export_dataset
@@ -20,7 +20,7 @@ def mix_flow(sources: list[str], weights: dict[str, float], cfg: CurateConfig, o
              by: str = "source", total: int | None = None) -> list[StageResult]:
     """Sources → one dataset → curation (near duplicates across sources) →
     selection by weights → export with card."""
-    db_path = str(Path(output_dir) / "sftmill.duckdb")
+    db_path = str(Path(output_dir) / DB_FILE)
     files = [Source.parse(s).path for s in sources]
     loaded = mix_load(db_path, sources, [file_fingerprint(f) for f in files])
     curated = curate_standalone(cfg, loaded)

@@ -75,7 +75,7 @@ def merge_prompts(recipe_path: str, shard_recipes: list[str]) -> dict:
 @task(name="merge-exports", cache_policy=NO_CACHE)
 def merge_exports(recipe_path: str, shard_recipes: list[str], merged: dict, storage: str | None) -> dict:
     recipe = load_recipe(recipe_path)
-    with remote.local_recipes(shard_recipes) as local:
+    with remote.local_recipes(shard_recipes, write=False) as local:  # read: nothing to push back
         done = shard.merge_exports(recipe, [Path(p) for p in local], merged)
     if storage:
         remote.put_files([recipe.run_dir / "dataset.jsonl", recipe.run_dir / "card.md"], storage)

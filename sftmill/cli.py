@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sftmill.config import RecipeError, load_recipe
+from sftmill.config import DB_FILE, RecipeError, load_recipe
 
 app = typer.Typer(
     help="sftmill: turn raw domain texts into supervised fine-tuning (SFT) data "
@@ -47,7 +47,7 @@ def _claim(db_path: Path):
 
 def _run_db(run_dir: Path):
     """An existing run's database."""
-    db = run_dir / "sftmill.duckdb"
+    db = run_dir / DB_FILE
     if not db.is_file():
         _fail(f"{run_dir}: no sftmill.duckdb here")
     return _claim(db)
@@ -794,7 +794,7 @@ def _run_flow(kind: str, out: Path, start, templates=()) -> None:
 
     from sftmill.preflight import check_templates_fit
 
-    store = _claim(out.resolve() / "sftmill.duckdb")
+    store = _claim(out.resolve() / DB_FILE)
     try:
         check_templates_fit(templates)
     except RecipeError as err:

@@ -20,6 +20,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+DB_FILE = "sftmill.duckdb"  # a run folder's database
+
 
 class RecipeError(Exception):
     """A fatal problem with the recipe: reported as one line, nothing runs."""
@@ -597,7 +599,7 @@ class GeneratorConfig(_Strict):
 
     @property
     def db_path(self) -> Path:
-        return Path(self.output_dir) / "sftmill.duckdb"
+        return Path(self.output_dir) / DB_FILE
 
 
 class Price(_Strict):
@@ -677,7 +679,7 @@ class Recipe(_Strict):
 
     @property
     def db_path(self) -> Path:
-        return self.run_dir / "sftmill.duckdb"
+        return self.run_dir / DB_FILE
 
     def llm_templates(self) -> list[tuple[str, "LLMEndpoint", str, int]]:
         """Every LLM step of the pipeline as (recipe field, endpoint, prompt
@@ -730,7 +732,7 @@ def output_dir_problem(run_dir: Path) -> str | None:
     if run_dir.exists():
         if not run_dir.is_dir():
             return f"{run_dir} exists and is not a folder"
-        db = run_dir / "sftmill.duckdb"
+        db = run_dir / DB_FILE
         if db.exists() and not db.is_file():
             return f"{db} exists and is not a file"
         if not os.access(run_dir, os.W_OK | os.X_OK):

@@ -35,12 +35,12 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from sftmill.config import cache_dir
+from sftmill.config import DB_FILE, cache_dir
+from sftmill.llm.journal import LEDGER, MERGING
 
 SYNC = ".sftmill-sync"
 MANIFEST = ".sftmill-manifest.json"  # size and mtime of each file at the last pull/push
 LEDGER_DIR = "ledger"
-DB_NAME = "sftmill.duckdb"  # a recipe's run database, as Recipe.db_path names it
 
 
 def is_remote(path: str | os.PathLike | None) -> bool:
@@ -70,9 +70,13 @@ def _remote_files(fs, root: str) -> list[str]:
 
 
 def _local_files(local: Path) -> dict[str, list[int]]:
-    return {str(p.relative_to(local)): [p.stat().st_size, p.stat().st_mtime_ns]
-            for p in sorted(local.rglob("*")) if p.is_file()
-            and p.name not in (SYNC, MANIFEST) and not p.name.endswith(".calls.ledger.jsonl")}
+    """Relative path → [size, mtime] of the files a push uploads."""
+    stamps = {}
+    for p in sorted(local.rglob("*")):
+        if p.is_file() and p.name not in (SYNC, MANIFEST) and not p.name.endswith(LEDGER):
+            stat = p.stat()
+            stamps[str(p.relative_to(local))] = [stat.st_size, stat.st_mtime_ns]
+    return stamps
 
 
 def pull(folder_url: str) -> Path:
@@ -97,7 +101,7 @@ def pull(folder_url: str) -> Path:
         (local / MANIFEST).write_text(json.dumps(_local_files(local)))
     segments = [rel for rel in remote_files if rel.startswith(LEDGER_DIR + "/") and rel.endswith(".jsonl")]
     if segments:  # replayed by the journal when the run database is next opened
-        with open(local / f"{DB_NAME}.calls.merging.jsonl", "ab") as sink:
+        with open(local / (DB_FILE + MERGING), "ab") as sink:
             for rel in segments:
                 data = fs.cat_file(f"{root}/{rel}")
                 sink.write(data if data.endswith(b"\n") else data + b"\n")
@@ -164,7 +168,7 @@ def synced_folder(folder_url: str) -> Iterator[Path]:
     """The local copy of a remote run folder for the time of the block,
     its LLM calls uploaded as they finish and the folder pushed at the end."""
     local = pull(folder_url)
-    ledger = local / f"{DB_NAME}.calls.ledger.jsonl"
+    ledger = local / (DB_FILE + LEDGER)
     ledger.write_bytes(b"")  # the journal writes every finished call here too
     uploader = _LedgerUploader(ledger, folder_url, float(os.environ.get("SFTMILL_SYNC_SECONDS", "2")))
     uploader.start()
@@ -176,21 +180,25 @@ def synced_folder(folder_url: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def local_recipe(recipe_path: str) -> Iterator[str]:
-    """A recipe path to run on: a remote recipe's synced local copy, or the path itself."""
+def local_recipe(recipe_path: str, write: bool = True) -> Iterator[str]:
+    """A recipe path to run on: a remote recipe's synced local copy, or the
+    path itself.  `write=False`: only read there — pulled, never pushed."""
     if not is_remote(recipe_path):
         yield recipe_path
         return
     folder, name = recipe_path.rstrip("/").rsplit("/", 1)
+    if not write:
+        yield str(pull(folder) / name)
+        return
     with synced_folder(folder) as local:
         yield str(local / name)
 
 
 @contextlib.contextmanager
-def local_recipes(recipe_paths: list[str]) -> Iterator[list[str]]:
+def local_recipes(recipe_paths: list[str], write: bool = True) -> Iterator[list[str]]:
     """`local_recipe` for several recipes at once (a merge across shards)."""
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(local_recipe(p)) for p in recipe_paths]
+        yield [stack.enter_context(local_recipe(p, write)) for p in recipe_paths]
 
 
 def put_files(files: list[Path], folder_url: str) -> None:

@@ -93,15 +93,14 @@ def _place(path: Path, into: Path, copy: bool) -> str:
     copied into `into` and relative to the shard's folder."""
     if not copy:
         return str(path)
-    target = into / path.name if path.is_file() else into
-    if path.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        n = 1
-        while target.exists() and target.read_bytes() != path.read_bytes():  # a name met twice
-            target, n = into / f"{path.stem}-{n}{path.suffix}", n + 1
-        shutil.copyfile(path, target)
-    else:
-        shutil.copytree(path, target, dirs_exist_ok=True)
+    if path.is_dir():
+        shutil.copytree(path, into, dirs_exist_ok=True)
+        return into.name
+    into.mkdir(parents=True, exist_ok=True)
+    target, n = into / path.name, 1
+    while target.exists() and target.read_bytes() != path.read_bytes():  # a name met twice
+        target, n = into / f"{path.stem}-{n}{path.suffix}", n + 1
+    shutil.copyfile(path, target)
     return str(target.relative_to(into.parent))
 
 

@@ -33,6 +33,9 @@ from sftmill.store import Store
 
 
 CACHED_FIELDS = ("key", "response_text", "tokens_in", "tokens_out")
+# Beside the run database `<db>`: the journal `<db>.calls.jsonl`, the file
+# being merged, and the ledger (see above).
+JOURNAL, MERGING, LEDGER = ".calls.jsonl", ".calls.merging.jsonl", ".calls.ledger.jsonl"
 
 
 class CallJournal:
@@ -43,9 +46,9 @@ class CallJournal:
 
     def __init__(self, store: Store):
         self.store = store
-        self.path = Path(store.path + ".calls.jsonl")
-        self.moving = Path(store.path + ".calls.merging.jsonl")  # being inserted
-        ledger = Path(store.path + ".calls.ledger.jsonl")  # kept for object storage
+        self.path = Path(store.path + JOURNAL)
+        self.moving = Path(store.path + MERGING)  # being inserted
+        ledger = Path(store.path + LEDGER)  # kept for object storage
         self._ledger = open(ledger, "ab") if ledger.exists() else None
         self._lock = threading.Lock()  # the file and the in-memory rows
         self._merge_lock = threading.Lock()  # one merge at a time
