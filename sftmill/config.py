@@ -126,6 +126,11 @@ class ServerEndpoint(_Strict):
         urls = self.base_url if isinstance(self.base_url, list) else [self.base_url] if self.base_url else []
         return [u.rstrip("/") for u in urls if u]
 
+    def pool_key(self) -> tuple:
+        """What makes two endpoints share a pool of replicas and limits."""
+        return (tuple(self.base_urls), self.model, self.max_concurrency, self.concurrency_ceiling,
+                self.adaptive_concurrency, self.rpm, self.tpm)
+
 
 class LLMEndpoint(ServerEndpoint):
     """Where one LLM role (generator, judge) is served."""

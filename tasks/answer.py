@@ -187,9 +187,13 @@ def check_answers(store: Store, recipe: Recipe) -> int:
             "echoes_prompt": echoes_prompt(a["text"], a["prompt"]),
             "prompt_similarity": None,  # filled in below
             "citations_valid": citations_valid(a["cited_numbers"], len(found)),
-            "lexical_support": lexical_support(a["text"], cited) if cited else 0.0,
+            "lexical_support": None,  # filled in below
             "groundedness": None, "judge_reason": None if judge_on else JUDGE_OFF, "model": None,
-            "template_version": None, "call_key": None, "_passages": found, "_answer": a})
+            "template_version": None, "call_key": None, "_passages": found, "_answer": a,
+            "_cited": cited})
+    # Nor does lexical support: also computed beside the judge's calls.
+    supports = pool.submit(lambda: [lexical_support(c["_answer"]["text"], c["_cited"])
+                                    if c["_cited"] else 0.0 for c in cheap])
     # Similarity to the prompt is a score its threshold decides later: judged
     # either way, so a changed answers.min_prompt_similarity needs no new call.
     judge_these = [c for c in cheap if judge_on and c["_answer"]["grounded"] and c["citations_valid"]
@@ -210,9 +214,10 @@ def check_answers(store: Store, recipe: Recipe) -> int:
                  judge_reason=result.data["reason"], model=llm.model,
                  template_version=template.version, call_key=result.key)
     similarity = similar.result()
-    pool.shutdown()
-    for c in cheap:
+    for c, support in zip(cheap, supports.result()):
         c["prompt_similarity"] = similarity.get(c["answer_id"])
+        c["lexical_support"] = support
+    pool.shutdown()
     store.insert("answer_checks", [{k: v for k, v in c.items() if not k.startswith("_")}
                                    for c in cheap])
     return len(judge_these)

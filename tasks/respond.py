@@ -46,7 +46,13 @@ def ends_mid_sentence(text: str) -> bool:
     """The text stops where no complete answer stops: on a colon, comma or
     open bracket, or on a word that needs a continuation ("and", "the",
     "such as" …).  Citation markers at the end are ignored."""
-    return bool(_DANGLING.search(_CITATION_TAIL.sub("", text.strip())))
+    text = text.rstrip()
+    window = 256  # only the end matters: the patterns are anchored there
+    while True:
+        tail = _CITATION_TAIL.sub("", text[-window:])
+        if len(tail) > 64 or window >= len(text):
+            return bool(_DANGLING.search(tail))
+        window *= 4  # the window was (nearly) all citation markers
 
 
 def response_problem(text: str, was_truncated: bool, min_words: int = 3) -> str | None:

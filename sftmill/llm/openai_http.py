@@ -207,14 +207,15 @@ _POOLS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Pool]]
     weakref.WeakKeyDictionary())
 
 
-def pool_for(endpoint: ServerEndpoint) -> Pool:
-    """The running loop's pool for this endpoint (same URLs, model and limits)."""
+def pool_for(endpoint: ServerEndpoint, key: tuple | None = None) -> Pool:
+    """The running loop's pool for this endpoint (same URLs, model and limits;
+    `key`: its `pool_key()` when the caller already has it)."""
     pools = _POOLS.setdefault(asyncio.get_running_loop(), {})
-    key = (tuple(endpoint.base_urls), endpoint.model, endpoint.max_concurrency,
-           endpoint.concurrency_ceiling, endpoint.adaptive_concurrency, endpoint.rpm, endpoint.tpm)
-    if key not in pools:
-        pools[key] = Pool(endpoint)
-    return pools[key]
+    key = key or endpoint.pool_key()
+    pool = pools.get(key)
+    if pool is None:
+        pool = pools[key] = Pool(endpoint)
+    return pool
 
 
 class Sent(NamedTuple):
@@ -233,6 +234,7 @@ class ServerClient:
 
     def __init__(self, endpoint: ServerEndpoint, transport: Transport | None = None):
         self.endpoint = endpoint
+        self._pool_key = endpoint.pool_key()  # (per request, this is a dictionary look-up)
         self._transport = transport  # tests inject their own
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -252,7 +254,7 @@ class ServerClient:
         server rejects this request (400, 413, 422).  `estimate_tokens` is
         taken from the tpm cap before sending (see `give_back`)."""
         endpoint = self.endpoint
-        pool = pool_for(endpoint)
+        pool = pool_for(endpoint, self._pool_key)
         transport = self._transport or shared_transport()
         headers = auth_headers(endpoint)
         last_problem = ""
@@ -309,7 +311,7 @@ class ServerClient:
 
     def give_back(self, estimate_tokens: int, used_tokens: int) -> None:
         """Correct the tpm cap by what the server reported using."""
-        pool = pool_for(self.endpoint)
+        pool = pool_for(self.endpoint, self._pool_key)
         if pool.tpm:
             pool.tpm.give_back(estimate_tokens - used_tokens)
 
