@@ -259,6 +259,9 @@ def run(
     from sftmill.store import Store
 
     store = _claim(checked.db_path)
+    from sftmill.embeddings import preload
+
+    preload([checked.embedding, checked.dedup_embedding, checked.curation.embedding])
     import logging
 
     from sftmill.llm.budget import without_budget_traceback

@@ -133,6 +133,29 @@ def local_model(config: Embedding):
         return _load(resolve_model(config.model), config.device)
 
 
+def preload(configs: "list[Embedding | None]") -> None:
+    """Load the in-process models among `configs` in a background thread.
+    `sftmill run` calls it as the run starts: importing sentence-transformers
+    and torch takes ~8 s of one core, which the first stages (Prefect's
+    server starting, the relevance judge's calls) leave idle.  A stage that
+    needs the model meanwhile waits for it (`local_model` holds a lock); a
+    failure here is left for that stage to meet and report."""
+    todo = {(c.model, c.device): c for c in configs
+            if c is not None and c.backend == "local" and c.runner == "process"
+            and not c.model.startswith(STATIC)}
+    if not todo:
+        return
+
+    def load() -> None:
+        for config in todo.values():
+            try:
+                local_model(config)
+            except Exception:
+                return
+
+    threading.Thread(target=load, name="sftmill-embedding-preload", daemon=True).start()
+
+
 def encode(config: Embedding, texts: list[str]) -> np.ndarray:
     """Unit-length vectors of `texts` from the local model (no cache)."""
     if config.model.startswith(STATIC):

@@ -57,3 +57,28 @@ def test_static_model_distilled_from_minilm(tmp_path, monkeypatch):
     embeddings.static_model.cache_clear()
     assert np.allclose(embeddings.encode(config, texts), v, atol=1e-6)  # read back, same vectors
     assert Embedder(config).dim == 256 and embeddings.model_available(config.model) is None
+
+
+def test_preload_loads_each_in_process_model_once_in_the_background(monkeypatch):
+    import threading
+
+    from sftmill import embeddings
+
+    loaded, done = [], threading.Event()
+
+    def fake_local_model(config):
+        loaded.append((config.model, threading.current_thread().name))
+        if len(loaded) == 2:
+            done.set()
+
+    monkeypatch.setattr(embeddings, "local_model", fake_local_model)
+    embeddings.preload([
+        Embedding(), None, Embedding(),  # the same model twice: loaded once
+        Embedding(model="/models/other"),
+        Embedding(backend="openai", base_url="http://127.0.0.1:9/v1"),  # served: nothing here
+        Embedding(runner="dask"),  # loaded in the Dask workers
+        Embedding(model="static:all-MiniLM-L6-v2"),  # a table, not a model
+    ])
+    assert done.wait(10)
+    assert sorted(m for m, _ in loaded) == ["/models/other", "all-MiniLM-L6-v2"]
+    assert {t for _, t in loaded} == {"sftmill-embedding-preload"}
