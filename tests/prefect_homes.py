@@ -5,6 +5,7 @@ up once per test session."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -27,5 +28,6 @@ def warm_home(path: Path) -> Path:
                        env={**os.environ, "PREFECT_HOME": str(template)}, check=True,
                        capture_output=True, timeout=600)
         _TEMPLATE = template
+        atexit.register(shutil.rmtree, template, ignore_errors=True)  # once per test process
     shutil.copytree(_TEMPLATE, path)
     return path
