@@ -21,7 +21,10 @@ ratios use, which folds in what this machine's 2 cores lose to the mock and
 the client sharing them.  With `--served-embeddings` the recipe's
 embeddings come from the mock's `/v1/embeddings` (as from a TEI or vLLM
 embedding server) instead of MiniLM on this machine's CPU, and their server
-time counts in the LLM time (requests × 0.05 s ÷ concurrency).
+time counts in the LLM time (requests × 0.05 s ÷ concurrency).  With
+`--prefect-server` the run reports to a Prefect server started beforehand
+(`prefect server start`, on the same cores) instead of starting Prefect's
+temporary one: how a team that schedules its runs on a server runs.
 
 The mock server runs in its own process on the same machine (so on 2 cores
 it competes with the client for CPU, as in the issue's measurement), with
@@ -124,9 +127,31 @@ def bare_rate(url: str, items: int, concurrency: int) -> float:
     return items / (time.perf_counter() - started)
 
 
+def prefect_server(env: dict, port: int = 4291):
+    """`prefect server start` on this machine; its API URL once it answers."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)],
+                            env={**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    api = f"http://127.0.0.1:{port}/api"
+    for _ in range(360):
+        try:
+            urllib.request.urlopen(api + "/health", timeout=2).read()
+            return proc, api
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit("prefect server start exited")
+            time.sleep(0.5)
+    proc.terminate()
+    raise SystemExit("the Prefect server did not answer within 180 s")
+
+
 def whole_run(url: str, target: int, concurrency: int, latency: float, adaptive: bool,
               served_embeddings: bool, warm_prefect: bool, keep: Path | None = None,
-              bare_rps: float | None = None) -> dict:
+              bare_rps: float | None = None, on_server: bool = False) -> dict:
     import os
     import subprocess
     import sys
@@ -169,10 +194,19 @@ def whole_run(url: str, target: int, concurrency: int, latency: float, adaptive:
                                   env=env, capture_output=True, text=True)
             if warm.returncode != 0:
                 raise SystemExit("warming Prefect's home failed:\n" + warm.stderr[-3000:])
-        started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "sftmill.cli", "run", str(Path(tmp) / "recipe.yaml")],
-                              capture_output=True, text=True, env=env)
-        wall = time.perf_counter() - started
+        server = None
+        if on_server:
+            server, env["PREFECT_API_URL"] = prefect_server(env)
+        try:
+            started = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "sftmill.cli", "run",
+                                   str(Path(tmp) / "recipe.yaml")],
+                                  capture_output=True, text=True, env=env)
+            wall = time.perf_counter() - started
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait()
         if proc.returncode != 0:
             raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
         con = duckdb.connect(str(Path(tmp) / "run" / "sftmill.duckdb"), read_only=True)
@@ -210,6 +244,7 @@ def whole_run(url: str, target: int, concurrency: int, latency: float, adaptive:
         bare = {"bare_requests_per_s": round(bare_rps, 1), "bare_client_time_s": round(bare_time, 1),
                 "wall_over_bare_client_time": round(wall / bare_time, 2)}
     return {"target_prompts": target, "chunks": n_chunks, "prompts": prompts, "records": records,
+            "prefect": "server" if on_server else "temporary server",
             "prefect_home": "warm" if warm_prefect else "cold", "wall_s": round(wall, 1), "llm_time_s": round(sum(llm_time.values()), 1),
             "wall_over_llm_time": round(wall / max(1e-9, sum(llm_time.values())), 2), **bare,
             "stages_s": stages, "calls": calls, "stage_llm_time_s": llm_time,
@@ -235,6 +270,9 @@ def main() -> None:
     parser.add_argument("--cold-prefect", action="store_true",
                         help="whole run: on a Prefect home never used before (the run also pays "
                         "for setting up Prefect's database)")
+    parser.add_argument("--prefect-server", action="store_true",
+                        help="whole run: report to a Prefect server started beforehand, not "
+                        "Prefect's temporary one")
     args = parser.parse_args()
     if args.whole_run:
         c = args.concurrency[0]
@@ -244,7 +282,8 @@ def main() -> None:
             bare_rps = bare_rate(url, args.items, c)
             print(json.dumps(whole_run(url, args.whole_run, c,
                                        args.latency, args.adaptive, args.served_embeddings,
-                                       not args.cold_prefect, args.keep, bare_rps)),
+                                       not args.cold_prefect, args.keep, bare_rps,
+                                       args.prefect_server)),
                   flush=True)
         finally:
             server.terminate()

@@ -735,7 +735,7 @@ def curate(
     templates = [(name, standalone_judge(cfg), name, 0)
                  for name in ("safety", "adherence") if getattr(cfg, name).enabled]
     _run_flow("curate", out, lambda: curate_flow(str(input.resolve()), cfg, str(out.resolve()),
-                                                 return_state=True), templates)
+                                                 return_state=True), templates, _near_duplicates(cfg))
 
 
 @app.command()
@@ -783,13 +783,21 @@ def mix(
                  for name in ("safety", "adherence") if getattr(cfg, name).enabled]
     _run_flow("mix", out, lambda: mix_flow([f"{s.name}={s.path.resolve()}" for s in parsed],
                                            shares, cfg, str(out.resolve()), by, total,
-                                           return_state=True), templates)
+                                           return_state=True), templates, _near_duplicates(cfg))
 
 
-def _run_flow(kind: str, out: Path, start, templates=()) -> None:
+def _near_duplicates(cfg) -> list:
+    """The embedding model a standalone curation uses, if it removes near duplicates."""
+    from sftmill.config import Embedding
+
+    return [cfg.embedding or Embedding()] if cfg.near_duplicates.enabled else []
+
+
+def _run_flow(kind: str, out: Path, start, templates=(), embeddings=()) -> None:
     """Run a flow (`start()` returns its final state) whose run folder is
     `out`, with progress bars and the closing summary; `templates`: its LLM
-    steps, checked against the model's context first."""
+    steps, checked against the model's context first; `embeddings`: the
+    embedding models it uses (loaded in the background meanwhile)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from sftmill.progress import set_reporter
@@ -803,6 +811,9 @@ def _run_flow(kind: str, out: Path, start, templates=()) -> None:
     except RecipeError as err:
         _fail(str(err))
     store.execute("DELETE FROM meta WHERE key = 'stopped_early'")
+    from sftmill.embeddings import preload
+
+    preload(list(embeddings))
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as bars:
