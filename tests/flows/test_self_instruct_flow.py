@@ -112,7 +112,7 @@ def test_175_realistic_seeds_fit_the_embedded_model_and_yield_records(prefect_ha
     from sftmill.flows.self_instruct_flow import self_instruct_flow
 
     seeds = realistic_seeds(tmp_path / "seeds.jsonl")
-    cfg = SelfInstructConfig(seeds_path=str(seeds), output_dir=str(tmp_path / "si"), target=2,
+    cfg = SelfInstructConfig(seeds_path=str(seeds), output_dir=str(tmp_path / "si"), target=1,
                              prompts_per_round=2, new_per_prompt=3, max_rounds=3,
                              generator=LLMEndpoint(max_tokens=200))
     self_instruct_flow(cfg)
