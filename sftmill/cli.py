@@ -927,10 +927,21 @@ def review_apply(
 
 @app.command()
 def stats(
-    run_dir: Path = typer.Argument(..., help="A run's output_dir (holds sftmill.duckdb)."),
+    run: Path = typer.Argument(..., help="A run's output_dir (holds sftmill.duckdb), or the "
+                               "recipe that made it (.yaml)."),
 ) -> None:
-    """Show per-stage counts, drop reasons and LLM usage of an earlier run."""
-    print_summary(_run_db(run_dir), None)
+    """Show per-stage counts, drop reasons and LLM usage of an earlier run.
+
+    Given the recipe, the LLM table also shows the calls `sftmill plan`
+    expects per stage and their cost at the recipe's `prices`, and the
+    subdomain table the recipe's targets — as `sftmill run` prints them."""
+    if run.is_file() and run.suffix in (".yaml", ".yml"):
+        from sftmill.tasks.generate import target_shares
+
+        recipe = _load_checked(run, skip_preflight=True)
+        print_summary(_run_db(recipe.run_dir), None, targets=target_shares(recipe), recipe=recipe)
+    else:
+        print_summary(_run_db(run), None)
 
 
 def main() -> None:
