@@ -17,9 +17,12 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import duckdb
+
+if TYPE_CHECKING:  # for annotations only: pyarrow is imported where rows are moved
+    import pyarrow as pa
 
 SCHEMA: dict[str, str] = {
     "meta": """

@@ -144,7 +144,7 @@ def empty_run_hint(store: Store) -> str:
     setting = SETTING_FOR_REASON.get(reason)
     return (f"No record survived. The {stage} stage removed the most ({total}; {n} of them "
             f"{reason})" + (f": look at {setting}." if setting else ".")
-            + f" The drops are listed above and in the rejects table.")
+            + " The drops are listed above and in the rejects table.")
 
 
 def sample_records(store: Store, n: int = 3, per_subdomain: bool = False) -> list[dict]:

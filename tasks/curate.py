@@ -276,9 +276,6 @@ def curated_out(store: Store) -> set[str]:
     return {r for r, in store.execute("SELECT item_id FROM rejects WHERE stage = ?", [STAGE])}
 
 
-
-
-
 def _curate_stage(store: Store, dataset: StageResult, cfg: Curation, judge: LLMEndpoint,
                   embedding: Embedding, seed: int) -> StageResult:
     timer = StageTimer(store, STAGE)
