@@ -264,10 +264,10 @@ def run(
     preload([checked.embedding, checked.dedup_embedding, checked.curation.embedding])
     import logging
 
-    from sftmill.llm.budget import without_budget_traceback
+    from sftmill.llm.budget import without_budget_stops
 
     for name in ("prefect.flow_runs", "prefect.task_runs"):
-        logging.getLogger(name).addFilter(without_budget_traceback)
+        logging.getLogger(name).addFilter(without_budget_stops)
     started = time.perf_counter()
     console.print(f"sftmill: running recipe [bold]{checked.name}[/] → {checked.run_dir.resolve()}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -95,13 +95,14 @@ def budget_of(store: "Store | None") -> Budget | None:
                   {m: Price(**p) for m, p in data["prices"].items()})
 
 
-def without_budget_traceback(record: logging.LogRecord) -> bool:
-    """A logging filter for Prefect's run loggers: a budget stop is logged
-    as its one line, without a traceback (it is not a crash)."""
+def without_budget_stops(record: logging.LogRecord) -> bool:
+    """A logging filter for Prefect's run loggers under `sftmill run`: the
+    failed task and flow runs of a budget stop are not logged (no ERROR
+    lines, no traceback: it is not a crash); the command ends with the
+    stop's one line, and the runs' states in Prefect still say why."""
     if record.exc_info and isinstance(record.exc_info[1], BudgetExceeded):
-        record.exc_info = None
-        record.exc_text = None
-    return True
+        return False
+    return BudgetExceeded.__name__ not in record.getMessage()
 
 
 def budget_message(text: str | None) -> str | None:

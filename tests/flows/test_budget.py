@@ -45,7 +45,7 @@ def test_budget_stops_the_run_and_a_higher_cap_goes_on_without_paying_twice(tmp_
         last = [ln for ln in out.splitlines() if ln.startswith("error:")]
         assert last and last[-1].startswith("error: budget reached: stopped before ")
         assert "budget.max_tokens 40,000" in last[-1]
-        assert "Traceback" not in out
+        assert "Traceback" not in out and "BudgetExceeded" not in out  # no Prefect ERROR lines
         db = tmp_path / "run" / "sftmill.duckdb"
         con = duckdb.connect(str(db), read_only=True)
         used = con.execute("SELECT sum(tokens_in + tokens_out) FROM llm_calls "
