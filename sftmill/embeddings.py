@@ -153,7 +153,9 @@ def preload(configs: "list[Embedding | None]") -> None:
             except Exception:
                 return
 
-    threading.Thread(target=load, name="sftmill-embedding-preload", daemon=True).start()
+    # Not a daemon: a command that ends first waits for it (a thread stopped
+    # mid-import by the interpreter's shutdown can crash the exit).
+    threading.Thread(target=load, name="sftmill-embedding-preload").start()
 
 
 def encode(config: Embedding, texts: list[str]) -> np.ndarray:
