@@ -788,9 +788,9 @@ def mix(
 
 def _near_duplicates(cfg) -> list:
     """The embedding model a standalone curation uses, if it removes near duplicates."""
-    from sftmill.config import Embedding
+    from sftmill.tasks.curate import standalone_embedding
 
-    return [cfg.embedding or Embedding()] if cfg.near_duplicates.enabled else []
+    return [standalone_embedding(cfg)] if cfg.near_duplicates.enabled else []
 
 
 def _run_flow(kind: str, out: Path, start, templates=(), embeddings=()) -> None:
@@ -813,7 +813,7 @@ def _run_flow(kind: str, out: Path, start, templates=(), embeddings=()) -> None:
     store.execute("DELETE FROM meta WHERE key = 'stopped_early'")
     from sftmill.embeddings import preload
 
-    preload(list(embeddings))
+    preload(embeddings)
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as bars:

@@ -22,6 +22,7 @@ import hashlib
 import os
 import threading
 from functools import lru_cache
+from typing import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,7 @@ def local_model(config: Embedding):
         return _load(resolve_model(config.model), config.device)
 
 
-def preload(configs: "list[Embedding | None]") -> None:
+def preload(configs: "Iterable[Embedding | None]") -> None:
     """Load the in-process models among `configs` in a background thread.
     `sftmill run` calls it as the run starts: importing sentence-transformers
     and torch takes ~8 s of one core, which the first stages (Prefect's

@@ -298,7 +298,7 @@ def curate_generated(cfg: GeneratorConfig, dataset: StageResult) -> StageResult:
     """A classic generator's curation stage: judges default to its generator."""
     curation = cfg.curation
     return _curate_stage(Store.open(dataset.out.db_path), dataset, curation,
-                         curation.judge or cfg.generator, curation.embedding or Embedding(), cfg.seed)
+                         curation.judge or cfg.generator, standalone_embedding(curation), cfg.seed)
 
 
 def inputs_to_dataset(store: Store) -> int:
@@ -328,13 +328,19 @@ def standalone_judge(cfg: CurateConfig) -> LLMEndpoint:
     return cfg.judge or LLMEndpoint(temperature=0.0, max_tokens=256)
 
 
+def standalone_embedding(cfg: Curation) -> Embedding:
+    """The embedding model of a curation outside the pipeline (`sftmill
+    curate`, `mix`, a classic generator): the config's, else the default."""
+    return cfg.embedding or Embedding()
+
+
 @stage_task("curate", sections=(), templates=("safety", "adherence"))
 def curate_standalone(cfg: CurateConfig, dataset: StageResult) -> StageResult:
     """`sftmill curate`'s curation stage (and its preference pairs, if asked for)."""
     from sftmill.tasks.preferences import curation_pairs, write_pairs
 
     store = Store.open(dataset.out.db_path)
-    result = _curate_stage(store, dataset, cfg, standalone_judge(cfg),
-                           cfg.embedding or Embedding(), cfg.seed)
+    result = _curate_stage(store, dataset, cfg, standalone_judge(cfg), standalone_embedding(cfg),
+                           cfg.seed)
     write_pairs(store, curation_pairs(store) if cfg.preference_pairs else [])
     return result
