@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from sftmill.config import LLMEndpoint
 from sftmill.llm import ChatRequest, ChatResult, LLM, LLMOutputError
@@ -35,13 +35,20 @@ def fit_to_context(llm: LLM, template: PromptTemplate, variables: dict[str, Any]
     return {**variables, key: items[:lo]}, lo
 
 
-def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate, items: Sequence[T],
+def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate,
+            items: Sequence[T] | Iterator[Sequence[T]],
             variables: Callable[[T], dict[str, Any]], *, stage: str, seed: int = 0,
             max_tokens: int | Callable[[T], int] | None = None, fit: str | None = None,
             store=None, temperature: float | None = None, stop: tuple[str, ...] = (),
+            total: int | None = None,
+            on_item: Callable[[T, ChatResult | Exception], None] | None = None,
             ) -> list[tuple[T, ChatResult | LLMOutputError]]:
     """Render `template` for every item and send the batch; each item comes
     back with its result or the `LLMOutputError` that makes it unusable.
+    `items` may also be an iterator of batches that arrive while the map runs
+    (answers to judge as they are written, say): each batch is sent as it
+    comes, and `total` sizes the progress bar.  `on_item(item, result)` sees
+    every result as it lands, on the LLM loop: it must only hand it on.
     `max_tokens` (a number, or a function of the item) caps the endpoint's own
     limit for answers known to be short.  `fit` names a variable holding a
     best-first list of in-context examples, shortened per item to fit the
@@ -65,19 +72,32 @@ def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate, items: Se
             temperature=endpoint.temperature if temperature is None else temperature,
             top_p=endpoint.top_p, max_tokens=limit(item), seed=seed, stop=stop, stage=stage)
 
-    def chunks():  # rendered here while the chunks before are in flight
-        for start in range(0, len(items), CHUNK):
-            yield [request(item) for item in items[start:start + CHUNK]]
+    batches = [items] if isinstance(items, Sequence) else items
+    seen: list[T] = []  # every item taken from `batches`, in the order sent
 
-    with progress(stage, len(items)) as bar:
+    def chunks():  # rendered here while the chunks before are in flight
+        for batch in batches:
+            for start in range(0, len(batch), CHUNK):
+                part = batch[start:start + CHUNK]
+                rendered = [request(item) for item in part]
+                seen.extend(part)
+                yield rendered
+
+    def landed(i: int, result) -> None:
+        bar.advance()
+        rates.add(result, bar)
+        if on_item is not None:
+            on_item(seen[i], result)
+
+    with progress(stage, len(items) if total is None else total) as bar:
         rates = Rates(llm)
-        results = llm.chat_chunks(chunks(), on_result=lambda _i, r: (bar.advance(), rates.add(r, bar)))
+        results = llm.chat_chunks(chunks(), on_result=landed)
         failed = sum(isinstance(r, LLMOutputError) for r in results)
         bar.note = "; ".join(x for x in (f"{failed} unusable answers" if failed else "",
                                          rates.summary()) if x)
     if kept and store is not None:
         record_fit(store, stage, fit, kept)
-    return list(zip(items, results))
+    return list(zip(seen, results))
 
 
 class Rates:

@@ -18,7 +18,11 @@ length, refusal/boilerplate, truncation (the token budget ran out or the
 text stops mid-sentence, as in the generators' checks), citation validity (every cited number, in the
 list or in the text, names a retrieved passage), a cheap lexical support
 score (share of the answer's content words found in its cited passages) and
-the judge's groundedness (1–5 → 0–1).  `decide` applies the recipe's
+the judge's groundedness (1–5 → 0–1).  Against a served model the answer
+stage already scores each answer as it arrives (`ChecksAhead`: the judge's
+calls go out beside the answers', so the server is not left idle between
+the two stages); the check stage then scores only what is left, same
+calls, same keys.  `decide` applies the recipe's
 thresholds and writes the `dataset` table; reject reasons: too_short,
 too_long, truncated, echoes_prompt, off_topic_answer (embedding cosine with
 its prompt under `answers.min_prompt_similarity`), refusal, invalid_citation, no_citations, low_lexical_support,
@@ -28,10 +32,11 @@ not_grounded, llm_invalid_output.
 from __future__ import annotations
 
 import re
+from typing import Callable, Iterable, Iterator
 
 from sftmill.batch import answered, llm_map, normalise_score
 from sftmill.config import Recipe
-from sftmill.llm import LLMOutputError, make_llm
+from sftmill.llm import ChatResult, LLMOutputError, make_llm
 from sftmill.prompts import load_template
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store, content_id
@@ -114,31 +119,45 @@ def write_answers(store: Store, recipe: Recipe) -> tuple[int, int]:
     template = load_template(ANSWER_STAGE)
     endpoint = recipe.llm.generator
     llm = make_llm(endpoint, store)
-    results = llm_map(llm, endpoint, template, todo,
-                      lambda item: {"domain": recipe.domain.name, "prompt": item[0]["text"],
-                                    "passages": [x["text"] for x in item[1]]},
-                      stage=ANSWER_STAGE, seed=recipe.seed, temperature=recipe.answers.temperature,
-                      stop=PARAGRAPH_END)
-    rows = []
-    for (p, found), result in answered(store, ANSWER_STAGE, results,
-                                       lambda item: item[0]["prompt_id"]):
-        text = result.text.strip()
-        numbers = cited_numbers(text, [])
-        inferred = not numbers and bool(found)
-        if inferred:
-            numbers = inferred_citation(text, [x["text"] for x in found],
-                                        recipe.answers.min_lexical_support)
-        rows.append({
-            "answer_id": content_id(p["prompt_id"], text), "prompt_id": p["prompt_id"],
-            "text": text, "grounded": bool(found),
-            "cited_chunk_ids": [found[i - 1]["chunk_id"] for i in numbers if 1 <= i <= len(found)],
-            "cited_numbers": numbers, "citations_inferred": inferred and bool(numbers),
-            "model": llm.model,
-            "template_version": template.version, "call_key": result.key})
+
+    def row(item: tuple[dict, list[dict]], result: ChatResult) -> dict:
+        return answer_row(item[0], item[1], result, recipe, llm.model, template.version)
+
+    ahead = ChecksAhead.start(store, recipe, llm, passages, len(todo), row)
+    try:
+        results = llm_map(llm, endpoint, template, todo,
+                          lambda item: {"domain": recipe.domain.name, "prompt": item[0]["text"],
+                                        "passages": [x["text"] for x in item[1]]},
+                          stage=ANSWER_STAGE, seed=recipe.seed,
+                          temperature=recipe.answers.temperature, stop=PARAGRAPH_END,
+                          on_item=ahead.offer if ahead else None)
+    finally:
+        made = ahead.finish() if ahead else {}
+    rows = [made.get(item[0]["prompt_id"]) or row(item, result)
+            for item, result in answered(store, ANSWER_STAGE, results,
+                                         lambda item: item[0]["prompt_id"])]
     # Every kept prompt is answered on every run (repeats come from the call
     # table), so the table holds exactly the current answers.
     store.replace_rows("answers", rows)
     return len(prompts), len(rows)
+
+
+def answer_row(prompt: dict, found: list[dict], result: ChatResult, recipe: Recipe, model: str,
+               template_version: str) -> dict:
+    """The `answers` row of a prompt's answer; an answer without markers
+    cites the passage it draws on most (`inferred_citation`)."""
+    text = result.text.strip()
+    numbers = cited_numbers(text, [])
+    inferred = not numbers and bool(found)
+    if inferred:
+        numbers = inferred_citation(text, [x["text"] for x in found],
+                                    recipe.answers.min_lexical_support)
+    return {
+        "answer_id": content_id(prompt["prompt_id"], text), "prompt_id": prompt["prompt_id"],
+        "text": text, "grounded": bool(found),
+        "cited_chunk_ids": [found[i - 1]["chunk_id"] for i in numbers if 1 <= i <= len(found)],
+        "cited_numbers": numbers, "citations_inferred": inferred and bool(numbers),
+        "model": model, "template_version": template_version, "call_key": result.key}
 
 
 JUDGE_OFF = "judge off (answers.min_groundedness: 0)"
@@ -156,71 +175,202 @@ def prompt_answer_similarity(store: Store, recipe: Recipe, answers: list[dict]) 
     return {a["answer_id"]: float(p @ t) for a, p, t in zip(answers, prompts, texts)}
 
 
-def check_answers(store: Store, recipe: Recipe) -> int:
-    """Score every answer without checks yet; return how many were judged by
-    the LLM.  `answers.min_groundedness: 0` turns the judge off (it could drop
-    nothing); raised again, the answers it skipped are judged."""
+def cheap_checks(answer: dict, found: list[str], recipe: Recipe) -> dict:
+    """An `answer_checks` row with what needs no model: length, refusal,
+    truncation, echo, citation validity (the judge's and the embedding's
+    fields are filled in later)."""
     judge_on = recipe.answers.min_groundedness > 0
-    if judge_on:
+    text = answer["text"]
+    return {
+        "answer_id": answer["answer_id"], "n_chars": len(text),
+        "refusal": bool(REFUSAL.search(text)),
+        "truncated": ((answer["tokens_out"] or 0) >= recipe.llm.generator.max_tokens
+                      or ends_mid_sentence(text)),
+        "echoes_prompt": echoes_prompt(text, answer["prompt"]),
+        "prompt_similarity": None,
+        "citations_valid": citations_valid(answer["cited_numbers"], len(found)),
+        "lexical_support": None,
+        "groundedness": None, "judge_reason": None if judge_on else JUDGE_OFF, "model": None,
+        "template_version": None, "call_key": None}
+
+
+def worth_judging(check: dict, grounded: bool, recipe: Recipe) -> bool:
+    """Only an answer the cheap checks let through is sent to the judge.
+    (Similarity to the prompt is a score its threshold decides later: judged
+    either way, so a changed answers.min_prompt_similarity needs no new call.)"""
+    return (recipe.answers.min_groundedness > 0 and grounded and check["citations_valid"]
+            and not check["refusal"] and not check["truncated"] and not check["echoes_prompt"]
+            and recipe.answers.min_chars <= check["n_chars"])
+
+
+def score_answers(store: Store, recipe: Recipe, batches: Iterable[list[dict]], total: int,
+                  passages: dict[str, list[dict]]) -> int:
+    """Score answers (rows of `answers` plus their `prompt` text and
+    `tokens_out`) batch by batch as they come: the cheap checks, then the
+    judge's groundedness for those worth judging, while the similarity to
+    the prompt and the lexical support of each batch are computed beside the
+    judge's calls (they decide nothing about who is judged).  Inserts the
+    `answer_checks` rows; returns how many answers were sent to the judge."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="answer-similarity")
+    scored: list[tuple[dict, dict, list[str]]] = []  # (check row, answer, cited passages)
+    beside = []  # per batch: (its checks, similarity future, lexical-support future)
+
+    def to_judge() -> Iterator[list[tuple[dict, dict, list[str]]]]:
+        for answers in batches:
+            batch = []
+            for a in answers:
+                found = [x["text"] for x in passages.get(a["prompt_id"], [])]
+                check = cheap_checks(a, found, recipe)
+                check["_cited"] = [found[n - 1] for n in a["cited_numbers"] if 1 <= n <= len(found)]
+                batch.append((check, a, found))
+            scored.extend(batch)
+            beside.append((batch, pool.submit(prompt_answer_similarity, store, recipe, answers),
+                           pool.submit(lambda b=batch: [
+                               lexical_support(a["text"], c["_cited"]) if c["_cited"] else 0.0
+                               for c, a, _ in b])))
+            yield [x for x in batch if worth_judging(x[0], x[1]["grounded"], recipe)]
+
+    template = load_template("groundedness")
+    endpoint = recipe.llm.judge
+    llm = make_llm(endpoint, store)
+    try:
+        results = llm_map(llm, endpoint, template, to_judge(),
+                          lambda x: {"passages": x[2], "prompt": x[1]["prompt"], "answer": x[1]["text"]},
+                          stage=CHECK_STAGE, seed=recipe.seed, total=total)
+        for (check, _a, _found), result in results:
+            if isinstance(result, LLMOutputError):
+                check["judge_reason"] = f"llm_invalid_output: {result}"
+                continue
+            check.update(groundedness=normalise_score(result.data["score"]),
+                         judge_reason=result.data["reason"], model=llm.model,
+                         template_version=template.version, call_key=result.key)
+        for batch, similar, supports in beside:
+            similarity = similar.result()
+            for (check, _a, _found), support in zip(batch, supports.result()):
+                check["prompt_similarity"] = similarity.get(check["answer_id"])
+                check["lexical_support"] = support
+    finally:
+        pool.shutdown(cancel_futures=True)
+    store.insert("answer_checks", [{k: v for k, v in c.items() if not k.startswith("_")}
+                                   for c, _a, _found in scored])
+    return len(results)
+
+
+def forget_unjudged(store: Store, recipe: Recipe) -> None:
+    """With the judge on, the checks made while it was off are made again."""
+    if recipe.answers.min_groundedness > 0:
         store.execute("DELETE FROM answer_checks WHERE judge_reason = ?", [JUDGE_OFF])
+
+
+def check_answers(store: Store, recipe: Recipe) -> int:
+    """Score every answer without checks yet (the answer stage scores its
+    answers as they arrive when it can: `ChecksAhead`); return how many were
+    judged by the LLM.  `answers.min_groundedness: 0` turns the judge off (it
+    could drop nothing); raised again, the answers it skipped are judged."""
+    forget_unjudged(store, recipe)
     answers = store.query_dicts(
         "SELECT a.*, p.text AS prompt, (SELECT max(c.tokens_out) FROM llm_calls c "
         "WHERE c.key = a.call_key AND c.status = 'ok') AS tokens_out "
         "FROM answers a JOIN answerable_prompts p USING (prompt_id) "
         "WHERE a.answer_id NOT IN (SELECT answer_id FROM answer_checks) ORDER BY a.answer_id")
-    budget = recipe.llm.generator.max_tokens
-    passages = passages_by_prompt(store)
-    # Embedding answers and prompts does not decide who is judged: it runs
-    # beside the judge's calls instead of before them.
-    from concurrent.futures import ThreadPoolExecutor
+    if not answers:  # all scored as they were written
+        return 0
+    return score_answers(store, recipe, [answers], len(answers), passages_by_prompt(store))
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix="answer-similarity")
-    similar = pool.submit(prompt_answer_similarity, store, recipe, answers)
-    cheap = []
-    for a in answers:
-        found = [x["text"] for x in passages.get(a["prompt_id"], [])]
-        cited = [found[n - 1] for n in a["cited_numbers"] if 1 <= n <= len(found)]
-        cheap.append({
-            "answer_id": a["answer_id"], "n_chars": len(a["text"]),
-            "refusal": bool(REFUSAL.search(a["text"])),
-            "truncated": (a["tokens_out"] or 0) >= budget or ends_mid_sentence(a["text"]),
-            "echoes_prompt": echoes_prompt(a["text"], a["prompt"]),
-            "prompt_similarity": None,  # filled in below
-            "citations_valid": citations_valid(a["cited_numbers"], len(found)),
-            "lexical_support": None,  # filled in below
-            "groundedness": None, "judge_reason": None if judge_on else JUDGE_OFF, "model": None,
-            "template_version": None, "call_key": None, "_passages": found, "_answer": a,
-            "_cited": cited})
-    # Nor does lexical support: also computed beside the judge's calls.
-    supports = pool.submit(lambda: [lexical_support(c["_answer"]["text"], c["_cited"])
-                                    if c["_cited"] else 0.0 for c in cheap])
-    # Similarity to the prompt is a score its threshold decides later: judged
-    # either way, so a changed answers.min_prompt_similarity needs no new call.
-    judge_these = [c for c in cheap if judge_on and c["_answer"]["grounded"] and c["citations_valid"]
-                   and not c["refusal"] and not c["truncated"] and not c["echoes_prompt"]
-                   and recipe.answers.min_chars <= c["n_chars"]]
-    template = load_template("groundedness")
-    endpoint = recipe.llm.judge
-    llm = make_llm(endpoint, store)
-    results = llm_map(llm, endpoint, template, judge_these,
-                      lambda c: {"passages": c["_passages"], "prompt": c["_answer"]["prompt"],
-                                 "answer": c["_answer"]["text"]},
-                      stage=CHECK_STAGE, seed=recipe.seed)
-    for c, result in results:
-        if isinstance(result, LLMOutputError):
-            c["judge_reason"] = f"llm_invalid_output: {result}"
-            continue
-        c.update(groundedness=normalise_score(result.data["score"]),
-                 judge_reason=result.data["reason"], model=llm.model,
-                 template_version=template.version, call_key=result.key)
-    similarity = similar.result()
-    for c, support in zip(cheap, supports.result()):
-        c["prompt_similarity"] = similarity.get(c["answer_id"])
-        c["lexical_support"] = support
-    pool.shutdown()
-    store.insert("answer_checks", [{k: v for k, v in c.items() if not k.startswith("_")}
-                                   for c in cheap])
-    return len(judge_these)
+
+class ChecksAhead:
+    """Answer checks for the answers the answer stage writes, as they arrive:
+    the judge's calls go out beside the answers' instead of after the last
+    one, so the server is never idle between the two stages.  The check
+    stage then finds these answers scored (`check_answers` scores only the
+    rest) and decides.  Every call keeps its key, and is journaled as it
+    lands: a run stopped half way pays for neither again.
+
+    Used only where calls can overlap (a served model, not a Batch API or
+    the in-process model) and when the run has no budget (each stage checks
+    the budget against what is spent, not against another's calls in flight)."""
+
+    BATCH = 256  # answers scored together: one cache look-up and one embedding batch
+
+    def __init__(self, store: Store, recipe: Recipe, passages: dict[str, list[dict]], total: int,
+                 row: Callable[[tuple[dict, list[dict]], ChatResult], dict]):
+        import queue
+        import threading
+
+        self.store, self.recipe, self.passages, self.total, self.row = (
+            store, recipe, passages, total, row)
+        self.queue: queue.Queue = queue.Queue()
+        self.made: dict[str, dict] = {}  # prompt_id → its answers row
+        self.drained = False  # the answer stage's end was taken from the queue
+        forget_unjudged(store, recipe)
+        self.known = {r[0] for r in store.execute("SELECT answer_id FROM answer_checks")}
+        self.failed: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="answer-checks-ahead")
+        self.thread.start()
+
+    @classmethod
+    def start(cls, store: Store, recipe: Recipe, answer_llm, passages: dict[str, list[dict]],
+              total: int, row) -> "ChecksAhead | None":
+        from sftmill.llm.budget import budget_of
+
+        judge = make_llm(recipe.llm.judge, store)
+        if (total == 0 or budget_of(store) is not None
+                or any(x.batched or x.max_concurrency < 2 for x in (answer_llm, judge))):
+            return None
+        return cls(store, recipe, passages, total, row)
+
+    def offer(self, item: tuple[dict, list[dict]], result) -> None:
+        """An answer landed (called on the LLM loop: only queue it)."""
+        self.queue.put((item, result))
+
+    def finish(self) -> dict[str, dict]:
+        """Wait for the last checks; the answers rows built on the way."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.failed is not None:  # the check stage scores what is missing
+            import logging
+
+            logging.getLogger(__name__).info("answer checks ahead stopped (%s): the check "
+                                             "stage scores the rest", self.failed)
+        return self.made
+
+    def _batches(self) -> Iterator[list[dict]]:
+        import queue
+
+        done = False
+        while not done:
+            batch = []
+            item = self.queue.get()  # the first of a batch: wait for it
+            while True:
+                if item is None:
+                    done = self.drained = True
+                    break
+                (prompt, found), result = item
+                if isinstance(result, ChatResult):
+                    row = self.row((prompt, found), result)
+                    self.made[prompt["prompt_id"]] = row
+                    if row["answer_id"] not in self.known:
+                        self.known.add(row["answer_id"])
+                        batch.append({**row, "prompt": prompt["text"],
+                                      "tokens_out": result.tokens_out})
+                if len(batch) >= self.BATCH:
+                    break
+                try:
+                    item = self.queue.get(timeout=0.5)
+                except queue.Empty:
+                    break
+            if batch:
+                yield batch
+
+    def _run(self) -> None:
+        try:
+            score_answers(self.store, self.recipe, self._batches(), self.total, self.passages)
+        except BaseException as err:  # noqa: BLE001 — reported by finish()
+            self.failed = err
+            while not self.drained:  # let the answer stage finish
+                self.drained = self.queue.get() is None
 
 
 def reject_reason(check: dict, grounded: bool, recipe: Recipe) -> str | None:
@@ -303,7 +453,9 @@ def answer(recipe: Recipe, retrieved: StageResult) -> StageResult:
 def answer_checks(recipe: Recipe, answers: StageResult) -> StageResult:
     store = Store.open(answers.out.db_path)
     timer = StageTimer(store, CHECK_STAGE)
-    judged = check_answers(store, recipe)
+    judged_here = check_answers(store, recipe)
     kept = decide(store, recipe)
+    judged = store.scalar("SELECT count(*) FROM answers JOIN answer_checks k USING (answer_id) "
+                          "WHERE k.call_key IS NOT NULL")
     return timer.done(store.ref("dataset", "record_id"), answers.out.rows, kept,
-                      f"{judged} answers sent to the judge")
+                      f"{judged} answers judged, {judged_here} of them in this stage")

@@ -109,3 +109,50 @@ def test_a_cut_off_answer_is_rejected_as_truncated():
     assert echoes_prompt("What happens to mesons when they decay? [1]",
                          "What happens to mesons when they decay?")
     assert not echoes_prompt("Mesons decay into lighter hadrons [1].", "What happens to mesons?")
+
+
+def store_with_prompts(path, n: int):
+    """n kept prompts, each with one retrieved passage."""
+    store = Store.open(path / "run" / "sftmill.duckdb")
+    store.insert("documents", [{"doc_id": "d1", "uri": "file:///notes.md", "text": "t"}])
+    store.insert("chunks", [{"chunk_id": f"c{i}", "doc_id": "d1", "idx": i, "char_start": 0,
+                             "char_end": 10, "heading": "", "n_tokens": 12,
+                             "text": f"Gluons of kind {i} carry colour charge and bind quarks."}
+                            for i in range(n)])
+    store.insert("prompts", [{"prompt_id": f"p{i}", "text": f"What do gluons of kind {i} do?",
+                              "origin": "generated"} for i in range(n)])
+    store.insert("retrievals", [{"prompt_id": f"p{i}", "rank": 1, "chunk_id": f"c{i}",
+                                 "similarity": 0.7} for i in range(n)])
+    return store
+
+
+def test_answers_are_checked_as_they_arrive_and_the_check_stage_only_decides(tmp_path, monkeypatch):
+    from sftmill.tasks import answer as answer_task
+
+    llm = route_llm(monkeypatch, ScriptedLLM(schema_answers))
+    monkeypatch.setattr(answer_task.ChecksAhead, "BATCH", 64)  # several batches
+    checks, kept = {}, {}
+    for ahead in (True, False):
+        folder = tmp_path / str(ahead)
+        folder.mkdir()
+        recipe = make_recipe(folder)
+        store = store_with_prompts(folder, 150)
+        if not ahead:
+            monkeypatch.setattr(answer_task.ChecksAhead, "start", lambda *a, **k: None)
+        llm.requests.clear()
+        write_answers(store, recipe)
+        in_answer_stage = [r.stage for r in llm.requests]
+        judged_later = check_answers(store, recipe)
+        assert in_answer_stage.count("answer") == 150
+        if ahead:  # the judge's calls went out in the answer stage; none is sent again
+            assert in_answer_stage.count("answer_checks") > 0 and judged_later == 0
+            assert len(llm.requests) == len(in_answer_stage)
+        else:
+            assert "answer_checks" not in in_answer_stage
+            assert judged_later == sum(r.stage == "answer_checks" for r in llm.requests) > 0
+        decide(store, recipe)
+        checks[ahead] = store.query_dicts("SELECT * FROM answer_checks ORDER BY answer_id")
+        kept[ahead] = store.execute("SELECT record_id FROM dataset ORDER BY record_id")
+        assert len(checks[ahead]) == store.count("answers") == 150
+        Store.close_all()
+    assert checks[True] == checks[False] and kept[True] == kept[False] != []
