@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -165,25 +166,53 @@ def normalise_score(score: int) -> float:
 
 
 def judge_into(store, recipe, template_name: str, items: Sequence[tuple[str, dict[str, Any]]],
-               *, stage: str, table: str, id_column: str) -> int:
+               *, stage: str, table: str, id_column: str,
+               meanwhile: Callable[[], Any] | None = None) -> int:
     """Score-first judging shared by the relevance and prompt filters: ask the
     judge LLM about each (id, template variables) item, store its 1–5 score
     (as 0–1) and reason in `table`; an unusable answer becomes an
-    `llm_invalid_output` reject.  Returns how many items were asked."""
+    `llm_invalid_output` reject.  `meanwhile` is work for a later stage done
+    `beside` the calls.  Returns how many items were asked."""
     from sftmill.llm import make_llm
     from sftmill.prompts import load_template
 
     template = load_template(template_name)
     endpoint = recipe.llm.judge
     llm = make_llm(endpoint, store)
-    results = llm_map(llm, endpoint, template, items, lambda item: item[1],
-                      stage=stage, seed=recipe.seed)
+    with beside(llm, meanwhile):
+        results = llm_map(llm, endpoint, template, items, lambda item: item[1],
+                          stage=stage, seed=recipe.seed)
     rows = [{id_column: item_id, "score": normalise_score(result.data["score"]),
              "reason": result.data["reason"], "model": llm.model,
              "template_version": template.version, "call_key": result.key}
             for (item_id, _variables), result in answered(store, stage, results, lambda i: i[0])]
     store.insert(table, rows)
     return len(items)
+
+
+@contextlib.contextmanager
+def beside(llm: LLM, work: Callable[[], Any] | None):
+    """Run `work` — a later stage's, which decides nothing here — in a thread
+    while the block's calls are in flight, when they wait on a server
+    (`LLM.overlaps`): its time then hides behind theirs.  The block ends when
+    both are done.  A failure of `work` is logged, not raised: the stage it
+    was for does it again."""
+    if work is None or not llm.overlaps:
+        yield
+        return
+    import logging
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="beside-calls") as pool:
+        done = pool.submit(work)
+        try:
+            yield
+        finally:
+            try:
+                done.result()
+            except Exception as err:  # noqa: BLE001 — only ahead of time
+                logging.getLogger(__name__).info("work beside the calls failed (%s): "
+                                                 "its stage does it again", err)
 
 
 def record_low_scores(store, stage: str, table: str, id_column: str, threshold: float,

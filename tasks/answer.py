@@ -317,7 +317,7 @@ class ChecksAhead:
 
         judge = make_llm(recipe.llm.judge, store)
         if (total == 0 or budget_of(store) is not None
-                or any(x.batched or x.max_concurrency < 2 for x in (answer_llm, judge))):
+                or not (answer_llm.overlaps and judge.overlaps)):
             return None
         return cls(store, recipe, passages, total, row)
 

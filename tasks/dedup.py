@@ -168,11 +168,23 @@ def kept_candidates(store: Store, threshold: float) -> list[dict]:
     return sorted(rows, key=lambda r: (ORIGIN_RANK.get(r["origin"], 9), -r["quality"], r["prompt_id"]))
 
 
+def dedup_embedder(store: Store, recipe: Recipe) -> Embedder:
+    return Embedder(recipe.dedup_embedding or recipe.embedding, store)
+
+
+def embed_ahead(store: Store, recipe: Recipe, texts: list[str]) -> None:
+    """Put the vectors of prompts dedup will compare into the embedding
+    cache now (the prompt filter calls this beside its judge's calls).  Not
+    for an embedding model on a Dask cluster: its tasks belong to the stage."""
+    embedder = dedup_embedder(store, recipe)
+    if embedder.config.runner != "dask":
+        embedder.embed(texts)
+
+
 def dedup_prompts(store: Store, recipe: Recipe) -> tuple[int, int]:
     rows = kept_candidates(store, recipe.thresholds.prompt_quality)
     with progress("dedup", len(rows)) as bar:
-        embedder = Embedder(recipe.dedup_embedding or recipe.embedding, store)
-        vectors = embedder.embed([r["text"] for r in rows])
+        vectors = dedup_embedder(store, recipe).embed([r["text"] for r in rows])
         removed = near_duplicates(vectors, recipe.thresholds.dedup_cosine) if rows else {}
         bar.advance(len(rows))
     store.execute("DELETE FROM rejects WHERE stage = ?", [STAGE])

@@ -165,6 +165,13 @@ class LLM:
         self.in_flight = 0  # requests sent and not yet answered
         self._slots: asyncio.Semaphore | None = None  # max_concurrency, across chunks
 
+    @property
+    def overlaps(self) -> bool:
+        """Its calls wait on a server: other work can go on while they are in
+        flight (not the in-process model, which takes the CPU, nor a Batch
+        API, whose answers come hours later)."""
+        return self.max_concurrency > 1 and not self.batched
+
     def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
         """Tokens `messages` take in the prompt; backends with a tokenizer
         count exactly."""

@@ -128,3 +128,30 @@ def test_dedup_stage_embeds_with_dedup_embedding(tmp_path):
     assert n_in == 10 and n_out == 8  # two of the three rewordings reach 0.93 with static vectors
     removed = {r[0] for r in store.execute("SELECT item_id FROM rejects WHERE stage = 'dedup'")}
     assert removed == {"p3", "p4"}
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("served", [True, False])
+def test_prompt_filter_embeds_for_dedup_beside_a_served_judge(tmp_path, monkeypatch, served):
+    from fakes import ScriptedLLM, route_llm, schema_answers
+    from sftmill.config import load_recipe
+    from sftmill.store import Store
+    from sftmill.tasks.prompt_filter import score_prompts
+    from examples import example_recipe
+
+    judge = route_llm(monkeypatch, ScriptedLLM(schema_answers))
+    judge.max_concurrency = 4 if served else 1  # 1: as the in-process model, which takes the CPU
+    recipe = load_recipe(example_recipe(tmp_path, dedup_embedding={"model": "static:all-MiniLM-L6-v2"},
+                                        thresholds={"prompt_quality": 0.5}))
+    store = Store.open(recipe.db_path)
+    texts = [a for a, _ in PAIRS] + [b for _, b in PAIRS] + DIFFERENT + ["What is this?"]  # vague
+    store.insert("candidate_prompts", [{"prompt_id": f"p{i}", "text": t, "origin": "generated",
+                                        "parent_id": "x", "profile_id": "x", "task_type": "question"}
+                                       for i, t in enumerate(texts)])
+    assert score_prompts(store, recipe) == 10
+    ahead = store.count("embeddings")
+    assert ahead == (10 if served else 0)  # the vague prompt is dropped before the judge
+    dedup.dedup_prompts(store, recipe)
+    kept = store.scalar("SELECT count(*) FROM prompt_scores WHERE score >= ?",
+                        [recipe.thresholds.prompt_quality])
+    assert store.count("embeddings") == (10 if served else kept)  # dedup embedded nothing new
