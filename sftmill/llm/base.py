@@ -307,13 +307,15 @@ class LLM:
     # -- batches ------------------------------------------------------------
     async def achat_many(self, requests: Sequence[ChatRequest],
                          on_result: Callable[[int, ChatResult | Exception], None] | None = None,
+                         looked_up: tuple[list[str], dict[str, dict[str, Any]]] | None = None,
                          ) -> list[ChatResult | LLMOutputError]:
+        """`looked_up`: the requests' keys and cache hits, when the caller
+        (`chat_chunks`) worked them out off the loop."""
         if self._slots is None:  # created on the LLM loop, shared by every chunk
             self._slots = asyncio.Semaphore(self.max_concurrency)
         limit = self._slots
         down: list[LLMUnavailableError] = []  # once the endpoint is gone, stop sending
-        keys = [r.key(self.model) for r in requests]
-        hits = self.cached(keys)
+        keys, hits = looked_up or self.look_up(requests)
 
         async def one(i: int, req: ChatRequest):
             hit = hits.get(keys[i])
@@ -363,12 +365,16 @@ class LLM:
         `LLMOutputError`; an unreachable endpoint raises `LLMUnavailableError`."""
         return self.chat_chunks([requests], on_result)
 
+    def look_up(self, requests: Sequence[ChatRequest]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+        """The requests' cache keys and the completed calls among them."""
+        keys = [r.key(self.model) for r in requests]
+        return keys, self.cached(keys)
+
     def _within(self, budget, chunk: Sequence[ChatRequest]) -> None:
         """Raise `BudgetExceeded` when the chunk's uncached requests, at their
         worst (estimated prompt + max_tokens), could pass the run's budget."""
         self.journal.merge()  # what was spent so far, all of it in llm_calls
-        keys = [r.key(self.model) for r in chunk]
-        hits = self.cached(keys)
+        keys, hits = self.look_up(chunk)
         todo = [r for r, key in zip(chunk, keys) if key not in hits]
         if todo:
             budget.check(self.store, self.model, todo[0].stage, len(todo),
@@ -397,7 +403,8 @@ class LLM:
                     stopped = err
                     break
             report = on_result and (lambda i, r, base=offset: on_result(base + i, r))
-            futures.append(submit(self.achat_many(chunk, report)))
+            # keys and cache look-up here, not on the loop, where they would hold up every call
+            futures.append(submit(self.achat_many(chunk, report, self.look_up(chunk))))
             offset += len(chunk)
         try:
             wait_for(futures, tick)

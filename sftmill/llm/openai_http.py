@@ -207,10 +207,17 @@ _POOLS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Pool]]
     weakref.WeakKeyDictionary())
 
 
+_LAST: "tuple[weakref.ref, dict[tuple, Pool]] | None" = None  # the last loop's pools
+
+
 def pool_for(endpoint: ServerEndpoint, key: tuple | None = None) -> Pool:
     """The running loop's pool for this endpoint (same URLs, model and limits;
     `key`: its `pool_key()` when the caller already has it)."""
-    pools = _POOLS.setdefault(asyncio.get_running_loop(), {})
+    global _LAST
+    loop = asyncio.get_running_loop()
+    if _LAST is None or _LAST[0]() is not loop:  # (a weak key look-up per request showed in profiles)
+        _LAST = (weakref.ref(loop), _POOLS.setdefault(loop, {}))
+    pools = _LAST[1]
     key = key or endpoint.pool_key()
     pool = pools.get(key)
     if pool is None:
