@@ -15,7 +15,7 @@ from sftmill.remote import local_recipe
 from sftmill.stages import StageResult
 from sftmill.store import Store
 from sftmill.tasks.answer import answer, answer_checks
-from sftmill.tasks.card import dataset_card
+from sftmill.tasks.card import dataset_card, preload_plotting
 from sftmill.tasks.curate import curate
 from sftmill.tasks.preferences import preference_pairs
 from sftmill.tasks.export import export
@@ -35,6 +35,7 @@ def answer_flow(params: RunParams) -> list[StageResult]:
 def answer_flow_stages(params: RunParams) -> list[StageResult]:
     recipe, r = params.load(), params.refresh
     check_templates_fit(recipe.llm_templates())  # a prompt that can never fit stops here
+    preload_plotting()  # for the card, while the stages below wait on their calls
     store = Store.open(recipe.db_path)
     record_budget(store, recipe)  # the run's LLMs check it per chunk
     done: list[StageResult] = []

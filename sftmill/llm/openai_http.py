@@ -214,10 +214,10 @@ def pool_for(endpoint: ServerEndpoint, key: tuple | None = None) -> Pool:
     """The running loop's pool for this endpoint (same URLs, model and limits;
     `key`: its `pool_key()` when the caller already has it)."""
     global _LAST
-    loop = asyncio.get_running_loop()
-    if _LAST is None or _LAST[0]() is not loop:  # (a weak key look-up per request showed in profiles)
-        _LAST = (weakref.ref(loop), _POOLS.setdefault(loop, {}))
-    pools = _LAST[1]
+    loop, last = asyncio.get_running_loop(), _LAST  # (read once: another loop's thread may swap it)
+    if last is None or last[0]() is not loop:  # (a weak-key look-up per request showed in profiles)
+        last = _LAST = (weakref.ref(loop), _POOLS.setdefault(loop, {}))
+    pools = last[1]
     key = key or endpoint.pool_key()
     pool = pools.get(key)
     if pool is None:
@@ -391,8 +391,7 @@ class OpenAIChatLLM(LLM):
         budget = budget_of(self.store)
         if budget is not None and requests:
             self._within(budget, requests)  # the whole stage, before a batch is paid for
-        keys = [r.key(self.model) for r in requests]
-        hits = self.cached(keys)
+        keys, hits = self.look_up(requests)
         todo = {key: request for key, request in zip(keys, requests)
                 if key not in hits and key not in self._answered and not self.prompt_too_long(request)}
         if len(todo) >= self.endpoint.batch_min:
