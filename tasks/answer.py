@@ -214,22 +214,22 @@ def score_answers(store: Store, recipe: Recipe, batches: Iterable[list[dict]], t
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="answer-similarity")
-    scored: list[tuple[dict, dict, list[str]]] = []  # (check row, answer, cited passages)
-    beside = []  # per batch: (its checks, similarity future, lexical-support future)
+    # per answer: (its check row, the answer, its passages, those it cites)
+    scored: list[tuple[dict, dict, list[str], list[str]]] = []
+    side_work = []  # per batch: (its answers, similarity future, lexical-support future)
 
-    def to_judge() -> Iterator[list[tuple[dict, dict, list[str]]]]:
+    def to_judge() -> Iterator[list[tuple[dict, dict, list[str], list[str]]]]:
         for answers in batches:
             batch = []
             for a in answers:
                 found = [x["text"] for x in passages.get(a["prompt_id"], [])]
-                check = cheap_checks(a, found, recipe)
-                check["_cited"] = [found[n - 1] for n in a["cited_numbers"] if 1 <= n <= len(found)]
-                batch.append((check, a, found))
+                cited = [found[n - 1] for n in a["cited_numbers"] if 1 <= n <= len(found)]
+                batch.append((cheap_checks(a, found, recipe), a, found, cited))
             scored.extend(batch)
-            beside.append((batch, pool.submit(prompt_answer_similarity, store, recipe, answers),
-                           pool.submit(lambda b=batch: [
-                               lexical_support(a["text"], c["_cited"]) if c["_cited"] else 0.0
-                               for c, a, _ in b])))
+            side_work.append((batch, pool.submit(prompt_answer_similarity, store, recipe, answers),
+                              pool.submit(lambda b=batch: [
+                                  lexical_support(a["text"], cited) if cited else 0.0
+                                  for _c, a, _found, cited in b])))
             yield [x for x in batch if worth_judging(x[0], x[1]["grounded"], recipe)]
 
     template = load_template("groundedness")
@@ -239,22 +239,21 @@ def score_answers(store: Store, recipe: Recipe, batches: Iterable[list[dict]], t
         results = llm_map(llm, endpoint, template, to_judge(),
                           lambda x: {"passages": x[2], "prompt": x[1]["prompt"], "answer": x[1]["text"]},
                           stage=CHECK_STAGE, seed=recipe.seed, total=total)
-        for (check, _a, _found), result in results:
+        for (check, *_), result in results:
             if isinstance(result, LLMOutputError):
                 check["judge_reason"] = f"llm_invalid_output: {result}"
                 continue
             check.update(groundedness=normalise_score(result.data["score"]),
                          judge_reason=result.data["reason"], model=llm.model,
                          template_version=template.version, call_key=result.key)
-        for batch, similar, supports in beside:
+        for batch, similar, supports in side_work:
             similarity = similar.result()
-            for (check, _a, _found), support in zip(batch, supports.result()):
+            for (check, *_), support in zip(batch, supports.result()):
                 check["prompt_similarity"] = similarity.get(check["answer_id"])
                 check["lexical_support"] = support
     finally:
         pool.shutdown(cancel_futures=True)
-    store.insert("answer_checks", [{k: v for k, v in c.items() if not k.startswith("_")}
-                                   for c, _a, _found in scored])
+    store.insert("answer_checks", [check for check, *_ in scored])
     return len(results)
 
 

@@ -370,16 +370,19 @@ class LLM:
         keys = [r.key(self.model) for r in requests]
         return keys, self.cached(keys)
 
-    def _within(self, budget, chunk: Sequence[ChatRequest]) -> None:
+    def _within(self, budget, chunk: Sequence[ChatRequest],
+                ) -> tuple[list[str], dict[str, dict[str, Any]]]:
         """Raise `BudgetExceeded` when the chunk's uncached requests, at their
-        worst (estimated prompt + max_tokens), could pass the run's budget."""
+        worst (estimated prompt + max_tokens), could pass the run's budget;
+        else return the chunk's `look_up`, made after the journal's merge."""
         self.journal.merge()  # what was spent so far, all of it in llm_calls
-        keys, hits = self.look_up(chunk)
+        keys, hits = looked_up = self.look_up(chunk)
         todo = [r for r, key in zip(chunk, keys) if key not in hits]
         if todo:
             budget.check(self.store, self.model, todo[0].stage, len(todo),
                          sum(self.count_tokens(r.message_dicts()) for r in todo),
                          sum(r.max_tokens for r in todo), batch=self.batched)
+        return looked_up
 
     def chat_chunks(self, chunks: Iterable[Sequence[ChatRequest]],
                     on_result: Callable[[int, ChatResult | Exception], None] | None = None,
@@ -396,15 +399,16 @@ class LLM:
         tick = self.journal.merge if self.store is not None else None
         futures, offset, stopped = [], 0, None
         for chunk in chunks:
+            looked_up = None
             if budget is not None:
                 try:
-                    self._within(budget, chunk)
+                    looked_up = self._within(budget, chunk)
                 except LLMError as err:  # what is in flight finishes and is kept
                     stopped = err
                     break
             report = on_result and (lambda i, r, base=offset: on_result(base + i, r))
             # keys and cache look-up here, not on the loop, where they would hold up every call
-            futures.append(submit(self.achat_many(chunk, report, self.look_up(chunk))))
+            futures.append(submit(self.achat_many(chunk, report, looked_up or self.look_up(chunk))))
             offset += len(chunk)
         try:
             wait_for(futures, tick)

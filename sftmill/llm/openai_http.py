@@ -389,9 +389,9 @@ class OpenAIChatLLM(LLM):
 
         requests = [r for chunk in chunks for r in chunk]
         budget = budget_of(self.store)
-        if budget is not None and requests:
-            self._within(budget, requests)  # the whole stage, before a batch is paid for
-        keys, hits = self.look_up(requests)
+        # the whole stage, before a batch is paid for
+        keys, hits = (self._within(budget, requests) if budget is not None and requests
+                      else self.look_up(requests))
         todo = {key: request for key, request in zip(keys, requests)
                 if key not in hits and key not in self._answered and not self.prompt_too_long(request)}
         if len(todo) >= self.endpoint.batch_min:
