@@ -13,10 +13,11 @@ from sftmill.llm.budget import record_budget
 from sftmill.preflight import check_templates_fit
 from sftmill.remote import local_recipe
 from sftmill.stages import StageResult
+from sftmill.warmup import warm_up
 from sftmill.store import Store
 from sftmill.tasks.answer import answer, answer_checks
-from sftmill.tasks.card import dataset_card, preload_plotting
-from sftmill.tasks.curate import curate
+from sftmill.tasks.card import dataset_card, pyplot
+from sftmill.tasks.curate import curate, models_to_load
 from sftmill.tasks.preferences import preference_pairs
 from sftmill.tasks.export import export
 from sftmill.tasks.rag import extended_search, retrieve
@@ -35,7 +36,9 @@ def answer_flow(params: RunParams) -> list[StageResult]:
 def answer_flow_stages(params: RunParams) -> list[StageResult]:
     recipe, r = params.load(), params.refresh
     check_templates_fit(recipe.llm_templates())  # a prompt that can never fit stops here
-    preload_plotting()  # for the card, while the stages below wait on their calls
+    # The card's plotting library and curation's models, loaded while the
+    # stages below wait on their calls.
+    warm_up("sftmill-answer-flow-preload", [pyplot, *models_to_load(recipe.curation)])
     store = Store.open(recipe.db_path)
     record_budget(store, recipe)  # the run's LLMs check it per chunk
     done: list[StageResult] = []

@@ -135,28 +135,19 @@ def local_model(config: Embedding):
 
 
 def preload(configs: "Iterable[Embedding | None]") -> None:
-    """Load the in-process models among `configs` in a background thread.
-    `sftmill run` calls it as the run starts: importing sentence-transformers
-    and torch takes ~8 s of one core, which the first stages (Prefect's
-    server starting, the relevance judge's calls) leave idle.  A stage that
-    needs the model meanwhile waits for it (`local_model` holds a lock); a
-    failure here is left for that stage to meet and report."""
+    """Load the in-process models among `configs` in a background thread
+    (`sftmill.warmup`).  `sftmill run` calls it as the run starts: importing
+    sentence-transformers and torch takes ~8 s of one core, which the first
+    stages (Prefect's server starting, the relevance judge's calls) leave
+    idle.  A stage that needs the model meanwhile waits for it (`local_model`
+    holds a lock)."""
+    from sftmill.warmup import warm_up
+
     todo = {(c.model, c.device): c for c in configs
             if c is not None and c.backend == "local" and c.runner == "process"
             and not c.model.startswith(STATIC)}
-    if not todo:
-        return
-
-    def load() -> None:
-        for config in todo.values():
-            try:
-                local_model(config)
-            except Exception:
-                return
-
-    # Not a daemon: a command that ends first waits for it (a thread stopped
-    # mid-import by the interpreter's shutdown can crash the exit).
-    threading.Thread(target=load, name="sftmill-embedding-preload").start()
+    warm_up("sftmill-embedding-preload",
+            [lambda config=config: local_model(config) for config in todo.values()])
 
 
 def encode(config: Embedding, texts: list[str]) -> np.ndarray:

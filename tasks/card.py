@@ -43,22 +43,6 @@ def pyplot():
     return plt
 
 
-def preload_plotting() -> None:
-    """Import matplotlib (~1.3 s of one core) in a background thread now —
-    the answer flow calls this as it starts, while its stages wait on their
-    calls — instead of in the card stage at the end of the run.  A failure is
-    left for the card stage to meet and report."""
-    import threading
-
-    def load() -> None:
-        try:
-            pyplot()
-        except Exception:  # noqa: BLE001 — reported where the plots are drawn
-            pass
-
-    threading.Thread(target=load, name="preload-matplotlib").start()
-
-
 def _plots(folder: Path, shares: list[dict], prompt_lengths: list[int],
            answer_lengths: list[int]) -> list[str]:
     plt = pyplot()

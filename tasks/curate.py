@@ -100,6 +100,16 @@ def scorers(cfg: Curation, store: Store, judge: LLMEndpoint, seed: int,
     return out
 
 
+def models_to_load(cfg: Curation) -> list[Callable[[], object]]:
+    """Loaders of the in-process models the config's checks use, for
+    `sftmill.warmup` while the stages before curation wait on their calls
+    (only the offensive-language classifier: fluency's GGUF model would take
+    the memory and cores of an in-process generator)."""
+    from sftmill.tasks.checks import offensive
+
+    return [offensive.model] if cfg.enabled and cfg.offensive.enabled else []
+
+
 def score_records(store: Store, records: list[Record], cfg: Curation, judge: LLMEndpoint,
                   seed: int) -> dict[str, int]:
     """Score every record for every check the config turns on; return how

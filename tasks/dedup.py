@@ -23,6 +23,8 @@ on how many near-duplicates a row may have.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from sftmill.config import Recipe
@@ -111,19 +113,27 @@ def _cell_pairs(vectors: np.ndarray, threshold: float, first: int):
     return i[keep], j[keep], sims[keep]
 
 
-def neighbours_of(vectors: np.ndarray, threshold: float, first: int = 0,
+Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # (i, j, cosine), as `similar_pairs` gives them
+
+
+def neighbours_of(vectors: np.ndarray, threshold: float, first: int = 0, pairs: Pairs | None = None,
                   ) -> dict[int, list[tuple[int, float]]]:
-    """Rows from `first` on that have near-duplicates → [(row, cosine)]."""
+    """Rows from `first` on that have near-duplicates → [(row, cosine)]
+    (from `pairs` when they were found already)."""
     out: dict[int, list[tuple[int, float]]] = {}
-    for i, j, sim in zip(*(a.tolist() for a in similar_pairs(vectors, threshold, first))):
+    found = pairs if pairs is not None else similar_pairs(vectors, threshold, first)
+    for i, j, sim in zip(*(a.tolist() for a in found)):
         out.setdefault(i, []).append((j, sim))
     return out
 
 
-def near_duplicates(vectors: np.ndarray, threshold: float) -> dict[int, tuple[int, float]]:
-    """Rows to drop → (row kept in their place, cosine).  Rows are in priority order."""
+def near_duplicates(vectors: np.ndarray | None, threshold: float, pairs: Pairs | None = None,
+                    ) -> dict[int, tuple[int, float]]:
+    """Rows to drop → (row kept in their place, cosine).  Rows are in
+    priority order; `pairs`: their pairs at `threshold`, when already found
+    (then `vectors` is not needed)."""
     removed: dict[int, tuple[int, float]] = {}
-    for i, neighbours in sorted(neighbours_of(vectors, threshold).items()):
+    for i, neighbours in sorted(neighbours_of(vectors, threshold, pairs=pairs).items()):
         if i in removed:
             continue
         for j, sim in neighbours:
@@ -172,20 +182,67 @@ def dedup_embedder(store: Store, recipe: Recipe) -> Embedder:
     return Embedder(recipe.dedup_embedding or recipe.embedding, store)
 
 
-def embed_ahead(store: Store, recipe: Recipe, texts: list[str]) -> None:
-    """Put the vectors of prompts dedup will compare into the embedding
-    cache now (the prompt filter calls this beside its judge's calls).  Not
-    for an embedding model on a Dask cluster: its tasks belong to the stage."""
+@dataclass(frozen=True)
+class PairsAhead:
+    """Every pair at dedup's threshold among the prompts the filter judged,
+    found while its calls were in flight (`search_ahead`)."""
+
+    basis: str  # the embedding model and the threshold the pairs hold for
+    position: dict[str, int]  # prompt ID → its row in the search
+    texts: list[str]  # by row: the text that was embedded
+    pairs: Pairs
+
+
+_AHEAD: dict[str, PairsAhead] = {}  # by run database; the dedup stage takes it
+
+
+def _basis(recipe: Recipe, embedder: Embedder) -> str:
+    return f"{embedder.config.model_dump_json()} {recipe.thresholds.dedup_cosine!r}"
+
+
+def search_ahead(store: Store, recipe: Recipe, prompt_ids: list[str], texts: list[str]) -> None:
+    """Embed the prompts dedup will compare (into the embedding cache) and
+    find their pairs at dedup's threshold now — the prompt filter calls this
+    beside its judge's calls.  The pairs among the prompts the filter keeps
+    are the pairs of the whole search between those prompts (the exact
+    search finds every pair), so the dedup stage takes them instead of
+    searching again (`pairs_found_ahead`).  Not for an embedding model on a
+    Dask cluster (its tasks belong to the stage), nor past `EXACT_MAX`
+    prompts (the cell search is approximate, and its misses depend on the rows)."""
     embedder = dedup_embedder(store, recipe)
-    if embedder.config.runner != "dask":
-        embedder.embed(texts)
+    if embedder.config.runner == "dask":
+        return
+    vectors = embedder.embed(texts)
+    if 0 < len(texts) <= EXACT_MAX:
+        _AHEAD[store.path] = PairsAhead(_basis(recipe, embedder), {p: k for k, p in enumerate(prompt_ids)},
+                                        list(texts), similar_pairs(vectors, recipe.thresholds.dedup_cosine))
+
+
+def pairs_found_ahead(store: Store, recipe: Recipe, rows: list[dict]) -> Pairs | None:
+    """The pairs among `rows` (in their order) from `search_ahead`, or None
+    when it did not cover every row with the same text, model and threshold."""
+    ahead = _AHEAD.pop(store.path, None)
+    if ahead is None or ahead.basis != _basis(recipe, dedup_embedder(store, recipe)):
+        return None
+    at = [ahead.position.get(r["prompt_id"]) for r in rows]
+    if any(k is None or ahead.texts[k] != r["text"] for k, r in zip(at, rows)):
+        return None
+    row_of = np.full(len(ahead.texts), -1, dtype=np.int64)
+    row_of[np.asarray(at, dtype=np.int64)] = np.arange(len(rows))
+    i, j, sims = ahead.pairs
+    i, j = row_of[i], row_of[j]
+    both = (i >= 0) & (j >= 0)
+    i, j, sims = i[both], j[both], sims[both]
+    order = np.lexsort((j, i))
+    return i[order], j[order], sims[order]
 
 
 def dedup_prompts(store: Store, recipe: Recipe) -> tuple[int, int]:
     rows = kept_candidates(store, recipe.thresholds.prompt_quality)
     with progress("dedup", len(rows)) as bar:
-        vectors = dedup_embedder(store, recipe).embed([r["text"] for r in rows])
-        removed = near_duplicates(vectors, recipe.thresholds.dedup_cosine) if rows else {}
+        pairs = pairs_found_ahead(store, recipe, rows)
+        vectors = None if pairs is not None else dedup_embedder(store, recipe).embed([r["text"] for r in rows])
+        removed = near_duplicates(vectors, recipe.thresholds.dedup_cosine, pairs) if rows else {}
         bar.advance(len(rows))
     store.execute("DELETE FROM rejects WHERE stage = ?", [STAGE])
     for j, (i, sim) in removed.items():

@@ -14,7 +14,7 @@ from sftmill.batch import judge_into, record_low_scores
 from sftmill.config import Recipe
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store
-from sftmill.tasks.dedup import embed_ahead
+from sftmill.tasks.dedup import search_ahead
 from sftmill.tasks.rephrase import REPLACED
 from sftmill.tasks.respond import STOPWORDS
 from sftmill.tasks.self_instruct_filters import tokens
@@ -66,11 +66,13 @@ def score_prompts(store: Store, recipe: Recipe) -> int:
     subdomains = [s.name for s in recipe.domain.subdomains]
     items = [(prompt_id, {"domain": recipe.domain.name, "subdomains": subdomains, "prompt": text})
              for prompt_id, text in todo]
-    # Dedup embeds the prompts that pass: those the judge may pass are
-    # embedded while it is asked (a few it drops are embedded for nothing).
-    texts = [r["text"] for r in candidates if r["prompt_id"] not in cheap]
+    # Dedup embeds the prompts that pass and searches their pairs: those the
+    # judge may pass are embedded and searched while it is asked (a few it
+    # drops for nothing).
+    ahead = [r for r in candidates if r["prompt_id"] not in cheap]
     return judge_into(store, recipe, TEMPLATE, items, stage=STAGE, table="prompt_scores",
-                      id_column="prompt_id", meanwhile=lambda: embed_ahead(store, recipe, texts))
+                      id_column="prompt_id", meanwhile=lambda: search_ahead(
+                          store, recipe, [r["prompt_id"] for r in ahead], [r["text"] for r in ahead]))
 
 
 def decide(store: Store, threshold: float) -> int:

@@ -11,12 +11,19 @@ from sftmill.tasks.checks import Record, Score
 BASIS = "alt-profanity-check"
 
 
+def model():
+    """The classifier's `predict_prob` (importing it loads scikit-learn and
+    the pickled model: ~2.5 s of one core, which `curate.warm_up_models`
+    moves off the curate stage)."""
+    from profanity_check import predict_prob
+
+    return predict_prob
+
+
 def offensive_scores(records: list[Record]) -> list[Score]:
     if not records:
         return []
-    from profanity_check import predict_prob
-
-    probs = predict_prob([r.instruction for r in records] + [r.response or " " for r in records])
+    probs = model()([r.instruction for r in records] + [r.response or " " for r in records])
     n = len(records)
     out = []
     for i, r in enumerate(records):

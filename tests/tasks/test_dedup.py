@@ -151,7 +151,43 @@ def test_prompt_filter_embeds_for_dedup_beside_a_served_judge(tmp_path, monkeypa
     assert score_prompts(store, recipe) == 10
     ahead = store.count("embeddings")
     assert ahead == (10 if served else 0)  # the vague prompt is dropped before the judge
+    assert (store.path in dedup._AHEAD) == served  # their pairs too, searched beside the calls
     dedup.dedup_prompts(store, recipe)
+    assert store.path not in dedup._AHEAD  # the stage took them
     kept = store.scalar("SELECT count(*) FROM prompt_scores WHERE score >= ?",
                         [recipe.thresholds.prompt_quality])
     assert store.count("embeddings") == (10 if served else kept)  # dedup embedded nothing new
+
+
+@pytest.mark.real_model
+def test_pairs_found_ahead_are_the_pairs_the_stage_would_find_among_its_rows(tmp_path):
+    from sftmill.config import load_recipe
+    from sftmill.store import Store
+    from examples import example_recipe
+
+    recipe = load_recipe(example_recipe(tmp_path, dedup_embedding={"model": "static:all-MiniLM-L6-v2"},
+                                        thresholds={"dedup_cosine": 0.8}))
+    store = Store.open(recipe.db_path)
+    texts = [a for a, _ in PAIRS] + [b for _, b in PAIRS] + DIFFERENT
+    ids = [f"p{i}" for i in range(len(texts))]
+    # The stage's rows: a subset (p0 and p6 dropped by the judge) in its own order.
+    rows = [{"prompt_id": ids[k], "text": texts[k]} for k in (5, 3, 9, 1, 4, 8, 2, 7)]
+    alone = dedup.similar_pairs(dedup.dedup_embedder(store, recipe).embed([r["text"] for r in rows]), 0.8)
+    assert len(alone[0]) >= 4  # the test means something: pairs among the rows, and pairs with p0 gone
+
+    dedup.search_ahead(store, recipe, ids, texts)
+    ahead = dedup.pairs_found_ahead(store, recipe, rows)
+    assert [a.tolist() for a in ahead[:2]] == [a.tolist() for a in alone[:2]]
+    assert ahead[2] == pytest.approx(alone[2], abs=1e-5)
+    assert dedup.near_duplicates(None, 0.8, ahead) == dedup.near_duplicates(
+        dedup.dedup_embedder(store, recipe).embed([r["text"] for r in rows]), 0.8)
+    assert dedup.pairs_found_ahead(store, recipe, rows) is None  # taken by the stage that used it
+
+    # Not used when a row's text, the threshold or a row itself is not what was searched.
+    for changed_rows, changed_recipe in (
+            ([{**rows[0], "text": "Something else entirely?"}, *rows[1:]], recipe),
+            (rows, recipe.model_copy(update={"thresholds": recipe.thresholds.model_copy(
+                update={"dedup_cosine": 0.9})})),
+            ([*rows, {"prompt_id": "p99", "text": "A prompt the search never saw?"}], recipe)):
+        dedup.search_ahead(store, recipe, ids, texts)
+        assert dedup.pairs_found_ahead(store, changed_recipe, changed_rows) is None
