@@ -36,9 +36,6 @@ def answer_flow(params: RunParams) -> list[StageResult]:
 def answer_flow_stages(params: RunParams) -> list[StageResult]:
     recipe, r = params.load(), params.refresh
     check_templates_fit(recipe.llm_templates())  # a prompt that can never fit stops here
-    # The card's plotting library and curation's models, loaded while the
-    # stages below wait on their calls.
-    warm_up("sftmill-answer-flow-preload", [pyplot, *models_to_load(recipe.curation)])
     store = Store.open(recipe.db_path)
     record_budget(store, recipe)  # the run's LLMs check it per chunk
     done: list[StageResult] = []
@@ -49,6 +46,9 @@ def answer_flow_stages(params: RunParams) -> list[StageResult]:
     prompts = store.ref("answerable_prompts", "prompt_id || text")
     passages = stage(extended_search, "answer_search", r)(recipe, prompts)
     retrieved = stage(retrieve, "retrieve", r)(recipe, prompts, passages)
+    # The card's plotting library and curation's models, loaded while the
+    # answer stage waits on its calls (not beside retrieve: it needs the CPU).
+    warm_up("sftmill-answer-flow-preload", [pyplot, *models_to_load(recipe.curation)])
     answers = stage(answer, "answer", r)(recipe, retrieved)
     dataset = stage(answer_checks, "answer_checks", r)(recipe, answers)
     curated = stage(curate, "curate", r)(recipe, dataset)

@@ -130,7 +130,10 @@ class Pool:
                    default=None)
 
     def all_resting(self, now: float) -> bool:
-        return all(r.resting(now) for r in self.replicas)
+        for r in self.replicas:  # (a loop, not all(): it runs twice per request)
+            if not r.resting(now):
+                return False
+        return True
 
     def _no_replica(self) -> NoReplica:
         return NoReplica(f"every replica is set aside ({len(self.replicas)})")
@@ -408,14 +411,17 @@ class OpenAIChatLLM(LLM):
             answered = self._answered.pop(request.key(self.model), None)
             if answered is not None:
                 return answered
-        estimate = self.count_tokens(request.message_dicts()) + request.max_tokens
+        # Tokens taken from the tpm cap before sending (none without one).
+        estimate = (self.count_tokens(request.message_dicts()) + request.max_tokens
+                    if self.endpoint.tpm else 0)
         sent = await self.client.post("/chat/completions", self._body(request), estimate)
         try:
             payload = sent.reply.json()
         except ValueError as err:
             raise LLMOutputError(f"malformed completion payload: {err}") from None
         completion = completion_of(payload, sent.attempts, sent.latency_s)
-        self.client.give_back(estimate, completion.tokens_in + completion.tokens_out)
+        if estimate:
+            self.client.give_back(estimate, completion.tokens_in + completion.tokens_out)
         return completion
 
 
