@@ -13,7 +13,7 @@ from sftmill.llm.budget import record_budget
 from sftmill.preflight import check_templates_fit
 from sftmill.remote import local_recipe
 from sftmill.stages import StageResult
-from sftmill.warmup import warm_up
+from sftmill.warmup import when_waiting
 from sftmill.store import Store
 from sftmill.tasks.answer import answer, answer_checks
 from sftmill.tasks.card import dataset_card, pyplot
@@ -46,9 +46,9 @@ def answer_flow_stages(params: RunParams) -> list[StageResult]:
     prompts = store.ref("answerable_prompts", "prompt_id || text")
     passages = stage(extended_search, "answer_search", r)(recipe, prompts)
     retrieved = stage(retrieve, "retrieve", r)(recipe, prompts, passages)
-    # The card's plotting library and curation's models, loaded while the
+    # The card's plotting library and curation's models, loaded once the
     # answer stage waits on its calls (not beside retrieve: it needs the CPU).
-    warm_up("sftmill-answer-flow-preload", [pyplot, *models_to_load(recipe.curation)])
+    when_waiting("sftmill-answer-flow-preload", [pyplot, *models_to_load(recipe.curation)])
     answers = stage(answer, "answer", r)(recipe, retrieved)
     dataset = stage(answer_checks, "answer_checks", r)(recipe, answers)
     curated = stage(curate, "curate", r)(recipe, dataset)

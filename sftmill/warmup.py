@@ -15,6 +15,29 @@ import threading
 from typing import Callable
 
 
+_WHEN_WAITING: "list[tuple[str, list[Callable[[], object]]]]" = []
+_LOCK = threading.Lock()
+
+
+def when_waiting(name: str, loaders: "list[Callable[[], object]]") -> None:
+    """`warm_up` these once the process next waits on LLM calls
+    (`start_waiting_work`, called by `LLM.chat_chunks` when its first
+    requests are sent): not while a stage renders its prompts, and not at all
+    in a run whose LLM stages all come from the cache."""
+    if loaders:
+        with _LOCK:  # one entry per name: a flow run again before any call replaces its own
+            _WHEN_WAITING[:] = [(n, ls) for n, ls in _WHEN_WAITING if n != name]
+            _WHEN_WAITING.append((name, list(loaders)))
+
+
+def start_waiting_work() -> None:
+    with _LOCK:
+        todo = _WHEN_WAITING[:]
+        _WHEN_WAITING.clear()
+    for name, loaders in todo:
+        warm_up(name, loaders)
+
+
 def warm_up(name: str, loaders: "list[Callable[[], object]]") -> threading.Thread | None:
     """Call each of `loaders` in one background thread named `name`;
     failures are ignored (the stage that needs the thing reports them)."""

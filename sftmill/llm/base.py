@@ -36,6 +36,7 @@ import jsonschema
 import orjson
 
 from sftmill.store import Store, content_id
+from sftmill.warmup import start_waiting_work
 
 
 class LLMError(Exception):
@@ -440,6 +441,8 @@ class LLM:
             report = on_result and (lambda i, r, base=offset: on_result(base + i, r))
             # keys and cache look-up here, not on the loop, where they would hold up every call
             futures.append(submit(self.achat_many(chunk, report, looked_up or self.look_up(chunk))))
+            if offset == 0:
+                start_waiting_work()  # (sftmill.warmup) loading what later stages need
             offset += len(chunk)
         try:
             wait_for(futures, tick)

@@ -27,3 +27,16 @@ def test_curation_warms_up_the_offensive_classifier_only_when_it_is_used():
     assert models_to_load(Curation(offensive={"enabled": False})) == []
     assert models_to_load(Curation(enabled=False)) == []
     assert callable(offensive.model())  # the loader gives what offensive_scores calls
+
+
+def test_work_for_when_the_run_waits_starts_with_the_first_calls_sent():
+    from fakes import ScriptedLLM
+    from sftmill.llm.base import ChatRequest
+    from sftmill.warmup import when_waiting
+
+    runs, done = [], threading.Event()
+    when_waiting("warm-test-waiting", [lambda: runs.append("first")])
+    when_waiting("warm-test-waiting", [lambda: (runs.append("again"), done.set())])  # replaces it
+    assert not done.wait(0.3)  # nothing runs until calls are sent
+    ScriptedLLM(lambda _request: "ok").chat_many([ChatRequest.build([{"role": "user", "content": "hi"}])])
+    assert done.wait(10) and runs == ["again"]
