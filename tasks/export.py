@@ -13,7 +13,6 @@ renamed, so a crash never leaves a half-written file that looks complete.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -36,6 +35,8 @@ def _keyed(store: Store, sql: str, ids: Iterable[str], key: str) -> dict[str, di
 def build_metadata(store: Store, recipe: Recipe, rows: list[dict]) -> list[str]:
     """JSON lineage of each kept answer (`rows` join answers, checks and
     prompts), looked up with one query per table for the whole batch."""
+    import orjson
+
     in_ids = "IN (SELECT unnest(?))"
     pids = [r["prompt_id"] for r in rows]
     prompts = _keyed(store, f"SELECT * FROM prompts WHERE prompt_id {in_ids}", pids, "prompt_id")
@@ -101,7 +102,8 @@ def build_metadata(store: Store, recipe: Recipe, rows: list[dict]) -> list[str]:
                                      "reviewers": reviewed["n_reviewers"], "source": reviewed["source"]}
             if reviewed["decision"] == "edit":
                 meta["prompt_review"]["original_prompt"] = prompt.get("text")
-        out.append(json.dumps(meta, ensure_ascii=False, default=str))
+        # orjson as the JSONL export: dates and other values as str(), as json.dumps(default=str) did
+        out.append(orjson.dumps(meta, default=str, option=orjson.OPT_PASSTHROUGH_DATETIME).decode())
     return out
 
 
