@@ -166,6 +166,16 @@ class EmbeddingError(Exception):
     """The embedding server could not embed a batch (after its retries)."""
 
 
+def embed_ahead(config: Embedding, store: Store, texts: list[str]) -> "np.ndarray | None":
+    """Put the vectors of `texts` into the run's embedding cache now, for a
+    later stage: work done `batch.beside` an earlier stage's calls.  Not for
+    a model on a Dask cluster (its tasks belong to the stage that needs
+    them): None then."""
+    if config.runner == "dask":
+        return None
+    return Embedder(config, store).embed(texts)
+
+
 class Embedder:
     def __init__(self, config: Embedding, store: Store | None = None):
         self.config = config

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sftmill.config import Recipe
-from sftmill.embeddings import Embedder
+from sftmill.embeddings import Embedder, embed_ahead
 from sftmill.progress import progress
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store
@@ -210,10 +210,8 @@ def search_ahead(store: Store, recipe: Recipe, prompt_ids: list[str], texts: lis
     Dask cluster (its tasks belong to the stage), nor past `EXACT_MAX`
     prompts (the cell search is approximate, and its misses depend on the rows)."""
     embedder = dedup_embedder(store, recipe)
-    if embedder.config.runner == "dask":
-        return
-    vectors = embedder.embed(texts)
-    if 0 < len(texts) <= EXACT_MAX:
+    vectors = embed_ahead(embedder.config, store, texts)
+    if vectors is not None and 0 < len(texts) <= EXACT_MAX:
         _AHEAD[store.path] = PairsAhead(_basis(recipe, embedder), {p: k for k, p in enumerate(prompt_ids)},
                                         list(texts), similar_pairs(vectors, recipe.thresholds.dedup_cosine))
 

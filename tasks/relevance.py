@@ -22,6 +22,7 @@ from collections import defaultdict
 
 from sftmill.batch import judge_into, record_low_scores
 from sftmill.config import Recipe
+from sftmill.embeddings import embed_ahead
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store
 
@@ -108,8 +109,12 @@ def score_chunks(store: Store, recipe: Recipe) -> int:
     todo = store.execute("SELECT chunk_id, heading, text FROM chunks "
                          "WHERE chunk_id IN (SELECT unnest(?)) ORDER BY chunk_id", [wave])
     items = [(chunk_id, chunk_variables(recipe, heading, text)) for chunk_id, heading, text in todo]
+    # The profile stage orders subdomains by the chunks' vectors, and retrieve
+    # embeds every chunk as a passage: embedded while the judge is asked.
+    texts = [text for _id, _heading, text in todo]
     return judge_into(store, recipe, TEMPLATE, items, stage=STAGE, table="relevance",
-                      id_column="chunk_id")
+                      id_column="chunk_id",
+                      meanwhile=lambda: embed_ahead(recipe.embedding, store, texts))
 
 
 def not_judged(store: Store) -> int:
