@@ -22,7 +22,6 @@ from collections import defaultdict
 
 from sftmill.batch import judge_into, record_low_scores
 from sftmill.config import Recipe
-from sftmill.embeddings import embed_ahead
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store
 
@@ -109,12 +108,8 @@ def score_chunks(store: Store, recipe: Recipe) -> int:
     todo = store.execute("SELECT chunk_id, heading, text FROM chunks "
                          "WHERE chunk_id IN (SELECT unnest(?)) ORDER BY chunk_id", [wave])
     items = [(chunk_id, chunk_variables(recipe, heading, text)) for chunk_id, heading, text in todo]
-    # The profile stage orders subdomains by the chunks' vectors, and retrieve
-    # embeds every chunk as a passage: embedded while the judge is asked.
-    texts = [text for _id, _heading, text in todo]
     return judge_into(store, recipe, TEMPLATE, items, stage=STAGE, table="relevance",
-                      id_column="chunk_id",
-                      meanwhile=lambda: embed_ahead(recipe.embedding, store, texts))
+                      id_column="chunk_id")
 
 
 def not_judged(store: Store) -> int:
