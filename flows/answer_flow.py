@@ -13,7 +13,6 @@ from sftmill.llm.budget import record_budget
 from sftmill.preflight import check_templates_fit
 from sftmill.remote import local_recipe
 from sftmill.stages import StageResult
-from sftmill.warmup import when_waiting
 from sftmill.store import Store
 from sftmill.tasks.answer import answer, answer_checks
 from sftmill.tasks.card import dataset_card, pyplot
@@ -21,6 +20,7 @@ from sftmill.tasks.curate import curate, models_to_load
 from sftmill.tasks.preferences import preference_pairs
 from sftmill.tasks.export import export
 from sftmill.tasks.rag import extended_search, retrieve
+from sftmill.warmup import when_waiting
 
 
 @flow(name="sftmill-answers", task_runner=ThreadPoolTaskRunner(max_workers=4))

@@ -21,9 +21,10 @@ _LOCK = threading.Lock()
 
 def when_waiting(name: str, loaders: "list[Callable[[], object]]") -> None:
     """`warm_up` these once the process next waits on LLM calls
-    (`start_waiting_work`, called by `LLM.chat_chunks` when its first
-    requests are sent): not while a stage renders its prompts, and not at all
-    in a run whose LLM stages all come from the cache."""
+    (`start_waiting_work`, called by `LLM.chat_chunks` when it has sent its
+    first requests): not while a stage renders its prompts, and not at all
+    when no later stage sends a batch (a rerun whose stages come back from
+    Prefect's cache)."""
     if loaders:
         with _LOCK:  # one entry per name: a flow run again before any call replaces its own
             _WHEN_WAITING[:] = [(n, ls) for n, ls in _WHEN_WAITING if n != name]
