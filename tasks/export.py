@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+import orjson
+
 from sftmill.config import Recipe
 from sftmill.stages import StageResult, StageTimer, stage_task
 from sftmill.store import Store
@@ -35,8 +37,6 @@ def _keyed(store: Store, sql: str, ids: Iterable[str], key: str) -> dict[str, di
 def build_metadata(store: Store, recipe: Recipe, rows: list[dict]) -> list[str]:
     """JSON lineage of each kept answer (`rows` join answers, checks and
     prompts), looked up with one query per table for the whole batch."""
-    import orjson
-
     in_ids = "IN (SELECT unnest(?))"
     pids = [r["prompt_id"] for r in rows]
     prompts = _keyed(store, f"SELECT * FROM prompts WHERE prompt_id {in_ids}", pids, "prompt_id")
@@ -145,8 +145,6 @@ def dataset_rows(store: Store) -> list[dict]:
 def export_jsonl(store: Store, fmt: str, out: Path, rows: list[dict] | None = None) -> int:
     """One compact JSON object per line, UTF-8 (orjson: 12,345 records
     encoded in 0.17 s against 0.71 s with the json module)."""
-    import orjson
-
     rows = dataset_rows(store) if rows is None else rows
     write_atomic(out, (orjson.dumps(to_record(fmt, r["prompt"], r["answer"], orjson.loads(r["metadata"])),
                                     option=orjson.OPT_APPEND_NEWLINE) for r in rows))

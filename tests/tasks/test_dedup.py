@@ -21,6 +21,25 @@ DIFFERENT = [
 ]
 
 
+
+def static_dedup_run(tmp_path, thresholds: dict, extra: tuple[str, ...] = (), candidates: bool = True):
+    """The example recipe with the static dedup model and `thresholds`, its
+    store, and the texts (PAIRS' originals, their rewordings, DIFFERENT,
+    `extra`) — as `candidate_prompts` p0, p1, … unless `candidates` is False."""
+    from sftmill.config import load_recipe
+    from sftmill.store import Store
+    from examples import example_recipe
+
+    recipe = load_recipe(example_recipe(tmp_path, dedup_embedding={"model": "static:all-MiniLM-L6-v2"},
+                                        thresholds=thresholds))
+    store = Store.open(recipe.db_path)
+    texts = [a for a, _ in PAIRS] + [b for _, b in PAIRS] + DIFFERENT + list(extra)
+    if candidates:
+        store.insert("candidate_prompts", [{"prompt_id": f"p{i}", "text": t, "origin": "generated",
+                                            "parent_id": "x", "profile_id": "x", "task_type": "question"}
+                                           for i, t in enumerate(texts)])
+    return recipe, store, texts
+
 @pytest.mark.real_model
 def test_paraphrase_pairs_collapse_and_different_prompts_stay():
     texts = [a for a, _ in PAIRS] + [b for _, b in PAIRS] + DIFFERENT
@@ -110,17 +129,7 @@ def test_new_near_duplicates_against_old_rows_earlier_new_rows_and_groups():
 
 @pytest.mark.real_model
 def test_dedup_stage_embeds_with_dedup_embedding(tmp_path):
-    from sftmill.config import load_recipe
-    from sftmill.store import Store
-    from examples import example_recipe
-
-    recipe = load_recipe(example_recipe(tmp_path, dedup_embedding={"model": "static:all-MiniLM-L6-v2"},
-                                        thresholds={"dedup_cosine": 0.93}))
-    store = Store.open(recipe.db_path)
-    texts = [a for a, _ in PAIRS] + [b for _, b in PAIRS] + DIFFERENT
-    store.insert("candidate_prompts", [{"prompt_id": f"p{i}", "text": t, "origin": "generated",
-                                        "parent_id": "x", "profile_id": "x", "task_type": "question"}
-                                       for i, t in enumerate(texts)])
+    recipe, store, texts = static_dedup_run(tmp_path, {"dedup_cosine": 0.93})
     store.insert("prompt_scores", [{"prompt_id": f"p{i}", "score": 5.0 - i / 100}
                                    for i in range(len(texts))])
     n_in, n_out = dedup.dedup_prompts(store, recipe)
@@ -134,20 +143,12 @@ def test_dedup_stage_embeds_with_dedup_embedding(tmp_path):
 @pytest.mark.parametrize("served", [True, False])
 def test_prompt_filter_embeds_for_dedup_beside_a_served_judge(tmp_path, monkeypatch, served):
     from fakes import ScriptedLLM, route_llm, schema_answers
-    from sftmill.config import load_recipe
-    from sftmill.store import Store
     from sftmill.tasks.prompt_filter import score_prompts
-    from examples import example_recipe
 
     judge = route_llm(monkeypatch, ScriptedLLM(schema_answers))
     judge.max_concurrency = 4 if served else 1  # 1: as the in-process model, which takes the CPU
-    recipe = load_recipe(example_recipe(tmp_path, dedup_embedding={"model": "static:all-MiniLM-L6-v2"},
-                                        thresholds={"prompt_quality": 0.5}))
-    store = Store.open(recipe.db_path)
-    texts = [a for a, _ in PAIRS] + [b for _, b in PAIRS] + DIFFERENT + ["What is this?"]  # vague
-    store.insert("candidate_prompts", [{"prompt_id": f"p{i}", "text": t, "origin": "generated",
-                                        "parent_id": "x", "profile_id": "x", "task_type": "question"}
-                                       for i, t in enumerate(texts)])
+    recipe, store, _texts = static_dedup_run(tmp_path, {"prompt_quality": 0.5},
+                                             extra=("What is this?",))  # vague
     assert score_prompts(store, recipe) == 10
     ahead = store.count("embeddings")
     assert ahead == (10 if served else 0)  # the vague prompt is dropped before the judge
@@ -161,26 +162,19 @@ def test_prompt_filter_embeds_for_dedup_beside_a_served_judge(tmp_path, monkeypa
 
 @pytest.mark.real_model
 def test_pairs_found_ahead_are_the_pairs_the_stage_would_find_among_its_rows(tmp_path):
-    from sftmill.config import load_recipe
-    from sftmill.store import Store
-    from examples import example_recipe
-
-    recipe = load_recipe(example_recipe(tmp_path, dedup_embedding={"model": "static:all-MiniLM-L6-v2"},
-                                        thresholds={"dedup_cosine": 0.8}))
-    store = Store.open(recipe.db_path)
-    texts = [a for a, _ in PAIRS] + [b for _, b in PAIRS] + DIFFERENT
+    recipe, store, texts = static_dedup_run(tmp_path, {"dedup_cosine": 0.8}, candidates=False)
     ids = [f"p{i}" for i in range(len(texts))]
     # The stage's rows: a subset (p0 and p6 dropped by the judge) in its own order.
     rows = [{"prompt_id": ids[k], "text": texts[k]} for k in (5, 3, 9, 1, 4, 8, 2, 7)]
-    alone = dedup.similar_pairs(dedup.dedup_embedder(store, recipe).embed([r["text"] for r in rows]), 0.8)
+    vectors = dedup.dedup_embedder(store, recipe).embed([r["text"] for r in rows])
+    alone = dedup.similar_pairs(vectors, 0.8)
     assert len(alone[0]) >= 4  # the test means something: pairs among the rows, and pairs with p0 gone
 
     dedup.search_ahead(store, recipe, ids, texts)
     ahead = dedup.pairs_found_ahead(store, recipe, rows)
     assert [a.tolist() for a in ahead[:2]] == [a.tolist() for a in alone[:2]]
     assert ahead[2] == pytest.approx(alone[2], abs=1e-5)
-    assert dedup.near_duplicates(None, 0.8, ahead) == dedup.near_duplicates(
-        dedup.dedup_embedder(store, recipe).embed([r["text"] for r in rows]), 0.8)
+    assert dedup.near_duplicates(None, 0.8, ahead) == dedup.near_duplicates(vectors, 0.8)
     assert dedup.pairs_found_ahead(store, recipe, rows) is None  # taken by the stage that used it
 
     # Not used when a row's text, the threshold or a row itself is not what was searched.
