@@ -66,7 +66,10 @@ def _token(value: Any, sections: tuple[str, ...]) -> Any:
     if isinstance(value, (list, tuple)):
         return [_token(v, sections) for v in value]
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        # A generator's config names its run database (`db_path`): its ID too, as for a recipe.
+        db_path = getattr(value, "db_path", None)
+        dumped = value.model_dump(mode="json")
+        return dumped if db_path is None else [dumped, Store.open(db_path).store_id()]
     return value
 
 
@@ -74,7 +77,9 @@ def cache_key(fn: Callable, sections: tuple[str, ...], templates: tuple[str, ...
               parameters: dict[str, Any]) -> str:
     parts = [fn.__module__, fn.__qualname__, _source_hash(fn),
              [load_template(t).version for t in templates]]
-    parts += [[k, _token(v, sections)] for k, v in sorted(parameters.items())]
+    # A parameter named `db_path` is the run database the stage writes: its ID, not its path.
+    parts += [[k, Store.open(v).store_id() if k == "db_path" else _token(v, sections)]
+              for k, v in sorted(parameters.items())]
     return content_id(*parts)
 
 

@@ -1,0 +1,32 @@
+"""Stage cache keys: a deleted output folder never lets a cached stage claim
+tables that are gone (found 2026-12-02: `sftmill curate` rerun after the
+output folder was deleted failed with "Table input_items does not exist")."""
+
+import shutil
+
+from sftmill.stages import cache_key
+from sftmill.store import Store
+from sftmill.tasks.evol import EvolConfig, evolve_round
+from sftmill.tasks.pairs_io import load_inputs
+
+
+def keys_before_and_after_deleting(out, key):
+    first, again = key(), key()
+    Store.close_all()  # a new process, as the rerun is
+    shutil.rmtree(out)
+    return first, again, key()
+
+
+def test_a_stage_keyed_by_its_run_database_path_reruns_after_the_folder_is_deleted(tmp_path):
+    params = {"input_path": str(tmp_path / "pairs.jsonl"), "db_path": str(tmp_path / "out" / "x.duckdb"),
+              "fingerprint": "same file"}
+    first, again, after = keys_before_and_after_deleting(
+        tmp_path / "out", lambda: cache_key(load_inputs.fn, (), (), params))
+    assert first == again != after
+
+
+def test_a_generator_config_keys_its_run_database(tmp_path):
+    cfg = EvolConfig(input_path=str(tmp_path / "seeds.txt"), output_dir=str(tmp_path / "out"))
+    key = lambda: cache_key(evolve_round.fn, (), (), {"cfg": cfg, "previous": None, "round_no": 1})  # noqa: E731
+    first, again, after = keys_before_and_after_deleting(tmp_path / "out", key)
+    assert first == again != after
