@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from fake_openai import FakeOpenAI
-from prefect_homes import warm_home
+from prefect_homes import served_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def write_recipe(tmp_path: Path, server: FakeOpenAI, name: str, batch: bool) -> 
 
 
 def start(recipe: Path, home: Path, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_HOME": str(warm_home(home)), "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env = {**os.environ, **served_env(home), "PREFECT_LOGGING_LEVEL": "WARNING"}
     return subprocess.Popen([sys.executable, "-m", "sftmill.cli", "run", str(recipe)],
                             env=env, start_new_session=True, text=True, **kwargs)
 

@@ -13,13 +13,13 @@ import pytest
 import yaml
 
 from fake_openai import FakeOpenAI
-from prefect_homes import warm_home
+from prefect_homes import served_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(recipe: Path, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_HOME": str(warm_home(home)), "PREFECT_LOGGING_LEVEL": "WARNING",
+    env = {**os.environ, **served_env(home), "PREFECT_LOGGING_LEVEL": "WARNING",
            "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "sftmill.cli", "run", str(recipe)],
                           capture_output=True, text=True, env=env, timeout=600)

@@ -16,7 +16,7 @@ import yaml
 
 from fake_openai import FakeOpenAI
 from sftmill.tasks.export import to_record
-from prefect_homes import warm_home
+from prefect_homes import served_env
 
 PIPELINE = [  # (prompt, answer, metadata) as `sftmill run` exports them
     ("Why are quarks never seen alone?",
@@ -45,7 +45,7 @@ EVOL = [  # Alpaca lines as `sftmill evol --format alpaca` exports them
 
 
 def run(args, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_HOME": str(warm_home(home)), "PREFECT_LOGGING_LEVEL": "WARNING",
+    env = {**os.environ, **served_env(home), "PREFECT_LOGGING_LEVEL": "WARNING",
            "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "sftmill.cli", "curate", *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=600)

@@ -15,13 +15,13 @@ import duckdb
 import yaml
 
 from fake_openai import FakeOpenAI
-from prefect_homes import warm_home
+from prefect_homes import served_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_run(recipe: Path, home: Path) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_HOME": str(warm_home(home)), "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env = {**os.environ, **served_env(home), "PREFECT_LOGGING_LEVEL": "WARNING"}
     return subprocess.Popen([sys.executable, "-m", "sftmill.cli", "run", str(recipe)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
@@ -68,7 +68,7 @@ def test_killed_run_resumes_without_resending_completed_calls(tmp_path):
         while server.requests < 8 and time.monotonic() < deadline and first.poll() is None:
             time.sleep(0.05)
         assert first.poll() is None, "the run ended before it could be killed"
-        os.killpg(first.pid, signal.SIGKILL)  # the CLI and Prefect's temporary server
+        os.killpg(first.pid, signal.SIGKILL)  # the CLI (its flow run stays RUNNING on the server)
         first.wait(timeout=30)
 
         db = tmp_path / "run" / "sftmill.duckdb"

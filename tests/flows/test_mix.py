@@ -13,7 +13,7 @@ import yaml
 
 from sftmill.tasks.export import to_record
 from sftmill.tasks.mix import shares_of
-from prefect_homes import warm_home
+from prefect_homes import served_env
 
 TOPICS = ["quarks", "gluons", "hadrons", "mesons", "baryons", "pions", "kaons", "leptons",
           "neutrinos", "photons", "bosons", "fermions", "colour charge", "confinement",
@@ -58,7 +58,7 @@ def test_mix_hits_the_weights_and_removes_cross_source_duplicates(tmp_path):
     config = tmp_path / "curate.yaml"
     config.write_text(yaml.safe_dump({"near_duplicates": {"cosine": 0.97}}))
     out = tmp_path / "mixed"
-    env = {**os.environ, "PREFECT_HOME": str(warm_home(tmp_path / "home")), "PREFECT_LOGGING_LEVEL": "WARNING",
+    env = {**os.environ, **served_env(tmp_path / "home"), "PREFECT_LOGGING_LEVEL": "WARNING",
            "COLUMNS": "200"}
     proc = subprocess.run(
         [sys.executable, "-m", "sftmill.cli", "mix", *(f"{n}={p}" for n, p in runs.items()),

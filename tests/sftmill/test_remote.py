@@ -18,7 +18,7 @@ import yaml
 
 from conftest import BUCKET
 from fake_openai import FakeOpenAI
-from prefect_homes import warm_home
+from prefect_homes import served_env
 from sftmill import remote
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +120,7 @@ def test_a_prompt_flow_killed_on_one_machine_resumes_on_another(s3_env, tmp_path
 
         def run_on(machine: str) -> subprocess.Popen:
             env = {**os.environ, **s3_env, "SFTMILL_CACHE": str(tmp_path / machine),
-                   "PREFECT_HOME": str(warm_home(tmp_path / f"{machine}-prefect")),
+                   **served_env(tmp_path / f"{machine}-prefect"),
                    "PREFECT_LOGGING_LEVEL": "WARNING", "SFTMILL_SYNC_SECONDS": "0.5"}
             code = ("from sftmill.flows.prompt_flow import prompt_flow; "
                     "from sftmill.flows.params import RunParams; "
