@@ -36,7 +36,7 @@ def fit_to_context(llm: LLM, template: PromptTemplate, variables: dict[str, Any]
     return {**variables, key: items[:lo]}, lo
 
 
-def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate,
+def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate | Callable[[T], PromptTemplate],
             items: Sequence[T] | Iterator[Sequence[T]],
             variables: Callable[[T], dict[str, Any]], *, stage: str, seed: int = 0,
             max_tokens: int | Callable[[T], int] | None = None, fit: str | None = None,
@@ -55,7 +55,9 @@ def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate,
     best-first list of in-context examples, shortened per item to fit the
     model's context (`fit_to_context`); the counts used are recorded in the
     run's meta table as `context_fit:<stage>` when `store` is given.
-    `temperature` overrides the endpoint's; `stop` ends answers at those strings."""
+    `temperature` overrides the endpoint's; `stop` ends answers at those strings.
+    `template` may be a function of the item (the same template with a schema
+    narrowed per item, say): the items still go out as one batch."""
     def limit(item: T) -> int:
         cap = max_tokens(item) if callable(max_tokens) else max_tokens
         return min(endpoint.max_tokens, cap or endpoint.max_tokens)
@@ -64,12 +66,13 @@ def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate,
 
     def request(item: T) -> ChatRequest:
         values = variables(item)
+        chosen = template(item) if callable(template) else template
         if fit is not None:
             offered = len(values[fit])
-            values, n = fit_to_context(llm, template, values, fit, limit(item))
+            values, n = fit_to_context(llm, chosen, values, fit, limit(item))
             kept.append((n, offered))
         return ChatRequest.build(
-            template.messages(**values), schema=template.schema,
+            chosen.messages(**values), schema=chosen.schema,
             temperature=endpoint.temperature if temperature is None else temperature,
             top_p=endpoint.top_p, max_tokens=limit(item), seed=seed, stop=stop, stage=stage)
 

@@ -51,34 +51,51 @@ def subdomain_orders(store: Store, recipe: Recipe, texts: list[str]) -> list[tup
             for row in sims]
 
 
+WAVE = 500  # chunks whose subdomain orders are embedded while the waves before are in flight
+
+
 def profile_chunks(store: Store, recipe: Recipe, chunk_ids: list[str]) -> int:
-    """Profile the chunks that have none yet; return how many were asked."""
+    """Profile the chunks that have none yet; return how many were asked.
+    Their subdomain orders are embedded a wave at a time, each wave's while
+    the calls of the waves before it are in flight, and every order's calls
+    go out as one batch (a schema per order: `template_of`)."""
     todo = store.execute(
         "SELECT chunk_id, heading, text FROM chunks WHERE chunk_id IN (SELECT unnest(?)) "
         "AND chunk_id NOT IN (SELECT chunk_id FROM profiles) ORDER BY chunk_id", [chunk_ids])
+    if not todo:
+        return 0
     base = load_template(TEMPLATE)
     endpoint = recipe.llm.generator
     llm = make_llm(endpoint, store)
     domain = recipe.domain
-    orders = subdomain_orders(store, recipe, [row[2] for row in todo])
-    if domain.subdomain_by == "embedding":
-        orders = [order[:1] for order in orders]
-    results = []
-    for order in sorted(set(orders)):  # one schema per order of the subdomains
-        template = with_schema(base, schema_for(recipe, base, list(order)))
-        group = [row for row, o in zip(todo, orders) if o == order]
-        results += llm_map(
-            llm, endpoint, template, group,
-            lambda row: {"domain": domain.name, "subdomains": list(order),
-                         "use_cases": domain.use_cases, "heading": row[1] or "", "text": row[2]},
-            stage=STAGE, seed=recipe.seed)
+    templates: dict[tuple[str, ...], PromptTemplate] = {}  # one schema per order of the subdomains
+
+    def template_of(item: tuple[tuple, tuple[str, ...]]) -> PromptTemplate:
+        order = item[1]
+        if order not in templates:
+            templates[order] = with_schema(base, schema_for(recipe, base, list(order)))
+        return templates[order]
+
+    def waves():
+        for start in range(0, len(todo), WAVE):
+            part = todo[start:start + WAVE]
+            orders = subdomain_orders(store, recipe, [row[2] for row in part])
+            if domain.subdomain_by == "embedding":
+                orders = [order[:1] for order in orders]
+            yield list(zip(part, orders))
+
+    results = llm_map(
+        llm, endpoint, template_of, waves(),
+        lambda item: {"domain": domain.name, "subdomains": list(item[1]),
+                      "use_cases": domain.use_cases, "heading": item[0][1] or "", "text": item[0][2]},
+        stage=STAGE, seed=recipe.seed, total=len(todo))
     rows = []
-    for (chunk_id, _h, _t), result in answered(store, STAGE, results, lambda row: row[0]):
+    for ((chunk_id, _h, _t), order), result in answered(store, STAGE, results, lambda item: item[0][0]):
         p = result.data
         rows.append({"profile_id": content_id(chunk_id, p), "chunk_id": chunk_id,
                      "domain": p["domain"], "subdomain": p["subdomain"], "topic": p["topic"],
                      "use_case": p["use_case"], "summary": p["summary"], "model": llm.model,
-                     "template_version": template.version, "call_key": result.key})
+                     "template_version": templates[order].version, "call_key": result.key})
     store.insert("profiles", rows)
     return len(todo)
 
