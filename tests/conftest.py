@@ -40,6 +40,27 @@ def prefect_harness():
 BUCKET = "sftmill-test"
 
 
+def stop_group(proc, grace_s: float = 10.0) -> None:
+    """Stop a process started with `start_new_session=True` and its children:
+    SIGTERM, then SIGKILL after `grace_s` (Prefect 3.8's `prefect worker
+    start` forwards SIGTERM as SIGINT and was seen still running 60 s later,
+    with nothing left for it to do)."""
+    import signal
+    import subprocess
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,30 +13,15 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from conftest import free_port, stop_group
+
 _SERVER: tuple[subprocess.Popen, str] | None = None
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def server_url() -> str:
@@ -47,7 +32,7 @@ def server_url() -> str:
     import httpx
 
     home = Path(tempfile.mkdtemp(prefix="sftmill-test-prefect-server-"))
-    port = _free_port()
+    port = free_port()
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
@@ -55,7 +40,7 @@ def server_url() -> str:
         env={**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
              "PREFECT_LOGGING_LEVEL": "WARNING"},
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    atexit.register(_stop, proc)
+    atexit.register(stop_group, proc)
     api = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

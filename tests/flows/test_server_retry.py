@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from fake_openai import FakeOpenAI
-from conftest import free_port
+from conftest import free_port, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.server
@@ -59,8 +59,7 @@ def prefect_server(tmp_path_factory):
 
     wait_for(healthy, 240, "the Prefect server")
     yield api
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=60)
+    stop_group(proc)
     log.close()
 
 
@@ -136,8 +135,7 @@ def serving(api: str, tmp_path: Path, **env):
         try:
             yield serve
         finally:
-            os.killpg(serve.pid, 15)
-            serve.wait(timeout=60)
+            stop_group(serve)
 
 
 def test_retry_on_the_server_reuses_completed_stages(prefect_server, tmp_path):

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import BUCKET
+from conftest import BUCKET, stop_group
 from fake_openai import FakeOpenAI
 from test_kill_resume import journaled_calls, ok_calls
 from test_server_retry import api_call, create_run, flow_run_state, prefect_server, wait_for  # noqa: F401
@@ -55,15 +55,7 @@ def workers(env: dict, tmp_path: Path, n: int):
         yield procs
     finally:
         for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:  # (seen once on a busy machine)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+            stop_group(proc)
 
 
 def process_of(flow_run_id: str) -> int | None:
