@@ -61,6 +61,17 @@ def stop_group(proc, grace_s: float = 10.0) -> None:
         proc.wait(timeout=30)
 
 
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A full `prefect server start` per test module (services on: they
+    record task runs); its API URL."""
+    from prefect_homes import start_server
+
+    proc, api = start_server(tmp_path_factory.mktemp("prefect-server-home"), timeout_s=240)
+    yield api
+    stop_group(proc)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

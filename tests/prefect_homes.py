@@ -24,36 +24,44 @@ from conftest import free_port, stop_group
 _SERVER: tuple[subprocess.Popen, str] | None = None
 
 
-def server_url() -> str:
-    """This test process's Prefect server (started on first use)."""
-    global _SERVER
-    if _SERVER is not None and _SERVER[0].poll() is None:
-        return _SERVER[1]
+def start_server(home: Path, *options: str, timeout_s: float = 300) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` on a free port with its home and log in `home`;
+    the process (its own session: stop it with `stop_group`) and its API URL
+    once `/health` answers."""
     import httpx
 
-    home = Path(tempfile.mkdtemp(prefix="sftmill-test-prefect-server-"))
     port = free_port()
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-         str(port), "--no-services", "--no-ui"],
+         str(port), *options],
         env={**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
              "PREFECT_LOGGING_LEVEL": "WARNING"},
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    atexit.register(stop_group, proc)
+    log.close()  # the child has its own copy
     api = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"prefect server exited; see {home / 'server.log'}")
         try:
             if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                _SERVER = (proc, api)
-                return api
+                return proc, api
         except httpx.HTTPError:
             pass
         time.sleep(0.25)
-    raise RuntimeError(f"prefect server did not answer in 300 s; see {home / 'server.log'}")
+    stop_group(proc)
+    raise RuntimeError(f"prefect server did not answer in {timeout_s:g} s; see {home / 'server.log'}")
+
+
+def server_url() -> str:
+    """This test process's Prefect server for CLI runs (started on first use)."""
+    global _SERVER
+    if _SERVER is None or _SERVER[0].poll() is not None:
+        home = Path(tempfile.mkdtemp(prefix="sftmill-test-prefect-server-"))
+        _SERVER = start_server(home, "--no-services", "--no-ui")
+        atexit.register(stop_group, _SERVER[0])
+    return _SERVER[1]
 
 
 def served_env(home: Path) -> dict[str, str]:

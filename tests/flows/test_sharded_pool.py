@@ -28,7 +28,7 @@ import yaml
 from conftest import BUCKET, stop_group
 from fake_openai import FakeOpenAI
 from test_kill_resume import journaled_calls, ok_calls
-from test_server_retry import api_call, create_run, flow_run_state, prefect_server, wait_for  # noqa: F401
+from test_server_retry import api_call, create_run, flow_run_state, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.server
