@@ -30,3 +30,34 @@ def test_a_generator_config_keys_its_run_database(tmp_path):
     key = lambda: cache_key(evolve_round.fn, (), (), {"cfg": cfg, "previous": None, "round_no": 1})  # noqa: E731
     first, again, after = keys_before_and_after_deleting(tmp_path / "out", key)
     assert first == again != after
+
+
+def test_stages_in_subflows_record_the_root_run_asking_prefect_once_per_flow_run(prefect_harness,
+                                                                                monkeypatch):
+    """`stage_stats.run_id` is the top-level run (the summary reads it so);
+    Prefect works the root out through several API calls each time it is
+    asked, so it is asked once per flow run, not once per stage."""
+    from prefect import flow, task
+    from prefect.runtime import flow_run
+
+    from sftmill.stages import current_run_id
+
+    asked = []
+    real = flow_run.FIELDS["root_flow_run_id"]
+    monkeypatch.setitem(flow_run.FIELDS, "root_flow_run_id", lambda: asked.append(1) or real())
+
+    @task
+    def stage_run_id(stage: int) -> str:
+        return current_run_id()
+
+    @flow
+    def half() -> list[str]:
+        return [stage_run_id(stage) for stage in range(3)]
+
+    @flow
+    def whole() -> tuple[str, list[str]]:
+        return str(flow_run.id), half() + half()
+
+    root, seen = whole()
+    assert seen == [root] * 6
+    assert len(asked) == 2  # one per subflow run
