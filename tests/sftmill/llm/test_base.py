@@ -3,7 +3,7 @@ import asyncio
 import orjson
 import pytest
 
-from fakes import ScriptedLLM, down
+from fakes import ScriptedLLM, down, user_text
 from sftmill.llm import ChatRequest, LLMOutputError, LLMUnavailableError, parse_structured
 from sftmill.store import Store
 
@@ -222,3 +222,35 @@ def test_chunks_are_sent_while_the_next_ones_are_built(tmp_path):
     assert [r.data["score"] for r in results] == [i % 5 + 1 for i in range(5)]
     assert seen == {i: i % 5 + 1 for i in range(5)}
     assert store.scalar("SELECT count(*) FROM llm_calls") == 5  # merged by the waiting thread
+
+
+def test_a_batch_in_flight_keeps_the_heap_before_it_out_of_the_collectors_walk():
+    """A full collection holds the interpreter lock while the LLM loop waits
+    for it: while calls are in flight it walks only what the batch allocated.
+    A batch started beside another (the answer stage's judge) keeps that so;
+    the heap goes back when the last one ends."""
+    import gc
+    import threading
+
+    before = [[] for _ in range(3)]  # long-lived rows of an earlier stage
+    walked = []
+
+    def walk(label):
+        walked.append((label, any(o is before for o in gc.get_objects())))
+        return {"score": 1}
+
+    inner_done = threading.Event()
+
+    class Outer(ScriptedLLM):
+        async def _raw_complete(self, request):
+            if user_text(request) == "outer":  # a second batch starts beside it and ends first
+                threading.Thread(target=lambda: (ScriptedLLM(lambda r: walk("inner")).chat_many(
+                    [req("inner")]), inner_done.set())).start()
+                await asyncio.get_running_loop().run_in_executor(None, inner_done.wait, 10)
+            return await super()._raw_complete(request)
+
+    assert gc.get_freeze_count() == 0
+    Outer(lambda r: walk("outer")).chat_many([req("outer")])
+    assert inner_done.is_set() and [label for label, _seen in walked] == ["inner", "outer"]
+    assert not any(seen for _label, seen in walked)
+    assert gc.get_freeze_count() == 0 and any(o is before for o in gc.get_objects())
