@@ -1,5 +1,9 @@
-"""HTTP for the LLM layer (chat, embeddings, batch files): one aiohttp session per process (on the LLM loop,
-`base.llm_loop`), its connections kept alive across the stages of a run.
+"""HTTP for the LLM layer (chat, embeddings, batch files): one transport per
+event loop (in a run, the LLM loop's: `base.llm_loop`), its connections kept
+alive across the stages of a run.  By default chat and embedding POSTs go
+through a worker process of their own (`ProcessTransport`, `http_worker.py`),
+the rest through an aiohttp session here; `SFTMILL_HTTP_WORKER=0` keeps them
+all here (`AiohttpTransport`).
 
 aiohttp, not httpx: against the same mock server on 2 cores, httpx reached
 62 requests/s at 64 in flight and 46 at 256 (16–22 CPU-seconds per 1,000
@@ -16,11 +20,15 @@ retry are decided by `openai_http.py` and `limits.py`.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import orjson
+
+from sftmill.llm.http_worker import ExchangeError, ExchangeTimeout, FrameReader, exchange, frame, new_session
 
 
 class TransportError(Exception):
@@ -78,55 +86,192 @@ class AiohttpTransport(Transport):
         self._session = None
 
     def _client(self):
-        import aiohttp
-
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-            self._session = aiohttp.ClientSession(connector=connector)
+            self._session = new_session()
         return self._session
 
     async def post_json(self, url, body, headers, timeout_s):
         return await self.request("POST", url, headers, timeout_s, body=body)
 
     async def request(self, method, url, headers, timeout_s, body=None, upload=None):
-        import aiohttp
-
-        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
         data: Any = None
         if body is not None:
             data, headers = orjson.dumps(body), {**headers, "Content-Type": "application/json"}
         elif upload is not None:
+            import aiohttp
+
             data = aiohttp.FormData(dict(upload.fields))
             data.add_field("file", upload.content, filename=upload.name,
                            content_type="application/jsonl")
         try:
-            async with self._client().request(method, url, data=data, timeout=timeout,
-                                              headers=headers) as response:
-                return Reply(response.status, response.headers, await response.text())
-        except asyncio.TimeoutError as err:
-            raise TransportTimeout(f"no answer within {timeout_s:g} s") from err
-        except aiohttp.ClientError as err:
-            raise TransportError(f"{type(err).__name__}: {err}") from err
+            status, reply_headers, text = await exchange(self._client(), method, url, headers,
+                                                         timeout_s, data)
+        except ExchangeTimeout as err:
+            raise TransportTimeout(str(err)) from err
+        except ExchangeError as err:
+            raise TransportError(str(err)) from err
+        return Reply(status, reply_headers, text.decode("utf-8", "replace"))
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
 
 
-_SHARED: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AiohttpTransport]" = (
+class ProcessTransport(Transport):
+    """JSON POSTs (chat completions, embeddings: the hot path) go through
+    `http_worker.py` in a child process, so aiohttp's work per request is
+    not on this process's interpreter lock; other requests (batch files,
+    GETs) take an in-process `AiohttpTransport`.  The worker starts on the
+    first POST; if it dies, the requests in flight fail as `TransportError`
+    (retried by the caller like a dropped connection) and the next POST
+    starts another."""
+
+    def __init__(self) -> None:
+        self._local = AiohttpTransport()
+        self._worker: _WorkerLink | None = None
+        self._starting: asyncio.Future | None = None
+
+    async def _link(self) -> "_WorkerLink":
+        link = self._worker
+        if link is not None and not link.lost:
+            return link
+        if self._starting is None:  # the first of many concurrent requests starts it
+            self._starting = asyncio.ensure_future(_WorkerLink.start())
+        try:
+            link = self._worker = await asyncio.shield(self._starting)
+        finally:
+            if self._starting is not None and self._starting.done():
+                self._starting = None
+        return link
+
+    async def post_json(self, url, body, headers, timeout_s):
+        link = self._worker
+        if link is None or link.lost:
+            link = await self._link()
+        return await link.post(url, orjson.dumps(body),
+                               {**headers, "Content-Type": "application/json"}, timeout_s)
+
+    async def request(self, method, url, headers, timeout_s, body=None, upload=None):
+        return await self._local.request(method, url, headers, timeout_s, body=body, upload=upload)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            await self._worker.close()
+            self._worker = None
+        await self._local.close()
+
+
+class _WorkerLink(asyncio.Protocol):
+    """This side of the socket to one worker process: writes request frames,
+    resolves each request's future from its reply frame."""
+
+    def __init__(self) -> None:
+        self.reader = FrameReader()
+        self.pending: dict[int, asyncio.Future] = {}
+        self.ids = itertools.count()
+        self.transport: asyncio.Transport | None = None
+        self.process = None
+        self.lost = False
+
+    @classmethod
+    async def start(cls) -> "_WorkerLink":
+        import socket
+        import subprocess
+        import sys
+
+        from sftmill.llm import http_worker
+
+        ours, theirs = socket.socketpair()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, http_worker.__file__, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        except OSError as err:
+            ours.close()
+            raise TransportError(f"could not start the HTTP worker: {err}") from err
+        finally:
+            theirs.close()
+        _, link = await asyncio.get_running_loop().create_connection(cls, sock=ours)
+        link.process = process
+        return link
+
+    async def post(self, url: str, data: bytes, headers: Mapping[str, str],
+                   timeout_s: float) -> Reply:
+        if self.lost:
+            raise TransportError("the HTTP worker process ended")
+        i = next(self.ids)
+        future = self.pending[i] = asyncio.get_running_loop().create_future()
+        self.transport.write(frame({"i": i, "u": url, "h": headers, "t": timeout_s}, data))
+        try:
+            return await future
+        finally:
+            self.pending.pop(i, None)
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        pending = self.pending
+        for head, body in self.reader.feed(data):
+            future = pending.pop(head["i"], None)
+            if future is None or future.done():  # its caller was cancelled
+                continue
+            problem = head.get("e")
+            if problem is None:
+                future.set_result(Reply(head["s"], head["h"], body.decode("utf-8", "replace")))
+            elif problem == "timeout":
+                future.set_exception(TransportTimeout(head["m"]))
+            else:
+                future.set_exception(TransportError(head["m"]))
+
+    def connection_lost(self, exc) -> None:
+        self.lost = True
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(TransportError("the HTTP worker process ended"))
+        self.pending.clear()
+
+    async def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        process = self.process
+        if process is not None:
+            for _ in range(50):  # it exits when the socket closes
+                if process.poll() is not None:
+                    return
+                await asyncio.sleep(0.02)
+            process.kill()
+            process.wait()
+
+
+_SHARED: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Transport]" = (
     weakref.WeakKeyDictionary())
+_LAST: "tuple[weakref.ref, Transport] | None" = None  # the last loop's
 
 
-def shared_transport() -> AiohttpTransport:
-    """The running loop's transport (sessions belong to one event loop)."""
-    loop = asyncio.get_running_loop()
+def in_process() -> bool:
+    """`SFTMILL_HTTP_WORKER=0`: HTTP in this process, not in a worker."""
+    return os.environ.get("SFTMILL_HTTP_WORKER", "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def shared_transport() -> Transport:
+    """The running loop's transport (sessions and the worker's socket belong
+    to one event loop)."""
+    global _LAST
+    loop, last = asyncio.get_running_loop(), _LAST
+    if last is not None and last[0]() is loop:  # (a weak-key look-up per request showed in profiles)
+        return last[1]
     transport = _SHARED.get(loop)
     if transport is None:
-        transport = _SHARED[loop] = AiohttpTransport()
+        transport = _SHARED[loop] = AiohttpTransport() if in_process() else ProcessTransport()
+    _LAST = (weakref.ref(loop), transport)
     return transport
 
 
 async def close_shared(loop: asyncio.AbstractEventLoop) -> None:
+    global _LAST
     transport = _SHARED.pop(loop, None)
+    if _LAST is not None and _LAST[0]() is loop:
+        _LAST = None
     if transport is not None:
         await transport.close()
