@@ -95,8 +95,15 @@ class CallJournal:
         """A journal file's rows; a line torn by a kill mid-write is left out."""
         if not path.exists():
             return []
+        lines = path.read_bytes().splitlines()
+        try:  # one parse for the whole file (a loop per line showed in profiles)
+            rows = orjson.loads(b"[" + b",".join(lines) + b"]")
+            if len(rows) == len(lines):  # (a torn line cannot pass as a row)
+                return rows
+        except orjson.JSONDecodeError:
+            pass
         rows = []
-        for line in path.read_bytes().splitlines():
+        for line in lines:
             try:
                 rows.append(orjson.loads(line))
             except orjson.JSONDecodeError:

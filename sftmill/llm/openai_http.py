@@ -20,7 +20,6 @@ stage learned about a server carries over to the next stage.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import collections
 import email.utils
@@ -125,6 +124,9 @@ class Pool:
         self._timer: asyncio.TimerHandle | None = None
 
     def _free(self, now: float) -> Replica | None:
+        if len(self.replicas) == 1:  # (the usual case, per request: no list, no sort key)
+            only = self.replicas[0]
+            return only if only.usable(now) and only.limit.has_room(now) else None
         room = [r for r in self.replicas if r.usable(now) and r.limit.has_room(now)]
         return min(room, key=lambda r: (r.in_flight / max(1, r.limit.current), r.in_flight),
                    default=None)
@@ -432,7 +434,9 @@ def vector_from(value: str | list[float]) -> np.ndarray:
     import numpy as np
 
     if isinstance(value, str):
-        return np.frombuffer(base64.b64decode(value, validate=True), dtype="<f4").astype(np.float32)
+        # (strict: what `b64decode(validate=True)` checks, without its regular expression)
+        return np.frombuffer(binascii.a2b_base64(value, strict_mode=True),
+                             dtype="<f4").astype(np.float32)
     return np.asarray(value, dtype=np.float32)
 
 

@@ -254,3 +254,34 @@ def test_a_batch_in_flight_keeps_the_heap_before_it_out_of_the_collectors_walk()
     assert inner_done.is_set() and [label for label, _seen in walked] == ["inner", "outer"]
     assert not any(seen for _label, seen in walked)
     assert gc.get_freeze_count() == 0 and any(o is before for o in gc.get_objects())
+
+
+def test_request_keys_are_content_ids_of_their_parts_byte_for_byte():
+    """`ChatRequest.key` builds its JSON by hand for speed: it must hash the
+    same bytes as `content_id`, or every cached call would be sent again."""
+    import json
+    import random
+
+    from sftmill.store import content_id
+
+    # orjson and the json module write every string alike (one code point at a time)
+    for cp in range(0x110000):
+        if not 0xD800 <= cp <= 0xDFFF:
+            assert orjson.dumps(chr(cp)) == json.dumps(chr(cp), ensure_ascii=False).encode(), hex(cp)
+    rng = random.Random(3)
+    alphabet = 'ab "\\\n\t\x00\x1f\x7f/é€😀\u2028<>&'
+    schema = {"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "integer"}},
+              "required": ["a", "b"]}
+    for n in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        request = ChatRequest(
+            messages=tuple((rng.choice(["system", "user", "assistant"]), text[i:])
+                           for i in range(rng.randint(0, 3))),
+            schema=rng.choice([None, schema]), temperature=rng.choice([0.0, 0, 0.7, 1e-05, 1, 1.0]),
+            top_p=rng.choice([0.95, 1.0]), max_tokens=rng.randint(1, 4000), seed=rng.randint(-5, 10**12),
+            stop=rng.choice([(), ("\n\n",), (text[:3], "é")]))
+        model = rng.choice(["m", text, "qwen/ü"])
+        sampling = {"temperature": request.temperature, "top_p": request.top_p,
+                    "max_tokens": request.max_tokens, **({"stop": list(request.stop)} if request.stop else {})}
+        assert request.key(model) == content_id(model, request.messages, request.schema, sampling,
+                                                request.seed), (model, request)
