@@ -89,3 +89,17 @@ def test_a_server_slower_than_the_timeout_is_a_timeout():
 
     with pytest.raises(TransportTimeout, match="no answer within 0.3 s"):
         asyncio.run(go())
+
+
+def test_each_loop_has_one_transport_and_the_environment_can_keep_http_in_process(monkeypatch):
+    from sftmill.llm.transport import AiohttpTransport, close_shared, shared_transport
+
+    async def which():
+        first, again = shared_transport(), shared_transport()
+        assert first is again
+        await close_shared(asyncio.get_running_loop())
+        return type(first)
+
+    assert asyncio.run(which()) is ProcessTransport
+    monkeypatch.setenv("SFTMILL_HTTP_WORKER", "0")
+    assert asyncio.run(which()) is AiohttpTransport
