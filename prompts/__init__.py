@@ -34,12 +34,19 @@ class PromptTemplate:
 
     def messages(self, _skeleton: bool = False, **variables: Any) -> list[dict[str, str]]:
         """Render the template's blocks into chat messages."""
+        template = self.template
+        if type(template.globals) is not dict:
+            # Jinja keeps them as a ChainMap over the environment's, which every
+            # context copies key by key (a quarter of a render in profiles): a
+            # plain dict, once (sftmill adds no globals after loading).
+            template.globals = dict(template.globals)
+        context = template.new_context(variables)  # one for both blocks, as Jinja's own render
         out = []
         for role in ("system", "user"):
-            block = self.template.blocks.get(role)
+            block = template.blocks.get(role)
             if block is None:
                 continue
-            text = "".join(block(self.template.new_context(variables))).strip()
+            text = "".join(block(context)).strip()
             if text:
                 out.append({"role": role, "content": text})
         if not _skeleton and not any(m["role"] == "user" for m in out):
