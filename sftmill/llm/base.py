@@ -98,6 +98,21 @@ class ChatRequest:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _per_schema(table: dict[int, tuple[Any, Any]], schema: dict[str, Any], make: Callable[[Any], Any]):
+    """`make(schema)`, kept in `table` per schema object (no dump of the
+    schema per call); the schema is kept beside it, so its id stays its own."""
+    known = table.get(id(schema))
+    if known is None or known[0] is not schema:
+        if len(table) >= 1024:  # a stage that builds a schema per item
+            table.clear()
+        known = table[id(schema)] = (schema, make(schema))
+    return known[1]
+
+
+def _schema_text(schema: dict[str, Any]) -> bytes:
+    return json.dumps(schema, sort_keys=True, ensure_ascii=False, default=str).encode()
+
+
 _SCHEMA_JSON: dict[int, tuple[Any, bytes]] = {}  # id(schema) → (schema, its JSON)
 _SAMPLING_JSON: dict[tuple, bytes] = {}  # the sampling parameters' JSON
 
@@ -120,16 +135,7 @@ def _key_blob(model, messages, schema, sampling, seed) -> bytes | None:
         parts += [b"[" if first else b", [", orjson.dumps(message[0]), b", ",
                   orjson.dumps(message[1]), b"]"]
         first = False
-    if schema is None:
-        schema_json = b"null"
-    else:
-        known = _SCHEMA_JSON.get(id(schema))
-        if known is None or known[0] is not schema:  # (kept, so its id stays its own)
-            if len(_SCHEMA_JSON) >= 1024:
-                _SCHEMA_JSON.clear()
-            known = _SCHEMA_JSON[id(schema)] = (schema, json.dumps(
-                schema, sort_keys=True, ensure_ascii=False, default=str).encode())
-        schema_json = known[1]
+    schema_json = b"null" if schema is None else _per_schema(_SCHEMA_JSON, schema, _schema_text)
     # (types in the key: 1 and 1.0 are one dictionary key but not one JSON text)
     at = tuple((k, v.__class__, tuple(v) if type(v) is list else v) for k, v in sampling.items())
     sampling_json = _SAMPLING_JSON.get(at)
@@ -189,17 +195,15 @@ def _validator(schema_json: bytes):
     return cls(schema), compile_check(schema)
 
 
-_BY_SCHEMA: dict[int, tuple[Any, Any]] = {}  # id(schema) → (schema, validators): no dump per call
+_BY_SCHEMA: dict[int, tuple[Any, Any]] = {}  # id(schema) → (schema, validators)
 
 
 def _validators(schema: dict[str, Any]):
-    known = _BY_SCHEMA.get(id(schema))
-    if known is None or known[0] is not schema:  # (the schema is kept, so its id stays its own)
-        if len(_BY_SCHEMA) >= 1024:  # a stage that builds a schema per item
-            _BY_SCHEMA.clear()
-        known = _BY_SCHEMA[id(schema)] = (
-            schema, _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)))
-    return known[1]
+    return _per_schema(_BY_SCHEMA, schema, _validators_of)
+
+
+def _validators_of(schema: dict[str, Any]):
+    return _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
 
 
 def parse_structured(text: str, schema: dict[str, Any]) -> Any:

@@ -26,15 +26,14 @@ import email.utils
 import os
 import random
 import time
-import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sftmill.config import Embedding, LLMEndpoint, ServerEndpoint
 from sftmill.llm.base import (ChatRequest, LLM, LLMOutputError, LLMUnavailableError,
                               RawCompletion)
 from sftmill.llm.limits import AdaptiveLimit, TokenBucket
-from sftmill.llm.transport import (Reply, Transport, TransportError, TransportTimeout, Upload,
-                                   shared_transport)
+from sftmill.llm.transport import (PerLoop, Reply, Transport, TransportError, TransportTimeout,
+                                   Upload, shared_transport)
 from sftmill.store import Store
 
 if TYPE_CHECKING:
@@ -208,21 +207,13 @@ class Pool:
         return any(r is not replica and r.failures == 0 for r in self.replicas)
 
 
-_POOLS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Pool]]" = (
-    weakref.WeakKeyDictionary())
-
-
-_LAST: "tuple[weakref.ref, dict[tuple, Pool]] | None" = None  # the last loop's pools
+_POOLS = PerLoop(dict)  # per loop: pool key → Pool
 
 
 def pool_for(endpoint: ServerEndpoint, key: tuple | None = None) -> Pool:
     """The running loop's pool for this endpoint (same URLs, model and limits;
     `key`: its `pool_key()` when the caller already has it)."""
-    global _LAST
-    loop, last = asyncio.get_running_loop(), _LAST  # (read once: another loop's thread may swap it)
-    if last is None or last[0]() is not loop:  # (a weak-key look-up per request showed in profiles)
-        last = _LAST = (weakref.ref(loop), _POOLS.setdefault(loop, {}))
-    pools = last[1]
+    pools = _POOLS.get()
     key = key or endpoint.pool_key()
     pool = pools.get(key)
     if pool is None:

@@ -244,9 +244,33 @@ class _WorkerLink(asyncio.Protocol):
             process.wait()
 
 
-_SHARED: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Transport]" = (
-    weakref.WeakKeyDictionary())
-_LAST: "tuple[weakref.ref, Transport] | None" = None  # the last loop's
+class PerLoop:
+    """One value per event loop, made on first use there (sessions, sockets
+    and limits belong to one loop).  The last loop's value is kept beside
+    the weak-key dictionary: a weak-key look-up per request showed in
+    profiles, and a run uses one loop."""
+
+    def __init__(self, make):
+        self._make = make
+        self._by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = (
+            weakref.WeakKeyDictionary())
+        self._last: "tuple[weakref.ref, Any] | None" = None
+
+    def get(self) -> Any:
+        loop, last = asyncio.get_running_loop(), self._last  # (read once: another loop's thread may swap it)
+        if last is not None and last[0]() is loop:
+            return last[1]
+        value = self._by_loop.get(loop)
+        if value is None:
+            value = self._by_loop[loop] = self._make()
+        self._last = (weakref.ref(loop), value)
+        return value
+
+    def pop(self, loop: asyncio.AbstractEventLoop) -> Any:
+        last = self._last
+        if last is not None and last[0]() is loop:
+            self._last = None
+        return self._by_loop.pop(loop, None)
 
 
 def in_process() -> bool:
@@ -254,24 +278,15 @@ def in_process() -> bool:
     return os.environ.get("SFTMILL_HTTP_WORKER", "1").strip().lower() in ("0", "false", "no", "off")
 
 
+_SHARED = PerLoop(lambda: AiohttpTransport() if in_process() else ProcessTransport())
+
+
 def shared_transport() -> Transport:
-    """The running loop's transport (sessions and the worker's socket belong
-    to one event loop)."""
-    global _LAST
-    loop, last = asyncio.get_running_loop(), _LAST
-    if last is not None and last[0]() is loop:  # (a weak-key look-up per request showed in profiles)
-        return last[1]
-    transport = _SHARED.get(loop)
-    if transport is None:
-        transport = _SHARED[loop] = AiohttpTransport() if in_process() else ProcessTransport()
-    _LAST = (weakref.ref(loop), transport)
-    return transport
+    """The running loop's transport."""
+    return _SHARED.get()
 
 
 async def close_shared(loop: asyncio.AbstractEventLoop) -> None:
-    global _LAST
-    transport = _SHARED.pop(loop, None)
-    if _LAST is not None and _LAST[0]() is loop:
-        _LAST = None
+    transport = _SHARED.pop(loop)
     if transport is not None:
         await transport.close()
