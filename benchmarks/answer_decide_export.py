@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from sftmill.config import parse_recipe
-from sftmill.store import Store
-from sftmill.tasks.answer import decide
-from sftmill.tasks.export import export_run
+from sftmill.core.recipe import parse_recipe
+from sftmill.core.store import Store
+from sftmill.tasks.stages.answer import decide
+from sftmill.tasks.report.export import export_run
 
 
 def synthetic_run(store: Store, n: int) -> None:

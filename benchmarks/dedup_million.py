@@ -1,5 +1,5 @@
 """Near-duplicate removal at a million vectors: seconds and recall of
-sftmill's own `near_duplicates` (tasks/dedup.py) on planted duplicates.
+sftmill's own `near_duplicates` (tasks/stages/dedup.py) on planted duplicates.
 
     python benchmarks/dedup_million.py [--n 1000000] [--dim 384] [--threshold 0.92]
 
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--threshold", type=float, default=0.92)
     args = parser.parse_args()
-    from sftmill.tasks.dedup import near_duplicates
+    from sftmill.tasks.stages.dedup import near_duplicates
 
     started = time.perf_counter()
     vectors, pairs = planted(args.n, args.dim, args.threshold)

@@ -9,7 +9,7 @@ Candidates, all from the bundled all-MiniLM-L6-v2 (no download):
   onnx-int8    MiniLM exported to ONNX and dynamically quantised to int8,
                run by ONNX Runtime (needs `pip install onnxruntime onnx`)
   static       `static:all-MiniLM-L6-v2`, a static token-embedding model
-               distilled from MiniLM by sftmill (sftmill/embeddings.py,
+               distilled from MiniLM by sftmill (sftmill/embed/models.py,
                `static_model`: the model2vec recipe — each vocabulary token
                through MiniLM alone, PCA to 256 dimensions, SIF weights by
                vocabulary rank); a text is the mean of its tokens' vectors
@@ -108,7 +108,7 @@ def onnx_int8_embed(workdir: Path):
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from sentence_transformers import SentenceTransformer
 
-    from sftmill.embeddings import resolve_model
+    from sftmill.embed.models import resolve_model
 
     model = SentenceTransformer(resolve_model("all-MiniLM-L6-v2"), device="cpu")
     tok, hf = model.tokenizer, model[0].auto_model
@@ -169,8 +169,9 @@ def main() -> None:
     args = parser.parse_args()
     import tempfile
 
-    from sftmill.config import Embedding
-    from sftmill.embeddings import Embedder, encode
+    from sftmill.core.endpoints import Embedding
+    from sftmill.embed.embedder import Embedder
+    from sftmill.embed.models import encode
 
     paragraphs = corpus_paragraphs()
     texts = prompt_texts(args.n, paragraphs)

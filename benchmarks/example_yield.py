@@ -1,6 +1,6 @@
 """What the bundled example yields on the embedded model: records, subdomain
 coverage, the commonest opening before and after rephrasing, and the run's
-wall-clock time — the figures issue 10 asks of a new user's first run.
+wall-clock time — the figures a new user sees on a first run.
 
     python benchmarks/example_yield.py [RECIPE]      # default: data/example/recipe.yaml
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import time
 
-from sftmill.config import Embedding, LLMEndpoint
-from sftmill.embeddings import Embedder
-from sftmill.llm import ChatRequest, make_llm
+from sftmill.core.endpoints import Embedding, LLMEndpoint
+from sftmill.embed.embedder import Embedder
+from sftmill.llm.request import ChatRequest
+from sftmill.llm.backends import make_llm
 from sftmill.prompts import load_template
 
 PASSAGE = ("Gluons are the carriers of the strong interaction. Unlike photons they carry "

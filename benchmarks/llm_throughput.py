@@ -59,7 +59,7 @@ def sentence(rng: random.Random, n: int) -> str:
 
 
 def recipe_for(url: str, concurrency: int, adaptive: bool, run_dir: Path):
-    from sftmill.config import parse_recipe
+    from sftmill.core.recipe import parse_recipe
 
     (run_dir / "in.txt").write_text("x")
     endpoint = {"backend": "openai", "base_url": url, "model": "mock",
@@ -100,9 +100,9 @@ def fill(store, n: int, seed: int = 0) -> None:
 
 
 def stage_rates(url: str, n: int, concurrency: int, adaptive: bool) -> dict[str, float]:
-    from sftmill.progress import LogReporter, set_reporter
-    from sftmill.store import Store
-    from sftmill.tasks import answer, prompt_filter, relevance
+    from sftmill.core.progress import LogReporter, set_reporter
+    from sftmill.core.store import Store
+    from sftmill.tasks.stages import answer, prompt_filter, relevance
 
     set_reporter(LogReporter())
     out = {}

@@ -16,7 +16,7 @@ import time
 
 import random  # noqa: E402
 
-from sftmill.tasks.self_instruct_filters import BruteForceNovelty, NoveltyIndex  # noqa: E402
+from sftmill.tasks.generators.self_instruct_filters import BruteForceNovelty, NoveltyIndex
 
 BRUTE = 3000
 COMMON = "the a of to and in for with how what why explain describe give list".split()

@@ -1,4 +1,4 @@
-"""The answer half of the recipe (shared/seeds/003, "Cooking the answers",
+"""The answer half of the recipe (the SFT recipe this pipeline follows, "Cooking the answers",
 steps 1–2) and the export: kept prompts in, `dataset.jsonl`,
 `dataset.parquet` and `card.md` out."""
 
@@ -7,20 +7,20 @@ from __future__ import annotations
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from sftmill.core.remote import local_recipe
+from sftmill.core.store import Store
+from sftmill.core.warmup import when_waiting
 from sftmill.flows.params import RunParams, stage
 from sftmill.flows.review import pass_gate
 from sftmill.llm.budget import record_budget
-from sftmill.preflight import check_templates_fit
-from sftmill.remote import local_recipe
-from sftmill.stages import StageResult
-from sftmill.store import Store
-from sftmill.tasks.answer import answer, answer_checks
-from sftmill.tasks.card import dataset_card, pyplot
-from sftmill.tasks.curate import curate, models_to_load
-from sftmill.tasks.preferences import preference_pairs
-from sftmill.tasks.export import export
-from sftmill.tasks.rag import extended_search, retrieve
-from sftmill.warmup import when_waiting
+from sftmill.tasks.curation.curate import curate, models_to_load
+from sftmill.tasks.curation.preferences import preference_pairs
+from sftmill.tasks.preflight import check_templates_fit
+from sftmill.tasks.report.card import dataset_card, pyplot
+from sftmill.tasks.report.export import export
+from sftmill.tasks.stage_task import StageResult
+from sftmill.tasks.stages.answer import answer, answer_checks
+from sftmill.tasks.stages.rag import extended_search, retrieve
 
 
 @flow(name="sftmill-answers", task_runner=ThreadPoolTaskRunner(max_workers=4))

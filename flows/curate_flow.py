@@ -7,11 +7,12 @@ from pathlib import Path
 
 from prefect import flow
 
-from sftmill.config import DB_FILE, CurateConfig
-from sftmill.stages import StageResult
-from sftmill.tasks.curate import curate_inputs, curate_standalone
-from sftmill.tasks.export import export_dataset
-from sftmill.tasks.pairs_io import file_fingerprint, load_inputs, read_items
+from sftmill.core.curation import CurateConfig
+from sftmill.core.recipe import DB_FILE
+from sftmill.tasks.curation.curate import curate_inputs, curate_standalone
+from sftmill.tasks.report.export import export_dataset
+from sftmill.tasks.sources.pairs import file_fingerprint, load_inputs, read_items
+from sftmill.tasks.stage_task import StageResult
 
 
 @flow(name="sftmill-curate")

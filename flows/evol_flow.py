@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from sftmill.preflight import check_templates_fit
-from sftmill.stages import StageResult
-from sftmill.tasks.evol import EvolConfig, evol_dataset, evolve_round
-from sftmill.tasks.curate import curate_generated
-from sftmill.tasks.export import export_dataset
-from sftmill.tasks.pairs_io import file_fingerprint, load_inputs, read_items
+from sftmill.tasks.curation.curate import curate_generated
+from sftmill.tasks.generators.evol import EvolConfig, evol_dataset, evolve_round
+from sftmill.tasks.preflight import check_templates_fit
+from sftmill.tasks.report.export import export_dataset
+from sftmill.tasks.sources.pairs import file_fingerprint, load_inputs, read_items
+from sftmill.tasks.stage_task import StageResult
 
 
 @flow(name="sftmill-evol-instruct")

@@ -7,12 +7,13 @@ from pathlib import Path
 
 from prefect import flow
 
-from sftmill.config import DB_FILE, CurateConfig
-from sftmill.stages import StageResult
-from sftmill.tasks.curate import curate_standalone
-from sftmill.tasks.export import export_dataset
-from sftmill.tasks.mix import Source, mix_load, mix_select
-from sftmill.tasks.pairs_io import file_fingerprint
+from sftmill.core.curation import CurateConfig
+from sftmill.core.recipe import DB_FILE
+from sftmill.tasks.curation.curate import curate_standalone
+from sftmill.tasks.curation.mix import Source, mix_load, mix_select
+from sftmill.tasks.report.export import export_dataset
+from sftmill.tasks.sources.pairs import file_fingerprint
+from sftmill.tasks.stage_task import StageResult
 
 
 @flow(name="sftmill-mix")

@@ -9,7 +9,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sftmill.config import Recipe, RecipeError, load_recipe, parse_recipe
+from sftmill.core.errors import RecipeError
+from sftmill.core.recipe import Recipe, load_recipe, parse_recipe
 
 Stage = Literal["collect", "chunk", "relevance", "profile", "web_queries", "search_fetch",
                 "generate", "broaden", "rephrase", "prompt_filter", "dedup", "answer_search",

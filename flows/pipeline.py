@@ -7,7 +7,7 @@ from prefect import flow
 from sftmill.flows.answer_flow import answer_flow
 from sftmill.flows.params import RunParams
 from sftmill.flows.prompt_flow import prompt_flow
-from sftmill.stages import StageResult
+from sftmill.tasks.stage_task import StageResult
 
 
 @flow(name="sftmill-pipeline")

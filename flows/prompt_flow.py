@@ -1,4 +1,4 @@
-"""The prompt half of the recipe (shared/seeds/003, "Cooking the prompts",
+"""The prompt half of the recipe (the SFT recipe this pipeline follows, "Cooking the prompts",
 steps 1–10): raw texts in, the `prompts` table out, every row traceable to
 profile → chunk → document (and the query and URL of web documents)."""
 
@@ -7,21 +7,21 @@ from __future__ import annotations
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from sftmill.core.remote import local_recipe
+from sftmill.core.store import Store
 from sftmill.flows.params import RunParams, stage
 from sftmill.llm.budget import record_budget
-from sftmill.preflight import check_templates_fit
-from sftmill.remote import local_recipe
-from sftmill.stages import StageResult
-from sftmill.store import Store
-from sftmill.tasks.chunk import chunk
-from sftmill.tasks.collect import collect, inputs_fingerprint
-from sftmill.tasks.dedup import dedup
-from sftmill.tasks.generate import broaden, generate
-from sftmill.tasks.profile import profile
-from sftmill.tasks.prompt_filter import prompt_filter
-from sftmill.tasks.relevance import more_wanted, relevance
-from sftmill.tasks.rephrase import rephrase
-from sftmill.tasks.web import enough_profiles, search_and_fetch, web_queries
+from sftmill.tasks.preflight import check_templates_fit
+from sftmill.tasks.stage_task import StageResult
+from sftmill.tasks.stages.chunk import chunk
+from sftmill.tasks.stages.collect import collect, inputs_fingerprint
+from sftmill.tasks.stages.dedup import dedup
+from sftmill.tasks.stages.generate import broaden, generate
+from sftmill.tasks.stages.profile import profile
+from sftmill.tasks.stages.prompt_filter import prompt_filter
+from sftmill.tasks.stages.relevance import more_wanted, relevance
+from sftmill.tasks.stages.rephrase import rephrase
+from sftmill.tasks.stages.web import enough_profiles, search_and_fetch, web_queries
 
 
 def judge_and_profile(recipe, chunks: StageResult, r: list[str]) -> list[StageResult]:

@@ -1,4 +1,4 @@
-"""Review gates in a flow (`tasks/review_gate.py` does the work).
+"""Review gates in a flow (`tasks/review/gate.py` does the work).
 
 At a gate whose sample is not reviewed yet:
 - a served run (a deployment's flow run, started from the UI, a schedule or
@@ -15,13 +15,15 @@ from __future__ import annotations
 import os
 from typing import Literal
 
+from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.runtime import deployment
 from pydantic import Field
 
-from sftmill.config import Recipe
-from sftmill.stages import StageResult
-from sftmill.store import Store, TableRef
-from sftmill.tasks.review_gate import review_gate, status
+from sftmill.core.recipe import Recipe
+from sftmill.core.store import Store, TableRef
+from sftmill.tasks.review.gate import review_gate, status
+from sftmill.tasks.stage_task import StageResult
 
 # Seconds between the paused run's looks at its state (Prefect's default is 10).
 PAUSE_POLL_S = int(os.environ.get("SFTMILL_PAUSE_POLL_S", "10"))
@@ -38,7 +40,6 @@ class ReviewResume(RunInput):
 
 def served() -> bool:
     """Is this flow run a deployment's (a worker or `serve` runs it)?"""
-    from prefect.runtime import deployment
 
     return deployment.id is not None
 
@@ -49,7 +50,6 @@ def pass_gate(recipe: Recipe, gate: str, choice: str,
     result = review_gate(recipe, gate, choice, upstream)
     if result.note != "waiting" or not served():
         return result
-    from prefect.flow_runs import pause_flow_run
 
     while result.note == "waiting":
         state = status(Store.open(recipe.db_path), recipe, gate)

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from sftmill.preflight import check_templates_fit
-from sftmill.stages import StageResult
-from sftmill.tasks.curate import curate_generated
-from sftmill.tasks.export import export_dataset
-from sftmill.tasks.self_instruct import (SelfInstructConfig, bootstrap_round, load_seeds,
-                                         self_instruct_dataset, stall_message, stalled)
+from sftmill.tasks.curation.curate import curate_generated
+from sftmill.tasks.generators.self_instruct import (
+    SelfInstructConfig,
+    bootstrap_round,
+    load_seeds,
+    self_instruct_dataset,
+    stall_message,
+    stalled,
+)
+from sftmill.tasks.preflight import check_templates_fit
+from sftmill.tasks.report.export import export_dataset
+from sftmill.tasks.stage_task import StageResult
 
 
 @flow(name="sftmill-self-instruct")

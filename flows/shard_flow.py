@@ -4,7 +4,7 @@ prompt flow and then answer flow a flow run of its own through a deployment
 (near-duplicates across shards) and at the end (one dataset and card).
 The shards' run folders must be on storage every worker reaches: the
 recipe's `output_dir` on a shared path, or object storage (`storage`, an
-fsspec URL such as `s3://bucket/runs/x`; sftmill.remote syncs each shard's
+fsspec URL such as `s3://bucket/runs/x`; sftmill.core.remote syncs each shard's
 folder to the worker that runs it).  A shard whose run fails or
 crashes is retried alone (the UI's Retry, or `prefect flow-run retry ID`):
 its completed stages come back from its cache and its completed LLM calls
@@ -18,10 +18,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sftmill import remote
-from sftmill.config import load_recipe
+from sftmill.core import remote
+from sftmill.core.recipe import load_recipe
 from sftmill.tasks import shard
 
 
@@ -84,8 +86,6 @@ def merge_exports(recipe_path: str, shard_recipes: list[str], merged: dict, stor
 
 def run_shards(deployment: str, shard_recipes: list[str], params: ShardParams) -> None:
     """One flow run of `deployment` per shard; back when all completed."""
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
 
     logger = get_run_logger()
     runs = [run_deployment(deployment, parameters={"params": {"recipe_path": path}}, timeout=0,

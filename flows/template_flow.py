@@ -5,12 +5,18 @@ from __future__ import annotations
 
 from prefect import flow
 
-from sftmill.preflight import check_templates_fit
-from sftmill.stages import StageResult
-from sftmill.tasks.curate import curate_generated
-from sftmill.tasks.export import export_dataset
-from sftmill.tasks.pairs_io import file_fingerprint
-from sftmill.tasks.templates import TemplatesConfig, load_spec, slot_values, template_dataset, template_pairs
+from sftmill.tasks.curation.curate import curate_generated
+from sftmill.tasks.generators.templates import (
+    TemplatesConfig,
+    load_spec,
+    slot_values,
+    template_dataset,
+    template_pairs,
+)
+from sftmill.tasks.preflight import check_templates_fit
+from sftmill.tasks.report.export import export_dataset
+from sftmill.tasks.sources.pairs import file_fingerprint
+from sftmill.tasks.stage_task import StageResult
 
 
 @flow(name="sftmill-templates")

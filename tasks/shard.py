@@ -24,10 +24,17 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import yaml
 
-from sftmill.config import Recipe
-from sftmill.store import Store
+from sftmill.core.recipe import Recipe, load_recipe
+from sftmill.core.store import Store
+from sftmill.embed.embedder import Embedder
+from sftmill.tasks.report.card import subdomain_section
+from sftmill.tasks.report.summary import RECORDS_BY_SUBDOMAIN, shares_of
+from sftmill.tasks.sources.documents import expand_source
+from sftmill.tasks.stages.dedup import ORIGIN_RANK, new_near_duplicates
+from sftmill.tasks.stages.generate import target_shares
 
 STAGE = "shard_merge"
 
@@ -39,7 +46,6 @@ def shard_dir(recipe: Recipe, k: int) -> Path:
 def input_files(recipe: Recipe) -> dict[Path, dict]:
     """Every local file the recipe's `path` inputs stand for (URLs: none),
     sorted, each with the table options (text/id column) of its input."""
-    from sftmill.tasks.collect import expand_source
 
     files: dict[Path, dict] = {}
     for source in recipe.inputs:
@@ -106,11 +112,7 @@ def _place(path: Path, into: Path, copy: bool) -> str:
 
 def merge_prompts(recipe: Recipe, shard_recipes: list[Path]) -> dict:
     """Remove near-duplicates across shards; the counts."""
-    import numpy as np
 
-    from sftmill.config import load_recipe
-    from sftmill.embeddings import Embedder
-    from sftmill.tasks.dedup import ORIGIN_RANK, new_near_duplicates
 
     rows, vectors = [], []
     for k, path in enumerate(shard_recipes):
@@ -146,10 +148,6 @@ def merge_prompts(recipe: Recipe, shard_recipes: list[Path]) -> dict:
 
 def merge_exports(recipe: Recipe, shard_recipes: list[Path], merged: dict | None = None) -> dict:
     """`dataset.jsonl` and `card.md` of the whole run from its shards'."""
-    from sftmill.config import load_recipe
-    from sftmill.summary import RECORDS_BY_SUBDOMAIN, shares_of
-    from sftmill.tasks.card import subdomain_section
-    from sftmill.tasks.generate import target_shares
 
     out = recipe.run_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -108,18 +108,18 @@ def s3_env():
 @pytest.fixture(autouse=True)
 def _close_stores():
     yield
-    from sftmill.store import Store
+    from sftmill.core.store import Store
 
     Store.close_all()
 
 
 # The suite runs on 2 processes (pytest-xdist, a file at a time each); the
 # slowest files go first so that none of them starts last and runs alone
-# (the longest calls of the 2026-12-01 runs, slowest first).
+# (by their longest calls, slowest first).
 SLOW_FIRST = ["test_sharded_pool.py", "test_self_instruct_flow.py", "test_batch_run.py",
               "test_budget.py", "test_label_studio_gate.py", "test_curate_cli.py",
               "test_server_retry.py", "test_kill_resume.py", "test_prompt_flow.py",
-              "test_answer_flow.py", "test_remote.py", "test_embeddings_dask.py"]
+              "test_answer_flow.py", "test_remote.py", "test_dask_runner.py"]
 
 
 def pytest_collection_modifyitems(config, items):

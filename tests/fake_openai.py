@@ -29,7 +29,8 @@ import urllib.parse
 import zlib
 
 from fakes import schema_answers
-from sftmill.llm import ChatRequest
+
+from sftmill.llm.request import ChatRequest
 
 
 def request_key(body: dict) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Callable
 
-from sftmill.llm.base import ChatRequest, LLM, LLMUnavailableError, RawCompletion
+from sftmill.llm.base import LLM
+from sftmill.llm.errors import LLMUnavailableError
+from sftmill.llm.request import ChatRequest, RawCompletion
 
 
 class ScriptedLLM(LLM):
@@ -122,9 +124,12 @@ def schema_answers(request: ChatRequest):
     raise AssertionError(f"no scripted answer for schema {sorted(props)}")
 
 
-LLM_USERS = ("sftmill.tasks.profile", "sftmill.tasks.web", "sftmill.tasks.generate",
-             "sftmill.tasks.rephrase", "sftmill.tasks.rag", "sftmill.tasks.answer", "sftmill.llm", "sftmill.tasks.evol",
-             "sftmill.tasks.augment", "sftmill.tasks.templates")
+LLM_USERS = ("sftmill.llm.backends", "sftmill.llm.map",
+             "sftmill.tasks.stages.profile", "sftmill.tasks.stages.web", "sftmill.tasks.stages.generate",
+             "sftmill.tasks.stages.rephrase", "sftmill.tasks.stages.rag", "sftmill.tasks.stages.answer",
+             "sftmill.tasks.generators.evol", "sftmill.tasks.generators.augment",
+             "sftmill.tasks.generators.templates",
+             "sftmill.tasks.curation.checks.judges", "sftmill.tasks.curation.preferences")
 
 
 def route_llm(monkeypatch, llm: ScriptedLLM) -> ScriptedLLM:

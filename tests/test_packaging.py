@@ -18,10 +18,16 @@ def test_the_wheel_holds_only_the_sftmill_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/", 1)[0] for n in names}
     assert top == {"sftmill", next(t for t in top if t.endswith(".dist-info"))}
-    for module in ("sftmill/flows/pipeline.py", "sftmill/tasks/collect.py",
+    for module in ("sftmill/flows/pipeline.py", "sftmill/tasks/stages/collect.py",
                    "sftmill/prompts/__init__.py", "sftmill/prompts/answer.jinja2",
                    "sftmill/prompts/generate.schema.json", "sftmill/llm/base.py"):
         assert module in names
+    # Every module of the tree is in the wheel (a package missing from pyproject's list would not be).
+    folders = {"sftmill": "sftmill", "flows": "sftmill/flows", "tasks": "sftmill/tasks",
+               "prompts": "sftmill/prompts"}
+    for folder, installed in folders.items():
+        for source in (ROOT / folder).rglob("*.py"):
+            assert f"{installed}/{source.relative_to(ROOT / folder).as_posix()}" in names, source
     templates = {p.name for p in (ROOT / "prompts").glob("*.jinja2")}
     assert templates <= {Path(n).name for n in names if n.startswith("sftmill/prompts/")}
 
@@ -29,8 +35,8 @@ def test_the_wheel_holds_only_the_sftmill_namespace(tmp_path):
 def test_installed_modules_resolve_under_sftmill():
     import sftmill.flows.pipeline
     import sftmill.prompts
-    import sftmill.tasks.collect
+    import sftmill.tasks.stages.collect
 
     assert sftmill.prompts.load_template("generate").schema
     assert sftmill.flows.pipeline.pipeline.name == "sftmill-pipeline"
-    assert sftmill.tasks.collect.STAGE == "collect"
+    assert sftmill.tasks.stages.collect.STAGE == "collect"

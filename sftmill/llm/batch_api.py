@@ -37,18 +37,16 @@ import asyncio
 import datetime
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from sftmill.llm.base import ChatRequest, LLMOutputError, LLMUnavailableError, RawCompletion
-from sftmill.llm.openai_http import completion_of
+from sftmill.core.ids import content_id
+from sftmill.core.progress import run_logger
+from sftmill.llm.base import LLM
+from sftmill.llm.errors import LLMOutputError, LLMUnavailableError
+from sftmill.llm.request import ChatRequest, RawCompletion, completion_of
 from sftmill.llm.transport import Upload
-from sftmill.progress import run_logger
-from sftmill.store import content_id
-
-if TYPE_CHECKING:
-    from sftmill.llm.openai_http import OpenAIChatLLM
 
 CHAT_PATH = "/v1/chat/completions"
 TERMINAL = ("completed", "expired", "failed", "cancelled")
@@ -99,7 +97,7 @@ class BatchAPI:
     """The Files and Batches calls, through the endpoint's `ServerClient`
     (its key, retries and backoff)."""
 
-    def __init__(self, llm: "OpenAIChatLLM"):
+    def __init__(self, llm: LLM):
         self.client = llm.client
         self.window = llm.endpoint.batch_completion_window
 
@@ -143,7 +141,7 @@ class BatchAPI:
 class BatchRunner:
     """Answers a stage's requests through batches (module docstring)."""
 
-    def __init__(self, llm: "OpenAIChatLLM", api: BatchAPI | None = None):
+    def __init__(self, llm: LLM, api: BatchAPI | None = None):
         self.llm = llm
         self.store = llm.store
         self.api = api or BatchAPI(llm)

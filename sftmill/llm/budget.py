@@ -1,4 +1,4 @@
-"""Budget caps (issue 12): a run's LLM spending, in cost and tokens, checked
+"""Budget caps: a run's LLM spending, in cost and tokens, checked
 before each chunk of requests is sent.
 
 The flow writes the recipe's `budget` and `prices` into the run database's
@@ -19,11 +19,13 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sftmill.llm.base import LLMError
+from sftmill.core.sections import Price
+from sftmill.llm.errors import LLMError
 
 if TYPE_CHECKING:
-    from sftmill.config import Price, Recipe
-    from sftmill.store import Store
+    from sftmill.core.recipe import Recipe
+    from sftmill.core.sections import Price
+    from sftmill.core.store import Store
 
 META_KEY = "budget"
 
@@ -88,7 +90,6 @@ def budget_of(store: "Store | None") -> Budget | None:
     raw = store.get_meta(META_KEY) if store is not None else None
     if not raw:
         return None
-    from sftmill.config import Price
 
     data = json.loads(raw)
     return Budget(data["max_cost"], data["max_tokens"],

@@ -16,9 +16,11 @@ import threading
 import time
 from pathlib import Path
 
-from sftmill.config import LLMEndpoint
-from sftmill.llm.base import ChatRequest, LLM, LLMOutputError, RawCompletion
-from sftmill.store import Store
+from sftmill.core.endpoints import LLMEndpoint
+from sftmill.core.store import Store
+from sftmill.llm.base import LLM
+from sftmill.llm.errors import LLMOutputError
+from sftmill.llm.request import ChatRequest, RawCompletion
 
 DEFAULT_MODEL = "smollm2-135m"
 _GGUF_IN_WHEEL = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -23,8 +23,10 @@ closes: its parent ended or closed the transport.
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 
+import aiohttp
 import orjson
 
 FRAME = struct.Struct(">II")
@@ -41,7 +43,6 @@ class ExchangeError(Exception):
 def new_session():
     """A session with an unbounded pool (the limits decide how many are in
     flight) and no cookie jar (an API sets none worth keeping)."""
-    import aiohttp
 
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
@@ -51,7 +52,6 @@ async def exchange(session, method: str, url: str, headers, timeout_s: float,
                    data=None) -> tuple[int, dict[str, str], bytes]:
     """One request: status, headers (names lower-cased) and body bytes;
     `ExchangeTimeout` or `ExchangeError` when no HTTP answer came."""
-    import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
     try:
@@ -128,8 +128,6 @@ class _Serve(asyncio.Protocol):
 
 
 async def serve(fd: int) -> None:
-    import socket
-
     loop = asyncio.get_running_loop()
     done = loop.create_future()
     session = new_session()

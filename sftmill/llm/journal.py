@@ -15,7 +15,7 @@ Cache hits add no row: they are counted per (stage, model) in
 `llm_cache_hits`.
 
 When a ledger file (`<db>.calls.ledger.jsonl`) exists as the journal opens,
-every line also goes there and stays: sftmill.remote creates it for a run
+every line also goes there and stays: sftmill.core.remote creates it for a run
 folder kept on object storage and uploads its new lines as they land.
 """
 
@@ -29,13 +29,9 @@ from typing import Any
 
 import orjson
 
-from sftmill.store import Store
-
+from sftmill.core.store import JOURNAL, LEDGER, MERGING, Store
 
 CACHED_FIELDS = ("key", "response_text", "tokens_in", "tokens_out")
-# Beside the run database `<db>`: the journal `<db>.calls.jsonl`, the file
-# being merged, and the ledger (see above).
-JOURNAL, MERGING, LEDGER = ".calls.jsonl", ".calls.merging.jsonl", ".calls.ledger.jsonl"
 
 
 class CallJournal:
@@ -151,6 +147,12 @@ class CallJournal:
             journal.merge()
 
     @classmethod
+    def merge_and_forget(cls) -> None:
+        """Before the stores close: every journal into its table, then dropped."""
+        cls.merge_all()
+        cls.forget()
+
+    @classmethod
     def forget(cls) -> None:
         """Drop every journal object (their stores are being closed)."""
         with cls._registry_lock:
@@ -160,3 +162,6 @@ class CallJournal:
                         journal._ledger.close()
                         journal._ledger = None
             cls._registry.clear()
+
+
+Store.before_close_all(CallJournal.merge_and_forget)

@@ -28,13 +28,28 @@ import random
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sftmill.config import Embedding, LLMEndpoint, ServerEndpoint
-from sftmill.llm.base import (ChatRequest, LLM, LLMOutputError, LLMUnavailableError,
-                              RawCompletion)
+import httpx
+import numpy as np
+
+from sftmill.core.endpoints import Embedding, LLMEndpoint, ServerEndpoint
+from sftmill.core.store import Store
+from sftmill.llm.base import CHUNK, LLM
+from sftmill.llm.batch_api import BatchRunner
+from sftmill.llm.budget import budget_of
+from sftmill.llm.embedded import grammar_schema
+from sftmill.llm.errors import LLMOutputError, LLMUnavailableError
 from sftmill.llm.limits import AdaptiveLimit, TokenBucket
-from sftmill.llm.transport import (PerLoop, Reply, Transport, TransportError, TransportTimeout,
-                                   Upload, shared_transport)
-from sftmill.store import Store
+from sftmill.llm.loop import run_sync
+from sftmill.llm.request import ChatRequest, RawCompletion, completion_of
+from sftmill.llm.transport import (
+    PerLoop,
+    Reply,
+    Transport,
+    TransportError,
+    TransportTimeout,
+    Upload,
+    shared_transport,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -319,18 +334,6 @@ class ServerClient:
             pool.tpm.give_back(estimate_tokens - used_tokens)
 
 
-def completion_of(payload: dict[str, Any], attempts: int = 1, latency_s: float | None = None,
-                  batch: bool = False) -> RawCompletion:
-    """The text and usage of a chat-completion object (online or a batch line's body)."""
-    try:
-        text = payload["choices"][0]["message"]["content"] or ""
-    except (KeyError, IndexError, TypeError) as err:
-        raise LLMOutputError(f"malformed completion payload: {err!r}") from None
-    usage = payload.get("usage") or {}
-    return RawCompletion(text, int(usage.get("prompt_tokens") or 0),
-                         int(usage.get("completion_tokens") or 0), attempts, latency_s, batch)
-
-
 class OpenAIChatLLM(LLM):
     backend = "openai"
 
@@ -366,7 +369,6 @@ class OpenAIChatLLM(LLM):
         elif request.schema is not None and mode == "json_object":
             # The llama.cpp servers' convention; their grammar builder needs
             # the same length-cap trimming as the embedded backend.
-            from sftmill.llm.embedded import grammar_schema
 
             body["response_format"] = {"type": "json_object",
                                        "schema": grammar_schema(request.schema)}
@@ -378,10 +380,6 @@ class OpenAIChatLLM(LLM):
         ordinary path, where those answers stand in for sending."""
         if not self.batched:
             return super().chat_chunks(chunks, on_result)
-        from sftmill.batch import CHUNK
-        from sftmill.llm.base import run_sync
-        from sftmill.llm.batch_api import BatchRunner
-        from sftmill.llm.budget import budget_of
 
         requests = [r for chunk in chunks for r in chunk]
         budget = budget_of(self.store)
@@ -422,7 +420,6 @@ def vector_from(value: str | list[float]) -> np.ndarray:
     """One embedding as float32: base64 of little-endian float32s (asked for,
     as OpenAI's own client does: no JSON number per dimension), or a list of
     numbers from a server that ignores `encoding_format`."""
-    import numpy as np
 
     if isinstance(value, str):
         # (strict: what `b64decode(validate=True)` checks, without its regular expression)
@@ -464,7 +461,6 @@ def check_reachable(endpoint: ServerEndpoint, timeout_s: float = 5.0) -> str | N
     """None when a replica answers `GET /models` (the run goes on while any
     does); otherwise the problem.  A refused API key is a problem even when
     another replica answers."""
-    import httpx
 
     problems = []
     for base in endpoint.base_urls:

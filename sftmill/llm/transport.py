@@ -22,12 +22,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import socket
+import subprocess
+import sys
 import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import aiohttp
 import orjson
 
+from sftmill.llm import http_worker
 from sftmill.llm.http_worker import ExchangeError, ExchangeTimeout, FrameReader, exchange, frame, new_session
 
 
@@ -98,8 +103,6 @@ class AiohttpTransport(Transport):
         if body is not None:
             data, headers = orjson.dumps(body), {**headers, "Content-Type": "application/json"}
         elif upload is not None:
-            import aiohttp
-
             data = aiohttp.FormData(dict(upload.fields))
             data.add_field("file", upload.content, filename=upload.name,
                            content_type="application/jsonl")
@@ -175,12 +178,6 @@ class _WorkerLink(asyncio.Protocol):
 
     @classmethod
     async def start(cls) -> "_WorkerLink":
-        import socket
-        import subprocess
-        import sys
-
-        from sftmill.llm import http_worker
-
         ours, theirs = socket.socketpair()
         try:
             process = subprocess.Popen(

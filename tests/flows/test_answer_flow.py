@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
-
-from fakes import ScriptedLLM, route_llm, schema_answers
 from examples import example_recipe, params
-from sftmill.store import Store
+from fakes import ScriptedLLM, route_llm, schema_answers
+
+from sftmill.core.store import Store
 
 ROLES = {"openai": ("messages", "role", "content", ["user", "assistant"]),
          "sharegpt": ("conversations", "from", "value", ["human", "gpt"])}
@@ -172,11 +172,12 @@ def test_pipeline_with_embeddings_from_a_server(prefect_harness, tmp_path, monke
     """`embedding.backend: openai`: dedup, retrieval and the answer checks use
     the server's vectors, and no local model is loaded."""
     from fake_openai import FakeOpenAI
+
     from sftmill.flows.pipeline import pipeline
 
     server = FakeOpenAI(delay_s=0.02)
     try:
-        monkeypatch.setattr("sftmill.embeddings._load",
+        monkeypatch.setattr("sftmill.embed.models._load",
                             lambda *a: pytest.fail("a served model must not load a local one"))
         route_llm(monkeypatch, ScriptedLLM(schema_answers))
         recipe = example_recipe(tmp_path, embedding={"backend": "openai", "base_url": server.url,

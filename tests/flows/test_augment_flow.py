@@ -4,11 +4,11 @@ for the wiring."""
 import json
 
 import pytest
-
 from fakes import ScriptedLLM, route_llm, user_text
-from sftmill.config import LLMEndpoint
-from sftmill.store import Store
-from sftmill.tasks.augment import AugmentConfig, translation_budget
+
+from sftmill.core.endpoints import LLMEndpoint
+from sftmill.core.store import Store
+from sftmill.tasks.generators.augment import AugmentConfig, translation_budget
 
 INPUTS = [
     {"prompt": "Explain how gluons bind quarks inside a proton.",

@@ -1,4 +1,4 @@
-"""`sftmill run` with `batch: true` endpoints (issue 12) against the local
+"""`sftmill run` with `batch: true` endpoints against the local
 Batch API server of tests/fake_openai.py: a run killed between a batch's
 submission and its results resumes that batch instead of paying for its
 requests again, and ends with the records of the online path."""
@@ -16,7 +16,6 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
-
 from fake_openai import FakeOpenAI
 from prefect_homes import served_env
 

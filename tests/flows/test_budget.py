@@ -1,4 +1,4 @@
-"""Budget caps (issue 12): `sftmill run` stops before a batch of calls could
+"""Budget caps: `sftmill run` stops before a batch of calls could
 pass `budget.max_tokens`, exits non-zero with one line saying what was spent;
 the same run with a higher cap finishes and sends no call twice."""
 
@@ -11,7 +11,6 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
-
 from fake_openai import FakeOpenAI
 from prefect_homes import served_env
 
@@ -67,8 +66,10 @@ def test_budget_stops_the_run_and_a_higher_cap_goes_on_without_paying_twice(tmp_
 
 def test_a_cost_cap_needs_prices_for_the_models(tmp_path):
     from examples import example_recipe
-    from sftmill.config import RecipeError, load_recipe
-    from sftmill.preflight import preflight
+
+    from sftmill.core.errors import RecipeError
+    from sftmill.core.recipe import load_recipe
+    from sftmill.tasks.preflight import preflight
 
     recipe = load_recipe(example_recipe(tmp_path, budget={"max_cost": 5}))
     with pytest.raises(RecipeError, match=r"^budget.max_cost: no price for llm.generator's model"):
@@ -76,9 +77,9 @@ def test_a_cost_cap_needs_prices_for_the_models(tmp_path):
 
 
 def test_the_check_counts_what_was_spent_and_the_worst_case_of_what_comes(tmp_path):
-    from sftmill.config import Price
+    from sftmill.core.sections import Price
+    from sftmill.core.store import Store
     from sftmill.llm.budget import Budget, BudgetExceeded
-    from sftmill.store import Store
 
     store = Store.open(tmp_path / "run.duckdb")
     store.insert("llm_calls", [{"call_id": "a", "key": "k", "model": "m", "status": "ok",

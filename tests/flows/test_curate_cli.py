@@ -1,4 +1,4 @@
-"""`sftmill curate` (issue 13) on an exported pipeline dataset and on an
+"""`sftmill curate` on an exported pipeline dataset and on an
 Evol-Instruct export: a curated export and a card with the curation
 section; on the pipeline export, a changed threshold re-decides with no LLM
 call and no perplexity computed again.  The judge is an OpenAI-compatible server counting calls;
@@ -13,10 +13,10 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
-
 from fake_openai import FakeOpenAI
-from sftmill.tasks.export import to_record
 from prefect_homes import served_env
+
+from sftmill.tasks.report.export import to_record
 
 PIPELINE = [  # (prompt, answer, metadata) as `sftmill run` exports them
     ("Why are quarks never seen alone?",

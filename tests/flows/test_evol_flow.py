@@ -5,12 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fakes import ScriptedLLM, route_llm, user_text
-from sftmill.config import LLMEndpoint
-from sftmill.store import Store
-from sftmill.tasks.evol import OPERATIONS, EvolConfig, evolution_problem
-from sftmill.tasks.respond import response_problem
+
+from sftmill.core.endpoints import LLMEndpoint
+from sftmill.core.store import Store
+from sftmill.tasks.generators.evol import OPERATIONS, EvolConfig, evolution_problem
+from sftmill.tasks.generators.respond import response_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,7 @@ def scripted(request):
 
 
 def test_the_curate_stage_applies_the_generators_curation(prefect_harness, tmp_path, monkeypatch):
-    from sftmill.config import Curation
+    from sftmill.core.curation import Curation
     from sftmill.flows.evol_flow import evol_flow
 
     route_llm(monkeypatch, ScriptedLLM(scripted))
@@ -158,7 +158,7 @@ def test_evol_flow_with_the_real_embedded_model(prefect_harness, tmp_path):
 def test_evol_run_that_loses_its_llm_resumes_without_paying_twice(prefect_harness, tmp_path,
                                                                   monkeypatch):
     from sftmill.flows.evol_flow import evol_flow
-    from sftmill.llm import LLMUnavailableError
+    from sftmill.llm.errors import LLMUnavailableError
 
     budget = {"left": 14}
 

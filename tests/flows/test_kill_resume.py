@@ -13,7 +13,6 @@ from pathlib import Path
 
 import duckdb
 import yaml
-
 from fake_openai import FakeOpenAI
 from prefect_homes import served_env
 

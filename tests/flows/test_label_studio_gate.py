@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-
+from conftest import free_port
 from examples import example_recipe, params
 from fakes import ScriptedLLM, route_llm, schema_answers
-from sftmill.store import Store
-from conftest import free_port
+
+from sftmill.core.store import Store
 
 VERSION = "1.23.2"
 TOKEN = "sftmill-test-token"
@@ -70,7 +70,7 @@ def label_studio(tmp_path_factory):
 
 def test_prompt_gate_in_label_studio(label_studio, prefect_harness, tmp_path, monkeypatch):
     from sftmill.flows.pipeline import pipeline
-    from sftmill.label_studio import LabelStudioClient, choices_result
+    from sftmill.tasks.review.label_studio import LabelStudioClient, choices_result
 
     monkeypatch.setenv("LABEL_STUDIO_URL", label_studio)
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)

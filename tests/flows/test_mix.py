@@ -1,4 +1,4 @@
-"""`sftmill mix` (issue 13): a pipeline run, a Self-Instruct run and an
+"""`sftmill mix`: a pipeline run, a Self-Instruct run and an
 Evol-Instruct run mixed by weights — each source within one record of its
 target — with cross-source near duplicates removed and every record keeping
 its own lineage."""
@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import yaml
-
-from sftmill.tasks.export import to_record
-from sftmill.tasks.mix import shares_of
 from prefect_homes import served_env
+
+from sftmill.tasks.curation.mix import shares_of
+from sftmill.tasks.report.export import to_record
 
 TOPICS = ["quarks", "gluons", "hadrons", "mesons", "baryons", "pions", "kaons", "leptons",
           "neutrinos", "photons", "bosons", "fermions", "colour charge", "confinement",

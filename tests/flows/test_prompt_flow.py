@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from examples import example_recipe, params
 from fakes import ScriptedLLM, route_llm, schema_answers
-from sftmill.llm import LLMUnavailableError
-from sftmill.store import Store
+
+from sftmill.core.store import Store
+from sftmill.llm.errors import LLMUnavailableError
+
 
 @pytest.fixture
 def scripted(monkeypatch):
@@ -166,11 +167,11 @@ def big_notes(path: Path, megabytes: float = 14.0) -> Path:
 
 def test_a_small_target_over_a_large_file_judges_only_what_it_needs(prefect_harness, tmp_path,
                                                                     scripted):
-    """Issue 12: `target_prompts: 20` over one 14 MB file sends a few dozen
+    """`target_prompts: 20` over one 14 MB file sends a few dozen
     judge and profile calls, not one per chunk, and still meets its target;
     the chunks never judged are counted as such, not as rejects."""
     from sftmill.flows.prompt_flow import prompt_flow
-    from sftmill.summary import summarize
+    from sftmill.tasks.report.summary import summarize
 
     notes = big_notes(tmp_path / "notes.txt")
     recipe = example_recipe(tmp_path, sizes={"target_prompts": 20, "max_rounds": 0},

@@ -4,11 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fakes import ScriptedLLM, route_llm, schema_answers
-from sftmill.config import LLMEndpoint, RecipeError
-from sftmill.store import Store
-from sftmill.tasks.self_instruct import SelfInstructConfig, load_seeds, sample_examples
+
+from sftmill.core.endpoints import LLMEndpoint
+from sftmill.core.errors import RecipeError
+from sftmill.core.store import Store
+from sftmill.tasks.generators.self_instruct import SelfInstructConfig, load_seeds, sample_examples
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = ROOT / "data" / "self_instruct" / "seed_tasks.jsonl"
@@ -36,7 +37,7 @@ def test_self_instruct_flow_with_scripted_llm(prefect_harness, tmp_path, monkeyp
     from sftmill.flows.self_instruct_flow import self_instruct_flow
 
     llm = route_llm(monkeypatch, ScriptedLLM(schema_answers))
-    monkeypatch.setattr("sftmill.tasks.self_instruct.make_llm", lambda endpoint, store=None: llm)
+    monkeypatch.setattr("sftmill.tasks.generators.self_instruct.make_llm", lambda endpoint, store=None: llm)
     llm.store = None
     cfg = SelfInstructConfig(seeds_path=str(SEEDS), output_dir=str(tmp_path / "si"), target=6,
                              prompts_per_round=2, max_rounds=5)
@@ -127,7 +128,7 @@ def test_175_realistic_seeds_fit_the_embedded_model_and_yield_records(prefect_ha
 
 def test_a_template_that_can_never_fit_stops_before_any_call(prefect_harness, tmp_path, monkeypatch):
     from sftmill.flows.self_instruct_flow import self_instruct_flow
-    from sftmill.preflight import check_templates_fit
+    from sftmill.tasks.preflight import check_templates_fit
 
     tiny = LLMEndpoint(n_ctx=512, max_tokens=600)
     cfg = SelfInstructConfig(seeds_path=str(SEEDS), output_dir=str(tmp_path / "si"), generator=tiny)
@@ -140,7 +141,7 @@ def test_a_template_that_can_never_fit_stops_before_any_call(prefect_harness, tm
 
 
 def test_fit_to_context_keeps_the_longest_prefix_that_fits():
-    from sftmill.batch import fit_to_context
+    from sftmill.llm.map import fit_to_context
     from sftmill.prompts import load_template
 
     llm = ScriptedLLM(schema_answers)
@@ -165,7 +166,7 @@ def test_self_instruct_stops_when_rounds_make_no_progress(prefect_harness, tmp_p
     llm = route_llm(monkeypatch, ScriptedLLM(
         lambda req: {"instructions": ["Draw a diagram of a proton."]}
         if "instructions" in (req.schema or {}).get("properties", {}) else schema_answers(req)))
-    monkeypatch.setattr("sftmill.tasks.self_instruct.make_llm", lambda endpoint, store=None: llm)
+    monkeypatch.setattr("sftmill.tasks.generators.self_instruct.make_llm", lambda endpoint, store=None: llm)
     llm.store = None
     cfg = SelfInstructConfig(seeds_path=str(SEEDS), output_dir=str(tmp_path / "si"), target=5,
                              prompts_per_round=1, max_rounds=20)

@@ -19,9 +19,8 @@ from pathlib import Path
 import duckdb
 import httpx
 import pytest
-
-from fake_openai import FakeOpenAI
 from conftest import stop_group
+from fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.server

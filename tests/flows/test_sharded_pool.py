@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import BUCKET, stop_group
 from fake_openai import FakeOpenAI
 from test_kill_resume import journaled_calls, ok_calls
@@ -85,7 +84,7 @@ def test_a_sharded_run_on_a_work_pool_with_a_killed_shard_retried_alone(prefect_
                                                                        monkeypatch):
     import fsspec
 
-    from sftmill import remote
+    from sftmill.core import remote
 
     api = prefect_server
     storage = f"s3://{BUCKET}/pool-run"
@@ -164,8 +163,8 @@ def test_a_sharded_run_on_a_work_pool_with_a_killed_shard_retried_alone(prefect_
         assert any(uri.endswith(Path(f).name) for f in shard_files[record["metadata"]["shard"]]), uri
 
     # No near-duplicate pair across shards among the exported prompts.
-    from sftmill.config import Embedding
-    from sftmill.embeddings import Embedder
+    from sftmill.core.endpoints import Embedding
+    from sftmill.embed.embedder import Embedder
 
     prompts = [next(m["content"] for m in r["messages"] if m["role"] == "user") for r in records]
     vectors = Embedder(Embedding()).embed(prompts)

@@ -6,11 +6,12 @@ import random
 from pathlib import Path
 
 import pytest
-
 from fakes import ScriptedLLM, route_llm, user_text
-from sftmill.config import LLMEndpoint, RecipeError
-from sftmill.store import Store
-from sftmill.tasks.templates import TemplatesConfig, fill, fillings, load_spec
+
+from sftmill.core.endpoints import LLMEndpoint
+from sftmill.core.errors import RecipeError
+from sftmill.core.store import Store
+from sftmill.tasks.generators.templates import TemplatesConfig, fill, fillings, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "data" / "templates" / "particle_physics.yaml"

@@ -5,11 +5,11 @@ and the run completes."""
 import textwrap
 
 import pytest
-
 from examples import params
 from fakes import ScriptedLLM, route_llm, schema_answers
-from sftmill.store import Store
 from webserver import TinyWeb
+
+from sftmill.core.store import Store
 
 
 @pytest.fixture

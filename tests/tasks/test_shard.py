@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 import yaml
-
 from examples import example_recipe
-from sftmill.config import Embedding, load_recipe
-from sftmill.embeddings import Embedder, text_hash
-from sftmill.store import Store
+
+from sftmill.core.endpoints import Embedding
+from sftmill.core.recipe import load_recipe
+from sftmill.core.store import Store
+from sftmill.embed.embedder import Embedder, text_hash
 from sftmill.tasks import shard
 
 

@@ -2,10 +2,11 @@ import asyncio
 
 import orjson
 import pytest
-
 from fakes import ScriptedLLM, down, user_text
-from sftmill.llm import ChatRequest, LLMOutputError, LLMUnavailableError, parse_structured
-from sftmill.store import Store
+
+from sftmill.core.store import Store
+from sftmill.llm.errors import LLMOutputError, LLMUnavailableError
+from sftmill.llm.request import ChatRequest, parse_structured
 
 SCHEMA = {"type": "object", "properties": {"score": {"type": "integer"}},
           "required": ["score"], "additionalProperties": False}
@@ -87,10 +88,10 @@ def test_calls_merge_while_a_batch_waits_and_stay_cached_meanwhile(tmp_path, mon
     still found by a lookup, and each call lands in llm_calls once."""
     import threading
 
-    from sftmill.llm import base
+    from sftmill.llm import loop
     from sftmill.llm.journal import CallJournal
 
-    monkeypatch.setattr(base, "MERGE_EVERY_S", 0.05)
+    monkeypatch.setattr(loop, "MERGE_EVERY_S", 0.05)
     store = Store.open(tmp_path / "run.duckdb")
     merges, seen = [], []
     original = CallJournal.merge
@@ -262,7 +263,7 @@ def test_request_keys_are_content_ids_of_their_parts_byte_for_byte():
     import json
     import random
 
-    from sftmill.store import content_id
+    from sftmill.core.ids import content_id
 
     # orjson and the json module write every string alike (one code point at a time)
     for cp in range(0x110000):

@@ -1,4 +1,4 @@
-"""The Batch API path (`batch: true`, issue 12) against the local server in
+"""The Batch API path (`batch: true`) against the local server in
 tests/fake_openai.py, which implements /v1/files and /v1/batches: answers
 equal to the online path's, failed and expired lines resubmitted (few of
 them online), a start killed around submission resumed without paying
@@ -7,12 +7,13 @@ twice, and the batch price in the budget."""
 from collections import Counter
 
 import pytest
-
 from fake_openai import FakeOpenAI
-from sftmill.config import LLMEndpoint
-from sftmill.llm import ChatRequest, make_llm
+
+from sftmill.core.endpoints import LLMEndpoint
+from sftmill.core.store import Store
+from sftmill.llm.backends import make_llm
 from sftmill.llm.batch_api import BatchAPI, BatchRunner
-from sftmill.store import Store
+from sftmill.llm.request import ChatRequest
 
 SCHEMA = {"type": "object", "properties": {"score": {"type": "integer"}, "reason": {"type": "string"}},
           "required": ["score", "reason"]}
@@ -139,7 +140,7 @@ def test_a_start_killed_before_recording_the_batch_id_finds_it_on_resume(server,
 
 
 def test_batch_calls_are_priced_at_the_batch_rate():
-    from sftmill.config import Price
+    from sftmill.core.sections import Price
 
     price = Price(input=2.0, output=8.0, batch_input=1.0, batch_output=4.0)
     assert price.cost(1e6, 1e6) == 10.0

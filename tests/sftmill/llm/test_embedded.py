@@ -3,11 +3,12 @@
 import jsonschema
 import pytest
 
-from sftmill.config import LLMEndpoint
-from sftmill.llm import ChatRequest, make_llm
+from sftmill.core.endpoints import LLMEndpoint
+from sftmill.core.store import Store
+from sftmill.llm.backends import make_llm
 from sftmill.llm.embedded import grammar_schema
+from sftmill.llm.request import ChatRequest
 from sftmill.prompts import load_template
-from sftmill.store import Store
 
 pytestmark = pytest.mark.real_model
 

@@ -5,12 +5,12 @@ import asyncio
 import threading
 
 import pytest
-
 from fake_openai import FakeOpenAI
-from sftmill.config import LLMEndpoint
-from sftmill.llm import ChatRequest
+
+from sftmill.core.endpoints import LLMEndpoint
 from sftmill.llm.limits import AdaptiveLimit, TokenBucket
 from sftmill.llm.openai_http import OpenAIChatLLM
+from sftmill.llm.request import ChatRequest
 
 SCHEMA = {"type": "object", "properties": {"score": {"type": "integer"}, "reason": {"type": "string"}},
           "required": ["score", "reason"]}
@@ -123,7 +123,7 @@ def test_requests_go_to_the_replica_with_fewest_in_flight():
 
 
 def test_when_every_replica_is_down_requests_fail_within_their_retries():
-    from sftmill.llm import LLMUnavailableError
+    from sftmill.llm.errors import LLMUnavailableError
 
     a, b = FakeOpenAI(), FakeOpenAI()
     urls = [a.url, b.url]

@@ -8,11 +8,12 @@ import time
 
 import pytest
 
-from sftmill.config import LLMEndpoint
-from sftmill.llm import ChatRequest, LLMOutputError, LLMUnavailableError
+from sftmill.core.endpoints import LLMEndpoint
+from sftmill.core.store import Store
+from sftmill.llm.errors import LLMOutputError, LLMUnavailableError
 from sftmill.llm.openai_http import OpenAIChatLLM, retry_after_seconds
+from sftmill.llm.request import ChatRequest
 from sftmill.llm.transport import Reply, Transport, TransportError, TransportTimeout
-from sftmill.store import Store
 
 
 class Sent:

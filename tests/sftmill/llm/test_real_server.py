@@ -10,13 +10,13 @@ import time
 
 import httpx
 import pytest
+from conftest import free_port
 
-from sftmill.config import LLMEndpoint
-from sftmill.llm import ChatRequest
+from sftmill.core.endpoints import LLMEndpoint
+from sftmill.core.store import Store
 from sftmill.llm.embedded import resolve_gguf
 from sftmill.llm.openai_http import OpenAIChatLLM, check_reachable
-from sftmill.store import Store
-from conftest import free_port
+from sftmill.llm.request import ChatRequest
 
 pytestmark = pytest.mark.real_model
 

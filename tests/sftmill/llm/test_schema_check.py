@@ -5,7 +5,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from sftmill.llm.base import parse_structured
+from sftmill.llm.request import parse_structured
 from sftmill.llm.schema_check import compile_check
 
 SCHEMAS = sorted((Path(__file__).parents[3] / "prompts").glob("*.schema.json"))

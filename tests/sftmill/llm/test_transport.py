@@ -7,8 +7,8 @@ import os
 import signal
 
 import pytest
-
 from fake_openai import FakeOpenAI
+
 from sftmill.llm.http_worker import FrameReader, frame
 from sftmill.llm.transport import ProcessTransport, TransportError, TransportTimeout
 

@@ -1,0 +1,5 @@
+"""`python -m sftmill.cli`."""
+
+from sftmill.cli import main
+
+main()

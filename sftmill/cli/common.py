@@ -1,0 +1,82 @@
+"""What every command shares: the Typer app, the console, one-line failures, the run
+database claimed by this process, recipes loaded and checked, and progress bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from sftmill.core.errors import RecipeError
+from sftmill.core.recipe import DB_FILE, load_recipe, output_dir_problem
+from sftmill.core.store import Store, StoreBusyError
+from sftmill.tasks.preflight import preflight
+
+app = typer.Typer(
+    help="sftmill: turn raw domain texts into supervised fine-tuning (SFT) data "
+    "with Prefect flows.  Every intermediate table lives in one DuckDB file in the "
+    "recipe's output_dir; re-running a recipe reuses every finished stage and "
+    "every LLM call that already succeeded.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def claim(db_path: Path):
+    """The run database, opened by this process; one line if another holds it."""
+
+    problem = output_dir_problem(db_path.parent)
+    if problem:
+        fail(f"output folder: {problem}")
+    try:
+        return Store.open(db_path)
+    except StoreBusyError as err:
+        fail(str(err))
+
+
+def run_db(run_dir: Path):
+    """An existing run's database."""
+    db = run_dir / DB_FILE
+    if not db.is_file():
+        fail(f"{run_dir}: no sftmill.duckdb here")
+    return claim(db)
+
+
+def load_checked(recipe_path: Path, skip_preflight: bool = False):
+    try:
+        recipe = load_recipe(recipe_path)
+        if not skip_preflight:
+            preflight(recipe)
+    except RecipeError as err:
+        fail(str(err))
+    return recipe
+
+
+class RichReporter:
+    """Progress bars per stage, drawn by rich."""
+
+    def __init__(self, progress):
+        self.progress = progress
+
+    def start(self, stage: str, total: int):
+        return self.progress.add_task(stage, total=total, stage=stage)
+
+    def advance(self, handle, n: int = 1) -> None:
+        self.progress.advance(handle, n)
+
+    def status(self, handle, text: str) -> None:
+        stage = self.progress.tasks[[t.id for t in self.progress.tasks].index(handle)].fields["stage"]
+        self.progress.update(handle, description=f"{stage} · {text}")
+
+    def finish(self, handle, note: str = "") -> None:
+        task = self.progress.tasks[[t.id for t in self.progress.tasks].index(handle)]
+        desc = task.fields.get("stage", task.description) + (f" ({note})" if note else "")
+        self.progress.update(handle, completed=task.total, description=desc)

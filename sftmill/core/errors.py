@@ -1,0 +1,8 @@
+"""The fatal errors of the bottom layer: a bad recipe or config stops before work starts,
+reported as one line."""
+
+from __future__ import annotations
+
+
+class RecipeError(Exception):
+    """A fatal problem with the recipe: reported as one line, nothing runs."""

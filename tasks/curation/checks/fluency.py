@@ -1,0 +1,115 @@
+"""Fluency: per-token perplexity of the instruction, and of the response
+given the instruction, under a language model — exp of the mean negative
+log-probability of its tokens.  Gibberish, broken encodings and word salad
+score in the hundreds or thousands; plain prose in the tens.
+
+The embedded llama.cpp model computes it offline (one forward pass per
+record over instruction + blank line + response, with logits for every
+position); an OpenAI-compatible server that returns prompt log-probs (the
+completions API with `echo: true, logprobs: 0`, as vLLM and llama.cpp's
+server do) computes it the same way.  Texts are cut to `max_tokens` tokens
+each."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sftmill.core.progress import progress
+from sftmill.llm.embedded import _LOAD_LOCK, _load, default_threads, model_label, resolve_gguf
+from sftmill.llm.loop import run_sync
+from sftmill.llm.openai_http import ServerClient
+from sftmill.tasks.curation.checks import Record, Score
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from sftmill.core.endpoints import LLMEndpoint
+
+SEPARATOR = "\n\n"
+_LOCK = threading.Lock()  # one forward pass at a time on the shared model
+
+
+def basis(endpoint: "LLMEndpoint", max_tokens: int) -> str:
+    """What a perplexity depends on besides the text: the model and the cut."""
+    if endpoint.backend == "embedded":
+        return f"{model_label(resolve_gguf(endpoint.model))}/{max_tokens}"
+    return f"openai:{endpoint.model}/{max_tokens}"
+
+
+def perplexity(logprobs: list[float]) -> float | None:
+    return math.exp(-sum(logprobs) / len(logprobs)) if logprobs else None
+
+
+def token_logprobs(scores: "np.ndarray", tokens: list[int]) -> list[float]:
+    """log p(token i | tokens before it) for i ≥ 1, from the logits of every position."""
+
+    logits = np.asarray(scores[:len(tokens) - 1], dtype=np.float64)
+    peak = logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(logits - peak).sum(axis=1)) + peak[:, 0]
+    chosen = logits[np.arange(len(tokens) - 1), tokens[1:]]
+    return list(chosen - log_norm)
+
+
+def embedded_perplexities(endpoint: "LLMEndpoint", records: list[Record],
+                          max_tokens: int) -> list[tuple[float | None, float | None]]:
+    with _LOAD_LOCK:
+        llama = _load(str(resolve_gguf(endpoint.model)), 2 * max_tokens + 8,
+                      endpoint.n_threads or default_threads(), logits_all=True)
+    out = []
+    with progress("fluency", len(records)) as bar:
+        for r in records:
+            head = llama.tokenize(r.instruction.encode(), add_bos=True)[:max_tokens + 1]
+            tail = llama.tokenize((SEPARATOR + r.response).encode(), add_bos=False)[:max_tokens]
+            tokens = head + tail
+            with _LOCK:
+                llama.reset()
+                llama.eval(tokens)
+                logprobs = token_logprobs(llama.scores, tokens)
+            cut = len(head) - 1  # logprobs[i] is token i + 1's
+            out.append((perplexity(logprobs[:cut]), perplexity(logprobs[cut:]) if r.response else None))
+            bar.advance()
+    return out
+
+
+def server_perplexities(endpoint: "LLMEndpoint", records: list[Record],
+                        max_tokens: int) -> list[tuple[float | None, float | None]]:
+    """From `/completions` with `echo` and `logprobs`: the prompt's tokens
+    come back with their log-probs and character offsets."""
+
+
+    client = ServerClient(endpoint)
+
+    async def one(r: Record) -> tuple[float | None, float | None]:
+        text = r.instruction + SEPARATOR + r.response
+        sent = await client.post("/completions", {
+            "model": endpoint.model, "prompt": text, "max_tokens": 1, "echo": True,
+            "logprobs": 0, "temperature": 0}, estimate_tokens=len(text) // 3 + 1)
+        lp = sent.reply.json()["choices"][0]["logprobs"]
+        head, tail = [], []
+        for value, offset in zip(lp["token_logprobs"], lp["text_offset"]):
+            if value is None or offset >= len(text):  # the first token; the generated one
+                continue
+            (head if offset < len(r.instruction) else tail).append(value)
+        return perplexity(head[:max_tokens]), perplexity(tail[:max_tokens]) if r.response else None
+
+    async def everything():
+        return await asyncio.gather(*(one(r) for r in records))
+
+    with progress("fluency", len(records)) as bar:
+        result = run_sync(everything())
+        bar.advance(len(records))
+    return list(result)
+
+
+def fluency_scores(records: list[Record], endpoint: "LLMEndpoint", max_tokens: int) -> list[Score]:
+    compute = embedded_perplexities if endpoint.backend == "embedded" else server_perplexities
+    out = []
+    for r, (p_in, p_out) in zip(records, compute(endpoint, records, max_tokens)):
+        out.append(Score(r.record_id, "instruction_perplexity", p_in))
+        out.append(Score(r.record_id, "response_perplexity", p_out))
+    return out

@@ -1,0 +1,68 @@
+"""How much work the target needs: the profiles it takes, the relevant chunks those need, and
+how large each wave of relevance judging (or round of web queries) is, from the keep rates seen so
+far (or assumed before there are any)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+
+from sftmill.core.recipe import Recipe
+
+
+def needed_profiles(recipe: Recipe) -> int:
+    """Profiles the generation stage needs to reach the target prompt count."""
+    sizes = recipe.sizes
+    per_profile = sizes.prompts_per_profile + sizes.broaden_per_profile
+    if sizes.keep_rephrased_originals:  # variants are kept beside their originals
+        per_profile *= 1 + sizes.rephrasings_per_prompt
+    return -(-recipe.sizes.target_prompts // per_profile)
+
+
+# Profiles a search query is assumed to bring (through its pages' relevant
+# chunks) before a round has shown the real figure.
+PRIOR_PROFILES_PER_QUERY = 1.0
+MIN_QUERIES = 8  # queries a round writes at least (while profiles are left to ask about)
+
+
+# The relevance keep rate assumed before 16 chunks are judged: a corpus put
+# together for a domain is mostly on topic (the example's: 33 of 35 chunks).
+PRIOR_KEEP_RATE = 0.8
+MIN_WAVE = 32  # chunks judged at least per wave (while that many are left)
+HEADROOM = 1.25  # a wave asks for this many times the chunks the keep rate says it needs
+MAX_WAVES = 8
+
+
+def wanted_relevant(recipe: Recipe) -> int:
+    """Relevant chunks the target needs: one profile each, with the margin."""
+
+    return math.ceil(needed_profiles(recipe) * recipe.sizes.profile_margin)
+
+
+def interleave(rows: list[tuple[str, str]], seed: int) -> list[str]:
+    """Chunk IDs of (chunk_id, doc_id) rows, round-robin across documents:
+    documents and the chunks within each in a seeded random order, so any
+    prefix is a sample spread over the whole corpus."""
+    by_doc: dict[str, list[str]] = defaultdict(list)
+    for chunk_id, doc_id in sorted(rows):
+        by_doc[doc_id].append(chunk_id)
+    rng = random.Random(seed)
+    docs = sorted(by_doc)
+    rng.shuffle(docs)
+    for doc in docs:
+        rng.shuffle(by_doc[doc])
+    order, depth = [], 0
+    while len(order) < len(rows):
+        order += [by_doc[d][depth] for d in docs if depth < len(by_doc[d])]
+        depth += 1
+    return order
+
+
+def wave_size(missing: int, keep_rate: float, room: int, minimum: int = MIN_WAVE) -> int:
+    """Items to try (chunks to judge, queries to search) for `missing` good
+    ones at `keep_rate` good per item, with headroom, at least `minimum`,
+    at most the `room` left."""
+    if missing <= 0 or room <= 0:
+        return 0
+    return min(room, max(minimum, math.ceil(missing / max(keep_rate, 0.02) * HEADROOM)))
