@@ -27,7 +27,7 @@ time counts in the LLM time (requests × 0.05 s ÷ concurrency).  With
 temporary one: how a team that schedules its runs on a server runs.
 
 The mock server runs in its own process on the same machine (so on 2 cores
-it competes with the client for CPU, as in the issue's measurement), with
+it competes with the client for CPU, as a server on the same box would), with
 as many slots as the concurrency.  By default the endpoint's concurrency is
 fixed at the level measured (`adaptive_concurrency: false`) so that both
 sides hold the same number of requests in flight; `--adaptive` lets the

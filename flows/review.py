@@ -40,7 +40,6 @@ class ReviewResume(RunInput):
 
 def served() -> bool:
     """Is this flow run a deployment's (a worker or `serve` runs it)?"""
-
     return deployment.id is not None
 
 

@@ -53,7 +53,6 @@ def check_templates_fit(steps) -> None:
     (`max_tokens`) together exceed the context.  `steps`: (field, endpoint,
     template, input tokens), from a recipe's or generator config's
     `llm_templates()`."""
-
     models: dict = {}
     for field, endpoint, name, input_tokens in steps:
         if endpoint not in models:

@@ -96,7 +96,6 @@ def stage_task(name: str, *, sections: tuple[str, ...], templates: tuple[str, ..
     only those).  `templates`: the prompt templates it renders.  `cached=False`
     for stages that write files outside the run database (they always run).
     """
-
     def wrap(fn: Callable) -> Any:
         caching: dict[str, Any] = (
             {"cache_key_fn": lambda _ctx, params: cache_key(fn, sections, templates, params),
@@ -116,7 +115,6 @@ def stage_task(name: str, *, sections: tuple[str, ...], templates: tuple[str, ..
 
 def _worth_retrying(_task, _task_run, state) -> bool:
     """A stage stopped by the budget fails at once: a retry would stop again."""
-
     return not isinstance(state.result(raise_on_failure=False), BudgetExceeded)
 
 
@@ -136,7 +134,6 @@ def _root_of(run_id: str) -> str:
     """The root of the current flow run `run_id`, asked of Prefect once per
     flow run: Prefect reads it through ~5 API calls each time (0.15 s per
     stage against a server on a busy box, 2.3 s of a 16-stage run)."""
-
     return str(flow_run.root_flow_run_id or run_id)
 
 

@@ -99,7 +99,6 @@ def mix(
 
 def near_duplicate_models(cfg) -> list:
     """The embedding model a standalone curation uses, if it removes near duplicates."""
-
     return [standalone_embedding(cfg)] if cfg.near_duplicates.enabled else []
 
 

@@ -88,7 +88,6 @@ def endpoint_for(base_url: str | None, model: str | None, **settings):
 def config_from_options(cls, **fields):
     """A generator's config from the command's options, or one line naming
     the option whose value it refused."""
-
     try:
         return cls(**fields)
     except ValidationError as err:

@@ -130,7 +130,6 @@ def preload(configs: "Iterable[Embedding | None]") -> None:
     stages (Prefect's server starting, the relevance judge's calls) leave
     idle.  A stage that needs the model meanwhile waits for it (`local_model`
     holds a lock)."""
-
     todo = {(c.model, c.device): c for c in configs
             if c is not None and c.backend == "local" and c.runner == "process"
             and not c.model.startswith(STATIC)}

@@ -289,7 +289,6 @@ class LLM:
         stage's first requests leave before its last prompt is rendered.
         While it waits, this thread moves finished calls from the journal
         into `llm_calls` every few seconds, and the rest at the end."""
-
         with heap_set_aside():
             return self._chat_chunks(chunks, on_result, budget_of(self.store))
 

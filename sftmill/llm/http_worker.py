@@ -43,7 +43,6 @@ class ExchangeError(Exception):
 def new_session():
     """A session with an unbounded pool (the limits decide how many are in
     flight) and no cookie jar (an API sets none worth keeping)."""
-
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
@@ -52,7 +51,6 @@ async def exchange(session, method: str, url: str, headers, timeout_s: float,
                    data=None) -> tuple[int, dict[str, str], bytes]:
     """One request: status, headers (names lower-cased) and body bytes;
     `ExchangeTimeout` or `ExchangeError` when no HTTP answer came."""
-
     timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
     try:
         async with session.request(method, url, data=data, timeout=timeout,

@@ -145,7 +145,6 @@ def whole_items(result: ChatResult, field: str, limit: int) -> list:
 
 def record_fit(store, stage: str, key: str, kept: list[tuple[int, int]]) -> None:
     """How many in-context examples the prompts of `stage` kept of how many."""
-
     used = [n for n, _ in kept]
     store.set_meta(f"context_fit:{stage}", json.dumps({
         "variable": key, "offered": max(total for _, total in kept),

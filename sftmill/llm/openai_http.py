@@ -420,7 +420,6 @@ def vector_from(value: str | list[float]) -> np.ndarray:
     """One embedding as float32: base64 of little-endian float32s (asked for,
     as OpenAI's own client does: no JSON number per dimension), or a list of
     numbers from a server that ignores `encoding_format`."""
-
     if isinstance(value, str):
         # (strict: what `b64decode(validate=True)` checks, without its regular expression)
         return np.frombuffer(binascii.a2b_base64(value, strict_mode=True),

@@ -111,7 +111,6 @@ def models_to_load(cfg: Curation) -> list[Callable[[], object]]:
     `sftmill.core.warmup` while the stages before curation wait on their calls
     (only the offensive-language classifier: fluency's GGUF model would take
     the memory and cores of an in-process generator)."""
-
     return [offensive.model] if cfg.enabled and cfg.offensive.enabled else []
 
 

@@ -43,7 +43,6 @@ def to_record(fmt: str, prompt: str, answer: str, metadata: dict) -> dict:
 
 def dataset_rows(store: Store) -> list[dict]:
     """The records to export: `dataset` with human reviews applied (`tasks.review`)."""
-
     return reviewed_rows(store)
 
 

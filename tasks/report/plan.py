@@ -212,6 +212,5 @@ def plan_recipe(recipe: Recipe) -> tuple[list[StagePlan], int, str]:
 def planned_for_run(store: Store, recipe: Recipe) -> dict[tuple[str, str], StagePlan]:
     """The plan as `sftmill plan` showed it before the run (prior keep rates),
     for the corpus the run chunked; by (stage, model), for the summary."""
-
     n, chars = store.execute("SELECT count(*), coalesce(avg(length(text)), 0) FROM chunks")[0]
     return {(p.stage, p.model): p for p in plan_stages(recipe, n, chars / CHARS_PER_TOKEN)}

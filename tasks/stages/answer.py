@@ -94,7 +94,6 @@ def lexical_support(answer: str, passages: list[str]) -> float:
 
 def echoes_prompt(answer: str, prompt: str) -> bool:
     """The answer adds no content word to its prompt (it only repeats the request)."""
-
     words = {w for w in terms(_MARKER.sub(" ", answer)) if w not in STOPWORDS}
     return words <= set(terms(prompt))
 

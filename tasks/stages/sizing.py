@@ -36,7 +36,6 @@ MAX_WAVES = 8
 
 def wanted_relevant(recipe: Recipe) -> int:
     """Relevant chunks the target needs: one profile each, with the margin."""
-
     return math.ceil(needed_profiles(recipe) * recipe.sizes.profile_margin)
 
 
