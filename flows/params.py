@@ -53,11 +53,16 @@ class RunParams(BaseModel):
         return self
 
     def load(self) -> Recipe:
-        """The recipe with the overrides applied, validated."""
+        """The recipe with the overrides applied, validated (once per process
+        for a recipe file without overrides: `load_recipe` keeps it)."""
         if self.recipe_yaml:
             base = parse_recipe(yaml.safe_load(self.recipe_yaml), Path.cwd())
         else:
             base = load_recipe(self.recipe_path)
+        overrides = self.model_dump(include={"target_prompts", "generator_base_url", "generator_model",
+                                             "judge_base_url", "judge_model"}, exclude_none=True)
+        if not overrides:
+            return base
         data = base.model_dump(mode="json", exclude={"base_dir"})
         if self.target_prompts:
             data["sizes"]["target_prompts"] = self.target_prompts

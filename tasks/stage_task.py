@@ -1,15 +1,19 @@
 """What every pipeline stage shares: the Prefect task wrapper (retries,
 caching, persisted results), its cache key, and the stage result.
 
-Cache keys cover a stage's real inputs, never object identities:
-the fingerprints of the tables it reads, the recipe sections it uses, the
-versions of its prompt templates, the source of its function, and the ID of
-the run database (so a deleted run folder never yields a stale cache hit).
-Editing a template or a recipe section reruns exactly the stages that read it.
+A stage declares what it reads and writes (`stage_task(recipe=..., reads=...,
+writes=...)`), and is held to it: it sees only the recipe sections it
+declared, and only declared tables come in and go out.  Its cache key is made
+from that declaration and never from object identities: the declared recipe
+sections, the fingerprints of the tables handed to it, the versions of its
+prompt templates, the source of its module, and the ID of the run database
+(so a deleted run folder never yields a stale cache hit).  Editing a template
+or a recipe section reruns exactly the stages that read it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import os
@@ -35,6 +39,10 @@ STAGE_RETRIES = 2
 # Seconds before each retry; tests shorten them with SFTMILL_TASK_RETRY_DELAYS=0,0.
 STAGE_RETRY_DELAYS = [float(x) for x in os.environ.get("SFTMILL_TASK_RETRY_DELAYS", "2,10").split(",")]
 CACHE_EXPIRATION = timedelta(days=30)
+
+
+class UndeclaredTable(RuntimeError):
+    """A stage was handed, or returned, a table it did not declare (a programming error)."""
 
 
 @dataclass(frozen=True)
@@ -88,20 +96,29 @@ def cache_key(fn: Callable, sections: tuple[str, ...], templates: tuple[str, ...
     return content_id(*parts)
 
 
-def stage_task(name: str, *, sections: tuple[str, ...], templates: tuple[str, ...] = (),
-               cached: bool = True):
-    """Wrap a stage function as a Prefect task with retries and caching.
+def stage_task(name: str, *, recipe: tuple[str, ...] = (), reads: tuple[str, ...] = (),
+               writes: tuple[str, ...] = (), templates: tuple[str, ...] = (), cached: bool = True):
+    """Wrap a stage function as a Prefect task with retries and caching, and
+    declare what it reads and writes.
 
-    `sections`: the recipe sections the stage reads (its cache key covers
-    only those).  `templates`: the prompt templates it renders.  `cached=False`
-    for stages that write files outside the run database (they always run).
-    """
+    `recipe`: the recipe sections the stage reads.  Its cache key covers
+    those, and the stage is handed a view of the recipe that refuses any other
+    section.  `reads`: the tables handed to it (each table argument must be
+    one of them); `writes`: the tables it fills (its result names one of
+    them).  `templates`: the prompt templates it renders (their versions are in
+    the key).  `cached=False` for stages that write files outside the run
+    database (they always run)."""
+
+    unknown = set(recipe) - set(Recipe.model_fields)
+    if unknown:
+        raise ValueError(f"stage {name!r} declares no recipe section {sorted(unknown)[0]!r}")
+
     def wrap(fn: Callable) -> Any:
         caching: dict[str, Any] = (
-            {"cache_key_fn": lambda _ctx, params: cache_key(fn, sections, templates, params),
+            {"cache_key_fn": lambda _ctx, params: cache_key(fn, recipe, templates, params),
              "cache_expiration": CACHE_EXPIRATION} if cached else {"cache_policy": NO_CACHE})
         return task(
-            fn,
+            declared(fn, name, recipe, reads, writes),
             name=name,
             retries=STAGE_RETRIES,
             retry_delay_seconds=STAGE_RETRY_DELAYS,
@@ -111,6 +128,38 @@ def stage_task(name: str, *, sections: tuple[str, ...], templates: tuple[str, ..
         )
 
     return wrap
+
+
+def declared(fn: Callable, name: str, sections: tuple[str, ...], reads: tuple[str, ...],
+             writes: tuple[str, ...]) -> Callable:
+    """`fn` held to its declaration: a recipe argument becomes a view of the
+    declared sections; table arguments and the result must be declared."""
+    signature = inspect.signature(fn)
+    reader = f"stage {name!r}"
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        for key, value in bound.arguments.items():
+            if isinstance(value, Recipe):
+                bound.arguments[key] = value.view(sections, reader)
+            elif table_of(value) not in (None, *reads):
+                raise UndeclaredTable(f"{reader} is handed table {table_of(value)!r} ({key}) "
+                                      f"but reads only {', '.join(reads) or 'none'}")
+        result = fn(*bound.args, **bound.kwargs)
+        if isinstance(result, StageResult) and result.out.table not in (*writes, *reads):
+            raise UndeclaredTable(f"{reader} hands on table {result.out.table!r} "
+                                  f"but neither reads nor writes it")
+        return result
+
+    return run
+
+
+def table_of(value: Any) -> str | None:
+    """The table a stage argument stands for (None: not a table)."""
+    if isinstance(value, StageResult):
+        return value.out.table
+    return value.table if isinstance(value, TableRef) else None
 
 
 def _worth_retrying(_task, _task_run, state) -> bool:

@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError
 
 from sftmill.core.curation import CurateConfig, Curation
 from sftmill.core.endpoints import Embedding, LLMEndpoint, LLMRoles
-from sftmill.core.errors import RecipeError
+from sftmill.core.errors import RecipeError, UndeclaredRecipeRead
 from sftmill.core.sections import (
     Answers,
     Budget,
@@ -136,6 +136,41 @@ class Recipe(Strict):
             data = {k: data[k] for k in sections}
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def view(self, sections: tuple[str, ...], reader: str) -> "RecipeView":
+        """This recipe as `reader` (a stage) may read it: only the named sections."""
+        return RecipeView(self, sections, reader)
+
+
+# What any code may read of a recipe whatever it declared: its name and where its run lives.
+IDENTITY = frozenset({"name", "output_dir", "base_dir"})
+
+
+class RecipeView:
+    """A recipe restricted to the sections one stage declared it reads.
+
+    A stage's cache key is made from the sections it declares
+    (`stage_task(recipe=...)`); the stage is handed this view, so reading any
+    other section fails at once instead of leaving a cached result that does
+    not follow it.  Methods and properties (`run_dir`, `db_path`, `resolve`,
+    `fingerprint` …) and the recipe's identity read through."""
+
+    __slots__ = ("_recipe", "_sections", "_reader")
+
+    def __init__(self, recipe: Recipe, sections: tuple[str, ...], reader: str):
+        self._recipe, self._sections, self._reader = recipe, frozenset(sections), reader
+
+    def __getattr__(self, name: str):
+        if name in Recipe.model_fields and name not in self._sections and name not in IDENTITY:
+            raise UndeclaredRecipeRead(
+                f"{self._reader} reads recipe.{name} but does not declare it "
+                f"(declared: {', '.join(sorted(self._sections)) or 'none'})")
+        return getattr(self._recipe, name)
+
+    @property
+    def recipe(self) -> Recipe:
+        """The whole recipe (for what must hash or copy all of it)."""
+        return self._recipe
 
 
 def cache_dir() -> Path:
@@ -272,11 +307,20 @@ def parse_recipe(data: object, base_dir: Path) -> Recipe:
     return recipe if curation is recipe.curation else recipe.model_copy(update={"curation": curation})
 
 
+# Validated recipes by (file, hash of its bytes): a run's command line, flows and subflows
+# parse a recipe file once per process, and an edited file is parsed again.
+_LOADED: dict[tuple[str, str], Recipe] = {}
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file; raise RecipeError with one clear line."""
     path = Path(path)
-    data = read_yaml(path, "recipe file")
-    try:
-        return parse_recipe(data, path.resolve().parent)
-    except RecipeError as err:
-        raise RecipeError(f"{path}: {err}") from None
+    raw = path.read_bytes() if path.is_file() else b""
+    key = (str(path.resolve()), hashlib.sha256(raw).hexdigest())
+    if key not in _LOADED:
+        data = read_yaml(path, "recipe file")
+        try:
+            _LOADED[key] = parse_recipe(data, path.resolve().parent)
+        except RecipeError as err:
+            raise RecipeError(f"{path}: {err}") from None
+    return _LOADED[key]

@@ -290,8 +290,8 @@ def _curate_stage(store: Store, dataset: StageResult, cfg: Curation, judge: LLME
     return timer.done(dataset.out, n, kept, note)
 
 
-@stage_task("curate", sections=("curation", "llm", "embedding", "seed"),
-            templates=("safety", "adherence"))
+@stage_task("curate", recipe=("curation", "llm", "embedding", "seed"),
+            templates=("safety", "adherence"), reads=("dataset",), writes=("curation_scores",))
 def curate(recipe: Recipe, dataset: StageResult) -> StageResult:
     """The pipeline's curation stage: judges default to the recipe's llm.judge."""
     cfg = recipe.curation
@@ -300,7 +300,7 @@ def curate(recipe: Recipe, dataset: StageResult) -> StageResult:
                          recipe.seed)
 
 
-@stage_task("curate", sections=(), templates=("safety", "adherence"))
+@stage_task("curate", templates=("safety", "adherence"), reads=("dataset",), writes=("curation_scores",))
 def curate_generated(cfg: GeneratorConfig, dataset: StageResult) -> StageResult:
     """A classic generator's curation stage: judges default to its generator."""
     curation = cfg.curation
@@ -322,7 +322,7 @@ def inputs_to_dataset(store: Store) -> int:
     return store.replace_rows("dataset", rows)
 
 
-@stage_task("curate_dataset", sections=())
+@stage_task("curate_dataset", reads=("input_items",), writes=("dataset",))
 def curate_inputs(db_path: str, inputs: StageResult) -> StageResult:
     store = Store.open(db_path)
     timer = StageTimer(store, "dataset")
@@ -341,7 +341,7 @@ def standalone_embedding(cfg: Curation) -> Embedding:
     return cfg.embedding or Embedding()
 
 
-@stage_task("curate", sections=(), templates=("safety", "adherence"))
+@stage_task("curate", templates=("safety", "adherence"), reads=("dataset",), writes=("curation_scores",))
 def curate_standalone(cfg: CurateConfig, dataset: StageResult) -> StageResult:
     """`sftmill curate`'s curation stage (and its preference pairs, if asked for)."""
 

@@ -136,7 +136,7 @@ def select(store: Store, weights: dict[str, float], by: str, total: int | None,
     return table
 
 
-@stage_task("mix_load", sections=())
+@stage_task("mix_load", writes=("dataset",))
 def mix_load(db_path: str, sources: list[str], fingerprints: list[str]) -> StageResult:
     """The sources' records into `dataset` (`fingerprints`: their files' content, for the cache)."""
     store = Store.open(db_path)
@@ -145,7 +145,7 @@ def mix_load(db_path: str, sources: list[str], fingerprints: list[str]) -> Stage
     return timer.done(store.ref("dataset", "record_id"), n, n, f"{len(sources)} sources")
 
 
-@stage_task("mix", sections=(), cached=False)
+@stage_task("mix", cached=False, reads=("dataset",))
 def mix_select(weights: dict[str, float], by: str, total: int | None, seed: int,
                curated: StageResult) -> StageResult:
     store = Store.open(curated.out.db_path)

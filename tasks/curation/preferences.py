@@ -122,8 +122,8 @@ def export_pairs(store: Store, out: Path) -> int:
     return len(rows)
 
 
-@stage_task("preferences", sections=("domain", "llm", "answers", "curation", "export", "seed"),
-            templates=("answer", "groundedness"))
+@stage_task("preferences", recipe=("domain", "llm", "answers", "curation", "export", "seed"),
+            templates=("answer", "groundedness"), reads=("dataset",), writes=("preference_pairs",))
 def preference_pairs(recipe: Recipe, curated: StageResult) -> StageResult:
     """The pipeline's pairs: ungrounded answers the judge rejects, and curation's quality drops."""
     store = Store.open(curated.out.db_path)

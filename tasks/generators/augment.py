@@ -92,7 +92,7 @@ def _normal(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-@stage_task("augment_pairs", sections=())
+@stage_task("augment_pairs", reads=("input_items",), writes=("aug_pairs",))
 def complete_pairs(cfg: AugmentConfig, inputs: StageResult) -> StageResult:
     """Every input as a pair; a missing response comes from the generator."""
     store = Store.open(cfg.db_path)
@@ -211,7 +211,7 @@ def _checked(cfg: AugmentConfig, embedder: Embedder, pairs: dict[str, dict],
     return kept
 
 
-@stage_task("augment_variants", sections=())
+@stage_task("augment_variants", reads=("aug_pairs",), writes=("aug_variants",))
 def make_variants(cfg: AugmentConfig, pairs_ref: StageResult) -> StageResult:
     store = Store.open(cfg.db_path)
     timer = StageTimer(store, cfg.method)
@@ -257,7 +257,7 @@ def to_dataset(store: Store, include_originals: bool) -> int:
     return store.replace_rows("dataset", records)
 
 
-@stage_task("augment_dataset", sections=())
+@stage_task("augment_dataset", reads=("aug_variants",), writes=("dataset",))
 def augment_dataset(cfg: AugmentConfig, variants: StageResult) -> StageResult:
     store = Store.open(cfg.db_path)
     timer = StageTimer(store, "dataset")

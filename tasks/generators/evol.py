@@ -246,7 +246,7 @@ def run_round(store: Store, cfg: EvolConfig, round_no: int) -> int:
     return len(rows)
 
 
-@stage_task("evol_round", sections=())
+@stage_task("evol_round", reads=("input_items", "evol_items"), writes=("evol_items",))
 def evolve_round(cfg: EvolConfig, previous: StageResult, round_no: int) -> StageResult:
     """One evolution round over every lineage."""
     store = Store.open(cfg.db_path)
@@ -293,7 +293,7 @@ def to_dataset(store: Store, rounds: int, include_inputs: bool) -> int:
     return store.replace_rows("dataset", records)
 
 
-@stage_task("evol_dataset", sections=())
+@stage_task("evol_dataset", reads=("evol_items",), writes=("dataset",))
 def evol_dataset(cfg: EvolConfig, evolved: StageResult) -> StageResult:
     store = Store.open(cfg.db_path)
     timer = StageTimer(store, "dataset")

@@ -271,7 +271,7 @@ def to_dataset(store: Store) -> int:
                                     "instances": r["instance_template"]}})} for r in rows])
 
 
-@stage_task("self_instruct_round", sections=())
+@stage_task("self_instruct_round", reads=("si_tasks",), writes=("si_tasks",))
 def bootstrap_round(cfg: SelfInstructConfig, pool: StageResult | None, round_no: int) -> StageResult:
     store = Store.open(cfg.db_path)
     store.ensure_tables(SCHEMA)
@@ -283,7 +283,7 @@ def bootstrap_round(cfg: SelfInstructConfig, pool: StageResult | None, round_no:
                       machine_count(store), f"round {round_no}: {added} instructions added")
 
 
-@stage_task("self_instruct_dataset", sections=(), cached=False)
+@stage_task("self_instruct_dataset", cached=False, reads=("si_tasks",), writes=("dataset",))
 def self_instruct_dataset(cfg: SelfInstructConfig, pool: StageResult) -> StageResult:
     """The pool's tasks as `dataset` records (then curation and export)."""
     store = Store.open(cfg.db_path)

@@ -184,7 +184,7 @@ class TemplatesConfig(GeneratorConfig):
         return [("generator", self.generator, "template_slot_values", 0)] + super().llm_templates()
 
 
-@stage_task("template_slot_values", sections=())
+@stage_task("template_slot_values", writes=("tpl_values",))
 def slot_values(cfg: TemplatesConfig, spec_fingerprint: str) -> StageResult:
     """Every slot's values: the spec's lists, and the LLM's for `llm` slots."""
     store = Store.open(cfg.db_path)
@@ -211,7 +211,7 @@ def slot_values(cfg: TemplatesConfig, spec_fingerprint: str) -> StageResult:
     return timer.done(store.ref("tpl_values", "slot || value"), len(spec.slots), len(rows))
 
 
-@stage_task("template_pairs", sections=())
+@stage_task("template_pairs", reads=("tpl_values",), writes=("tpl_pairs",))
 def template_pairs(cfg: TemplatesConfig, values: StageResult, spec_fingerprint: str) -> StageResult:
     """Fill every template, then answer each instruction."""
     store = Store.open(cfg.db_path)
@@ -271,7 +271,7 @@ def to_dataset(store: Store, spec_path: str) -> int:
     return store.replace_rows("dataset", records)
 
 
-@stage_task("template_dataset", sections=())
+@stage_task("template_dataset", reads=("tpl_pairs",), writes=("dataset",))
 def template_dataset(cfg: TemplatesConfig, pairs: StageResult) -> StageResult:
     store = Store.open(cfg.db_path)
     timer = StageTimer(store, "dataset")

@@ -342,7 +342,8 @@ def publish_artifacts(summary, card_text: str) -> None:
     create_markdown_artifact(card_text, key="sftmill-dataset-card", description="Dataset card")
 
 
-@stage_task("card", sections=(), cached=False)
+@stage_task("card", recipe=("domain", "sizes", "generation", "thresholds", "llm", "search", "answers",
+                            "curation", "export", "prices"), cached=False, reads=("dataset",))
 def dataset_card(recipe: Recipe, exported: StageResult) -> StageResult:
     store = Store.open(exported.out.db_path)
     timer = StageTimer(store, STAGE)

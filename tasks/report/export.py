@@ -87,7 +87,7 @@ def export_run(store: Store, recipe: Recipe) -> int:
     return export_files(store, recipe.export.format, recipe.run_dir)
 
 
-@stage_task("export", sections=("export", "output_dir"), cached=False)
+@stage_task("export", recipe=("export", "output_dir"), cached=False, reads=("dataset",))
 def export(recipe: Recipe, dataset: StageResult) -> StageResult:
     store = Store.open(dataset.out.db_path)
     timer = StageTimer(store, STAGE)
@@ -95,7 +95,7 @@ def export(recipe: Recipe, dataset: StageResult) -> StageResult:
     return timer.done(dataset.out, dataset.out.rows, n, f"{recipe.run_dir / 'dataset.jsonl'}")
 
 
-@stage_task("export", sections=(), cached=False)
+@stage_task("export", cached=False, reads=("dataset",))
 def export_dataset(output_dir: str, fmt: str, dataset: StageResult) -> StageResult:
     """The export step of the classic generators (Evol-Instruct, templates,
     augmentations): their `dataset` table into `output_dir`, with `card.md`."""

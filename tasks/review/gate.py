@@ -254,7 +254,8 @@ def pending_gate(store: Store, recipe: Recipe) -> GateStatus | None:
     return status(store, recipe, rows[0][0]) if rows else None
 
 
-@stage_task("review_gate", sections=("review", "output_dir"), cached=False)
+@stage_task("review_gate", recipe=("review", "output_dir"), cached=False,
+            reads=("prompts", "dataset"), writes=("prompt_reviews", "reviews"))
 def review_gate(recipe: Recipe, gate: str, choice: str,
                 upstream: StageResult | TableRef | None = None) -> StageResult:
     """A Prefect task around `advance` (retried like every stage; never

@@ -111,7 +111,7 @@ def file_fingerprint(path: str | Path) -> str:
     return content_id(Path(path).read_bytes().decode("utf-8", errors="replace"))
 
 
-@stage_task("load_inputs", sections=())
+@stage_task("load_inputs", writes=("input_items",))
 def load_inputs(input_path: str, db_path: str, fingerprint: str) -> StageResult:
     """The input file into `input_items`; unusable lines become rejects of
     stage `input` (`fingerprint`, the file's content hash, keys the cache)."""

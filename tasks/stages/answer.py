@@ -434,7 +434,8 @@ def decide(store: Store, recipe: Recipe) -> int:
     return store.replace_rows("dataset", records)
 
 
-@stage_task("answer", sections=("domain", "llm", "answers", "seed"), templates=(ANSWER_STAGE,))
+@stage_task("answer", recipe=("domain", "llm", "answers", "embedding", "seed"),
+            templates=(ANSWER_STAGE,), reads=("retrievals",), writes=("answers",))
 def answer(recipe: Recipe, retrieved: StageResult) -> StageResult:
     store = Store.open(retrieved.out.db_path)
     timer = StageTimer(store, ANSWER_STAGE)
@@ -442,9 +443,9 @@ def answer(recipe: Recipe, retrieved: StageResult) -> StageResult:
     return timer.done(store.ref("answers", "answer_id"), n_prompts, n_answers)
 
 
-@stage_task("answer_checks", sections=("domain", "llm", "answers", "embedding", "export", "seed",
+@stage_task("answer_checks", recipe=("domain", "llm", "answers", "embedding", "export", "seed",
                                        "name"),
-            templates=("groundedness",))
+            templates=("groundedness",), reads=("answers",), writes=("answer_checks", "dataset"))
 def answer_checks(recipe: Recipe, answers: StageResult) -> StageResult:
     store = Store.open(answers.out.db_path)
     timer = StageTimer(store, CHECK_STAGE)

@@ -168,7 +168,7 @@ def chunk_documents(store: Store, recipe: Recipe, doc_ids: list[str] | None = No
     return len(docs), len(rows)
 
 
-@stage_task("chunk", sections=("chunking",))
+@stage_task("chunk", recipe=("chunking",), reads=("documents",), writes=("chunks",))
 def chunk(recipe: Recipe, documents: StageResult) -> StageResult:
     """Chunk every document (re-chunking replaces a document's old chunks)."""
     store = Store.open(documents.out.db_path)

@@ -70,7 +70,7 @@ def collect_into(store: Store, recipe: Recipe) -> tuple[int, int]:
     return seen, len(rows)
 
 
-@stage_task("collect", sections=("inputs", "limits", "search"))
+@stage_task("collect", recipe=("inputs", "limits", "search"), writes=("documents",))
 def collect(recipe: Recipe, db: str, inputs_fp: str):
     """Read every input into `documents` (`inputs_fp`: see inputs_fingerprint)."""
     store = Store.open(db)

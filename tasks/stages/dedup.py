@@ -258,7 +258,8 @@ def dedup_prompts(store: Store, recipe: Recipe) -> tuple[int, int]:
     return len(rows), len(keep)
 
 
-@stage_task("dedup", sections=("embedding", "dedup_embedding", "thresholds"))
+@stage_task("dedup", recipe=("embedding", "dedup_embedding", "thresholds"),
+            reads=("prompt_scores",), writes=("prompts",))
 def dedup(recipe: Recipe, filtered: StageResult) -> StageResult:
     store = Store.open(filtered.out.db_path)
     timer = StageTimer(store, STAGE)

@@ -257,8 +257,8 @@ def broaden_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
     return len(rows)
 
 
-@stage_task("generate", sections=("domain", "llm", "sizes", "generation", "seed"),
-            templates=("generate", "generate_opening"))
+@stage_task("generate", recipe=("domain", "llm", "sizes", "generation", "seed"),
+            templates=("generate", "generate_opening"), reads=("profiles",), writes=("candidate_prompts",))
 def generate(recipe: Recipe, profiles: StageResult) -> StageResult:
     store = Store.open(profiles.out.db_path)
     timer = StageTimer(store, GENERATE_STAGE)
@@ -268,7 +268,8 @@ def generate(recipe: Recipe, profiles: StageResult) -> StageResult:
                       f"{len(chosen)} of {profiles.out.rows} profiles selected")
 
 
-@stage_task("broaden", sections=("domain", "llm", "sizes", "seed"), templates=("broaden",))
+@stage_task("broaden", recipe=("domain", "llm", "sizes", "seed"), templates=("broaden",),
+            reads=("candidate_prompts",), writes=("candidate_prompts",))
 def broaden(recipe: Recipe, generated: StageResult) -> StageResult:
     store = Store.open(generated.out.db_path)
     timer = StageTimer(store, BROADEN_STAGE)

@@ -101,8 +101,8 @@ def profile_chunks(store: Store, recipe: Recipe, chunk_ids: list[str]) -> int:
     return len(todo)
 
 
-@stage_task("profile", sections=("domain", "llm", "thresholds", "embedding", "seed"),
-            templates=(TEMPLATE,))
+@stage_task("profile", recipe=("domain", "llm", "thresholds", "embedding", "seed"),
+            templates=(TEMPLATE,), reads=("relevance",), writes=("profiles",))
 def profile(recipe: Recipe, relevant: StageResult) -> StageResult:
     store = Store.open(relevant.out.db_path)
     timer = StageTimer(store, STAGE)

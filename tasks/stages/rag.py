@@ -123,8 +123,9 @@ def retrieve_into(store: Store, recipe: Recipe) -> tuple[int, int]:
     return len(prompts), sum(1 for found in hits if found)
 
 
-@stage_task("answer_search", sections=("domain", "llm", "search", "limits", "chunking",
-                                       "answers", "embedding", "seed"), templates=(TEMPLATE,))
+@stage_task("answer_search", recipe=("domain", "llm", "search", "limits", "chunking",
+                                       "answers", "embedding", "seed"),
+            templates=(TEMPLATE,), reads=("answerable_prompts",), writes=("answer_queries", "chunks"))
 def extended_search(recipe: Recipe, prompts: TableRef) -> StageResult:
     store = Store.open(prompts.db_path)
     timer = StageTimer(store, SEARCH_STAGE)
@@ -132,7 +133,8 @@ def extended_search(recipe: Recipe, prompts: TableRef) -> StageResult:
     return timer.done(store.ref("chunks", "chunk_id"), prompts.rows, added, note)
 
 
-@stage_task("retrieve", sections=("embedding", "answers"))
+@stage_task("retrieve", recipe=("embedding", "answers"),
+            reads=("answerable_prompts", "chunks"), writes=("retrievals",))
 def retrieve(recipe: Recipe, prompts: TableRef, passages: StageResult) -> StageResult:
     store = Store.open(passages.out.db_path)
     timer = StageTimer(store, RETRIEVE_STAGE)

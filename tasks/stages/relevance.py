@@ -96,8 +96,8 @@ def kept_chunk_ids(store: Store, threshold: float) -> list[str]:
         "WHERE r.score >= ? ORDER BY r.chunk_id", [threshold])]
 
 
-@stage_task("relevance", sections=("domain", "llm", "sizes", "thresholds", "seed"),
-            templates=(TEMPLATE,))
+@stage_task("relevance", recipe=("domain", "llm", "sizes", "thresholds", "seed"),
+            templates=(TEMPLATE,), reads=("chunks",), writes=("relevance",))
 def relevance(recipe: Recipe, chunks: StageResult, wave: int = 1) -> StageResult:
     store = Store.open(chunks.out.db_path)
     timer = StageTimer(store, STAGE)

@@ -145,7 +145,8 @@ def forward_texts(store: Store) -> list[str]:
         f"SELECT text FROM candidate_prompts WHERE prompt_id NOT IN ({REPLACED})")]
 
 
-@stage_task("rephrase", sections=("llm", "sizes", "thresholds", "seed"), templates=(TEMPLATE,))
+@stage_task("rephrase", recipe=("llm", "sizes", "thresholds", "seed"), templates=(TEMPLATE,),
+            reads=("candidate_prompts",), writes=("candidate_prompts",))
 def rephrase(recipe: Recipe, broadened: StageResult) -> StageResult:
     store = Store.open(broadened.out.db_path)
     timer = StageTimer(store, STAGE)

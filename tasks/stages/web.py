@@ -167,7 +167,8 @@ def fetch_new_pages(store: Store, recipe: Recipe, round_no: int,
     return len(todo), [i for i in ids if i not in known]
 
 
-@stage_task("web_queries", sections=("domain", "llm", "sizes", "seed"), templates=(TEMPLATE,))
+@stage_task("web_queries", recipe=("domain", "llm", "sizes", "seed"), templates=(TEMPLATE,),
+            reads=("profiles",), writes=("queries",))
 def web_queries(recipe: Recipe, profiles: StageResult, round_no: int) -> StageResult:
     store = Store.open(profiles.out.db_path)
     timer = StageTimer(store, QUERY_STAGE)
@@ -177,7 +178,7 @@ def web_queries(recipe: Recipe, profiles: StageResult, round_no: int) -> StageRe
                       f"queries for {asked} profiles: the target misses {missing} profiles")
 
 
-@stage_task("search_fetch", sections=("search", "limits"))
+@stage_task("search_fetch", recipe=("search", "limits"), reads=("queries",), writes=("documents",))
 def search_and_fetch(recipe: Recipe, queries: StageResult, round_no: int) -> StageResult:
     store = Store.open(queries.out.db_path)
     timer = StageTimer(store, FETCH_STAGE)
