@@ -86,7 +86,6 @@ def merge_exports(recipe_path: str, shard_recipes: list[str], merged: dict, stor
 
 def run_shards(deployment: str, shard_recipes: list[str], params: ShardParams) -> None:
     """One flow run of `deployment` per shard; back when all completed."""
-
     logger = get_run_logger()
     runs = [run_deployment(deployment, parameters={"params": {"recipe_path": path}}, timeout=0,
                            flow_run_name=f"{path.rsplit('/', 2)[-2]}-{deployment.split('/')[-1]}")

@@ -103,7 +103,6 @@ def exact_items(schema: dict[str, Any], field: str, n: int, at_least: int | None
     """A copy of `schema` whose array `field` must hold exactly `n` items
     (or from `at_least` to `n`: an answer cut off by the token budget then
     still parses, with the items it completed — see `batch.whole_items`)."""
-
     out = copy.deepcopy(schema)
     out["properties"][field]["minItems"] = n if at_least is None else at_least
     out["properties"][field]["maxItems"] = n

@@ -46,7 +46,6 @@ def shard_dir(recipe: Recipe, k: int) -> Path:
 def input_files(recipe: Recipe) -> dict[Path, dict]:
     """Every local file the recipe's `path` inputs stand for (URLs: none),
     sorted, each with the table options (text/id column) of its input."""
-
     files: dict[Path, dict] = {}
     for source in recipe.inputs:
         if source.path is not None:
@@ -112,8 +111,6 @@ def _place(path: Path, into: Path, copy: bool) -> str:
 
 def merge_prompts(recipe: Recipe, shard_recipes: list[Path]) -> dict:
     """Remove near-duplicates across shards; the counts."""
-
-
     rows, vectors = [], []
     for k, path in enumerate(shard_recipes):
         shard = load_recipe(path)
@@ -148,7 +145,6 @@ def merge_prompts(recipe: Recipe, shard_recipes: list[Path]) -> dict:
 
 def merge_exports(recipe: Recipe, shard_recipes: list[Path], merged: dict | None = None) -> dict:
     """`dataset.jsonl` and `card.md` of the whole run from its shards'."""
-
     out = recipe.run_dir
     out.mkdir(parents=True, exist_ok=True)
     counts, n, by_subdomain = [], 0, {}

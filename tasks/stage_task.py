@@ -108,7 +108,6 @@ def stage_task(name: str, *, recipe: tuple[str, ...] = (), reads: tuple[str, ...
     them).  `templates`: the prompt templates it renders (their versions are in
     the key).  `cached=False` for stages that write files outside the run
     database (they always run)."""
-
     unknown = set(recipe) - set(Recipe.model_fields)
     if unknown:
         raise ValueError(f"stage {name!r} declares no recipe section {sorted(unknown)[0]!r}")

@@ -32,7 +32,6 @@ def fail(message: str, code: int = 2) -> None:
 
 def claim(db_path: Path):
     """The run database, opened by this process; one line if another holds it."""
-
     problem = output_dir_problem(db_path.parent)
     if problem:
         fail(f"output folder: {problem}")

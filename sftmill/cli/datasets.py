@@ -41,7 +41,6 @@ def curate(
     rerun with a changed threshold and only the decision is made again (no
     LLM call, no perplexity computed twice).  Records keep the lineage of
     the export they came from."""
-
     check_input(input)
     try:
         cfg = load_curate_config(config)
@@ -75,7 +74,6 @@ def mix(
     curated, and each group (source, or the --by field) gets its weight's
     share of the records within one record; the card shows the mix against
     its targets."""
-
     try:
         parsed = [Source.parse(s) for s in sources]
         names = [s.name for s in parsed]
@@ -115,7 +113,6 @@ def export_cmd(
     Reads the run's `dataset` table; writes atomically (a crash never leaves a
     half-written file that looks complete).
     """
-
     check_format(format)
     store = run_db(run_dir)
     target = out or run_dir / f"dataset.{format}.jsonl"
@@ -140,7 +137,6 @@ def review_sample(
 
     Columns: record_id, prompt, answer and the empty decision (accept |
     reject | edit), edited_prompt, edited_answer and note."""
-
     target = out or run_dir / "review.csv"
     written = write_sheet(run_db(run_dir), target, n, seed)
     console.print(f"wrote {written} records to {target}; fill in decision (accept, reject or edit) "
@@ -159,7 +155,6 @@ def review_apply(
     metadata carrying its review; card.md's review section is rewritten.
     A `reviewer` column lets several reviewers share a sheet (majority
     decides, a tie goes to the latest).  Unusable rows are listed and skipped."""
-
     if not sheet.is_file():
         fail(f"{sheet}: sheet not found")
     store = run_db(run_dir)

@@ -47,7 +47,6 @@ def self_instruct(
 
     Bootstraps instructions and instances from SEEDS with the paper's filters
     and ROUGE-L novelty check, then exports with lineage."""
-
     check_format(format)
     if not seeds.is_file():
         fail(f"{seeds}: seed file not found")
@@ -66,7 +65,6 @@ def self_instruct(
 def curation_settings(path: Path | None):
     """The generator's curation settings from a `sftmill curate` config file,
     or one line naming its problem."""
-
     if path is None:
         return Curation()
     try:
@@ -78,7 +76,6 @@ def curation_settings(path: Path | None):
 
 def endpoint_for(base_url: str | None, model: str | None, **settings):
     """The embedded model, or an OpenAI-compatible server when `base_url` is given."""
-
     settings.setdefault("max_tokens", 400)
     if base_url:
         return LLMEndpoint(backend="openai", base_url=base_url, model=model or "default", **settings)
@@ -133,7 +130,6 @@ def evol(
     reasoning, complicate input; in-breadth: a rarer topic), drops failed
     evolutions with their reason, answers the survivors, and exports them
     with parent, operation and round."""
-
     check_format(format)
     check_input(input)
     cfg = config_from_options(EvolConfig, curation=curation_settings(curation), input_path=str(input.resolve()), output_dir=str(out.resolve()),
@@ -231,7 +227,6 @@ def templates(
 
     Slots are filled from lists or by the LLM; near-duplicate fillings are
     dropped; records carry their template and slot values."""
-
     check_format(format)
     try:
         load_spec(spec)

@@ -79,7 +79,6 @@ def clip(text: str | None, n: int) -> str:
 
 def print_samples(store, n: int = 3) -> None:
     """A few finished records: prompt, answer and the passage it cites."""
-
     samples = sample_records(store, 1, per_subdomain=True)[:n]  # one per subdomain first
     if len(samples) < n:
         seen = {r["prompt"] for r in samples}
@@ -101,7 +100,6 @@ def print_samples(store, n: int = 3) -> None:
 
 def print_plan(recipe) -> None:
     """Per LLM stage: expected calls, tokens and cost (tasks/report/plan.py)."""
-
     plans, chunks, rates = plan_recipe(recipe)
     table = Table(title=f"Plan for {recipe.name}: {chunks} chunks, target "
                         f"{recipe.sizes.target_prompts} prompts", title_justify="left")
@@ -128,16 +126,12 @@ def run_flow(kind: str, out: Path, start, templates=(), embeddings=()) -> None:
     `out`, with progress bars and the closing summary; `templates`: its LLM
     steps, checked against the model's context first; `embeddings`: the
     embedding models it uses (loaded in the background meanwhile)."""
-
-
-
     store = claim(out.resolve() / DB_FILE)
     try:
         check_templates_fit(templates)
     except RecipeError as err:
         fail(str(err))
     store.execute("DELETE FROM meta WHERE key = 'stopped_early'")
-
     preload(embeddings)
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -74,12 +74,8 @@ def run(
         print_plan(checked)
         return
 
-
     store = claim(checked.db_path)
-
     preload([checked.embedding, checked.dedup_embedding, checked.curation.embedding])
-
-
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(without_budget_stops)
     started = time.perf_counter()
@@ -150,8 +146,6 @@ def init(
 
     The generator (the embedded model) proposes subdomains from the texts'
     headings and first lines; edit them, add target shares, and run."""
-
-
     if not texts.exists():
         fail(f"{texts}: no such file or folder")
     target = out or texts.parent / "recipe.yaml"

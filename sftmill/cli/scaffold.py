@@ -115,7 +115,6 @@ def _section(model: BaseModel, indent: int, prefix: str) -> list[str]:
 def render_recipe(name: str, domain: str, inputs: Path, recipe_dir: Path,
                   subdomains: list[str], use_cases: list[str] | None = None) -> str:
     """The recipe's YAML text, every field commented."""
-
     rel = os.path.relpath(inputs.resolve(), recipe_dir.resolve())
     base = Recipe(name=name, output_dir=f"runs/{name}", domain={"name": domain},
                   inputs=[{"path": rel}], search={"backend": "none"})
@@ -151,7 +150,6 @@ def render_recipe(name: str, domain: str, inputs: Path, recipe_dir: Path,
 def propose_subdomains(folder: Path, domain: str, n: int, endpoint) -> list[str]:
     """Subdomains proposed by the generator from the texts' section headings
     and opening lines (empty when it gives nothing usable)."""
-
     excerpts = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file())[:40]:
         try:

@@ -68,7 +68,6 @@ def serve(
     schedule = pipeline_schedule(checked, cron, interval)
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
 
-
     # Module entrypoints (sftmill.flows.pipeline.pipeline …): they load the
     # same way from an editable install, a wheel or a Docker image.
     by_module = {"entrypoint_type": EntrypointType.MODULE_PATH}

@@ -111,7 +111,6 @@ def pull(folder_url: str) -> Path:
 def push(local: Path, folder_url: str) -> None:
     """Upload the files of `local` that changed since the last pull/push,
     then mark the folder with a new sync name and drop its ledger segments."""
-
     Store.close_all()  # the database complete on disk, the journal merged into it
     fs, root = _fs(folder_url)
     before = json.loads((local / MANIFEST).read_text()) if (local / MANIFEST).exists() else {}

@@ -118,7 +118,6 @@ class Embedder:
         """Embed on the server; the batches that came back are stored even
         when another failed (then `EmbeddingError`), so a retry pays only
         for the rest."""
-
         size = self.config.batch_size
         results = run_sync(embed_on_server(self.config, [t for _, t in missing]))
         pairs, problems = [], []

@@ -69,7 +69,6 @@ def static_model(source: str, dims: int = STATIC_DIMS, sif: float = 1e-4):
     p) with p = 1 / its id (vocabulary order as a frequency rank).  A text is
     the mean of its tokens' vectors.  The table is made once (~20 s for
     MiniLM on 2 cores) and kept under ~/.cache/sftmill/static/."""
-
     from transformers import AutoTokenizer
 
     resolved = resolve_model(source)

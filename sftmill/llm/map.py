@@ -179,7 +179,6 @@ def judge_into(store, recipe, template_name: str, items: Sequence[tuple[str, dic
     (as 0–1) and reason in `table`; an unusable answer becomes an
     `llm_invalid_output` reject.  `meanwhile` is work for a later stage done
     `beside` the calls.  Returns how many items were asked."""
-
     template = load_template(template_name)
     endpoint = recipe.llm.judge
     llm = make_llm(endpoint, store)

@@ -460,7 +460,6 @@ def check_reachable(endpoint: ServerEndpoint, timeout_s: float = 5.0) -> str | N
     """None when a replica answers `GET /models` (the run goes on while any
     does); otherwise the problem.  A refused API key is a problem even when
     another replica answers."""
-
     problems = []
     for base in endpoint.base_urls:
         url = base + "/models"

@@ -140,7 +140,6 @@ def _validator(schema_json: bytes):
     """A checked validator per schema, built once (`jsonschema.validate`
     checks the schema itself on every call: most of a structured call's
     CPU), and the fast check of `schema_check` for it."""
-
     schema = json.loads(schema_json)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)

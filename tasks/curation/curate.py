@@ -79,7 +79,6 @@ def scorers(cfg: Curation, store: Store, judge: LLMEndpoint, seed: int,
             ) -> list[tuple[str, tuple[str, ...], Callable[[], str], Callable[[list[Record]], list[Score]]]]:
     """(name, the checks it writes, its basis, how to score records) for the
     costly checks the config turns on."""
-
     out = []
     if cfg.offensive.enabled:
         out.append(("offensive", ("offensive",), lambda: offensive.BASIS, offensive.offensive_scores))
@@ -118,7 +117,6 @@ def score_records(store: Store, records: list[Record], cfg: Curation, judge: LLM
                   seed: int) -> dict[str, int]:
     """Score every record for every check the config turns on; return how
     many records each costly check computed now (0: all known)."""
-
     store.ensure_tables(SCHEMA)
     ids = [r.record_id for r in records]
     store.execute('DELETE FROM curation_scores WHERE basis = \'\' AND record_id IN '
@@ -344,7 +342,6 @@ def standalone_embedding(cfg: Curation) -> Embedding:
 @stage_task("curate", templates=("safety", "adherence"), reads=("dataset",), writes=("curation_scores",))
 def curate_standalone(cfg: CurateConfig, dataset: StageResult) -> StageResult:
     """`sftmill curate`'s curation stage (and its preference pairs, if asked for)."""
-
     store = Store.open(dataset.out.db_path)
     result = _curate_stage(store, dataset, cfg, standalone_judge(cfg), standalone_embedding(cfg),
                            cfg.seed)

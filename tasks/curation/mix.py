@@ -72,7 +72,6 @@ def parse_weights(text: str | None, names: list[str]) -> dict[str, float]:
 def load_sources(store: Store, sources: list[Source]) -> int:
     """Every source's records into `dataset` (replacing an earlier mix's);
     the same text in two sources stays twice (curation decides)."""
-
     rows = []
     for source in sources:
         items, _skipped = read_items(source.path)
@@ -111,7 +110,6 @@ def select(store: Store, weights: dict[str, float], by: str, total: int | None,
            seed: int) -> dict[str, dict]:
     """Leave out, per group, the curated records over its share; return the
     mix table (target share, available, selected) by group."""
-
     store.execute("DELETE FROM rejects WHERE stage = ?", [STAGE])
     kept = store.query_dicts(f"SELECT record_id, metadata FROM {KEPT_DATASET} ORDER BY record_id")
     # (the earlier selection's over_weight rows were deleted above: all curated records count)

@@ -61,7 +61,6 @@ def _pair(record_id: str, prompt: str, chosen: str, rejected: str, reason: str, 
 def ungrounded_pairs(store: Store, recipe: Recipe) -> list[dict]:
     """Answer each grounded kept record's prompt without its passages; keep
     the answers the judge finds unsupported by those passages."""
-
     kept = store.query_dicts(f"SELECT record_id, prompt_id, prompt, answer FROM {KEPT_DATASET} "
                              "WHERE grounded ORDER BY record_id")
     if not kept:
@@ -111,7 +110,6 @@ def write_pairs(store: Store, pairs: list[dict]) -> int:
 def export_pairs(store: Store, out: Path) -> int:
     """`preferences.jsonl`: one {prompt, chosen, rejected, metadata} per pair
     (TRL's standard preference format), the reason in the metadata."""
-
     store.ensure_tables(SCHEMA)
     rows = store.query_dicts("SELECT * FROM preference_pairs ORDER BY pair_id")
     write_atomic(out, (json.dumps({

@@ -136,8 +136,6 @@ def curation_section(store: Store, folder: Path) -> list[str]:
     """Per check of the last curation: its threshold, the spread of its
     scores (and a plot with the threshold drawn), how many records it
     removed; near duplicates; contamination hits by benchmark."""
-
-
     raw = store.get_meta(META_KEY)
     if not raw:
         return []
@@ -222,7 +220,6 @@ def write_generator_card(store: Store, run_dir: Path, fmt: str) -> Path:
     """`card.md` for a run of a classic generator (Self-Instruct,
     Evol-Instruct, templates, augmentations): stages, drops, records by
     origin, lengths, LLM usage and a length plot."""
-
     summary = summarize(store)
     records = store.query_dicts(f"SELECT prompt, answer, metadata FROM {KEPT_DATASET}")
     metas = [json.loads(r["metadata"]) for r in records]
@@ -261,7 +258,6 @@ def write_generator_card(store: Store, run_dir: Path, fmt: str) -> Path:
 
 def _samples_section(store: Store, per_subdomain: int = 3) -> list[str]:
     """A handful of records per subdomain, each with the passage it cites."""
-
     samples = sample_records(store, per_subdomain, per_subdomain=True)
     if not samples:
         return []
@@ -323,7 +319,6 @@ def publish_artifacts(summary, card_text: str) -> None:
     """In a Prefect run: the per-stage counts and reject reasons, and the LLM
     calls, tokens and cost per stage, as table artifacts; the card as a
     markdown artifact (outside a run: nothing)."""
-
     if TaskRunContext.get() is None:
         return
     rows = [{"stage": s["stage"], "in": s["n_in"], "out": s["n_out"],

@@ -71,7 +71,6 @@ def export_parquet(store: Store, out: Path, rows: list[dict] | None = None) -> i
 def export_files(store: Store, fmt: str, out_dir: Path) -> int:
     """`dataset.jsonl` in `fmt` and `dataset.parquet` in `out_dir`; and
     `preferences.jsonl` when the run made preference pairs (`tasks.preferences`)."""
-
     rows = dataset_rows(store)  # read once for both files
     n = export_jsonl(store, fmt, out_dir / "dataset.jsonl", rows)
     export_parquet(store, out_dir / "dataset.parquet", rows)
@@ -99,7 +98,6 @@ def export(recipe: Recipe, dataset: StageResult) -> StageResult:
 def export_dataset(output_dir: str, fmt: str, dataset: StageResult) -> StageResult:
     """The export step of the classic generators (Evol-Instruct, templates,
     augmentations): their `dataset` table into `output_dir`, with `card.md`."""
-
     store = Store.open(dataset.out.db_path)
     timer = StageTimer(store, STAGE)
     n = export_files(store, fmt, Path(output_dir))

@@ -64,7 +64,6 @@ class StagePlan:
 
 def corpus_sizes(recipe: Recipe) -> tuple[int, float]:
     """(chunks, mean tokens per chunk) of the recipe's inputs, chunked as the run will."""
-
     n, tokens = 0, 0
     seen: set[int] = set()
     for _uri, item in iter_documents(recipe):
@@ -96,7 +95,6 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
     the share of generated prompts that pass the filter and dedup;
     `weak_share`: the share of prompts whose best passage is below
     `answers.search_below` (they get extended search queries)."""
-
     sizes, gen, judge = recipe.sizes, recipe.llm.generator, recipe.llm.judge
     rate = PRIOR_KEEP_RATE if keep_rate is None else keep_rate
     room = chunks if sizes.max_chunks is None else min(chunks, sizes.max_chunks)
@@ -182,8 +180,6 @@ def plan_recipe(recipe: Recipe) -> tuple[list[StagePlan], int, str]:
     """The plan for a recipe's corpus: (stage plans, chunks, the rates it
     assumed).  A run database that already judged chunks and filtered
     prompts lends its keep rates."""
-
-
     chunks, chunk_tokens = corpus_sizes(recipe)
     keep_rate, prompt_keep_rate, source = None, 1.0, "assumed before any run"
     weak_share = PRIOR_WEAK_SHARE

@@ -58,7 +58,6 @@ def summarize(store: Store, targets: dict[str, float] | None = None,
     """Per stage, the row of the latest run that computed it.  With the
     recipe, each LLM row also has the calls planned for it (`sftmill plan`)
     and its cost (None without a price for the model)."""
-
     CallJournal.for_store(store)  # calls of a killed run still in the journal count too
     stages = store.query_dicts(
         "SELECT stage, n_in, n_out, seconds, run_id FROM stage_stats "
@@ -151,7 +150,6 @@ def sample_records(store: Store, n: int = 3, per_subdomain: bool = False) -> lis
     """A few finished records with the passage each cites first: prompt,
     answer, subdomain, passage, source.  Chosen by record ID (a hash, so a
     stable spread across the data); `per_subdomain`: up to `n` of each."""
-
     if not kept_count(store):
         return []
     rows = store.query_dicts(

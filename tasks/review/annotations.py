@@ -83,8 +83,6 @@ def write_sheet(store: Store, out: Path, n: int, seed: int = 0) -> int:
 
 def write_csv(out: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
     """`rows` as a CSV sheet with `columns` (missing values blank), written atomically."""
-
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
@@ -163,7 +161,6 @@ def read_sheet(path: Path, known: set[str], gate: str = "answers") -> tuple[list
 def record_annotations(store: Store, annotations: list[dict]) -> int:
     """Store reviewers' verdicts (a reviewer's new verdict on an item replaces
     the old one); one without a time is stamped now, in order."""
-
     store.ensure_tables(SCHEMA)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     rows = [{**a, "annotated_at": a.get("annotated_at") or now + dt.timedelta(microseconds=i)}
@@ -305,7 +302,6 @@ def review_section(store: Store) -> list[str]:
     """The card's review section: per gate, decisions by subdomain and task
     type, the scales' distributions, reviewer agreement, and the judge's
     scores beside reviewers' decisions (where to set its threshold)."""
-
     store.ensure_tables(SCHEMA)
     parts: list[str] = []
     where = {"prompts": "SELECT prompt_id AS item_id, subdomain, task_type FROM prompts",

@@ -218,7 +218,6 @@ def score_answers(store: Store, recipe: Recipe, batches: Iterable[list[dict]], t
     the prompt and the lexical support of each batch are computed beside the
     judge's calls (they decide nothing about who is judged).  Inserts the
     `answer_checks` rows; returns how many answers were sent to the judge."""
-
     pool = ThreadPoolExecutor(1, thread_name_prefix="answer-similarity")
     # per answer: (its check row, the answer, its passages, those it cites)
     scored: list[tuple[dict, dict, list[str], list[str]]] = []
@@ -404,7 +403,6 @@ def reject_reason(check: dict, grounded: bool, recipe: Recipe) -> str | None:
 
 def decide(store: Store, recipe: Recipe) -> int:
     """Apply the thresholds: rejects for dropped answers, the rest to `dataset`."""
-
     rows = store.query_dicts(
         "SELECT a.*, k.groundedness, k.judge_reason, k.lexical_support, k.n_chars, k.refusal, "
         "coalesce(k.truncated, false) AS truncated, "

@@ -83,7 +83,8 @@ def decide(store: Store, threshold: float) -> int:
 
 
 @stage_task("prompt_filter",
-            recipe=("domain", "llm", "thresholds", "embedding", "dedup_embedding", "seed"), templates=(TEMPLATE,), reads=("candidate_prompts",), writes=("prompt_scores",))
+            recipe=("domain", "llm", "thresholds", "embedding", "dedup_embedding", "seed"),
+            templates=(TEMPLATE,), reads=("candidate_prompts",), writes=("prompt_scores",))
 def prompt_filter(recipe: Recipe, candidates: StageResult) -> StageResult:
     store = Store.open(candidates.out.db_path)
     timer = StageTimer(store, STAGE)

@@ -68,7 +68,6 @@ def profiles_to_query(store: Store, recipe: Recipe, round_no: int) -> list[dict]
     (the relevance waves' rule: headroom, a minimum round), drawn
     round-robin across subdomains in a seeded order.  The others never cost
     a query."""
-
     missing = needed_profiles(recipe) - store.count("profiles")
     todo = store.query_dicts(
         "SELECT * FROM profiles WHERE profile_id NOT IN (SELECT profile_id FROM queries) "

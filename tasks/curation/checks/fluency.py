@@ -47,7 +47,6 @@ def perplexity(logprobs: list[float]) -> float | None:
 
 def token_logprobs(scores: "np.ndarray", tokens: list[int]) -> list[float]:
     """log p(token i | tokens before it) for i ≥ 1, from the logits of every position."""
-
     logits = np.asarray(scores[:len(tokens) - 1], dtype=np.float64)
     peak = logits.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(logits - peak).sum(axis=1)) + peak[:, 0]
@@ -80,8 +79,6 @@ def server_perplexities(endpoint: "LLMEndpoint", records: list[Record],
                         max_tokens: int) -> list[tuple[float | None, float | None]]:
     """From `/completions` with `echo` and `logprobs`: the prompt's tokens
     come back with their log-probs and character offsets."""
-
-
     client = ServerClient(endpoint)
 
     async def one(r: Record) -> tuple[float | None, float | None]:
