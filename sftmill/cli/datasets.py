@@ -17,7 +17,8 @@ from sftmill.flows.mix_flow import mix_flow
 from sftmill.tasks.curation.curate import standalone_embedding, standalone_judge
 from sftmill.tasks.curation.mix import Source, parse_weights
 from sftmill.tasks.report.export import export_files, export_jsonl
-from sftmill.tasks.review.annotations import apply_sheet, detect_format, refresh_card, write_sheet
+from sftmill.tasks.review.annotations import refresh_card
+from sftmill.tasks.review.sheets import apply_sheet, detect_format, write_sheet
 from sftmill.tasks.stages.generate import target_shares
 
 

@@ -31,14 +31,12 @@ from sftmill.core.store import Store, TableRef
 from sftmill.tasks.review.annotations import (
     SCALES,
     SCHEMA,
-    SHEET_REVIEWER,
     apply_prompt_reviews,
     apply_record_reviews,
-    read_sheet,
     record_annotations,
-    write_csv,
 )
 from sftmill.tasks.review.label_studio import LabelStudioClient, answer_config, prompt_config, read_annotation
+from sftmill.tasks.review.sheets import SHEET_REVIEWER, read_sheet, write_csv
 from sftmill.tasks.stage_task import StageResult, StageTimer, stage_task
 
 GATE_SCHEMA = {

@@ -10,8 +10,9 @@ import pytest
 
 from sftmill.core.recipe import parse_recipe
 from sftmill.core.store import Store
-from sftmill.tasks.review.annotations import apply_sheet, resolve, review_section, write_sheet
+from sftmill.tasks.review.annotations import resolve, review_section
 from sftmill.tasks.review.gate import advance, open_gate, pending_gate, sample_size
+from sftmill.tasks.review.sheets import apply_sheet, write_sheet
 
 
 def recipe_for(tmp_path, **review):

@@ -7,7 +7,8 @@ from sftmill.core.errors import RecipeError
 from sftmill.core.schema import SCHEMA
 from sftmill.core.store import Store
 from sftmill.tasks.report.export import export_jsonl
-from sftmill.tasks.review.annotations import apply_sheet, detect_format, reviewed_rows, write_sheet
+from sftmill.tasks.review.annotations import reviewed_rows
+from sftmill.tasks.review.sheets import apply_sheet, detect_format, write_sheet
 
 
 @pytest.fixture
