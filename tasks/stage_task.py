@@ -105,7 +105,7 @@ def stage_task(name: str, *, recipe: tuple[str, ...] = (), reads: tuple[str, ...
     those, and the stage is handed a view of the recipe that refuses any other
     section.  `reads`: the tables handed to it (each table argument must be
     one of them); `writes`: the tables it fills (its result names one of
-    them).  `templates`: the prompt templates it renders (their versions are in
+    them, or a table it read and hands on).  `templates`: the prompt templates it renders (their versions are in
     the key).  `cached=False` for stages that write files outside the run
     database (they always run)."""
     unknown = set(recipe) - set(Recipe.model_fields)
