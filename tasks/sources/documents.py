@@ -129,7 +129,7 @@ def read_file(path: Path, max_bytes: int) -> Doc:
     if not text.strip():
         raise Skip("no_text_extracted" if suffix in HTML_SUFFIXES | {".pdf"} else "empty",
                    "no text")
-    return Doc(path.as_uri(), text, title or path.stem)
+    return Doc(path.absolute().as_uri(), text, title or path.stem)  # a relative path too
 
 
 def read_table(path: Path, source: InputSource) -> Iterator[Doc | Skip]:

@@ -239,3 +239,24 @@ def test_embedding_places_that_cannot_work_stop_in_one_line(tmp_path):
         assert result.exit_code == 2, result.output
         line, = result.output.strip().splitlines()
         assert expected in line
+
+
+def test_init_on_a_relative_folder_as_the_readme_shows_it(tmp_path, monkeypatch):
+    """`sftmill init my-notes/ --domain …` from the folder that holds the texts."""
+    import shutil
+
+    import yaml
+    from fakes import ScriptedLLM
+
+    shutil.copytree(Path(__file__).resolve().parents[3] / "data" / "example" / "corpus", tmp_path / "my-notes")
+    monkeypatch.chdir(tmp_path)
+    proposed = ["Quarks and hadrons", "Gluons and QCD", "Experiments"]
+    generator = ScriptedLLM(lambda request: {"subdomains": proposed})
+    monkeypatch.setattr("sftmill.cli.scaffold.make_llm", lambda endpoint, store=None: generator)
+    result = cli("init", "my-notes/", "--domain", "Particle physics")
+    assert result.exit_code == 0, result.output
+    assert generator.requests and "gluon" in str(generator.requests[0].messages).lower()  # the texts read
+    data = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    assert data["inputs"] == [{"path": "my-notes"}]
+    assert [s["name"] for s in data["domain"]["subdomains"]] == proposed
+    assert cli("validate", tmp_path / "recipe.yaml", "--offline").exit_code == 0
