@@ -15,7 +15,7 @@ from sftmill.core.recipe import load_curate_config
 from sftmill.flows.curate_flow import curate_flow
 from sftmill.flows.mix_flow import mix_flow
 from sftmill.tasks.curation.curate import standalone_embedding, standalone_judge
-from sftmill.tasks.curation.mix import Source, parse_weights
+from sftmill.tasks.curation.mix import Source, check_groups, parse_weights
 from sftmill.tasks.report.export import export_files, export_jsonl
 from sftmill.tasks.review.annotations import refresh_card
 from sftmill.tasks.review.sheets import apply_sheet, detect_format, write_sheet
@@ -81,9 +81,7 @@ def mix(
         if len(set(names)) != len(names):
             raise RecipeError("two sources have the same name: give them NAME=PATH")
         shares = parse_weights(weights, names if by == "source" else [])
-        unknown = sorted(set(shares) - set(names)) if by == "source" else []
-        if unknown:
-            raise RecipeError(f"--weights: no source named {unknown[0]} (sources: {', '.join(names)})")
+        check_groups(parsed, shares, by)
         cfg = load_curate_config(config)
     except RecipeError as err:
         fail(str(err))

@@ -86,11 +86,45 @@ def load_sources(store: Store, sources: list[Source]) -> int:
     return store.replace_rows("dataset", rows)
 
 
+# Where sftmill's own exports keep the fields one mixes by: `--by subdomain` finds a
+# pipeline record's `profile.subdomain`.  Any other field is a dotted path into the metadata.
+EXPORTED_AT = {"subdomain": ("profile.subdomain",), "task_type": ("record.task_type",)}
+
+
+def field_of(meta: dict, path: str):
+    """The value at a dotted `path` of the metadata (None when it is not there)."""
+    value = meta
+    for key in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
 def group_of(meta: dict, by: str) -> str:
+    """A mixed record's group: its source, or its metadata field `by`."""
     if by == "source":
         return meta["mix"]["source"]
-    value = meta.get(by)
-    return str(value) if value not in (None, "") else "(none)"
+    for path in (by, *EXPORTED_AT.get(by, ())):
+        value = field_of(meta, path)
+        if value not in (None, ""):
+            return str(value)
+    return "(none)"
+
+
+def check_groups(sources: list[Source], weights: dict[str, float], by: str) -> None:
+    """RecipeError when a weight names a group no source's record is in (the
+    mix would come out empty)."""
+    if by == "source":
+        present = {s.name for s in sources}
+    else:
+        present = {group_of(item.source.get("earlier") or {}, by)
+                   for s in sources for item in read_items(s.path)[0]}
+    unknown = sorted(set(weights) - present)
+    if unknown:
+        kind = "source named" if by == "source" else f"record with {by}"
+        raise RecipeError(f"--weights: no {kind} {unknown[0]!r} "
+                          f"(found: {', '.join(sorted(present)) or 'none'})")
 
 
 def shares_of(weights: dict[str, float], available: dict[str, int], total: int | None) -> dict[str, int]:

@@ -260,3 +260,17 @@ def test_init_on_a_relative_folder_as_the_readme_shows_it(tmp_path, monkeypatch)
     assert data["inputs"] == [{"path": "my-notes"}]
     assert [s["name"] for s in data["domain"]["subdomains"]] == proposed
     assert cli("validate", tmp_path / "recipe.yaml", "--offline").exit_code == 0
+
+
+def test_mix_by_a_field_with_a_weight_for_a_missing_group_stops_with_one_line(tmp_path):
+    import json
+
+    data = tmp_path / "run.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "What are gluons?"},
+                                             {"role": "assistant", "content": "Carriers of the strong force."}],
+                                "metadata": {"profile": {"subdomain": "Gluons"}}}) + "\n")
+    result = cli("mix", f"run={data}", "--by", "subdomain", "--weights", "Gluons=1,Leptons=1",
+                 "--out", tmp_path / "mix")
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: --weights: no record with subdomain 'Leptons' (found: Gluons)"
+    assert not (tmp_path / "mix").exists()  # stopped before any work
