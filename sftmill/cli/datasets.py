@@ -81,12 +81,10 @@ def mix(
         if len(set(names)) != len(names):
             raise RecipeError("two sources have the same name: give them NAME=PATH")
         shares = parse_weights(weights, names if by == "source" else [])
-        check_groups(parsed, shares, by)
         cfg = load_curate_config(config)
+        check_groups(parsed, shares, by)  # reads every source: an unreadable one stops here
     except RecipeError as err:
         fail(str(err))
-    for source in parsed:
-        check_input(source.path)
     templates = [(name, standalone_judge(cfg), name, 0)
                  for name in ("safety", "adherence") if getattr(cfg, name).enabled]
     run_flow("mix", out, lambda: mix_flow([f"{s.name}={s.path.resolve()}" for s in parsed],

@@ -66,7 +66,6 @@ def serve(
     if cron and interval:
         fail("give --cron or --interval, not both")
     schedule = pipeline_schedule(checked, cron, interval)
-    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
 
     # Module entrypoints (sftmill.flows.pipeline.pipeline …): they load the
     # same way from an editable install, a wheel or a Docker image.

@@ -113,13 +113,14 @@ def group_of(meta: dict, by: str) -> str:
 
 
 def check_groups(sources: list[Source], weights: dict[str, float], by: str) -> None:
-    """RecipeError when a weight names a group no source's record is in (the
-    mix would come out empty)."""
+    """RecipeError when a source cannot be read, or when a weight names a
+    group no source's record is in (the mix would come out empty)."""
+    items = {s.name: read_items(s.path)[0] for s in sources}
     if by == "source":
-        present = {s.name for s in sources}
+        present = set(items)
     else:
         present = {group_of(item.source.get("earlier") or {}, by)
-                   for s in sources for item in read_items(s.path)[0]}
+                   for source_items in items.values() for item in source_items}
     unknown = sorted(set(weights) - present)
     if unknown:
         kind = "source named" if by == "source" else f"record with {by}"
