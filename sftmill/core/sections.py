@@ -199,6 +199,11 @@ class Answers(Strict):
         default=0.3, ge=0, le=1,
         description="Embedding cosine between an answer and its prompt: below it the answer "
         "is about something else (off_topic_answer), however well its passage supports it.")
+    max_copied_share: float = Field(
+        default=0.8, gt=0, le=1,
+        description="Share of an answer's words inside 5-word runs found verbatim in its cited "
+        "passages, at or above which it is dropped (copies_passage): a copy teaches the model "
+        "to recite, not to answer.")
 
 
 class Export(Strict):

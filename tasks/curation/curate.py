@@ -33,6 +33,7 @@ from sftmill.embed.embedder import Embedder
 from sftmill.tasks.curation.checks import Record, Score, decontam, fluency, judges, lineage_of, offensive
 from sftmill.tasks.curation.checks.keywords import keyword_scores
 from sftmill.tasks.curation.checks.length import length_scores
+from sftmill.tasks.curation.checks.text import text_rule_scores
 from sftmill.tasks.curation.preferences import curation_pairs, write_pairs
 from sftmill.tasks.sources.pairs import file_fingerprint
 from sftmill.tasks.stage_task import StageResult, StageTimer, stage_task
@@ -56,10 +57,23 @@ def kept_count(store: Store) -> int:
     return int(store.scalar(f"SELECT count(*) FROM {KEPT_DATASET}"))
 
 
+def cited_passages(store: Store) -> dict[str, tuple[str, ...]]:
+    """answer_id → the texts of the passages it cites (a pipeline run's
+    records; none for a dataset read from a file)."""
+    out: dict[str, list[str]] = {}
+    for answer_id, text in store.execute(
+            "SELECT a.answer_id, c.text FROM (SELECT answer_id, unnest(cited_chunk_ids) AS chunk_id "
+            "FROM answers) a JOIN chunks c USING (chunk_id) ORDER BY a.answer_id, c.chunk_id"):
+        out.setdefault(answer_id, []).append(text)
+    return {k: tuple(v) for k, v in out.items()}
+
+
 def dataset_records(store: Store) -> list[Record]:
-    return [Record(record_id, prompt, answer, lineage_of(record_id, json.loads(meta or "{}")))
-            for record_id, prompt, answer, meta in store.execute(
-                "SELECT record_id, prompt, coalesce(answer, ''), metadata FROM dataset "
+    passages = cited_passages(store)
+    return [Record(record_id, prompt, answer, lineage_of(record_id, json.loads(meta or "{}")),
+                   passages.get(answer_id, ()))
+            for record_id, prompt, answer, meta, answer_id in store.execute(
+                "SELECT record_id, prompt, coalesce(answer, ''), metadata, answer_id FROM dataset "
                 "ORDER BY record_id")]
 
 
@@ -121,8 +135,8 @@ def score_records(store: Store, records: list[Record], cfg: Curation, judge: LLM
     ids = [r.record_id for r in records]
     store.execute('DELETE FROM curation_scores WHERE basis = \'\' AND record_id IN '
                   '(SELECT unnest(?::VARCHAR[]))', [ids])  # the cheap ones, always fresh
-    _save(store, length_scores(records) + keyword_scores(records, cfg.keywords.block,
-                                                          cfg.keywords.allow), "")
+    _save(store, length_scores(records) + text_rule_scores(records, cfg)
+          + keyword_scores(records, cfg.keywords.block, cfg.keywords.allow), "")
     computed = {}
     for name, checks, basis_of, score in scorers(cfg, store, judge, seed):
         basis = basis_of()
@@ -173,6 +187,15 @@ def rules(cfg: Curation) -> list[Rule]:
         out.append(Rule("blocked_keyword", "blocked_keyword", "at_least", 1, "keywords.block"))
     if cfg.keywords.allow:
         out.append(Rule("allowed_keyword", "no_allowed_keyword", "min", 1, "keywords.allow"))
+    for check, section, setting in (("refusal", "refusals", "refusals.patterns"),
+                                    ("degenerate", "degenerate", "degenerate.enabled"),
+                                    ("malformed_prompt", "malformed_prompts", "malformed_prompts.enabled"),
+                                    ("not_self_contained", "self_contained", "self_contained.enabled")):
+        if getattr(cfg, section).enabled:
+            out.append(Rule(check, check, "at_least", 1, setting))
+    if cfg.copies_passage.enabled:
+        out.append(Rule("copied_share", "copies_passage", "at_least", cfg.copies_passage.max_share,
+                        "copies_passage.max_share"))
     for part in ("instruction", "response"):
         for unit in ("chars", "tokens"):
             low, high = (getattr(cfg.length, f"{end}_{part}_{unit}") for end in ("min", "max"))

@@ -6,25 +6,21 @@ Poor-answer reasons (after WizardLM's instruction eliminator):
     empty_response       nothing came back
     response_truncated   the answer used the whole token budget, or stops mid-sentence
                          (on a colon, a comma, "and" …: `ends_mid_sentence`)
-    response_refusal     an apology or refusal in a short answer (< 80 words)
+    response_refusal     a refusal or boilerplate phrase (`sftmill.core.text_rules.refusal`)
     response_too_short   fewer than `min_words` words that are not stop words
 """
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 from sftmill.core.endpoints import LLMEndpoint
 from sftmill.core.text import STOPWORDS, ends_mid_sentence, tokens
+from sftmill.core.text_rules import refusal
 from sftmill.llm.map import answered, llm_map
 from sftmill.llm.request import ChatResult
 from sftmill.prompts import load_template
 
-REFUSAL_RE = re.compile(
-    r"\b(sorry|apologi[sz]e|i cannot|i can't|i can ?not|i am unable|i'm unable|i am not able|"
-    r"as an ai)\b", re.IGNORECASE)
-REFUSAL_MAX_WORDS = 80
 
 def truncated(result: ChatResult, limit: int) -> bool:
     """The answer stopped because it reached the token budget."""
@@ -37,7 +33,7 @@ def response_problem(text: str, was_truncated: bool, min_words: int = 3) -> str 
         return "empty_response"
     if was_truncated or ends_mid_sentence(text):
         return "response_truncated"
-    if REFUSAL_RE.search(text) and len(text.split()) < REFUSAL_MAX_WORDS:
+    if refusal(text):
         return "response_refusal"
     if sum(t not in STOPWORDS for t in tokens(text)) < min_words:
         return "response_too_short"

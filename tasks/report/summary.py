@@ -116,6 +116,11 @@ SETTING_FOR_REASON = {
     "llm_invalid_output": "llm.generator / llm.judge (a model that follows JSON schemas)",
     "prompt_too_long": "chunking.max_tokens, answers.top_k or the model's n_ctx",
     "rejected_by_reviewer": "the reviewers' notes (review sheets or Label Studio project)",
+    "degenerate": "a more capable llm.generator (a small model loops and writes digit soup)",
+    "copies_passage": "answers.max_copied_share (or a more capable llm.generator)",
+    "not_self_contained": "a more capable llm.generator",
+    "malformed_prompt": "a more capable llm.generator",
+    "refusal": "a more capable llm.generator (or curation.refusals.patterns)",
 }
 
 

@@ -14,7 +14,9 @@ passage above the minimum similarity is answered without context only if
 otherwise it is dropped as `no_supporting_passage`.
 
 `check_answers` scores every answer (score first, decide second):
-length, refusal/boilerplate, truncation (the token budget ran out or the
+length, refusal/boilerplate, degenerate text, the share copied word for word
+from its cited passages, words about "the sources" or "the passage" (an answer
+must read on its own), truncation (the token budget ran out or the
 text stops mid-sentence, as in the generators' checks), citation validity (every cited number, in the
 list or in the text, names a retrieved passage), a cheap lexical support
 score (share of the answer's content words found in its cited passages) and
@@ -24,9 +26,10 @@ calls go out beside the answers', so the server is not left idle between
 the two stages); the check stage then scores only what is left, same
 calls, same keys.  `decide` applies the recipe's
 thresholds and writes the `dataset` table; reject reasons: too_short,
-too_long, truncated, echoes_prompt, off_topic_answer (embedding cosine with
-its prompt under `answers.min_prompt_similarity`), refusal, invalid_citation, no_citations, low_lexical_support,
-not_grounded, llm_invalid_output.
+too_long, degenerate, truncated, echoes_prompt, off_topic_answer (embedding cosine with
+its prompt under `answers.min_prompt_similarity`), refusal, invalid_citation,
+no_citations, copies_passage (`answers.max_copied_share`), not_self_contained,
+low_lexical_support, not_grounded, llm_invalid_output.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from sftmill.core.ids import content_id
 from sftmill.core.recipe import Recipe
 from sftmill.core.store import Store
 from sftmill.core.text import STOPWORDS, ends_mid_sentence
+from sftmill.core.text_rules import copied_share, degenerate, presupposes_source, refusal
 from sftmill.embed.embedder import Embedder
 from sftmill.llm.backends import make_llm
 from sftmill.llm.budget import budget_of
@@ -56,10 +60,6 @@ from sftmill.tasks.stages.lineage import build_metadata
 ANSWER_STAGE = "answer"
 CHECK_STAGE = "answer_checks"
 _MARKER = re.compile(r"\[(\d{1,3})\]")
-REFUSAL = re.compile(
-    r"\b(as an ai\b|as a language model|i(?:'m| am) (?:sorry|unable)|i apologi[sz]e|"
-    r"i can(?:no|')t (?:help|answer|assist|provide)|i do not have access|i don't have access)",
-    re.IGNORECASE)
 
 
 PARAGRAPH_END = ("\n\n", "\n[")
@@ -182,15 +182,18 @@ def prompt_answer_similarity(store: Store, recipe: Recipe, answers: list[dict]) 
     return {a["answer_id"]: float(p @ t) for a, p, t in zip(answers, prompts, texts)}
 
 
-def cheap_checks(answer: dict, found: list[str], recipe: Recipe) -> dict:
+def cheap_checks(answer: dict, found: list[str], cited: list[str], recipe: Recipe) -> dict:
     """An `answer_checks` row with what needs no model: length, refusal,
-    truncation, echo, citation validity (the judge's and the embedding's
-    fields are filled in later)."""
+    degenerate text, copying, self-reference, truncation, echo, citation
+    validity (the judge's and the embedding's fields are filled in later)."""
     judge_on = recipe.answers.min_groundedness > 0
     text = answer["text"]
     return {
         "answer_id": answer["answer_id"], "n_chars": len(text),
-        "refusal": bool(REFUSAL.search(text)),
+        "refusal": bool(refusal(text)),
+        "degenerate": degenerate(strip_markers(text)),
+        "copied_share": copied_share(text, cited),
+        "self_reference": presupposes_source(text, "answer"),
         "truncated": ((answer["tokens_out"] or 0) >= recipe.llm.generator.max_tokens
                       or ends_mid_sentence(text)),
         "echoes_prompt": echoes_prompt(text, answer["prompt"]),
@@ -207,6 +210,8 @@ def worth_judging(check: dict, grounded: bool, recipe: Recipe) -> bool:
     either way, so a changed answers.min_prompt_similarity needs no new call.)"""
     return (recipe.answers.min_groundedness > 0 and grounded and check["citations_valid"]
             and not check["refusal"] and not check["truncated"] and not check["echoes_prompt"]
+            and not check["degenerate"] and not check["self_reference"]
+            and check["copied_share"] < recipe.answers.max_copied_share
             and recipe.answers.min_chars <= check["n_chars"])
 
 
@@ -229,7 +234,7 @@ def score_answers(store: Store, recipe: Recipe, batches: Iterable[list[dict]], t
             for a in answers:
                 found = [x["text"] for x in passages.get(a["prompt_id"], [])]
                 cited = [found[n - 1] for n in a["cited_numbers"] if 1 <= n <= len(found)]
-                batch.append((cheap_checks(a, found, recipe), a, found, cited))
+                batch.append((cheap_checks(a, found, cited, recipe), a, found, cited))
             scored.extend(batch)
             side_work.append((batch, pool.submit(prompt_answer_similarity, store, recipe, answers),
                               pool.submit(lambda b=batch: [
@@ -263,9 +268,11 @@ def score_answers(store: Store, recipe: Recipe, batches: Iterable[list[dict]], t
 
 
 def forget_unjudged(store: Store, recipe: Recipe) -> None:
-    """With the judge on, the checks made while it was off are made again."""
+    """With the judge on, the checks made while it was off are made again
+    (and those of a run database older than the copy check)."""
     if recipe.answers.min_groundedness > 0:
         store.execute("DELETE FROM answer_checks WHERE judge_reason = ?", [JUDGE_OFF])
+    store.execute("DELETE FROM answer_checks WHERE copied_share IS NULL")
 
 
 def check_answers(store: Store, recipe: Recipe) -> int:
@@ -375,6 +382,8 @@ def reject_reason(check: dict, grounded: bool, recipe: Recipe) -> str | None:
         return "too_short"
     if check["n_chars"] > cfg.max_chars:
         return "too_long"
+    if check.get("degenerate"):
+        return "degenerate"
     if check.get("truncated"):
         return "truncated"
     if check.get("echoes_prompt"):
@@ -386,10 +395,14 @@ def reject_reason(check: dict, grounded: bool, recipe: Recipe) -> str | None:
         return "refusal"
     if not check["citations_valid"]:
         return "invalid_citation"
+    if check.get("self_reference"):
+        return "not_self_contained"
     if not grounded:
         return None  # allowed ungrounded: kept, flagged grounded = false
     if not check["cited"]:
         return "no_citations"
+    if (check.get("copied_share") or 0) >= cfg.max_copied_share:
+        return "copies_passage"
     if check["lexical_support"] < cfg.min_lexical_support:
         return "low_lexical_support"
     if cfg.min_groundedness == 0:
@@ -408,6 +421,7 @@ def decide(store: Store, recipe: Recipe) -> int:
         "coalesce(k.truncated, false) AS truncated, "
         "coalesce(k.echoes_prompt, false) AS echoes_prompt, k.prompt_similarity, "
         "k.citations_valid, k.model AS judge_model, len(a.cited_numbers) > 0 AS cited, "
+        "k.degenerate, k.copied_share, k.self_reference, "
         "p.text AS prompt "
         "FROM answers a JOIN answer_checks k USING (answer_id) JOIN answerable_prompts p USING (prompt_id) "
         "ORDER BY a.prompt_id, a.answer_id")
@@ -416,7 +430,10 @@ def decide(store: Store, recipe: Recipe) -> int:
     for row in rows:
         reason = reject_reason(row, row["grounded"], recipe)
         if reason:
-            detail = row["judge_reason"] or "" if reason in ("not_grounded", "llm_invalid_output") else ""
+            detail = {"not_grounded": row["judge_reason"], "llm_invalid_output": row["judge_reason"],
+                      "degenerate": row["degenerate"], "not_self_contained": row["self_reference"],
+                      "copies_passage": f"{row['copied_share']:.0%} copied from its cited passages"
+                      if row["copied_share"] is not None else None}.get(reason) or ""
             dropped.append((row["answer_id"], reason, detail, row["groundedness"]))
         elif row["prompt_id"] not in seen_prompts:  # one answer per prompt
             seen_prompts.add(row["prompt_id"])

@@ -1,10 +1,12 @@
-"""Stage 9 — filter prompts.  A prompt with no content word ("What is
-this?", "How would you answer the question?") is dropped as `vague_prompt`,
-one longer than `thresholds.max_prompt_chars` as `too_long`, without asking
-anyone; the judge scores every other candidate (1–5 → 0–1)
+"""Stage 9 — filter prompts.  Without asking anyone, a prompt is dropped
+as `too_long` (longer than `thresholds.max_prompt_chars`), `vague_prompt` (no
+content word: "What is this?", "How would you answer the question?"),
+`not_self_contained` (it presupposes a text the user will not have: "the
+passage", "the author"), `malformed_prompt` (a doubled word, unbalanced quotes,
+cut off) or `degenerate` (`sftmill.core.text_rules`); the judge scores every other candidate (1–5 → 0–1)
 with a reason, and `thresholds.prompt_quality` decides.  A threshold of 0
 turns the judge off (every prompt would pass: its calls would buy nothing).
-Rejects: `vague_prompt`, `too_long`, `low_prompt_quality` (irrelevant, meaningless or
+Rejects: those five, `low_prompt_quality` (irrelevant, meaningless or
 wrong, with the judge's reason and score), `llm_invalid_output`.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 from sftmill.core.recipe import Recipe
 from sftmill.core.store import Store
 from sftmill.core.text import STOPWORDS, tokens
+from sftmill.core.text_rules import degenerate, malformed_prompt, presupposes_source
 from sftmill.llm.map import judge_into, record_low_scores
 from sftmill.tasks.stage_task import StageResult, StageTimer, stage_task
 from sftmill.tasks.stages.dedup import search_ahead
@@ -36,11 +39,21 @@ def is_vague(text: str) -> bool:
 JUDGE_OFF = "judge off (thresholds.prompt_quality: 0)"
 
 
-def cheap_reject(text: str, max_chars: int) -> str | None:
-    """Drops that need no judge: `too_long` (rambling) and `vague_prompt`."""
+CHEAP_REASONS = ("too_long", "vague_prompt", "not_self_contained", "malformed_prompt", "degenerate")
+
+
+def cheap_reject(text: str, max_chars: int) -> tuple[str, str] | None:
+    """(reason, what was found) for a drop that needs no judge, or None."""
     if len(text) > max_chars:
-        return "too_long"
-    return "vague_prompt" if is_vague(text) else None
+        return "too_long", f"{len(text)} characters > thresholds.max_prompt_chars {max_chars}"
+    if is_vague(text):
+        return "vague_prompt", "no content word"
+    for reason, finding in (("not_self_contained", presupposes_source(text, "prompt")),
+                            ("malformed_prompt", malformed_prompt(text)),
+                            ("degenerate", degenerate(text))):
+        if finding:
+            return reason, finding
+    return None
 
 
 def score_prompts(store: Store, recipe: Recipe) -> int:
@@ -51,9 +64,11 @@ def score_prompts(store: Store, recipe: Recipe) -> int:
         f"FROM candidate_prompts WHERE prompt_id NOT IN ({REPLACED}) ORDER BY prompt_id")
     cheap = {r["prompt_id"]: reason for r in candidates
              if (reason := cheap_reject(r["text"], recipe.thresholds.max_prompt_chars))}
-    store.execute("DELETE FROM rejects WHERE stage = ? AND reason IN ('vague_prompt', 'too_long')",
-                  [STAGE])
-    store.reject_many(STAGE, [(r["prompt_id"], cheap[r["prompt_id"]], r["text"][:300], None)
+    store.execute("DELETE FROM rejects WHERE stage = ? AND reason IN (SELECT unnest(?))",
+                  [STAGE, list(CHEAP_REASONS)])
+    store.execute("DELETE FROM prompt_scores WHERE prompt_id IN (SELECT unnest(?))", [list(cheap)])
+    store.reject_many(STAGE, [(r["prompt_id"], cheap[r["prompt_id"]][0],
+                               f"{cheap[r['prompt_id']][1]}: {r['text'][:300]}", None)
                               for r in candidates if r["prompt_id"] in cheap])
     todo = [(r["prompt_id"], r["text"]) for r in candidates
             if not r["scored"] and r["prompt_id"] not in cheap]
@@ -79,7 +94,7 @@ def decide(store: Store, threshold: float) -> int:
     return int(store.scalar(
         "SELECT count(*) FROM prompt_scores WHERE score >= ? AND prompt_id NOT IN "
         f"({REPLACED}) AND prompt_id NOT IN (SELECT item_id FROM rejects WHERE stage = '{STAGE}' "
-        "AND reason IN ('vague_prompt', 'too_long'))", [threshold]))
+        "AND reason IN (SELECT unnest(?)))", [threshold, list(CHEAP_REASONS)]))
 
 
 @stage_task("prompt_filter",

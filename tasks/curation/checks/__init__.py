@@ -17,6 +17,11 @@ REASONS = {
     "too_short": "length.min_*",
     "too_long": "length.max_*",
     "blocked_keyword": "keywords.block",
+    "refusal": "refusals.patterns",
+    "degenerate": "degenerate.enabled",
+    "not_self_contained": "self_contained.enabled",
+    "malformed_prompt": "malformed_prompts.enabled",
+    "copies_passage": "copies_passage.max_share",
     "no_allowed_keyword": "keywords.allow",
     "low_fluency": "fluency.max_perplexity",
     "offensive": "offensive.max_probability",
@@ -33,6 +38,7 @@ class Record:
     instruction: str
     response: str
     lineage: str = ""  # records of one lineage (an instruction and its variants) never compete
+    passages: tuple[str, ...] = ()  # what the response cites (pipeline records), for copies_passage
 
 
 def lineage_of(record_id: str, metadata: dict) -> str:
