@@ -85,8 +85,8 @@ def schema_answers(request: ChatRequest):
                                   {"label": "lepton", "input": f"other sample {tag}"}]}
         return {"instances": [{"input": "", "output": f"An explanation ({tag})."},
                               {"input": "same", "output": "same"}]}  # output equals input
-    if request.schema is None and "Request:" in text:  # a grounded answer (plain text)
-        if "Sources:" not in text:
+    if request.schema is None and ("Request:" in text or "Question:" in text):  # an answer (plain text)
+        if "Background:" not in text:
             return f"Without sources: quarks are confined by gluons ({tag})."
         first = text.split("[1] ", 1)[1].split("\n", 1)[0]
         words = whole_sentences(first, 300).split()  # in its own words: no 5-word run copied
@@ -103,7 +103,7 @@ def schema_answers(request: ChatRequest):
     if "summary" in props:
         enum = props["subdomain"].get("enum")
         sub = enum[int(tag, 16) % len(enum)] if enum else "Physics"
-        return {"domain": "Physics", "subdomain": sub, "topic": f"topic {tag}",
+        return {"subdomain": sub, "topic": f"topic {tag}",
                 "use_case": "exam revision", "summary": f"A passage about quarks and gluons ({tag})."}
     if "queries" in props:
         words = ["top quark discovery", "lattice QCD grid", "mesons and baryons", "gluon jets"]

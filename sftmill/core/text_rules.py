@@ -169,7 +169,8 @@ def copied_share(answer: str, passages: list[str], n: int = COPY_NGRAM) -> float
 
 # --- self-containedness ----------------------------------------------------
 
-_ATTACHED = re.compile(r"(?:\n|:\s|\"|“)[^\n]{20,}", re.DOTALL)  # an input or quote given with it
+# An input or quotation given with the prompt: a line after it, text after a colon, a long quote.
+_ATTACHED = re.compile(r"\n\s*\S[^\n]{19,}|:\s+\S[^\n]{19,}|\"[^\"]{20,}\"|“[^”]{20,}”")
 _SOURCE = (r"(?:passage|excerpt|article|paragraph|text|document|extract|snippet|reading|essay|"
            r"transcript|source material)")
 _PROMPT_SOURCE = re.compile(

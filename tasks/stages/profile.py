@@ -1,5 +1,5 @@
-"""Stage 4 — one profile per kept chunk: domain, subdomain, topic, use case
-and a short summary, written by the generator LLM.
+"""Stage 4 — one profile per kept chunk: subdomain, topic, use case and a
+short summary, written by the generator LLM (the domain is the recipe's).
 
 When the recipe lists subdomains, the answer's schema restricts `subdomain`
 to them (llama.cpp's grammar and vLLM's guided decoding both enforce enums),
@@ -94,7 +94,7 @@ def profile_chunks(store: Store, recipe: Recipe, chunk_ids: list[str]) -> int:
     for ((chunk_id, _h, _t), order), result in answered(store, STAGE, results, lambda item: item[0][0]):
         p = result.data
         rows.append({"profile_id": content_id(chunk_id, p), "chunk_id": chunk_id,
-                     "domain": p["domain"], "subdomain": p["subdomain"], "topic": p["topic"],
+                     "domain": recipe.domain.name, "subdomain": p["subdomain"], "topic": p["topic"],
                      "use_case": p["use_case"], "summary": p["summary"], "model": llm.model,
                      "template_version": templates[order].version, "call_key": result.key})
     store.insert("profiles", rows)

@@ -216,3 +216,57 @@ def test_perplexity_from_a_server_that_echoes_prompt_logprobs():
     assert by["a", "instruction_perplexity"] == pytest.approx(math.e)
     assert by["a", "response_perplexity"] == pytest.approx(math.e)
     assert by["b", "response_perplexity"] == pytest.approx(math.exp(8))
+
+
+def test_default_curation_drops_refusals_degenerate_and_presupposing_text(tmp_path):
+    refusals = [(f"Tell me about quark flavour number {i}.",
+                 "As an AI language model, I cannot help with that request.") for i in range(5)]
+    degenerate = [("2. Try a new exercise. 2. 2. 2. 2. 2", "Do it again and again every day."),
+                  ("Name a large number.", "1e6, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17")]
+    presupposing = [("What does the passage say about gluons?", GOOD[1])]
+    malformed = [("Why are are quarks never seen alone?", GOOD[1])]
+    reasons, store, *_ = curate(tmp_path, [GOOD] + refusals + degenerate + presupposing + malformed)
+    assert reasons[GOOD[0]] is None
+    assert [reasons[p] for p, _ in refusals] == ["refusal"] * 5
+    assert [reasons[p] for p, _ in degenerate] == ["degenerate"] * 2
+    assert reasons[presupposing[0][0]] == "not_self_contained"
+    assert reasons[malformed[0][0]] == "malformed_prompt"
+    details = dict(store.execute("SELECT reason, detail FROM rejects WHERE stage = 'curate'"))
+    assert "'As an AI'" in details["refusal"] and "in a row" in details["degenerate"]
+    # each rule can be turned off, and a recipe's own list replaces the default
+    reasons, *_ = curate(tmp_path / "b", refusals + degenerate, refusals={"patterns": ["lottery"]},
+                         degenerate={"enabled": False}, malformed_prompts={"enabled": False})
+    assert set(reasons.values()) == {None}
+
+
+def test_default_curation_keeps_the_bundled_self_instruct_seeds(tmp_path):
+    from pathlib import Path
+    seeds = Path(__file__).parents[3] / "data" / "self_instruct" / "seed_tasks.jsonl"
+    pairs = []
+    for line in seeds.read_text().splitlines():
+        task = json.loads(line)
+        for instance in task["instances"]:
+            pairs.append((task["instruction"] + (f"\n\n{instance['input']}" if instance["input"] else ""),
+                          instance["output"]))
+    reasons, *_ = curate(tmp_path, pairs, length={"min_response_chars": 1})
+    assert [p for p, r in reasons.items() if r] == []
+
+
+def test_copies_passage_on_pipeline_records(tmp_path):
+    store = store_with(tmp_path, [])
+    passage = ("Quarks are confined: pulling two of them apart stores energy in the gluon field "
+               "until a new quark and antiquark appear.")
+    store.insert("chunks", [{"chunk_id": "c1", "doc_id": "d1", "idx": 0, "char_start": 0,
+                             "char_end": 1, "heading": "", "text": passage, "n_tokens": 20}])
+    store.insert("answers", [{"answer_id": "a1", "prompt_id": "p1", "text": passage + " [1]",
+                              "cited_chunk_ids": ["c1"], "cited_numbers": [1]},
+                             {"answer_id": "a2", "prompt_id": "p2", "text": GOOD[1],
+                              "cited_chunk_ids": ["c1"], "cited_numbers": [1]}])
+    store.insert("dataset", [{"record_id": "r1", "answer_id": "a1", "prompt": GOOD[0],
+                              "answer": passage, "metadata": "{}"},
+                             {"record_id": "r2", "answer_id": "a2", "prompt": "Why is colour hidden?",
+                              "answer": GOOD[1], "metadata": "{}"}])
+    from sftmill.core.endpoints import Embedding, LLMEndpoint
+    curate_store(store, Curation(**OFF), LLMEndpoint(), Embedding(), 0)
+    assert dict(store.execute("SELECT item_id, reason FROM rejects WHERE stage = 'curate'")) == {
+        "r1": "copies_passage"}
