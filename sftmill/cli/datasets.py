@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import typer
 
 from sftmill.cli.common import app, console, fail, load_checked, run_db
@@ -17,6 +19,7 @@ from sftmill.flows.mix_flow import mix_flow
 from sftmill.tasks.curation.curate import standalone_embedding, standalone_judge
 from sftmill.tasks.curation.mix import Source, check_groups, parse_weights
 from sftmill.tasks.report.export import export_files, export_jsonl
+from sftmill.tasks.report.quality import dataset_quality, quality_markdown
 from sftmill.tasks.review.annotations import refresh_card
 from sftmill.tasks.review.sheets import apply_sheet, detect_format, write_sheet
 from sftmill.tasks.stages.generate import target_shares
@@ -187,3 +190,32 @@ def stats(
         print_summary(run_db(recipe.run_dir), None, targets=target_shares(recipe), recipe=recipe)
     else:
         print_summary(run_db(run), None)
+
+
+@app.command()
+def quality(
+    dataset: Path = typer.Argument(..., help="A run's output_dir, or a dataset JSONL file "
+                                   "(OpenAI messages, ShareGPT, Alpaca or prompt/response)."),
+    other: Path = typer.Argument(None, help="A second run or dataset: both side by side."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report (both, with OTHER) as JSON."),
+) -> None:
+    """Print a dataset's quality report, or compare two datasets.
+
+    Diversity (distinct-n, pairwise ROUGE-L of prompts, distance to the
+    nearest prompt and the Vendi score from MiniLM embeddings), the commonest
+    opening, lengths, extractiveness (share of answers copied from their
+    passages), prompts and answers that are not self-contained, judge and
+    support scores, and subdomain and task-type shares against the recipe's
+    targets: each with its 10th–90th percentile and what good looks like."""
+    reports = []
+    for path in [dataset] + ([other] if other else []):
+        try:
+            reports.append(dataset_quality(path))
+        except RecipeError as err:
+            fail(str(err))
+    if as_json:
+        print(json.dumps(reports[0] if len(reports) == 1 else
+                         {str(dataset): reports[0], str(other): reports[1]}, indent=1))
+        return
+    names = (dataset.name or str(dataset), other.name if other else "")
+    print("\n\n".join(quality_markdown(reports[0], reports[1] if other else None, names)))

@@ -21,6 +21,7 @@ import numpy as np
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
+from sftmill.core.endpoints import Embedding
 from sftmill.core.files import write_atomic
 from sftmill.core.markdown import markdown_table
 from sftmill.core.recipe import Recipe
@@ -28,6 +29,7 @@ from sftmill.core.schema import KEPT_DATASET
 from sftmill.core.store import Store
 from sftmill.tasks.curation.curate import META_KEY
 from sftmill.tasks.curation.mix import mix_section
+from sftmill.tasks.report.quality import quality_section
 from sftmill.tasks.report.summary import (
     RECORDS_BY_SUBDOMAIN,
     empty_run_hint,
@@ -245,6 +247,7 @@ def write_generator_card(store: Store, run_dir: Path, fmt: str) -> Path:
                   markdown_table([*keys, "records"], [[*k, n] for k, n in sorted(
                       by_origin.items(), key=lambda kn: [str(x) for x in kn[0]])])]
 
+    parts += quality_section(store, run_dir, Embedding())
     parts += mix_section(store) + curation_section(store, run_dir / "plots") + review_section(store)
     parts += ["## Lengths (characters)", _lengths_table(prompt_lengths, answer_lengths),
               "## LLM usage (tokens and time per stage and model)", _llm_table(summary),
@@ -294,6 +297,7 @@ def write_card(store: Store, recipe: Recipe) -> Path:
         "and `sftmill.duckdb` with every intermediate table.",
         "## Stages", _stages_table(summary),
         "## Dropped, by reason", _drops_table(summary),
+        *quality_section(store, run_dir, recipe.embedding, target_shares(recipe)),
         *subdomain_section(shares),
         *curation_section(store, run_dir / "plots"),
         *review_section(store),
@@ -337,7 +341,7 @@ def publish_artifacts(summary, card_text: str) -> None:
     create_markdown_artifact(card_text, key="sftmill-dataset-card", description="Dataset card")
 
 
-@stage_task("card", recipe=("domain", "sizes", "generation", "thresholds", "llm", "search", "answers",
+@stage_task("card", recipe=("domain", "sizes", "generation", "thresholds", "llm", "search", "answers", "embedding",
                             "curation", "export", "prices"), cached=False, reads=("dataset",))
 def dataset_card(recipe: Recipe, exported: StageResult) -> StageResult:
     store = Store.open(exported.out.db_path)

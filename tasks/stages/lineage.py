@@ -77,7 +77,8 @@ def build_metadata(store: Store, recipe: Recipe, rows: list[dict]) -> list[str]:
             "scores": {"relevance": relevance.get(prompt.get("chunk_id"), {}).get("score"),
                        "prompt_quality": prompt.get("quality"),
                        "groundedness": row.get("groundedness"),
-                       "lexical_support": row.get("lexical_support")},
+                       "lexical_support": row.get("lexical_support"),
+                       "copied_share": row.get("copied_share")},
             "recipe": recipe_meta,
         }
         reviewed = prompt_reviews.get(row["prompt_id"])
