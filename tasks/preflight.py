@@ -13,6 +13,7 @@ from sftmill.embed.models import model_available
 from sftmill.llm.backends import make_llm, model_name, preflight_endpoint
 from sftmill.llm.openai_http import check_reachable
 from sftmill.prompts import load_template
+from sftmill.tasks.curation.checks.decontam import check_benchmarks
 from sftmill.tasks.sources.documents import expand_source
 
 
@@ -99,6 +100,7 @@ def preflight(recipe: Recipe) -> None:
                 raise RecipeError(f"budget.max_cost: no price for llm.{role}'s model {model!r} "
                                   "(add it under prices: input and output per million tokens)")
     check_templates_fit(recipe.llm_templates())
+    check_benchmarks(recipe.curation.decontamination)
 
 
 def dask_reachable(address: str | None) -> str | None:

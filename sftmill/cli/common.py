@@ -9,8 +9,9 @@ import typer
 from rich.console import Console
 
 from sftmill.core.errors import RecipeError
-from sftmill.core.recipe import DB_FILE, load_recipe, output_dir_problem
+from sftmill.core.recipe import DB_FILE, load_curate_config, load_recipe, output_dir_problem
 from sftmill.core.store import Store, StoreBusyError
+from sftmill.tasks.curation.checks.decontam import check_benchmarks
 from sftmill.tasks.preflight import preflight
 
 app = typer.Typer(
@@ -79,3 +80,14 @@ class RichReporter:
         task = self.progress.tasks[[t.id for t in self.progress.tasks].index(handle)]
         desc = task.fields.get("stage", task.description) + (f" ({note})" if note else "")
         self.progress.update(handle, completed=task.total, description=desc)
+
+
+def checked_curate_config(path: Path | None):
+    """A curation config file (`sftmill curate`, `mix`, a generator's
+    --curation) with its benchmark files readable, or one line naming the problem."""
+    try:
+        cfg = load_curate_config(path)
+        check_benchmarks(cfg.decontamination, "config")
+    except RecipeError as err:
+        fail(str(err))
+    return cfg

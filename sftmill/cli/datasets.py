@@ -3,17 +3,15 @@ datasets and runs."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import typer
 
-from sftmill.cli.common import app, console, fail, load_checked, run_db
+from sftmill.cli.common import app, checked_curate_config, console, fail, load_checked, run_db
 from sftmill.cli.generators import check_format, check_input
 from sftmill.cli.output import print_summary, run_flow
 from sftmill.core.errors import RecipeError
-from sftmill.core.recipe import load_curate_config
 from sftmill.flows.curate_flow import curate_flow
 from sftmill.flows.mix_flow import mix_flow
 from sftmill.tasks.curation.curate import standalone_embedding, standalone_judge
@@ -46,10 +44,7 @@ def curate(
     LLM call, no perplexity computed twice).  Records keep the lineage of
     the export they came from."""
     check_input(input)
-    try:
-        cfg = load_curate_config(config)
-    except RecipeError as err:
-        fail(str(err))
+    cfg = checked_curate_config(config)
 
     templates = [(name, standalone_judge(cfg), name, 0)
                  for name in ("safety", "adherence") if getattr(cfg, name).enabled]
@@ -84,7 +79,7 @@ def mix(
         if len(set(names)) != len(names):
             raise RecipeError("two sources have the same name: give them NAME=PATH")
         shares = parse_weights(weights, names if by == "source" else [])
-        cfg = load_curate_config(config)
+        cfg = checked_curate_config(config)
         check_groups(parsed, shares, by)  # reads every source: an unreadable one stops here
     except RecipeError as err:
         fail(str(err))

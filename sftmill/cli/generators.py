@@ -8,12 +8,11 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
-from sftmill.cli.common import app, fail
+from sftmill.cli.common import app, checked_curate_config, fail
 from sftmill.cli.output import run_flow
 from sftmill.core.curation import Curation
 from sftmill.core.endpoints import LLMEndpoint
 from sftmill.core.errors import RecipeError
-from sftmill.core.recipe import load_curate_config
 from sftmill.flows.augment_flow import augment_flow
 from sftmill.flows.evol_flow import evol_flow
 from sftmill.flows.self_instruct_flow import self_instruct_flow
@@ -67,11 +66,7 @@ def curation_settings(path: Path | None):
     or one line naming its problem."""
     if path is None:
         return Curation()
-    try:
-        cfg = load_curate_config(path)
-    except RecipeError as err:
-        fail(str(err))
-    return Curation(**cfg.model_dump(include=set(Curation.model_fields)))
+    return Curation(**checked_curate_config(path).model_dump(include=set(Curation.model_fields)))
 
 
 def endpoint_for(base_url: str | None, model: str | None, **settings):

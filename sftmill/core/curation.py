@@ -124,8 +124,9 @@ class Decontamination(Strict):
         "(relative to the config file): a record sharing an n-gram with one is dropped.")
     ngram: int = Field(default=13, ge=4, le=50, description="Words per n-gram.")
     fields: list[str] = Field(
-        default_factory=list, description="Fields of the benchmark rows to read (default: "
-        "question, prompt, instruction, input, query, problem, text, …).")
+        default_factory=list, description="Fields of the benchmark rows to read, dotted when "
+        "nested (question.stem); default: question, prompt, instruction, input, query, problem, "
+        "text.  Answers and passages (answer, context, passage) are read only when named here.")
 
 
 class Curation(Strict):

@@ -128,3 +128,11 @@ def test_a_bad_curation_config_stops_with_one_line(tmp_path):
     cfg.write_text("decontamination: {benchmarks: [missing.jsonl]}\n")
     bad = run([data, "--config", cfg, "--out", tmp_path / "out"], tmp_path / "home")
     assert bad.returncode == 2 and "decontamination.benchmarks[0]: file not found" in bad.stderr
+    unreadable = tmp_path / "arc.json"  # a JSON array whose questions sit under names we do not read
+    unreadable.write_text(json.dumps([{"id": 1, "stem_text": "Which gas do plants take in?"}]))
+    cfg.write_text(f"decontamination: {{benchmarks: [{unreadable}]}}\n")
+    bad = run([data, "--config", cfg, "--out", tmp_path / "out"], tmp_path / "home")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert (f"error: config.decontamination.benchmarks[0]: no question could be read from {unreadable} "
+            "(fields tried: question, prompt,") in " ".join(bad.stderr.split())
+    assert not (tmp_path / "out" / "dataset.jsonl").exists()  # stopped before any work

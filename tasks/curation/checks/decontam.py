@@ -9,6 +9,15 @@ the benchmark and quotes the first matched span.  A near-copy of a question
 (a word changed, a clause added) is still caught while it keeps one run of
 `n` words intact; a benchmark item shorter than `n` words is indexed whole
 (at least `MIN_WORDS` words), so short questions are caught when copied.
+
+A benchmark file is JSONL, a JSON array or Parquet; the question is read
+from the usual fields (`TEXT_FIELDS`) or those the config names, dotted for
+nested ones (`question.stem`, as ARC nests it; a field holding an object
+with a `stem` or `text` is read there too).  Answers and passages are read
+only when named (`fields`): a benchmark's reading passage shared with a
+record is not a leaked question.  A file from which no question can be
+read stops the run before any work (`check_benchmarks`), naming the file
+and the fields tried.
 """
 
 from __future__ import annotations
@@ -19,12 +28,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sftmill.core.curation import Decontamination
+from sftmill.core.errors import RecipeError
 from sftmill.tasks.curation.checks import Record, Score
 
 WORD = re.compile(r"[^\W_]+")
 MIN_WORDS = 8  # a benchmark item shorter than this is not indexed (too common to mean a copy)
-TEXT_FIELDS = ("question", "prompt", "instruction", "input", "query", "problem", "text",
-               "context", "passage", "answer", "output")
+TEXT_FIELDS = ("question", "prompt", "instruction", "input", "query", "problem", "text")
+NESTED_TEXT = ("stem", "text")  # where an object-valued field keeps its text (ARC: question.stem)
 
 
 def words(text: str) -> list[str]:
@@ -42,30 +53,65 @@ def grams(tokens: list[str], n: int) -> list[tuple[int, bytes]]:
     return [(i, _gram_hash(tokens[i:i + n])) for i in range(len(tokens) - n + 1)]
 
 
-def benchmark_texts(path: Path, fields: list[str] | None = None) -> list[str]:
-    """The texts of a benchmark file: the named fields of every row, or the
-    usual ones (question, prompt, …) when none is named."""
+def _rows(path: Path) -> list:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
-    else:
-        rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    names = fields or TEXT_FIELDS
+        return pq.read_table(path).to_pylist()
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if text.lstrip().startswith("["):  # a JSON array of rows
+        try:
+            rows = json.loads(text)
+            return rows if isinstance(rows, list) else []
+        except json.JSONDecodeError:
+            pass
+    rows = []
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _field(row: dict, name: str) -> str | None:
+    value: object = row
+    for part in name.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, dict):
+        value = next((value[k] for k in NESTED_TEXT if isinstance(value.get(k), str)), None)
+    if isinstance(value, (str, int, float)) and str(value).strip():
+        return str(value)
+    return None
+
+
+def benchmark_texts(path: Path, fields: list[str] | None = None) -> list[str]:
+    """The texts of a benchmark file: the named fields of every row, or the
+    usual ones (question, prompt, …) when none is named."""
     texts = []
-    for row in rows:
+    for row in _rows(path):
         if isinstance(row, str):
             texts.append(row)
         elif isinstance(row, dict):
-            texts += [str(row[k]) for k in names if isinstance(row.get(k), (str, int, float))
-                      and str(row[k]).strip()]
+            texts += [t for k in (fields or TEXT_FIELDS) if (t := _field(row, k)) is not None]
     return texts
+
+
+def check_benchmarks(cfg: Decontamination, where: str = "curation") -> None:
+    """RecipeError naming the first benchmark file no question can be read from."""
+    for i, name in enumerate(cfg.benchmarks):
+        path = Path(name)
+        try:
+            found = benchmark_texts(path, cfg.fields or None)
+        except (OSError, ValueError) as err:
+            raise RecipeError(f"{where}.decontamination.benchmarks[{i}]: cannot read {path}: "
+                              f"{err}") from None
+        if not found:
+            tried = ", ".join(cfg.fields or TEXT_FIELDS)
+            raise RecipeError(
+                f"{where}.decontamination.benchmarks[{i}]: no question could be read from {path} "
+                f"(fields tried: {tried}; name yours in decontamination.fields, dotted if nested)")
 
 
 @dataclass

@@ -270,3 +270,25 @@ def test_copies_passage_on_pipeline_records(tmp_path):
     curate_store(store, Curation(**OFF), LLMEndpoint(), Embedding(), 0)
     assert dict(store.execute("SELECT item_id, reason FROM rejects WHERE stage = 'curate'")) == {
         "r1": "copies_passage"}
+
+
+def test_benchmark_files_in_other_shapes_and_the_check_before_work(tmp_path):
+    from sftmill.core.curation import Decontamination
+    from sftmill.core.errors import RecipeError
+    from sftmill.tasks.curation.checks.decontam import benchmark_texts, check_benchmarks
+
+    arc = tmp_path / "arc.jsonl"  # ARC nests the question: {"question": {"stem": …, "choices": …}}
+    arc.write_text(json.dumps({"question": {"stem": BENCHMARK_QUESTION, "choices": []},
+                               "answerKey": "A"}) + "\n")
+    assert benchmark_texts(arc) == [BENCHMARK_QUESTION]
+    array = tmp_path / "array.json"
+    array.write_text(json.dumps([{"question": BENCHMARK_QUESTION, "answer": "4.3 s",
+                                  "context": "A long reading passage about balls."}]))
+    assert benchmark_texts(array) == [BENCHMARK_QUESTION]  # answers and passages: opt-in
+    assert benchmark_texts(array, ["question", "context"])[1].startswith("A long reading")
+    nested = tmp_path / "nested.jsonl"
+    nested.write_text(json.dumps({"item": {"body": {"q": BENCHMARK_QUESTION}}}) + "\n")
+    with pytest.raises(RecipeError, match=r"benchmarks\[0\]: no question could be read from .*"
+                       r"nested.jsonl \(fields tried: question, prompt"):
+        check_benchmarks(Decontamination(benchmarks=[str(nested)]))
+    check_benchmarks(Decontamination(benchmarks=[str(nested)], fields=["item.body.q"]))

@@ -1,0 +1,21 @@
+"""Checks before any work: a recipe whose benchmark file yields no question stops
+with one line naming the file and the fields tried."""
+
+import json
+
+import pytest
+
+from sftmill.core.errors import RecipeError
+from sftmill.core.recipe import parse_recipe
+from sftmill.tasks.preflight import preflight
+
+
+def test_a_benchmark_without_questions_stops_the_pipeline_before_work(tmp_path):
+    (tmp_path / "a.txt").write_text("Quarks are bound by gluons.")
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"passage": "Quarks.", "label": 1}) + "\n")
+    recipe = parse_recipe({"name": "t", "output_dir": "run", "inputs": [{"path": "a.txt"}],
+                           "search": {"backend": "none"}, "domain": {"name": "Physics"},
+                           "curation": {"decontamination": {"benchmarks": ["eval.jsonl"]}}}, tmp_path)
+    with pytest.raises(RecipeError, match=r"^curation\.decontamination\.benchmarks\[0\]: no question "
+                       r"could be read from .*eval\.jsonl \(fields tried: question"):
+        preflight(recipe)
