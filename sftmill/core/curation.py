@@ -109,6 +109,15 @@ class JudgeCheck(Strict):
     enabled: bool = Field(default=False, description="An LLM call per record: off by default.")
     min_score: float = Field(default=0.5, ge=0, le=1,
                              description="The judge's 1-5 as 0-1; records below are dropped.")
+    unjudged: Literal["keep", "drop"] = Field(
+        default="keep", description="A record whose judge answer could not be used (it is "
+        "asked again on the next run): keep it, or drop it (llm_invalid_output) until judged.")
+
+
+class SafetyCheck(JudgeCheck):
+    unjudged: Literal["keep", "drop"] = Field(
+        default="drop", description="A record the safety judge could not judge (asked again on "
+        "the next run): dropped (llm_invalid_output) until judged, or kept.")
 
 
 class NearDuplicates(Strict):
@@ -158,7 +167,7 @@ class Curation(Strict):
                              description="Perplexity of instruction and response under a language model.")
     offensive: Offensive = Field(default_factory=Offensive,
                                  description="Offensive language (alt-profanity-check).")
-    safety: JudgeCheck = Field(default_factory=JudgeCheck,
+    safety: SafetyCheck = Field(default_factory=SafetyCheck,
                                description="LLM safety judge (harm a word list cannot see).")
     adherence: JudgeCheck = Field(default_factory=JudgeCheck,
                                   description="LLM judge: does the response do what is asked?")

@@ -84,8 +84,11 @@ def _save(store: Store, scores: list[Score], basis: str) -> None:
 
 
 def _unscored(store: Store, records: list[Record], checks: tuple[str, ...], basis: str) -> list[Record]:
+    """The records without a score for `checks` under `basis` (a check that
+    could not score a record — a judge answer out of schema — tries again)."""
     done = {r for r, in store.execute(
-        'SELECT record_id FROM curation_scores WHERE "check" = ? AND basis = ?', [checks[0], basis])}
+        'SELECT record_id FROM curation_scores WHERE "check" = ? AND basis = ? AND score IS NOT NULL',
+        [checks[0], basis])}
     return [r for r in records if r.record_id not in done]
 
 
@@ -159,7 +162,8 @@ def _scores(store: Store, ids: list[str]) -> dict[str, dict[str, tuple[float | N
 @dataclass(frozen=True)
 class Rule:
     """A threshold on one check's score: `kind` 'min' drops scores below
-    `bound`, 'max' scores above it, 'at_least' scores at or above it."""
+    `bound`, 'max' scores above it, 'at_least' scores at or above it;
+    'unscored' drops a record the check tried and could not score."""
 
     check: str
     reason: str
@@ -167,11 +171,15 @@ class Rule:
     bound: float
     setting: str  # where the bound is set, for the drop's detail and the card
 
-    def fails(self, value: float) -> bool:
+    def fails(self, value: float | None) -> bool:
+        if value is None:
+            return self.kind == "unscored"
         return {"min": value < self.bound, "max": value > self.bound,
-                "at_least": value >= self.bound}[self.kind]
+                "at_least": value >= self.bound, "unscored": False}[self.kind]
 
-    def explain(self, value: float, detail: str) -> str:
+    def explain(self, value: float | None, detail: str) -> str:
+        if value is None:
+            return f"{self.check} not scored ({self.setting}: drop)" + (f": {detail}" if detail else "")
         sign = {"min": "<", "max": ">", "at_least": "≥"}[self.kind]
         return (f"{self.check} {value:,.4g} {sign} {self.setting} {self.bound:,.4g}"
                 + (f" ({detail})" if detail else ""))
@@ -208,6 +216,8 @@ def rules(cfg: Curation) -> list[Rule]:
                         "offensive.max_probability"))
     if cfg.safety.enabled:
         out.append(Rule("safety", "unsafe", "min", cfg.safety.min_score, "safety.min_score"))
+        if cfg.safety.unjudged == "drop":
+            out.append(Rule("safety", "llm_invalid_output", "unscored", 0, "safety.unjudged"))
     if cfg.fluency.enabled:
         for part in ("instruction", "response"):
             out.append(Rule(f"{part}_perplexity", "low_fluency", "max",
@@ -216,16 +226,21 @@ def rules(cfg: Curation) -> list[Rule]:
     if cfg.adherence.enabled:
         out.append(Rule("adherence", "low_adherence", "min", cfg.adherence.min_score,
                         "adherence.min_score"))
+        if cfg.adherence.unjudged == "drop":
+            out.append(Rule("adherence", "llm_invalid_output", "unscored", 0, "adherence.unjudged"))
     return out
 
 
 def first_failure(scores: dict[str, tuple[float | None, str]], checks: list[Rule],
                   ) -> tuple[Rule, str, float] | None:
     """(the rule, the drop's detail, the score) of the first rule the
-    record's scores fail, or None.  An unscored check fails nothing."""
+    record's scores fail, or None.  A check that could not score the record
+    fails only an 'unscored' rule."""
     for rule in checks:
-        value, detail = scores.get(rule.check, (None, ""))
-        if value is not None and rule.fails(value):
+        if rule.check not in scores:
+            continue
+        value, detail = scores[rule.check]
+        if rule.fails(value):
             return rule, rule.explain(value, detail), value
     return None
 

@@ -143,10 +143,14 @@ def curation_section(store: Store, folder: Path) -> list[str]:
         return []
     decided = json.loads(raw)
     scores: dict[str, list[float]] = {}
+    unscored: Counter[str] = Counter()
     for check, score in store.execute(
-            'SELECT "check", score FROM curation_scores WHERE score IS NOT NULL AND record_id IN '
+            'SELECT "check", score FROM curation_scores WHERE record_id IN '
             "(SELECT record_id FROM dataset)"):
-        scores.setdefault(check, []).append(score)
+        if score is None:
+            unscored[check] += 1
+        else:
+            scores.setdefault(check, []).append(score)
     removed = sum(r["removed"] for r in decided["rules"]) + (
         (decided["near_duplicates"] or {}).get("removed", 0))
     sign = {"min": "≥", "max": "≤", "at_least": "<"}
@@ -155,14 +159,17 @@ def curation_section(store: Store, folder: Path) -> list[str]:
         values = sorted(scores.get(rule["check"], []))
         spread = ([f"{values[0]:,.3g}", f"{statistics.median(values):,.3g}", f"{values[-1]:,.3g}"]
                   if values else ["-", "-", "-"])
-        rows.append([rule["check"], f"{sign[rule['kind']]} {rule['bound']:,.6g} (`{rule['setting']}`)",
-                     len(values), *spread, rule["removed"]])
+        keep = (f"{sign[rule['kind']]} {rule['bound']:,.6g}" if rule["kind"] != "unscored"
+                else "scored")
+        rows.append([rule["check"], f"{keep} (`{rule['setting']}`)", len(values),
+                     unscored[rule["check"]], *spread, rule["removed"]])
     parts = ["## Curation",
              f"{decided['records']} records checked, {decided['records'] - removed} kept. Each row "
              "is a threshold a record must meet (checked in this order; a record is counted "
              "under the first it fails). Scores stay in `curation_scores`: change a threshold "
              "and rerun, and only the decision is made again.",
-             markdown_table(["check", "keep when", "scored", "min", "median", "max", "removed"], rows)]
+             markdown_table(["check", "keep when", "scored", "not scored (asked again next run)",
+                             "min", "median", "max", "removed"], rows)]
     near = decided.get("near_duplicates")
     if near:
         parts.append(f"Near duplicates (instructions at cosine ≥ {near['cosine']:g}; the "

@@ -268,10 +268,12 @@ def score_answers(store: Store, recipe: Recipe, batches: Iterable[list[dict]], t
 
 
 def forget_unjudged(store: Store, recipe: Recipe) -> None:
-    """With the judge on, the checks made while it was off are made again
-    (and those of a run database older than the copy check)."""
+    """With the judge on, the checks made while it was off, or whose judge
+    answer could not be used, are made again (and those of a run database
+    older than the copy check)."""
     if recipe.answers.min_groundedness > 0:
-        store.execute("DELETE FROM answer_checks WHERE judge_reason = ?", [JUDGE_OFF])
+        store.execute("DELETE FROM answer_checks WHERE judge_reason = ? OR judge_reason LIKE "
+                      "'llm_invalid_output:%'", [JUDGE_OFF])
     store.execute("DELETE FROM answer_checks WHERE copied_share IS NULL")
 
 

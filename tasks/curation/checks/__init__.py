@@ -27,6 +27,7 @@ REASONS = {
     "offensive": "offensive.max_probability",
     "unsafe": "safety.min_score",
     "low_adherence": "adherence.min_score",
+    "llm_invalid_output": "safety.unjudged / adherence.unjudged",
     "near_duplicate": "near_duplicates.cosine",
     "contaminated": "decontamination.benchmarks",
 }

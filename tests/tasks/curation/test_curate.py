@@ -292,3 +292,28 @@ def test_benchmark_files_in_other_shapes_and_the_check_before_work(tmp_path):
                        r"nested.jsonl \(fields tried: question, prompt"):
         check_benchmarks(Decontamination(benchmarks=[str(nested)]))
     check_benchmarks(Decontamination(benchmarks=[str(nested)], fields=["item.body.q"]))
+
+
+def test_an_unusable_judge_answer_is_asked_again_on_the_next_run(tmp_path, monkeypatch):
+    from sftmill.core.endpoints import Embedding, LLMEndpoint
+
+    broken = {"on": True}
+
+    def flaky(request):
+        return "not json at all" if broken["on"] else judged(request)
+
+    llm = route_llm(monkeypatch, ScriptedLLM(flaky))
+    store = store_with(tmp_path, [GOOD])
+    cfg = Curation(**{**OFF, "safety": {"enabled": True}, "adherence": {"enabled": True}})
+    curate_store(store, cfg, LLMEndpoint(), Embedding(), 0)
+    # safety's default policy drops the unjudged record; adherence's keeps it
+    assert store.query_dicts("SELECT reason, detail FROM rejects WHERE stage = 'curate'")[0][
+        "reason"] == "llm_invalid_output"
+    assert "safety not scored (safety.unjudged: drop)" in store.scalar("SELECT detail FROM rejects")
+    sent = len(llm.requests)
+    broken["on"] = False
+    _n, kept, _note = curate_store(store, cfg, LLMEndpoint(), Embedding(), 0)  # the next run
+    assert len(llm.requests) == sent + 2 and kept == 1  # both judges asked again, and now judged
+    assert store.scalar("SELECT count(*) FROM curation_scores WHERE score IS NULL") == 0
+    keep = Curation(**{**OFF, "safety": {"enabled": True, "unjudged": "keep"}})
+    assert rules(keep)[-1].check == "safety" and all(r.kind != "unscored" for r in rules(keep))

@@ -166,3 +166,28 @@ def test_answers_are_checked_as_they_arrive_and_the_check_stage_only_decides(tmp
         assert len(checks[ahead]) == store.count("answers") == 150
         Store.close_all()
     assert checks[True] == checks[False] and kept[True] == kept[False] != []
+
+
+def test_an_unusable_groundedness_answer_is_judged_again_on_the_next_run(tmp_path, monkeypatch):
+    broken = {"on": True}
+
+    def flaky(request):
+        if request.schema and set(request.schema.get("properties", {})) == {"score", "reason"} \
+                and broken["on"]:
+            return "no JSON here"
+        return schema_answers(request)
+
+    llm = route_llm(monkeypatch, ScriptedLLM(flaky))
+    recipe = make_recipe(tmp_path, min_groundedness=0.5)
+    store = prepared_store(tmp_path)
+    write_answers(store, recipe)
+    check_answers(store, recipe)
+    decide(store, recipe)
+    assert store.execute("SELECT item_id IS NOT NULL, reason FROM rejects WHERE stage = 'answer_checks'") \
+        == [(True, "llm_invalid_output")]
+    broken["on"] = False
+    sent = len(llm.requests)
+    assert check_answers(store, recipe) == 1  # the next run asks the judge again
+    decide(store, recipe)
+    assert len(llm.requests) > sent
+    assert store.scalar("SELECT count(*) FROM dataset WHERE prompt_id = 'p1'") == 1
