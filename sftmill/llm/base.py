@@ -26,7 +26,7 @@ import orjson
 
 from sftmill.core.store import Store
 from sftmill.core.warmup import start_waiting_work
-from sftmill.llm.budget import budget_of
+from sftmill.llm.budget import Reservation, budget_of
 from sftmill.llm.errors import LLMError, LLMOutputError, LLMUnavailableError, PromptTooLong
 from sftmill.llm.journal import CallJournal
 from sftmill.llm.loop import heap_set_aside, run_sync, submit, wait_for
@@ -40,6 +40,16 @@ from sftmill.llm.request import (
 )
 
 CHUNK = 500  # requests rendered, looked up in the cache and sent together
+
+
+def _releasing(reserved: Reservation, report: Callable[[int, Any], None] | None,
+               ) -> Callable[[int, Any], None]:
+    """`report`, first freeing request i's reserved budget (its call has ended and is journaled)."""
+    def done(i: int, result: Any) -> None:
+        reserved.release(i)
+        if report is not None:
+            report(i, result)
+    return done
 
 
 class LLM:
@@ -267,18 +277,20 @@ class LLM:
         return keys, self.cached(keys)
 
     def _within(self, budget, chunk: Sequence[ChatRequest],
-                ) -> tuple[list[str], dict[str, dict[str, Any]]]:
+                ) -> tuple[tuple[list[str], dict[str, dict[str, Any]]], Reservation | None]:
         """Raise `BudgetExceeded` when the chunk's uncached requests, at their
-        worst (estimated prompt + max_tokens), could pass the run's budget;
-        else return the chunk's `look_up`, made after the journal's merge."""
+        worst (estimated prompt + max_tokens), could pass the run's budget
+        with what is spent and what is in flight; else reserve that worst
+        case and return the chunk's `look_up` (made after the journal's
+        merge) and the reservation."""
         self.journal.merge()  # what was spent so far, all of it in llm_calls
         keys, hits = looked_up = self.look_up(chunk)
-        todo = [r for r, key in zip(chunk, keys) if key not in hits]
-        if todo:
-            budget.check(self.store, self.model, todo[0].stage, len(todo),
-                         sum(self.count_tokens(r.message_dicts()) for r in todo),
-                         sum(r.max_tokens for r in todo), batch=self.batched)
-        return looked_up
+        todo = {i: (self.count_tokens(r.message_dicts()), r.max_tokens)
+                for i, (r, key) in enumerate(zip(chunk, keys)) if key not in hits}
+        if not todo:
+            return looked_up, None
+        return looked_up, budget.reserve(self.store, self.model, chunk[next(iter(todo))].stage,
+                                         todo, batch=self.batched)
 
     def chat_chunks(self, chunks: Iterable[Sequence[ChatRequest]],
                     on_result: Callable[[int, ChatResult | Exception], None] | None = None,
@@ -298,15 +310,19 @@ class LLM:
             if self.store is not None:
                 self.journal.merge()
         futures, offset, stopped = [], 0, None
+        reservations: list[Reservation] = []
         for chunk in chunks:
-            looked_up = None
+            looked_up, reserved = None, None
             if budget is not None:
                 try:
-                    looked_up = self._within(budget, chunk)
+                    looked_up, reserved = self._within(budget, chunk)
                 except LLMError as err:  # what is in flight finishes and is kept
                     stopped = err
                     break
             report = on_result and (lambda i, r, base=offset: on_result(base + i, r))
+            if reserved is not None:  # each request's worst case is freed as it ends
+                reservations.append(reserved)
+                report = _releasing(reserved, report)
             # keys and cache look-up here, not on the loop, where they would hold up every call
             futures.append(submit(self.achat_many(chunk, report, looked_up or self.look_up(chunk))))
             gc.freeze()  # the chunk's requests, as the next is rendered
@@ -316,6 +332,8 @@ class LLM:
         try:
             wait_for(futures, tick)
         finally:
+            for reserved in reservations:
+                reserved.release_all()
             tick()
         if stopped is not None:
             raise stopped

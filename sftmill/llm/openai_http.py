@@ -384,12 +384,16 @@ class OpenAIChatLLM(LLM):
         requests = [r for chunk in chunks for r in chunk]
         budget = budget_of(self.store)
         # the whole stage, before a batch is paid for
-        keys, hits = (self._within(budget, requests) if budget is not None and requests
-                      else self.look_up(requests))
+        (keys, hits), reserved = (self._within(budget, requests) if budget is not None and requests
+                                  else (self.look_up(requests), None))
         todo = {key: request for key, request in zip(keys, requests)
                 if key not in hits and key not in self._answered and not self.prompt_too_long(request)}
-        if len(todo) >= self.endpoint.batch_min:
-            self._answered.update(run_sync(BatchRunner(self).answer(todo)))
+        try:
+            if len(todo) >= self.endpoint.batch_min:
+                self._answered.update(run_sync(BatchRunner(self).answer(todo)))
+        finally:  # the ordinary path below reserves the chunks it sends again
+            if reserved is not None:
+                reserved.release_all()
         try:
             return super().chat_chunks(
                 (requests[i:i + CHUNK] for i in range(0, len(requests), CHUNK)), on_result)
