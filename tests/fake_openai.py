@@ -100,6 +100,9 @@ class FakeOpenAI:
         self.batch_release = threading.Event()
         self.batch_release.set()
         self.batch_expire_after: int | None = None
+        # /completions: a prompt longer than this is refused with 400, as a server's context is
+        self.max_prompt_chars: int | None = None
+        self.completion_prompts: list[str] = []
         self.batch_fail_every: int | None = None
         self._failed_once: set[str] = set()
         self._ids = itertools.count(1)
@@ -181,7 +184,13 @@ class FakeOpenAI:
                     if self.path.endswith("/embeddings"):
                         self._embed(body)
                     elif self.path.endswith("/v1/completions"):
-                        self._json(echo_logprobs(body))
+                        server.completion_prompts.append(body["prompt"])
+                        too_long = (server.max_prompt_chars is not None
+                                    and len(body["prompt"]) > server.max_prompt_chars)
+                        if too_long or "UNSCORABLE" in body["prompt"]:
+                            self._status(400, "the request exceeds the available context size")
+                        else:
+                            self._json(echo_logprobs(body))
                     else:
                         self._answer(body)
                 finally:

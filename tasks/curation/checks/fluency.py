@@ -8,7 +8,9 @@ record over instruction + blank line + response, with logits for every
 position); an OpenAI-compatible server that returns prompt log-probs (the
 completions API with `echo: true, logprobs: 0`, as vLLM and llama.cpp's
 server do) computes it the same way.  Texts are cut to `max_tokens` tokens
-each."""
+each (for a server, to `CHARS_PER_TOKEN` characters a token before sending,
+so a long record never passes its context); a record the server rejects is
+left unscored with the reason, and the stage goes on."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import numpy as np
 
 from sftmill.core.progress import progress
 from sftmill.llm.embedded import _LOAD_LOCK, _load, default_threads, model_label, resolve_gguf
+from sftmill.llm.errors import LLMOutputError
 from sftmill.llm.loop import run_sync
 from sftmill.llm.openai_http import ServerClient
 from sftmill.tasks.curation.checks import Record, Score
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from sftmill.core.endpoints import LLMEndpoint
 
 SEPARATOR = "\n\n"
+CHARS_PER_TOKEN = 4  # a server's text is cut to max_tokens * this many characters per part
 _LOCK = threading.Lock()  # one forward pass at a time on the shared model
 
 
@@ -54,8 +58,11 @@ def token_logprobs(scores: "np.ndarray", tokens: list[int]) -> list[float]:
     return list(chosen - log_norm)
 
 
+Perplexities = tuple[float | None, float | None, str]  # instruction, response, why unscored
+
+
 def embedded_perplexities(endpoint: "LLMEndpoint", records: list[Record],
-                          max_tokens: int) -> list[tuple[float | None, float | None]]:
+                          max_tokens: int) -> list[Perplexities]:
     with _LOAD_LOCK:
         llama = _load(str(resolve_gguf(endpoint.model)), 2 * max_tokens + 8,
                       endpoint.n_threads or default_threads(), logits_all=True)
@@ -70,29 +77,37 @@ def embedded_perplexities(endpoint: "LLMEndpoint", records: list[Record],
                 llama.eval(tokens)
                 logprobs = token_logprobs(llama.scores, tokens)
             cut = len(head) - 1  # logprobs[i] is token i + 1's
-            out.append((perplexity(logprobs[:cut]), perplexity(logprobs[cut:]) if r.response else None))
+            out.append((perplexity(logprobs[:cut]),
+                        perplexity(logprobs[cut:]) if r.response else None, ""))
             bar.advance()
     return out
 
 
 def server_perplexities(endpoint: "LLMEndpoint", records: list[Record],
-                        max_tokens: int) -> list[tuple[float | None, float | None]]:
+                        max_tokens: int) -> list[Perplexities]:
     """From `/completions` with `echo` and `logprobs`: the prompt's tokens
     come back with their log-probs and character offsets."""
     client = ServerClient(endpoint)
+    cut = max_tokens * CHARS_PER_TOKEN
 
-    async def one(r: Record) -> tuple[float | None, float | None]:
-        text = r.instruction + SEPARATOR + r.response
-        sent = await client.post("/completions", {
-            "model": endpoint.model, "prompt": text, "max_tokens": 1, "echo": True,
-            "logprobs": 0, "temperature": 0}, estimate_tokens=len(text) // 3 + 1)
-        lp = sent.reply.json()["choices"][0]["logprobs"]
+    async def one(r: Record) -> Perplexities:
+        instruction, response = r.instruction[:cut], r.response[:cut]
+        text = instruction + SEPARATOR + response
+        try:
+            sent = await client.post("/completions", {
+                "model": endpoint.model, "prompt": text, "max_tokens": 1, "echo": True,
+                "logprobs": 0, "temperature": 0}, estimate_tokens=len(text) // 3 + 1)
+            lp = sent.reply.json()["choices"][0]["logprobs"]
+            pairs = list(zip(lp["token_logprobs"], lp["text_offset"]))
+        except (LLMOutputError, ValueError, KeyError, IndexError, TypeError) as err:
+            return None, None, f"failed to score: {type(err).__name__}: {err}"[:300]
         head, tail = [], []
-        for value, offset in zip(lp["token_logprobs"], lp["text_offset"]):
+        for value, offset in pairs:
             if value is None or offset >= len(text):  # the first token; the generated one
                 continue
-            (head if offset < len(r.instruction) else tail).append(value)
-        return perplexity(head[:max_tokens]), perplexity(tail[:max_tokens]) if r.response else None
+            (head if offset < len(instruction) else tail).append(value)
+        return (perplexity(head[:max_tokens]),
+                perplexity(tail[:max_tokens]) if response else None, "")
 
     async def everything():
         return await asyncio.gather(*(one(r) for r in records))
@@ -106,7 +121,7 @@ def server_perplexities(endpoint: "LLMEndpoint", records: list[Record],
 def fluency_scores(records: list[Record], endpoint: "LLMEndpoint", max_tokens: int) -> list[Score]:
     compute = embedded_perplexities if endpoint.backend == "embedded" else server_perplexities
     out = []
-    for r, (p_in, p_out) in zip(records, compute(endpoint, records, max_tokens)):
-        out.append(Score(r.record_id, "instruction_perplexity", p_in))
-        out.append(Score(r.record_id, "response_perplexity", p_out))
+    for r, (p_in, p_out, problem) in zip(records, compute(endpoint, records, max_tokens)):
+        out.append(Score(r.record_id, "instruction_perplexity", p_in, problem))
+        out.append(Score(r.record_id, "response_perplexity", p_out, problem))
     return out

@@ -317,3 +317,25 @@ def test_an_unusable_judge_answer_is_asked_again_on_the_next_run(tmp_path, monke
     assert store.scalar("SELECT count(*) FROM curation_scores WHERE score IS NULL") == 0
     keep = Curation(**{**OFF, "safety": {"enabled": True, "unjudged": "keep"}})
     assert rules(keep)[-1].check == "safety" and all(r.kind != "unscored" for r in rules(keep))
+
+
+def test_server_fluency_cuts_long_texts_and_a_rejected_record_is_left_unscored(tmp_path):
+    from fake_openai import FakeOpenAI
+
+    from sftmill.core.endpoints import Embedding, LLMEndpoint
+
+    server = FakeOpenAI(delay_s=0.0)
+    server.max_prompt_chars = 2 * 64 * 4 + 2  # fits max_tokens 64 of each part, cut at 4 chars a token
+    long = ("Why do quarks bind? " * 200, "Gluons bind them. " * 300)
+    rejected = ("UNSCORABLE: why are gluons massless?", "Gauge symmetry keeps the gluon massless.")
+    try:
+        endpoint = LLMEndpoint(backend="openai", base_url=server.url, model="lm")
+        reasons, store, *_ = curate(tmp_path, [GOOD, long, rejected], degenerate={"enabled": False}, fluency={
+            "enabled": True, "model": endpoint.model_dump(), "max_tokens": 64})
+    finally:
+        server.close()
+    assert max(map(len, server.completion_prompts)) <= server.max_prompt_chars
+    assert reasons == {GOOD[0]: None, long[0]: None, rejected[0]: None}  # the stage went on
+    row = store.query_dicts('SELECT score, detail FROM curation_scores WHERE "check" = '
+                            "'response_perplexity' AND record_id = ?", [content_id(*rejected)])[0]
+    assert row["score"] is None and row["detail"].startswith("failed to score: LLMOutputError")
