@@ -34,7 +34,7 @@ from sftmill.tasks.report.card import subdomain_section
 from sftmill.tasks.report.summary import RECORDS_BY_SUBDOMAIN, shares_of
 from sftmill.tasks.sources.documents import expand_source
 from sftmill.tasks.stages.dedup import ORIGIN_RANK, new_near_duplicates
-from sftmill.tasks.stages.generate import target_shares
+from sftmill.tasks.stages.sizing import target_shares
 
 STAGE = "shard_merge"
 

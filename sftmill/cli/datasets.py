@@ -20,7 +20,7 @@ from sftmill.tasks.report.export import export_files, export_jsonl
 from sftmill.tasks.report.quality import dataset_quality, quality_markdown
 from sftmill.tasks.review.annotations import refresh_card
 from sftmill.tasks.review.sheets import apply_sheet, detect_format, write_sheet
-from sftmill.tasks.stages.generate import target_shares
+from sftmill.tasks.stages.sizing import target_shares
 
 
 @app.command()

@@ -24,7 +24,7 @@ from sftmill.llm.budget import budget_message, without_budget_stops
 from sftmill.tasks.curation.curate import kept_count
 from sftmill.tasks.report.summary import empty_run_hint
 from sftmill.tasks.review.gate import pending_gate
-from sftmill.tasks.stages.generate import target_shares
+from sftmill.tasks.stages.sizing import target_shares
 
 
 @app.command()

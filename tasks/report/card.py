@@ -40,7 +40,7 @@ from sftmill.tasks.report.summary import (
 )
 from sftmill.tasks.review.annotations import review_section
 from sftmill.tasks.stage_task import StageResult, StageTimer, stage_task
-from sftmill.tasks.stages.generate import target_shares
+from sftmill.tasks.stages.sizing import target_shares
 
 STAGE = "card"
 

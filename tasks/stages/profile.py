@@ -10,6 +10,12 @@ chooses, and a small one, which tends to take the first option offered,
 takes the likeliest instead of always the same one.  With
 `domain.subdomain_by: embedding` only the nearest is offered: the
 embedding decides and the generator writes the rest of the profile.
+
+Only the chunks the target needs are profiled (`sizing.wanted_relevant`, as
+`sftmill plan` counts them), chosen toward the subdomains' target shares by
+each chunk's nearest subdomain (`choose_chunks`): a subdomain with relevant
+chunks is never left without profiles while another takes more than its
+share, and a corpus larger than the target costs no extra calls.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from sftmill.llm.map import answered, llm_map
 from sftmill.prompts import PromptTemplate, load_template, with_schema
 from sftmill.tasks.stage_task import StageResult, StageTimer, stage_task
 from sftmill.tasks.stages.relevance import kept_chunk_ids
+from sftmill.tasks.stages.sizing import allocate, interleave, target_shares, wanted_relevant
 
 STAGE = "profile"
 TEMPLATE = "profile"
@@ -101,14 +108,47 @@ def profile_chunks(store: Store, recipe: Recipe, chunk_ids: list[str]) -> int:
     return len(todo)
 
 
-@stage_task("profile", recipe=("domain", "llm", "thresholds", "embedding", "seed"),
+def choose_chunks(store: Store, recipe: Recipe, kept: list[str]) -> list[str]:
+    """The relevant chunks to profile: those profiled already, then up to
+    `wanted_relevant` in all, split over the subdomains by their target
+    shares (each chunk counted under its nearest subdomain by embedding),
+    spread across documents within each."""
+    wanted = wanted_relevant(recipe)
+    if len(kept) <= wanted:
+        return kept
+    done = {r for r, in store.execute(
+        "SELECT chunk_id FROM profiles WHERE chunk_id IN (SELECT unnest(?))", [kept])}
+    rows = store.execute("SELECT chunk_id, doc_id, text FROM chunks WHERE chunk_id IN "
+                         "(SELECT unnest(?)) ORDER BY chunk_id", [kept])
+    order = interleave([(c, d) for c, d, _t in rows], recipe.seed)
+    shares = target_shares(recipe)
+    if shares:
+        texts = {c: t for c, _d, t in rows}
+        nearest = dict(zip(order, (o[0] for o in subdomain_orders(store, recipe, [texts[c] for c in order]))))
+    else:
+        nearest = {c: "" for c in order}
+    pools: dict[str, list[str]] = {}
+    for chunk_id in order:
+        pools.setdefault(nearest[chunk_id], []).append(chunk_id)
+    quota = allocate(max(wanted, len(done)), shares, {k: len(v) for k, v in pools.items()})
+    chosen = set(done)
+    for sub, pool in pools.items():
+        have = sum(1 for c in pool if c in done)
+        chosen.update([c for c in pool if c not in done][:max(0, quota.get(sub, 0) - have)])
+    return sorted(chosen)
+
+
+@stage_task("profile", recipe=("domain", "llm", "sizes", "thresholds", "embedding", "seed"),
             templates=(TEMPLATE,), reads=("relevance",), writes=("profiles",))
 def profile(recipe: Recipe, relevant: StageResult) -> StageResult:
     store = Store.open(relevant.out.db_path)
     timer = StageTimer(store, STAGE)
     kept = kept_chunk_ids(store, recipe.thresholds.relevance)
-    asked = profile_chunks(store, recipe, kept)
+    chosen = choose_chunks(store, recipe, kept)
+    asked = profile_chunks(store, recipe, chosen)
     n_out = int(store.scalar(
         "SELECT count(*) FROM profiles WHERE chunk_id IN (SELECT unnest(?))", [kept]))
+    spare = len(kept) - len(chosen)
     return timer.done(store.ref("profiles", "profile_id"), len(kept), n_out,
-                      f"{asked} chunks sent to the generator")
+                      f"{asked} chunks sent to the generator"
+                      + (f"; {spare} relevant chunks beyond what the target needs" if spare else ""))

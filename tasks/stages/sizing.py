@@ -11,6 +11,43 @@ from collections import defaultdict
 from sftmill.core.recipe import Recipe
 
 
+def target_shares(recipe: Recipe) -> dict[str, float]:
+    """Subdomain → target share; subdomains without a share split what is left."""
+    subs = recipe.domain.subdomains
+    if not subs:
+        return {}
+    fixed = sum(s.share for s in subs if s.share is not None)
+    free = [s for s in subs if s.share is None]
+    rest = (1.0 - fixed) / len(free) if free else 0.0
+    shares = {s.name: (s.share if s.share is not None else rest) for s in subs}
+    total = sum(shares.values()) or 1.0
+    return {k: v / total for k, v in shares.items()}
+
+
+def allocate(n: int, shares: dict[str, float], available: dict[str, int]) -> dict[str, int]:
+    """How many profiles to take per subdomain: `n` split by `shares`
+    (largest remainders), capped by what is available, the shortfall moved
+    to subdomains that have spare profiles."""
+    n = min(n, sum(available.values()))
+    if not shares:
+        shares = {k: 1.0 / len(available) for k in available} if available else {}
+    raw = {k: shares.get(k, 0.0) * n for k in set(shares) | set(available)}
+    quota = {k: int(v) for k, v in raw.items()}
+    for k in sorted(raw, key=lambda k: (raw[k] - quota[k], k), reverse=True)[: n - sum(quota.values())]:
+        quota[k] += 1
+    quota = {k: min(q, available.get(k, 0)) for k, q in quota.items()}
+    short = n - sum(quota.values())
+    while short > 0:
+        spare = sorted((k for k in available if available[k] > quota.get(k, 0)),
+                       key=lambda k: (-shares.get(k, 0.0), k))
+        if not spare:
+            break
+        for k in spare[:short]:
+            quota[k] = quota.get(k, 0) + 1
+            short -= 1
+    return {k: q for k, q in quota.items() if q > 0}
+
+
 def needed_profiles(recipe: Recipe) -> int:
     """Profiles the generation stage needs to reach the target prompt count."""
     sizes = recipe.sizes

@@ -1,7 +1,8 @@
 import pytest
 
 from sftmill.core.recipe import parse_recipe
-from sftmill.tasks.stages.generate import allocate, select_profiles, target_shares
+from sftmill.tasks.stages.generate import select_profiles
+from sftmill.tasks.stages.sizing import allocate, target_shares
 
 
 def recipe(tmp_path, subdomains, target=60, per_profile=3, rephrase=1):

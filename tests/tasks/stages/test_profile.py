@@ -70,3 +70,31 @@ def test_orders_are_embedded_in_waves_beside_the_calls(tmp_path, monkeypatch, by
     # Nothing left to profile: no call, no batch.
     assert profile_task.profile_chunks(store, recipe, [f"c{i}" for i in range(6)]) == 0
     assert len(llm.requests) == 6
+
+
+def test_only_the_chunks_the_target_needs_are_profiled_spread_over_the_subdomains(tmp_path):
+    """Twelve relevant chunks, three subdomains at 50/25/25 %, a target that
+    needs four profiles (five with the margin): five chosen, no subdomain
+    left out, and what is profiled already is kept."""
+    (tmp_path / "a.txt").write_text("x")
+    subdomains = [{**SUBDOMAINS[0], "share": 0.5}, {**SUBDOMAINS[1], "share": 0.25},
+                  {**SUBDOMAINS[2], "share": 0.25}]
+    recipe = parse_recipe({"name": "t", "output_dir": "run", "inputs": [{"path": "a.txt"}],
+                           "search": {"backend": "none"}, "domain": {"name": "Physics",
+                                                                      "subdomains": subdomains},
+                           "sizes": {"target_prompts": 16, "prompts_per_profile": 4,
+                                     "profile_margin": 1.25}}, tmp_path)
+    store = Store.open(recipe.db_path)
+    texts = TEXTS * 2  # four chunks about each subdomain
+    store.insert("chunks", [{"chunk_id": f"c{i:02d}", "doc_id": f"d{i % 3}", "idx": i, "char_start": 0,
+                             "char_end": len(t), "heading": "", "text": t, "n_tokens": 12}
+                            for i, t in enumerate(texts)])
+    kept = [f"c{i:02d}" for i in range(12)]
+    chosen = profile_task.choose_chunks(store, recipe, kept)
+    assert len(chosen) == 5
+    nearest = {c: o[0] for c, o in zip(kept, profile_task.subdomain_orders(store, recipe, texts))}
+    counts = {s["name"]: sum(nearest[c] == s["name"] for c in chosen) for s in subdomains}
+    assert counts == {"Quarks": 3, "Gluons": 1, "Bread": 1}
+    store.insert("profiles", [{"profile_id": "p", "chunk_id": "c02", "subdomain": "Bread"}])
+    again = profile_task.choose_chunks(store, recipe, kept)
+    assert "c02" in again and len(again) == 5
