@@ -175,6 +175,10 @@ class Answers(Strict):
         default=None, ge=0, le=2,
         description="Sampling temperature for answers (default: the generator's).  Prompts "
         "gain from a high temperature, answers from a low one.")
+    frequency_penalty: float = Field(
+        default=0.0, ge=-2, le=2,
+        description="OpenAI's frequency_penalty for answers (llama.cpp, vLLM and hosted APIs "
+        "take it): 0.5 keeps a small model from looping on one phrase.")
     queries_per_prompt: int = Field(default=2, ge=0, le=20,
                                     description="Extended search queries per prompt (0: none).")
     search_below: float = Field(

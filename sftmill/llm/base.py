@@ -131,7 +131,8 @@ class LLM:
             {"messages": request.message_dicts(), "schema": request.schema,
              "temperature": request.temperature, "top_p": request.top_p,
              "max_tokens": request.max_tokens, "seed": request.seed,
-             **({"stop": list(request.stop)} if request.stop else {})},
+             **({"stop": list(request.stop)} if request.stop else {}),
+             **({"frequency_penalty": request.frequency_penalty} if request.frequency_penalty else {})},
         ).decode()
         self.journal.append({
             "call_id": next_call_id(), "key": key, "model": self.model,
@@ -198,7 +199,7 @@ class LLM:
             ),
             schema=request.schema, temperature=request.temperature, top_p=request.top_p,
             max_tokens=request.max_tokens, seed=request.seed + 1, stop=request.stop,
-            stage=request.stage,
+            frequency_penalty=request.frequency_penalty, stage=request.stage,
         )
         second = await self._raw_complete(retry)
         merged = RawCompletion(second.text, raw.tokens_in + second.tokens_in,

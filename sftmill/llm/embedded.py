@@ -148,6 +148,7 @@ class EmbeddedLLM(LLM):
                     max_tokens=request.max_tokens,
                     seed=request.seed,
                     stop=list(request.stop) or None,
+                    frequency_penalty=request.frequency_penalty,
                     **kwargs,
                 )
             except ValueError as err:  # e.g. prompt longer than the context

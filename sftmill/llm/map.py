@@ -46,7 +46,7 @@ def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate | Callable
             variables: Callable[[T], dict[str, Any]], *, stage: str, seed: int = 0,
             max_tokens: int | Callable[[T], int] | None = None, fit: str | None = None,
             store=None, temperature: float | None = None, stop: tuple[str, ...] = (),
-            total: int | None = None,
+            frequency_penalty: float = 0.0, total: int | None = None,
             on_item: Callable[[T, ChatResult | Exception], None] | None = None,
             ) -> list[tuple[T, ChatResult | LLMOutputError]]:
     """Render `template` for every item and send the batch; each item comes
@@ -60,7 +60,8 @@ def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate | Callable
     best-first list of in-context examples, shortened per item to fit the
     model's context (`fit_to_context`); the counts used are recorded in the
     run's meta table as `context_fit:<stage>` when `store` is given.
-    `temperature` overrides the endpoint's; `stop` ends answers at those strings.
+    `temperature` overrides the endpoint's; `stop` ends answers at those strings;
+    `frequency_penalty` (OpenAI's) discourages repeating the same tokens.
     `template` may be a function of the item (the same template with a schema
     narrowed per item, say): the items still go out as one batch."""
     def limit(item: T) -> int:
@@ -79,7 +80,8 @@ def llm_map(llm: LLM, endpoint: LLMEndpoint, template: PromptTemplate | Callable
         return ChatRequest.build(
             chosen.messages(**values), schema=chosen.schema,
             temperature=endpoint.temperature if temperature is None else temperature,
-            top_p=endpoint.top_p, max_tokens=limit(item), seed=seed, stop=stop, stage=stage)
+            top_p=endpoint.top_p, max_tokens=limit(item), seed=seed, stop=stop,
+            frequency_penalty=frequency_penalty, stage=stage)
 
     batches = [items] if isinstance(items, Sequence) else items
     seen: list[T] = []  # every item taken from `batches`, in the order sent

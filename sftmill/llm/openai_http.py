@@ -360,6 +360,8 @@ class OpenAIChatLLM(LLM):
         }
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.frequency_penalty:
+            body["frequency_penalty"] = request.frequency_penalty
         mode = self.endpoint.structured_output
         if request.schema is not None and mode == "json_schema":
             body["response_format"] = {

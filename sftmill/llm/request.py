@@ -29,6 +29,7 @@ class ChatRequest:
     max_tokens: int = 512
     seed: int = 0
     stop: tuple[str, ...] = ()  # stop sequences (OpenAI `stop`); the text ends before them
+    frequency_penalty: float = 0.0  # OpenAI's: lowers the odds of tokens by how often they were written
     stage: str = ""  # for statistics only; not part of the cache key
 
     @classmethod
@@ -45,6 +46,8 @@ class ChatRequest:
                     "max_tokens": self.max_tokens}
         if self.stop:  # only when set, so keys of earlier calls stay valid
             sampling["stop"] = list(self.stop)
+        if self.frequency_penalty:
+            sampling["frequency_penalty"] = self.frequency_penalty
         blob = _key_blob(model, self.messages, self.schema, sampling, self.seed)
         if blob is None:
             return content_id(model, self.messages, self.schema, sampling, self.seed)

@@ -138,6 +138,7 @@ def write_answers(store: Store, recipe: Recipe) -> tuple[int, int]:
                                         "passages": [x["text"] for x in item[1]]},
                           stage=ANSWER_STAGE, seed=recipe.seed,
                           temperature=recipe.answers.temperature, stop=PARAGRAPH_END,
+                          frequency_penalty=recipe.answers.frequency_penalty,
                           on_item=ahead.offer if ahead else None)
     finally:
         made = ahead.finish() if ahead else {}

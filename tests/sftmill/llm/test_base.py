@@ -280,9 +280,10 @@ def test_request_keys_are_content_ids_of_their_parts_byte_for_byte():
                            for i in range(rng.randint(0, 3))),
             schema=rng.choice([None, schema]), temperature=rng.choice([0.0, 0, 0.7, 1e-05, 1, 1.0]),
             top_p=rng.choice([0.95, 1.0]), max_tokens=rng.randint(1, 4000), seed=rng.randint(-5, 10**12),
-            stop=rng.choice([(), ("\n\n",), (text[:3], "é")]))
+            stop=rng.choice([(), ("\n\n",), (text[:3], "é")]), frequency_penalty=rng.choice([0.0, 0.5]))
         model = rng.choice(["m", text, "qwen/ü"])
         sampling = {"temperature": request.temperature, "top_p": request.top_p,
-                    "max_tokens": request.max_tokens, **({"stop": list(request.stop)} if request.stop else {})}
+                    "max_tokens": request.max_tokens, **({"stop": list(request.stop)} if request.stop else {}),
+                    **({"frequency_penalty": 0.5} if request.frequency_penalty else {})}
         assert request.key(model) == content_id(model, request.messages, request.schema, sampling,
                                                 request.seed), (model, request)

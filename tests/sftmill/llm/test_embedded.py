@@ -45,3 +45,12 @@ def test_grammar_schema_drops_long_caps_only():
     trimmed = grammar_schema(schema)
     assert trimmed["properties"]["a"] == {"type": "string", "minLength": 32}
     assert trimmed["properties"]["b"] == {"type": "string", "maxLength": 8}
+
+
+def test_a_frequency_penalty_keeps_the_real_model_from_looping():
+    llm = make_llm(LLMEndpoint(temperature=0.0, max_tokens=120))
+    ask = [{"role": "user", "content": "Write the word quark ten times."}]
+    plain = llm.chat(ChatRequest.build(ask, temperature=0.0, max_tokens=120)).text
+    penalised = llm.chat(ChatRequest.build(ask, temperature=0.0, max_tokens=120,
+                                           frequency_penalty=1.5)).text
+    assert plain.lower().count("quark") > penalised.lower().count("quark")

@@ -71,6 +71,21 @@ def test_sends_json_schema_and_counts_tokens(tmp_path):
     assert store.execute("SELECT tokens_in, tokens_out FROM llm_calls") == [(12, 4)]
 
 
+def test_frequency_penalty_is_sent_only_when_set():
+    seen = []
+
+    def handler(r):
+        seen.append(r.body)
+        return reply(200, OK)
+
+    llm = make(handler)
+    llm.chat(request())
+    llm.chat(ChatRequest.build(request().message_dicts(), schema=SCHEMA, frequency_penalty=0.5))
+    assert "frequency_penalty" not in seen[0] and seen[1]["frequency_penalty"] == 0.5
+    assert request().key("m") != ChatRequest.build(request().message_dicts(), schema=SCHEMA,
+                                                   frequency_penalty=0.5).key("m")
+
+
 @pytest.mark.parametrize("status", [429, 500, 502, 503])
 def test_retries_on_429_and_5xx(status):
     calls = []
