@@ -18,7 +18,7 @@ from sftmill.embed.models import preload
 from sftmill.tasks.curation.curate import kept_count
 from sftmill.tasks.preflight import check_templates_fit
 from sftmill.tasks.report.plan import plan_recipe
-from sftmill.tasks.report.summary import or_dash, sample_records, summarize
+from sftmill.tasks.report.summary import empty_run_hint, or_dash, sample_records, summarize
 
 
 def print_summary(store, run_id: str | None, elapsed: float | None = None,
@@ -154,8 +154,9 @@ def run_flow(kind: str, out: Path, start, templates=(), embeddings=()) -> None:
     if not records:
         judged = store.scalar("SELECT count(*) FROM rejects WHERE reason = 'no_information_gain' "
                               "AND detail LIKE '%judge found it equal%'")
-        console.print("no record survived: the drops above say why"
-                      + ("; the judge found many evolutions equal to their parent (a small "
-                         "judge model often does: try --no-judge or a stronger --base-url)"
-                         if judged else ""), highlight=False)
+        console.print(empty_run_hint(store, "model (--base-url and --model: the embedded 135M "
+                                            "model is for trying the tool out)")
+                      + (" The judge found many evolutions equal to their parent (a small "
+                         "judge model often does: try --no-judge or a stronger --base-url)."
+                         if judged else ""), highlight=False, soft_wrap=True)
     Store.close_all()

@@ -102,7 +102,7 @@ def summarize(store: Store, targets: dict[str, float] | None = None,
 SETTING_FOR_REASON = {
     "not_relevant": "thresholds.relevance (or domain.relevant)",
     "low_prompt_quality": "thresholds.prompt_quality (or a stronger llm.judge)",
-    "vague_prompt": "a stronger llm.generator",
+    "vague_prompt": "a stronger {generator}",
     "near_duplicate": "thresholds.dedup_cosine",
     "rouge_l_duplicate": "rouge_threshold",
     "no_supporting_passage": "answers.min_similarity (or answers.allow_ungrounded)",
@@ -111,16 +111,16 @@ SETTING_FOR_REASON = {
     "too_short": "answers.min_chars",
     "too_long": "answers.max_chars",
     "truncated": "llm.generator.max_tokens",
-    "echoes_prompt": "a stronger llm.generator",
-    "no_citations": "a stronger llm.generator",
+    "echoes_prompt": "a stronger {generator}",
+    "no_citations": "a stronger {generator}",
     "llm_invalid_output": "llm.generator / llm.judge (a model that follows JSON schemas)",
     "prompt_too_long": "chunking.max_tokens, answers.top_k or the model's n_ctx",
     "rejected_by_reviewer": "the reviewers' notes (review sheets or Label Studio project)",
-    "degenerate": "a more capable llm.generator (a small model loops and writes digit soup)",
-    "copies_passage": "answers.max_copied_share (or a more capable llm.generator)",
-    "not_self_contained": "a more capable llm.generator",
-    "malformed_prompt": "a more capable llm.generator",
-    "refusal": "a more capable llm.generator (or curation.refusals.patterns)",
+    "degenerate": "a more capable {generator}: a small model loops and writes digit soup",
+    "copies_passage": "answers.max_copied_share (or a more capable {generator})",
+    "not_self_contained": "a more capable {generator}",
+    "malformed_prompt": "a more capable {generator}",
+    "refusal": "a more capable {generator} (or curation.refusals.patterns)",
 }
 
 
@@ -138,14 +138,15 @@ def biggest_drop(store: Store) -> tuple[str, str, int, int] | None:
     return stage, reason, n, per_stage[stage]
 
 
-def empty_run_hint(store: Store) -> str:
+def empty_run_hint(store: Store, generator: str = "llm.generator") -> str:
     """One or two lines for a run that ended with no record: where the most
-    went, and the setting to look at."""
+    went, and the setting to look at (`generator`: how the run names its
+    generating model — the recipe's llm.generator, a command's --base-url and --model)."""
     top = biggest_drop(store)
     if top is None:
         return "No record was made and nothing was dropped: check that the inputs hold text."
     stage, reason, n, total = top
-    setting = SETTING_FOR_REASON.get(reason)
+    setting = SETTING_FOR_REASON.get(reason, "").format(generator=generator)
     return (f"No record survived. The {stage} stage removed the most ({total}; {n} of them "
             f"{reason})" + (f": look at {setting}." if setting else ".")
             + " The drops are listed above and in the rejects table.")
