@@ -126,7 +126,8 @@ def run(
 
 
 def init_epilog() -> str:
-    return "Fields of the recipe it writes (each is commented in the file):\n\n" + "\n\n".join(
+    return ("Fields of a recipe (the one init writes holds only those that differ from the "
+            "defaults):\n\n") + "\n\n".join(
         f"{name}: {doc}" if doc else name for name, doc in field_docs())
 
 
@@ -137,15 +138,17 @@ def init(
     out: Path = typer.Option(None, "--out", "-o", help="Recipe file to write (default: "
                              "recipe.yaml beside TEXTS)."),
     name: str = typer.Option(None, help="Run name (default: from the domain)."),
-    subdomains: int = typer.Option(3, help="Subdomains the generator proposes from the texts "
+    subdomains: int = typer.Option(3, help="Topic subdomains to propose from the texts "
                                    "(0: leave them for you to fill in)."),
     force: bool = typer.Option(False, help="Overwrite an existing recipe file."),
 ) -> None:
-    """Write a commented recipe for a folder of your texts, check it, and print
-    the command that runs it.
+    """Write a short, commented recipe for a folder of your texts, check it,
+    and print the command that runs it.
 
-    The generator (the embedded model) proposes subdomains from the texts'
-    headings and first lines; edit them, add target shares, and run."""
+    Subdomains are the topics the texts are about: their passages are
+    embedded and clustered, and the generator (the embedded model) names
+    each cluster; a name that is a file name or a title is replaced by the
+    cluster's own words.  Edit them, add target shares, and run."""
     if not texts.exists():
         fail(f"{texts}: no such file or folder")
     target = out or texts.parent / "recipe.yaml"
@@ -154,15 +157,19 @@ def init(
     run_name = name or re.sub(r"[^A-Za-z0-9_.-]+", "-", domain.lower()).strip("-") or "run"
     proposed = []
     if subdomains > 0:
-        console.print(f"asking the generator for {subdomains} subdomains of {domain} …")
+        console.print(f"finding {subdomains} topics in the texts and naming them …")
         proposed = propose_subdomains(texts if texts.is_dir() else texts.parent, domain,
                                       subdomains, LLMEndpoint(temperature=0.0, max_tokens=200))
+        for topic in proposed:
+            if topic.note:
+                console.print(f"  {topic.note}: {topic.name}", highlight=False)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render_recipe(run_name, domain, texts, target.parent, proposed),
                       encoding="utf-8")
     checked = load_checked(target, skip_preflight=True)
     console.print(f"wrote {target} (recipe {checked.name}; subdomains: "
-                  f"{', '.join(proposed) if proposed else 'none yet, fill them in'})")
+                  f"{', '.join(t.name for t in proposed) if proposed else 'none yet, fill them in'})",
+                  highlight=False, soft_wrap=True)
     console.print(f"run it with:  sftmill run {target}", highlight=False, soft_wrap=True)
 
 

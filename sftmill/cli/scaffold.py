@@ -1,30 +1,41 @@
-"""`sftmill init`: a commented recipe for a folder of the user's own texts.
+"""`sftmill init`: a short, commented recipe for a folder of the user's own texts.
 
-Every field is written with its meaning as a comment, taken from the
-pydantic models in `sftmill.core.recipe` (the same text `sftmill init --help`
-lists), so the recipe explains itself and the two never disagree.
+The recipe holds only what differs from the defaults; `sftmill init --help`
+lists every field with its meaning, taken from the pydantic models in
+`sftmill.core.recipe` (`field_docs`), so the two never disagree.
+Subdomains are proposed from what the texts are about: their passages are
+embedded and clustered, the generator names each cluster from its telling
+words and an excerpt, and a name that is a file name, a title copied whole
+or a repeat is replaced by the cluster's own words (`topic_problem`).
 """
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from pydantic import BaseModel
 
+from sftmill.core.endpoints import Embedding, LLMEndpoint
 from sftmill.core.recipe import Recipe
+from sftmill.core.text import STOPWORDS, tokens
+from sftmill.embed.clusters import distinctive_words, kmeans
+from sftmill.embed.embedder import Embedder
 from sftmill.llm.backends import make_llm
 from sftmill.llm.errors import LLMOutputError
 from sftmill.llm.request import ChatRequest
 from sftmill.prompts import exact_items, load_template, with_schema
 from sftmill.tasks.sources.documents import Skip, read_file
+from sftmill.tasks.stages.chunk import chunk_text
 
-# Sections written with their defaults; the rest come from the arguments.
-SECTIONS = ("llm", "embedding", "sizes", "generation", "chunking", "thresholds", "answers", "search",
-            "export", "limits")
 SKIP = {"base_dir", "schedule"}
+MAX_FILES = 400
+PASSAGE_TOKENS = 200
 
 
 # Meanings of the fields whose pydantic definition has no description.
@@ -95,80 +106,155 @@ def _scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
 
 
-def _section(model: BaseModel, indent: int, prefix: str) -> list[str]:
-    lines, pad = [], " " * indent
-    for name, info in type(model).model_fields.items():
-        if name in SKIP:
+@dataclass
+class Topic:
+    name: str
+    description: str
+    note: str = ""  # why the generator's name was replaced, if it was
+
+
+def read_texts(folder: Path) -> list[tuple[str, str]]:
+    """(file name, text) of the readable files under `folder`."""
+    out = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file())[:MAX_FILES]:
+        try:
+            out.append((path.name, read_file(path, 20_000_000).text))
+        except (Skip, OSError, ValueError):
             continue
-        meaning = _meaning(prefix + name, info.description)
-        if meaning:
-            lines.append(f"{pad}# {meaning}")
-        value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            lines.append(f"{pad}{name}:")
-            lines += _section(value, indent + 2, f"{prefix}{name}.")
-        else:
-            lines.append(f"{pad}{name}: {_scalar(value if not isinstance(value, tuple) else list(value))}")
-    return lines
+    return out
+
+
+def _norm(text: str) -> str:
+    return " ".join(tokens(text))
+
+
+def titles_of(texts: list[tuple[str, str]]) -> set[str]:
+    """What a proposed name must not copy whole: file names and stems, headings, first lines."""
+    out = set()
+    for name, text in texts:
+        out.update({_norm(name), _norm(Path(name).stem)})
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        out.update(_norm(ln.lstrip("# ")) for ln in lines if ln.startswith("#"))
+        if lines:
+            out.add(_norm(lines[0].lstrip("# ")))
+    return out - {""}
+
+
+_FILE_LIKE = re.compile(r"(?:\.(?:html?|md|txt|pdf|json|jsonl|py|rst|csv|docx?)\b|[/\\]|\w\.\w+\.\w)",
+                        re.IGNORECASE)
+
+
+def topic_problem(name: str, titles: set[str], taken: set[str], domain: str,
+                  words: list[str]) -> str | None:
+    """Why `name` is not a topic subdomain of `domain` for a cluster whose
+    telling words are `words`: a file name, a title or heading copied whole,
+    the domain's own words, none of the cluster's words, too long, or a
+    repeat; None if it will do."""
+    norm = _norm(name)
+    if not norm:
+        return "empty"
+    if _FILE_LIKE.search(name):
+        return "a file name"
+    if norm in titles:
+        return "a title copied whole"
+    if set(norm.split()) <= set(tokens(domain)) | STOPWORDS:
+        return "only the domain's own words"
+    stems = {w[:5] for w in words}
+    if not any(w[:5] in stems for w in norm.split() if w not in STOPWORDS):
+        return "about none of the cluster's words"
+    if len(norm.split()) > 6:
+        return "too long for a topic"
+    if norm in taken:
+        return "a repeat"
+    return None
+
+
+def keyword_name(words: list[str]) -> str:
+    """A topic named by its two most telling words."""
+    if not words:
+        return "Other topics"
+    return words[0].capitalize() + (f" and {words[1]}" if len(words) > 1 else "")
+
+
+def propose_subdomains(folder: Path, domain: str, n: int, endpoint: LLMEndpoint) -> list[Topic]:
+    """Up to `n` topic subdomains of the texts under `folder`: clusters of
+    their passages' embeddings, named by the generator (a name that is not a
+    topic is replaced by the cluster's telling words)."""
+    texts = read_texts(folder)
+    passages = [c.text for _name, text in texts for c in chunk_text(text, PASSAGE_TOKENS, 24)]
+    if not passages:
+        return []
+    vectors = np.asarray(Embedder(Embedding()).embed(passages), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+    labels = kmeans(vectors, n)
+    words = distinctive_words(passages, labels, top=12, ignore=frozenset(tokens(domain)))
+    order = sorted(words, key=lambda j: (-int((labels == j).sum()), j))  # largest first
+    excerpts = []
+    for j in order:
+        members = np.flatnonzero(labels == j)
+        centre = vectors[members].mean(axis=0)
+        best = members[int(np.argmax(vectors[members] @ centre))]
+        excerpts.append(" ".join(passages[best].split())[:240])
+    named = _names(domain, [{"words": words[j][:8], "excerpt": e} for j, e in zip(order, excerpts)],
+                   endpoint)
+    titles, taken, out = titles_of(texts), set(), []
+    for j, name in zip(order, named + [""] * (len(order) - len(named))):
+        name = " ".join(name.split()).strip(" .\"'")
+        problem = topic_problem(name, titles, taken, domain, words[j])
+        note = ""
+        if problem:
+            note = f"{name!r} is {problem}: named by its words" if name else "named by its words"
+            name = keyword_name(words[j])
+            if _norm(name) in taken:
+                continue
+        taken.add(_norm(name))
+        out.append(Topic(name, "Texts about " + ", ".join(words[j][:5]) + ".", note))
+    return out
+
+
+def _names(domain: str, topics: list[dict], endpoint: LLMEndpoint) -> list[str]:
+    base = load_template("propose_subdomains")
+    template = with_schema(base, exact_items(base.schema, "subdomains", len(topics)))
+    try:
+        result = make_llm(endpoint).chat(ChatRequest.build(
+            template.messages(domain=domain, topics=topics), schema=template.schema,
+            temperature=0.0, max_tokens=min(endpoint.max_tokens, 40 * len(topics) + 40), stage="init"))
+    except LLMOutputError:
+        return []
+    return [str(s) for s in result.data["subdomains"]]
 
 
 def render_recipe(name: str, domain: str, inputs: Path, recipe_dir: Path,
-                  subdomains: list[str], use_cases: list[str] | None = None) -> str:
-    """The recipe's YAML text, every field commented."""
+                  subdomains: list[Topic], use_cases: list[str] | None = None) -> str:
+    """The recipe's YAML text: what differs from the defaults, commented."""
     rel = os.path.relpath(inputs.resolve(), recipe_dir.resolve())
-    base = Recipe(name=name, output_dir=f"runs/{name}", domain={"name": domain},
-                  inputs=[{"path": rel}], search={"backend": "none"})
     docs = dict(field_docs())
     lines = [f"# sftmill recipe for {domain}, written by `sftmill init`.",
-             "# Paths are relative to this file.  Check it:  sftmill validate <this file>",
-             "", f"# {docs['name']}", f"name: {name}", f"# {docs['output_dir']}",
-             f"output_dir: runs/{name}", "", "domain:", f"  # {docs['domain.name']}",
-             f"  name: {_scalar(domain)}", f"  # {docs['domain.description']}",
+             "# Only what differs from the defaults is here: `sftmill init --help` lists every",
+             "# field and its meaning.  Paths are relative to this file.",
+             "# Check it:  sftmill validate <this file>      Preview:  sftmill run <this file> --preview 5",
+             "", f"name: {name}", f"output_dir: runs/{name}", "", "domain:",
+             f"  name: {_scalar(domain)}",
              f"  description: {_scalar(f'Questions and answers about {domain}.')}",
              f"  # {docs['domain.relevant']}",
-             f"  relevant: {_scalar(f'Facts, explanations and history about {domain}.')}",
-             f"  # {docs['domain.subdomain_by']}", "  subdomain_by: llm",
-             f"  # {docs['domain.subdomains']}"]
+             f"  relevant: {_scalar(f'Facts, explanations and history about {domain}.')}"]
     if subdomains:
-        lines.append("  subdomains:")
-        lines += [f"    - name: {_scalar(s)}" for s in subdomains]
-        lines.append("      # share: 0.4   (optional target share per subdomain; the rest split what is left)")
+        lines += ["  # Topics found in your texts (clusters of their passages, named by the generator):",
+                  "  # rename them, and give each a target share of prompts (share: 0.4) if you like.",
+                  "  subdomains:"]
+        for topic in subdomains:
+            lines += [f"    - name: {_scalar(topic.name)}",
+                      f"      description: {_scalar(topic.description)}"]
     else:
         lines += ["  subdomains: []   # fill in, e.g.  - {name: Quarks and hadrons, share: 0.5}"]
-    lines += [f"  # {docs['domain.use_cases']}", "  use_cases:"]
-    lines += [f"    - {_scalar(u)}" for u in (use_cases or [f"Learning about {domain}"])]
-    lines += ["", f"# {docs['inputs']}", "inputs:", f"  - path: {_scalar(rel)}", ""]
-    for section in SECTIONS:
-        lines.append(f"# {docs[section]}")
-        lines.append(f"{section}:")
-        lines += _section(getattr(base, section), 2, f"{section}.")
-        lines.append("")
-    lines += [f"# {docs['seed']}", "seed: 0", ""]
+    lines += ["  use_cases:"] + [f"    - {_scalar(u)}" for u in (use_cases or [f"Learning about {domain}"])]
+    lines += ["", "inputs:", f"  - path: {_scalar(rel)}", "",
+              "# Both roles use the embedded SmolLM2-135M (no server): fine for trying sftmill out.",
+              "# For real data, point them at an OpenAI-compatible server (vLLM, SGLang, Ollama, an API):",
+              "# llm:",
+              "#   generator: {backend: openai, base_url: http://127.0.0.1:8000/v1, model: <served name>}",
+              "#   judge: {backend: openai, base_url: http://127.0.0.1:8000/v1, model: <served name>}",
+              "", "search:", "  # Only your texts; searxng, brave or tavily also fetch fresh web pages.",
+              "  backend: none", "", "sizes:", f"  # {docs['sizes.target_prompts']}",
+              f"  target_prompts: {Recipe.model_fields['sizes'].default_factory().target_prompts}", ""]
     return "\n".join(lines)
-
-
-def propose_subdomains(folder: Path, domain: str, n: int, endpoint) -> list[str]:
-    """Subdomains proposed by the generator from the texts' section headings
-    and opening lines (empty when it gives nothing usable)."""
-    excerpts = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file())[:40]:
-        try:
-            text = read_file(path, 20_000_000).text
-        except (Skip, OSError):
-            continue
-        heads = [ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")]
-        first = " ".join(text.split())[:160]
-        excerpts.append(f"{path.name}: " + ("; ".join(heads[:8]) if heads else first))
-    if not excerpts:
-        return []
-    base = load_template("propose_subdomains")
-    template = with_schema(base, exact_items(base.schema, "subdomains", n))
-    llm = make_llm(endpoint)
-    try:
-        result = llm.chat(ChatRequest.build(
-            template.messages(domain=domain, excerpts=excerpts[:20], n=n), schema=template.schema,
-            temperature=0.0, max_tokens=min(endpoint.max_tokens, 200), stage="init"))
-    except LLMOutputError:
-        return []
-    names = [" ".join(s.split()) for s in result.data["subdomains"]]
-    return list(dict.fromkeys(s for s in names if s and s.lower() != domain.lower()))

@@ -169,7 +169,7 @@ def test_init_writes_a_recipe_that_validates_and_runs(prefect_harness, tmp_path,
     recipe = tmp_path / "recipe.yaml"
     text = recipe.read_text()
     assert "run it with:  sftmill run" in result.output and str(recipe) in result.output
-    assert "# Sampling temperature for answers" in text and "# Who files each chunk" in text
+    assert "# What counts as relevant" in text and "sftmill init --help" in text
     data = yaml.safe_load(text)
     assert data["inputs"] == [{"path": "notes"}] and data["domain"]["name"] == "Particle physics"
     assert 1 <= len(data["domain"]["subdomains"]) <= 3
@@ -250,16 +250,59 @@ def test_init_on_a_relative_folder_as_the_readme_shows_it(tmp_path, monkeypatch)
 
     shutil.copytree(Path(__file__).resolve().parents[3] / "data" / "example" / "corpus", tmp_path / "my-notes")
     monkeypatch.chdir(tmp_path)
-    proposed = ["Quarks and hadrons", "Gluons and QCD", "Experiments"]
+    proposed = ["Quarks and hadrons", "Gluons and colour", "Colliders and detectors"]
     generator = ScriptedLLM(lambda request: {"subdomains": proposed})
     monkeypatch.setattr("sftmill.cli.scaffold.make_llm", lambda endpoint, store=None: generator)
     result = cli("init", "my-notes/", "--domain", "Particle physics")
     assert result.exit_code == 0, result.output
-    assert generator.requests and "gluon" in str(generator.requests[0].messages).lower()  # the texts read
-    data = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    asked = str(generator.requests[0].messages).lower()
+    assert "gluon" in asked and "words:" in asked  # each cluster's telling words, from the texts
+    text = (tmp_path / "recipe.yaml").read_text()
+    data = yaml.safe_load(text)
     assert data["inputs"] == [{"path": "my-notes"}]
-    assert [s["name"] for s in data["domain"]["subdomains"]] == proposed
+    names = [s["name"] for s in data["domain"]["subdomains"]]
+    assert len(names) == 3 and len(set(names)) == 3
+    assert all(s["description"].startswith("Texts about ") for s in data["domain"]["subdomains"])
+    assert "null" not in text and len(text.splitlines()) < 50  # short: only what differs from defaults
     assert cli("validate", tmp_path / "recipe.yaml", "--offline").exit_code == 0
+
+
+def test_a_proposed_name_must_be_a_topic():
+    from sftmill.cli.scaffold import keyword_name, topic_problem
+
+    titles = {"caktusgroup com django 0 html", "notes on django part 1"}
+    words = ["django", "views", "templates", "admin"]
+
+    def problem(name):
+        return topic_problem(name, titles, {"testing"}, "Programming in Python", words)
+
+    assert problem("caktusgroup.com.django.html") == "a file name"
+    assert problem("gregoryszorc.com/python3") == "a file name"
+    assert problem("Notes on Django, part 1") == "a title copied whole"
+    assert problem("Programming in Python") == "only the domain's own words"
+    assert problem("Python") == "only the domain's own words"
+    assert problem("Cooking pasta") == "about none of the cluster's words"
+    assert problem("Django views and templates") is None
+    assert problem("Web apps with Django") is None
+    assert keyword_name(words) == "Django and views"
+
+
+@pytest.mark.real_model
+def test_init_proposes_topics_for_saved_web_pages(tmp_path, monkeypatch):
+    """The README's command on a relative folder of 16 saved web pages about
+    programming, with the embedded model: topic subdomains, no file names."""
+    import yaml
+    from programming_pages import write_pages
+
+    pages = write_pages(tmp_path / "pages")
+    monkeypatch.chdir(tmp_path)
+    result = cli("init", "pages/", "--domain", "Programming in Python", "--subdomains", "4")
+    assert result.exit_code == 0, result.output
+    names = [s["name"] for s in yaml.safe_load((tmp_path / "recipe.yaml").read_text())["domain"]["subdomains"]]
+    assert len(names) == 4, names
+    for name in names:
+        assert ".html" not in name and "/" not in name and name.lower() != "programming in python"
+        assert all(name.lower() not in p.name.lower() for p in pages)
 
 
 def test_mix_by_a_field_with_a_weight_for_a_missing_group_stops_with_one_line(tmp_path):
