@@ -3,6 +3,7 @@ with descriptions, enums and bounds."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +42,10 @@ class RunParams(BaseModel):
         default_factory=list, description="Stages to recompute even when their cached result "
         "is valid (LLM calls that already succeeded still come from the run's call table).")
 
+    preview: int | None = Field(
+        default=None, ge=1, le=100, description="Make about this many records the shortest "
+        "way, in RUN_DIR/preview: a few chunks judged and profiled, three prompts per record "
+        "wanted, no web round, no extended search, no review gate.")
     review: Literal["wait", "use", "skip"] = Field(
         default="wait", description="At a review gate (recipe's review.gates): wait until "
         "every sampled item is reviewed (a served run pauses with a form), use the reviews so "
@@ -60,12 +65,15 @@ class RunParams(BaseModel):
         else:
             base = load_recipe(self.recipe_path)
         overrides = self.model_dump(include={"target_prompts", "generator_base_url", "generator_model",
-                                             "judge_base_url", "judge_model"}, exclude_none=True)
+                                             "judge_base_url", "judge_model", "preview"},
+                                    exclude_none=True)
         if not overrides:
             return base
         data = base.model_dump(mode="json", exclude={"base_dir"})
         if self.target_prompts:
             data["sizes"]["target_prompts"] = self.target_prompts
+        if self.preview:
+            preview_of(data, base, self.preview)
         for role in ("generator", "judge"):
             url, model = getattr(self, f"{role}_base_url"), getattr(self, f"{role}_model")
             if url:
@@ -76,6 +84,21 @@ class RunParams(BaseModel):
             return parse_recipe(data, Path(base.base_dir))
         except RecipeError as err:
             raise RecipeError(f"run parameters: {err}") from None
+
+
+PROMPTS_PER_RECORD = 3  # prompts asked per record wanted: a small model's answers pass about 1 in 3
+
+
+def preview_of(data: dict, base: Recipe, records: int) -> None:
+    """Change a recipe's settings (`data`, in place) into its preview's."""
+    sizes = data["sizes"]
+    sizes["target_prompts"] = PROMPTS_PER_RECORD * records
+    per_profile = sizes["prompts_per_profile"] + sizes["broaden_per_profile"]
+    profiles = -(-sizes["target_prompts"] // per_profile)
+    sizes.update(max_chunks=math.ceil(profiles * sizes["profile_margin"]) + 1, max_rounds=0)
+    data["answers"]["queries_per_prompt"] = 0
+    data["review"]["gates"] = []
+    data["output_dir"] = str(base.run_dir / "preview")
 
 
 def stage(task, name: str, refresh: list[str]):

@@ -3,6 +3,7 @@ flow run with progress bars and its closing lines."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -13,11 +14,13 @@ from sftmill.cli.common import RichReporter, claim, console, fail
 from sftmill.core.errors import RecipeError
 from sftmill.core.progress import set_reporter
 from sftmill.core.recipe import DB_FILE
+from sftmill.core.schema import KEPT_DATASET
 from sftmill.core.store import Store
 from sftmill.embed.models import preload
 from sftmill.tasks.curation.curate import kept_count
 from sftmill.tasks.preflight import check_templates_fit
 from sftmill.tasks.report.plan import plan_recipe
+from sftmill.tasks.report.quality import QUALITY_FILE, quality_markdown, read_quality
 from sftmill.tasks.report.summary import empty_run_hint, or_dash, sample_records, summarize
 
 
@@ -96,6 +99,31 @@ def print_samples(store, n: int = 3) -> None:
             source = (r["source"] or "").rsplit("/", 1)[-1]
             console.print(f"  [bold]cites[/] {source}: {clip(r['passage'], 200)}",
                           highlight=False, soft_wrap=True)
+
+
+def print_preview(store, run_dir: Path, wanted: int, elapsed: float) -> None:
+    """A preview's records with their scores, the drops, and the quality figures."""
+    records = store.query_dicts(f"SELECT prompt, answer, metadata FROM {KEPT_DATASET} ORDER BY record_id")
+    console.print(f"[bold]Preview[/]: {len(records)} records (asked for {wanted}) in {elapsed:.0f} s, "
+                  f"in {run_dir}", highlight=False, soft_wrap=True)
+    for r in records[:wanted]:
+        meta = json.loads(r["metadata"] or "{}")
+        scores = {k: v for k, v in (meta.get("scores") or {}).items() if v is not None}
+        console.print(f"• [bold]prompt[/] ({(meta.get('profile') or {}).get('subdomain') or '-'}): "
+                      f"{clip(r['prompt'], 200)}", highlight=False, soft_wrap=True)
+        console.print(f"  [bold]answer[/]: {clip(r['answer'], 400)}", highlight=False, soft_wrap=True)
+        console.print("  [bold]scores[/]: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()),
+                      highlight=False, soft_wrap=True)
+    drops = store.reject_counts()
+    if drops:
+        console.print("Dropped: " + ", ".join(f"{n} {reason} ({stage})" for stage, reason, n in drops),
+                      highlight=False, soft_wrap=True)
+    if not records:
+        console.print(empty_run_hint(store), highlight=False, soft_wrap=True)
+    quality = read_quality(run_dir / QUALITY_FILE)
+    if quality:
+        console.print("Quality (card.md has the full report):", highlight=False)
+        print("\n\n".join(quality_markdown(quality)))
 
 
 def print_plan(recipe) -> None:

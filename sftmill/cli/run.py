@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sftmill.cli.common import RichReporter, app, claim, console, fail, load_checked
-from sftmill.cli.output import print_plan, print_summary
+from sftmill.cli.output import print_plan, print_preview, print_summary
 from sftmill.cli.scaffold import field_docs, propose_subdomains, render_recipe
 from sftmill.core.endpoints import LLMEndpoint
 from sftmill.core.progress import set_reporter
@@ -58,6 +58,11 @@ def run(
         help="At a review gate (the recipe's review.gates): wait = stop there until every "
         "sampled item is reviewed (rerun the same command to go on); use = go on with the "
         "reviews so far; skip = go on without review."),
+    preview: int = typer.Option(
+        None, "--preview", min=1, max=100, metavar="N",
+        help="Make about N records the shortest way (a few chunks and profiles, no web round) "
+        "in RUN_DIR/preview and print them with their scores and quality figures: try a recipe "
+        "in minutes before the full run."),
 ) -> None:
     """Run the whole pipeline on RECIPE locally, in Prefect's ephemeral mode (no server needed).
 
@@ -70,6 +75,9 @@ def run(
     the run's llm_calls table.
     """
     checked = load_checked(recipe)
+    params = RunParams(recipe_path=str(recipe.resolve()), review=review.value, preview=preview)
+    if preview:
+        checked = params.load()
     if dry_run:
         print_plan(checked)
         return
@@ -84,8 +92,7 @@ def run(
                   TimeElapsedColumn(), console=console, transient=False) as bars:
         previous = set_reporter(RichReporter(bars))
         try:
-            state = pipeline(RunParams(recipe_path=str(recipe.resolve()), review=review.value),
-                             return_state=True)
+            state = pipeline(params, return_state=True)
         finally:
             set_reporter(previous)
     run_id = str(state.state_details.flow_run_id)
@@ -99,6 +106,10 @@ def run(
             fail(stop, code=1)
         fail(f"run failed: {state.message}. Finished stages and LLM calls are kept; "
               "run the same command again to resume.", code=1)
+    if preview:
+        print_preview(store, checked.run_dir.resolve(), preview, time.perf_counter() - started)
+        Store.close_all()
+        return
     print_summary(store, run_id, time.perf_counter() - started, targets, checked)
     run_dir = checked.run_dir.resolve()
 

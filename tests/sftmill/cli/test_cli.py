@@ -317,3 +317,28 @@ def test_mix_by_a_field_with_a_weight_for_a_missing_group_stops_with_one_line(tm
     assert result.exit_code == 2
     assert result.output.strip() == "error: --weights: no record with subdomain 'Leptons' (found: Gluons)"
     assert not (tmp_path / "mix").exists()  # stopped before any work
+
+
+def test_preview_makes_a_few_records_the_shortest_way(prefect_harness, tmp_path, monkeypatch):
+    """`sftmill run RECIPE --preview 3`: a few chunks judged and profiled, no
+    web round, the records printed with their scores and quality figures, in
+    RUN_DIR/preview (the full run's folder untouched)."""
+    import duckdb
+    from examples import example_recipe, params
+    from fakes import ScriptedLLM, route_llm, schema_answers
+
+    recipe = example_recipe(tmp_path, review={"gates": ["prompts"]})
+    planned = params(recipe, preview=3).load()
+    assert planned.sizes.target_prompts == 9 and planned.sizes.max_rounds == 0
+    assert planned.sizes.max_chunks == 6 and planned.review.gates == []  # 3 profiles x 1.5 margin + 1
+    assert planned.run_dir == tmp_path / "run" / "preview"
+    llm = route_llm(monkeypatch, ScriptedLLM(schema_answers))
+    result = cli("run", recipe, "--preview", "3")
+    assert result.exit_code == 0, result.output
+    assert "Preview: " in result.output and "scores: " in result.output
+    assert "| figure | value (p10–p90) | good |" in result.output
+    db = duckdb.connect(str(tmp_path / "run" / "preview" / "sftmill.duckdb"), read_only=True)
+    assert db.execute("SELECT count(*) FROM relevance").fetchone()[0] <= 6
+    assert not db.execute("SELECT count(*) FROM rejects WHERE stage = 'web_queries'").fetchone()[0]
+    assert not (tmp_path / "run" / "sftmill.duckdb").exists()
+    assert len([r for r in llm.requests if "summary" in str(r.schema)]) <= 6  # profiles
