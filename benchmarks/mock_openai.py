@@ -3,7 +3,7 @@ a fixed latency per request, a fixed number of requests in service at once
 (the rest queue, as on a vLLM server with full batch slots), and answers
 that are valid for the request's JSON schema (the smallest instance that
 satisfies it, its strings drawn from the request's words so that answers
-differ) or, for free text, a sentence of passage [1] citing it.
+differ) or, for free text, a sentence of passage [1] in other words, citing it.
 `/v1/embeddings` answers a batch of texts with hashed bag-of-words vectors
 (384 dimensions: texts sharing words are near, so retrieval and dedup have
 something to find) after `--embed-latency` seconds in a slot.
@@ -57,13 +57,16 @@ def schema_instance(schema: dict, words: list[str], rng: random.Random) -> objec
 
 
 def free_text(user: str, rng: random.Random) -> str:
-    """An answer citing passage [1] with one of its sentences, when the
-    request lists passages; otherwise a sentence of the request's words."""
+    """An answer citing passage [1] with one of its sentences, a word added
+    every four (no five-word run copied), when the request lists passages;
+    otherwise a sentence of the request's words."""
     if "[1]" in user:
         passage = user.split("[1]", 1)[1].split("\n", 1)[0]
         sentences = [s.strip() for s in passage.split(".") if len(s.split()) > 4]
         if sentences:
-            return f"{rng.choice(sentences)}. This is what the passage states [1]."
+            words = rng.choice(sentences).split()
+            return " ".join(f"{w} indeed" if i % 4 == 3 and i < len(words) - 1 else w
+                            for i, w in enumerate(words)) + " [1]."
     words = user.split()
     return " ".join(rng.choice(words) for _ in range(20)) + "." if words else "A plain answer."
 

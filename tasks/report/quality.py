@@ -22,7 +22,10 @@ never read alone:
 - self-containedness: prompts that presuppose a text the user will not
   have, answers that talk about their sources;
 - groundedness, lexical support and prompt-quality scores, where the
-  records carry them."""
+  records carry them;
+- difficulty, when asked for (it costs two forward passes a record): IFD,
+  the model's loss on the answer with its instruction over its loss
+  without (`fluency.instruction_following_difficulty`), on a sample."""
 
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from typing import Callable
 
 import numpy as np
 
-from sftmill.core.endpoints import Embedding
+from sftmill.core.endpoints import Embedding, LLMEndpoint
 from sftmill.core.files import write_atomic
 from sftmill.core.markdown import markdown_table
 from sftmill.core.schema import KEPT_DATASET
@@ -44,11 +47,14 @@ from sftmill.core.store import Store
 from sftmill.core.text import tokens
 from sftmill.core.text_rules import copied_share, presupposes_source
 from sftmill.embed.embedder import Embedder
+from sftmill.tasks.curation.checks import Record
+from sftmill.tasks.curation.checks.fluency import instruction_following_difficulty
 from sftmill.tasks.curation.curate import cited_passages
 from sftmill.tasks.generators.self_instruct_filters import rouge_l
 from sftmill.tasks.sources.pairs import read_items
 
 SAMPLE = 2000  # records whose embeddings the semantic figures use
+IFD_SAMPLE = 200  # records whose difficulty is measured
 ROUGE_SAMPLE = 200  # prompts compared pairwise for ROUGE-L
 
 
@@ -109,8 +115,18 @@ def _figure(key: str, label: str, value, good: str, spread: dict | None = None) 
     return {"key": key, "label": label, "value": value, "spread": spread, "good": good}
 
 
+def difficulty(records: list[QualityRecord], endpoint: LLMEndpoint, seed: int = 0) -> list[float]:
+    """IFD of a sample of the records under `endpoint`'s model (the embedded
+    one, or a server whose /completions returns prompt logprobs)."""
+    sample = random.Random(seed).sample(records, min(len(records), IFD_SAMPLE))
+    scores = instruction_following_difficulty(
+        [Record(str(i), r.prompt, r.answer) for i, r in enumerate(sample)], endpoint)
+    return [round(x, 4) for x in scores if x is not None]
+
+
 def quality_report(records: list[QualityRecord], targets: dict[str, float] | None = None,
-                   embed: Callable[[list[str]], np.ndarray] | None = None, seed: int = 0) -> dict:
+                   embed: Callable[[list[str]], np.ndarray] | None = None, seed: int = 0,
+                   ifd: list[float] | None = None) -> dict:
     """The report as a JSON-ready dict: `figures` (key, label, value, spread,
     what good looks like), `shares` (subdomains and task types against
     targets) and `openings`."""
@@ -183,6 +199,12 @@ def quality_report(records: list[QualityRecord], targets: dict[str, float] | Non
         if values:
             figures.append(_figure(key, label + f" ({len(values)} scored)", float(np.median(values)),
                                    good, percentiles(values)))
+    if ifd:
+        figures.append(_figure("ifd", f"difficulty: IFD, loss on the answer with / without its "
+                               f"instruction ({len(ifd)} records)", float(np.median(ifd)),
+                               "a spread of 0.5–0.95: near 1 the instruction barely helps (hard, "
+                               f"or loosely tied); above 1 it misleads ({sum(x > 1 for x in ifd)} "
+                               "here)", percentiles(ifd)))
     shares = {}
     for name, path in (("subdomain", "profile.subdomain"), ("task_type", "record.task_type")):
         found = Counter(_get(r.metadata, path) for r in records)
@@ -261,9 +283,10 @@ def quality_section(store: Store, run_dir: Path, embedding: Embedding,
     return ["## Quality", GOOD_LOOKS, *quality_markdown(report)]
 
 
-def dataset_quality(path: Path) -> dict:
+def dataset_quality(path: Path, ifd_model: LLMEndpoint | None = None) -> dict:
     """The report of a run folder (its `dataset.jsonl`, against the targets
-    its card recorded) or of a dataset file in any format sftmill reads.
+    its card recorded) or of a dataset file in any format sftmill reads;
+    with `ifd_model`, the difficulty figure under that model.
     Raises RecipeError for a path that holds neither."""
     targets = None
     if path.is_dir():
@@ -271,6 +294,7 @@ def dataset_quality(path: Path) -> dict:
         path = path / "dataset.jsonl"
     items, _skipped = read_items(path)
     records = [QualityRecord(i.instruction, i.response, i.source.get("earlier") or {}) for i in items]
-    report = quality_report(records, targets, Embedder(Embedding()).embed)
+    report = quality_report(records, targets, Embedder(Embedding()).embed,
+                            ifd=difficulty(records, ifd_model) if ifd_model and records else None)
     report["targets"] = targets or {}
     return report

@@ -118,8 +118,29 @@ def server_perplexities(endpoint: "LLMEndpoint", records: list[Record],
     return list(result)
 
 
+def _compute(endpoint: "LLMEndpoint"):
+    return embedded_perplexities if endpoint.backend == "embedded" else server_perplexities
+
+
+def instruction_following_difficulty(records: list[Record], endpoint: "LLMEndpoint",
+                                     max_tokens: int = 512) -> list[float | None]:
+    """IFD per record (Li et al. 2024, "From Quantity to Quality"): the
+    model's loss on the response given the instruction over its loss on the
+    response alone.  Near 1: the instruction barely helps (a hard or loosely
+    tied pair); well below 1: the response follows from the instruction;
+    above 1: the instruction misleads.  None where a loss is missing."""
+    compute = _compute(endpoint)
+    given = compute(endpoint, records, max_tokens)
+    alone = compute(endpoint, [Record(r.record_id, "", r.response) for r in records], max_tokens)
+    out = []
+    for (_i, with_instruction, _p), (_j, without, _q) in zip(given, alone):
+        ok = with_instruction and without and without > 1
+        out.append(math.log(with_instruction) / math.log(without) if ok else None)
+    return out
+
+
 def fluency_scores(records: list[Record], endpoint: "LLMEndpoint", max_tokens: int) -> list[Score]:
-    compute = embedded_perplexities if endpoint.backend == "embedded" else server_perplexities
+    compute = _compute(endpoint)
     out = []
     for r, (p_in, p_out, problem) in zip(records, compute(endpoint, records, max_tokens)):
         out.append(Score(r.record_id, "instruction_perplexity", p_in, problem))

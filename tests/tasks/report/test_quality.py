@@ -85,3 +85,25 @@ def test_quality_command_compares_two_datasets(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "sftmill.cli", "quality", str(tmp_path / "no.jsonl")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "not found" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_difficulty_is_the_loss_with_the_instruction_over_the_loss_without():
+    """IFD from a server that echoes prompt logprobs (the test server gives
+    −1 to words, −8 to tokens with digits, nothing to a text's first token):
+    an answer of plain words has the same loss either way (IFD 1); one whose
+    first word goes unscored alone has 3.8 with its instruction, 4.5 without."""
+    from fake_openai import FakeOpenAI
+
+    from sftmill.core.endpoints import LLMEndpoint
+    from sftmill.tasks.report.quality import difficulty
+
+    server = FakeOpenAI(delay_s=0.0)
+    try:
+        endpoint = LLMEndpoint(backend="openai", base_url=server.url, model="lm")
+        scores = difficulty([QualityRecord("Why do quarks bind?", "Gluons bind them."),
+                             QualityRecord("Why?", "Gluons x1 bind y2 them.")], endpoint)
+    finally:
+        server.close()
+    assert sorted(scores) == [round(3.8 / 4.5, 4), 1.0]
+    report = quality_report([QualityRecord("q a b", "x y z")], ifd=[0.6, 0.8, 1.2])
+    assert figures(report)["ifd"]["value"] == 0.8 and "(1 here)" in figures(report)["ifd"]["good"]
