@@ -111,8 +111,10 @@ def nearest_distances(vectors: np.ndarray) -> list[float]:
     return [round(float(1 - s), 4) for s in sim.max(axis=1)]
 
 
-def _figure(key: str, label: str, value, good: str, spread: dict | None = None) -> dict:
-    return {"key": key, "label": label, "value": value, "spread": spread, "good": good}
+def _figure(key: str, label: str, value, good: str, spread: dict | None = None, note: str = "") -> dict:
+    """A figure: `good` says what good looks like (the same for every
+    dataset), `note` what this dataset's figure counts."""
+    return {"key": key, "label": label, "value": value, "spread": spread, "good": good, "note": note}
 
 
 def difficulty(records: list[QualityRecord], endpoint: LLMEndpoint, seed: int = 0) -> list[float]:
@@ -147,8 +149,8 @@ def quality_report(records: list[QualityRecord], targets: dict[str, float] | Non
     if rouge:
         figures.append(_figure(
             "prompt_rouge_l", f"pairwise ROUGE-L of prompts (sample of {min(len(prompts), ROUGE_SAMPLE)})",
-            round(float(np.mean(rouge)), 3), "mean under 0.3; pairs at 0.7 or more are near-copies "
-            f"({sum(x >= 0.7 for x in rouge)} of {len(rouge)} pairs here)", percentiles(rouge)))
+            round(float(np.mean(rouge)), 3), "mean under 0.3; pairs at 0.7 or more are near-copies",
+            percentiles(rouge), f"{sum(x >= 0.7 for x in rouge)} of {len(rouge)} pairs at 0.7 or more"))
     if embed is not None and len(records) > 1:
         sample = random.Random(seed).sample(prompts, min(len(prompts), SAMPLE))
         vectors = np.asarray(embed(sample), dtype=np.float32)
@@ -161,8 +163,8 @@ def quality_report(records: list[QualityRecord], targets: dict[str, float] | Non
         vendi = vendi_score(vectors)
         figures.append(_figure("vendi_prompts", "Vendi score of prompts (effective number of "
                                "distinct prompts)", round(vendi, 1),
-                               f"closer to the number of records ({len(sample)}) is more diverse; "
-                               f"here {vendi / len(sample):.0%} of it"))
+                               "closer to the number of prompts measured is more diverse",
+                               note=f"{vendi / len(sample):.0%} of the {len(sample)} measured"))
     openings = Counter(" ".join(tokens(p)[:2]) for p in prompts).most_common(5)
     top_share = openings[0][1] / len(prompts)
     figures.append(_figure("top_opening_share", f"commonest opening ({openings[0][0]!r})",
@@ -180,15 +182,15 @@ def quality_report(records: list[QualityRecord], targets: dict[str, float] | Non
     if copied:
         figures.append(_figure(
             "copied_share", "extractiveness: share of an answer copied from its passages (median)",
-            float(np.median(copied)), "under 0.5: answers in their own words; 0.8 or more is a "
-            f"copy ({sum(c >= 0.8 for c in copied)} of {len(copied)} here)", percentiles(copied)))
+            float(np.median(copied)), "under 0.5: answers in their own words; 0.8 or more is a copy",
+            percentiles(copied), f"{sum(c >= 0.8 for c in copied)} of {len(copied)} at 0.8 or more"))
     presupposing = sum(bool(presupposes_source(p, "prompt")) for p in prompts)
     talking = sum(bool(presupposes_source(a, "answer")) for a in answers)
     figures += [
         _figure("prompts_not_self_contained", "prompts that presuppose a text the user lacks",
-                round(presupposing / len(prompts), 3), f"0 ({presupposing} here)"),
+                round(presupposing / len(prompts), 3), "0", note=f"{presupposing} prompts"),
         _figure("answers_about_sources", "answers that talk about their sources",
-                round(talking / len(answers), 3), f"0 ({talking} here)"),
+                round(talking / len(answers), 3), "0", note=f"{talking} answers"),
     ]
     for key, label, good in (
             ("groundedness", "judge's groundedness (0-1)", "0.75 or more: supported by its passages"),
@@ -197,14 +199,14 @@ def quality_report(records: list[QualityRecord], targets: dict[str, float] | Non
             ("prompt_quality", "judge's prompt quality (0-1)", "0.75 or more")):
         values = [v for r in records if (v := _get(r.metadata, f"scores.{key}")) is not None]
         if values:
-            figures.append(_figure(key, label + f" ({len(values)} scored)", float(np.median(values)),
-                                   good, percentiles(values)))
+            figures.append(_figure(key, label, float(np.median(values)), good, percentiles(values),
+                                   f"{len(values)} scored"))
     if ifd:
-        figures.append(_figure("ifd", f"difficulty: IFD, loss on the answer with / without its "
-                               f"instruction ({len(ifd)} records)", float(np.median(ifd)),
+        figures.append(_figure("ifd", "difficulty: IFD, loss on the answer with / without its "
+                               "instruction", float(np.median(ifd)),
                                "a spread of 0.5–0.95: near 1 the instruction barely helps (hard, "
-                               f"or loosely tied); above 1 it misleads ({sum(x > 1 for x in ifd)} "
-                               "here)", percentiles(ifd)))
+                               "or loosely tied); above 1 it misleads", percentiles(ifd),
+                               f"{len(ifd)} measured, {sum(x > 1 for x in ifd)} above 1"))
     shares = {}
     for name, path in (("subdomain", "profile.subdomain"), ("task_type", "record.task_type")):
         found = Counter(_get(r.metadata, path) for r in records)
@@ -238,7 +240,8 @@ def quality_markdown(report: dict, other: dict | None = None, names: tuple[str, 
     """The report as Markdown blocks: one table of figures (value, 10th–90th
     percentile, what good looks like), or two reports side by side."""
     if other is None:
-        rows = [[f["label"], _value(f), f["good"]] for f in report["figures"]]
+        rows = [[f["label"], _value(f) + (f" — {f['note']}" if f.get("note") else ""), f["good"]]
+                for f in report["figures"]]
         out = [markdown_table(["figure", "value (p10–p90)", "good"], rows)]
     else:
         mine = {f["key"]: f for f in report["figures"]}

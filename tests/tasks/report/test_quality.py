@@ -49,7 +49,7 @@ def test_report_measures_copying_self_containedness_and_targets():
     got = figures(report)
     assert got["records"]["value"] == 3
     assert got["copied_share"]["value"] == 0.5  # the median of 1.0 and 0.0
-    assert "1 of 2" in got["copied_share"]["good"]
+    assert got["copied_share"]["note"] == "1 of 2 at 0.8 or more"
     assert got["prompts_not_self_contained"]["value"] == round(1 / 3, 3)
     assert got["answers_about_sources"]["value"] == round(1 / 3, 3)
     assert got["vendi_prompts"]["value"] == 3.0
@@ -106,4 +106,4 @@ def test_difficulty_is_the_loss_with_the_instruction_over_the_loss_without():
         server.close()
     assert sorted(scores) == [round(3.8 / 4.5, 4), 1.0]
     report = quality_report([QualityRecord("q a b", "x y z")], ifd=[0.6, 0.8, 1.2])
-    assert figures(report)["ifd"]["value"] == 0.8 and "(1 here)" in figures(report)["ifd"]["good"]
+    assert figures(report)["ifd"]["value"] == 0.8 and figures(report)["ifd"]["note"] == "3 measured, 1 above 1"
