@@ -180,6 +180,8 @@ class Rule:
     def explain(self, value: float | None, detail: str) -> str:
         if value is None:
             return f"{self.check} not scored ({self.setting}: drop)" + (f": {detail}" if detail else "")
+        if self.kind == "at_least" and self.bound == 1 and detail:  # a finding: what was found
+            return f"{detail} ({self.setting})"
         sign = {"min": "<", "max": ">", "at_least": "≥"}[self.kind]
         return (f"{self.check} {value:,.4g} {sign} {self.setting} {self.bound:,.4g}"
                 + (f" ({detail})" if detail else ""))

@@ -167,9 +167,9 @@ def quality_report(records: list[QualityRecord], targets: dict[str, float] | Non
                                note=f"{vendi / len(sample):.0%} of the {len(sample)} measured"))
     openings = Counter(" ".join(tokens(p)[:2]) for p in prompts).most_common(5)
     top_share = openings[0][1] / len(prompts)
-    figures.append(_figure("top_opening_share", f"commonest opening ({openings[0][0]!r})",
+    figures.append(_figure("top_opening_share", "share of prompts with the commonest opening",
                            round(top_share, 3), "under 0.15 (the pipeline rephrases above "
-                           "thresholds.max_opening_share)"))
+                           "thresholds.max_opening_share)", note=repr(openings[0][0])))
     for part, texts in (("prompt", prompts), ("answer", answers)):
         lengths = [len(t) for t in texts]
         figures.append(_figure(f"{part}_chars", f"{part} length (characters, median)",

@@ -138,17 +138,39 @@ def biggest_drop(store: Store) -> tuple[str, str, int, int] | None:
     return stage, reason, n, per_stage[stage]
 
 
+def emptying_stage(store: Store) -> tuple[str, int, list[tuple[str, int]]] | None:
+    """(stage, records it was given, its drops by reason, commonest first) for
+    the last run's first stage that was given records, kept none and dropped
+    them with reasons: where the run became empty."""
+    rows = store.execute(
+        "SELECT stage, n_in FROM stage_stats WHERE run_id = (SELECT run_id FROM stage_stats "
+        "ORDER BY finished_at DESC LIMIT 1) AND n_in > 0 AND n_out = 0 ORDER BY finished_at")
+    for stage, n_in in rows:
+        reasons = [(r, n) for s, r, n in store.reject_counts() if s == stage]
+        if reasons:
+            return stage, int(n_in), sorted(reasons, key=lambda rn: (-rn[1], rn[0]))
+    return None
+
+
 def empty_run_hint(store: Store, generator: str = "llm.generator") -> str:
-    """One or two lines for a run that ended with no record: where the most
-    went, and the setting to look at (`generator`: how the run names its
+    """One or two lines for a run that ended with no record: the stage that
+    removed the last records (else the one that removed the most) and why,
+    and the setting to look at (`generator`: how the run names its
     generating model — the recipe's llm.generator, a command's --base-url and --model)."""
-    top = biggest_drop(store)
-    if top is None:
-        return "No record was made and nothing was dropped: check that the inputs hold text."
-    stage, reason, n, total = top
+    emptied = emptying_stage(store)
+    if emptied is not None:
+        stage, given, reasons = emptied
+        reason = reasons[0][0]
+        what = (f"The {stage} stage removed all {given} records it was given ("
+                + ", ".join(f"{n} {r}" for r, n in reasons[:3]) + ")")
+    else:
+        top = biggest_drop(store)
+        if top is None:
+            return "No record was made and nothing was dropped: check that the inputs hold text."
+        stage, reason, n, total = top
+        what = f"The {stage} stage removed the most ({total}; {n} of them {reason})"
     setting = SETTING_FOR_REASON.get(reason, "").format(generator=generator)
-    return (f"No record survived. The {stage} stage removed the most ({total}; {n} of them "
-            f"{reason})" + (f": look at {setting}." if setting else ".")
+    return (f"No record survived. {what}" + (f": look at {setting}." if setting else ".")
             + " The drops are listed above and in the rejects table.")
 
 

@@ -39,10 +39,14 @@ def test_an_empty_run_names_the_stage_and_the_setting(tmp_path):
     assert hint.startswith("No record survived. The answer stage removed the most (5; 5 of them "
                            "no_supporting_passage)") and "answers.min_similarity" in hint
     assert len(hint.splitlines()) == 1
-    store.reject_many("curate", [(f"r{i}", "degenerate", "", None) for i in range(9)])
+    # the stage that removed the last records is named, however many other stages dropped
+    store.reject_many("curate", [(f"r{i}", "degenerate", "", None) for i in range(4)]
+                      + [("r9", "malformed_prompt", "", None)])
+    store.insert("stage_stats", [{"run_id": "x", "stage": "self_instruct", "n_in": 0, "n_out": 5},
+                                 {"run_id": "x", "stage": "curate", "n_in": 5, "n_out": 0}])
     hint = empty_run_hint(store, "model (--base-url and --model)")
-    assert "The curate stage removed the most (9; 9 of them degenerate): look at a more capable " \
-           "model (--base-url and --model): a small model loops" in hint
+    assert "The curate stage removed all 5 records it was given (4 degenerate, 1 malformed_prompt): " \
+           "look at a more capable model (--base-url and --model): a small model loops" in hint
 
 
 def test_llm_cost_prices_batch_calls_at_the_batch_rate(tmp_path):
