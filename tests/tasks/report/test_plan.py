@@ -37,12 +37,13 @@ def test_plan_command_on_the_example(tmp_path):
     recipe = example_recipe(tmp_path)
     plans, chunks, rates = plan_recipe(load_recipe(recipe))
     assert chunks == 35 and "assumed before any run" in rates
-    # 32 profiles needed; at the prior 80 % the corpus gives 28, so a web round
-    # is planned: 8 queries (2 per profile: 4 calls), and 6 relevant chunks'
-    # worth of pages judged (8) and profiled.
+    # 40 profiles needed (160 prompts, 4 each); at the prior 80 % the corpus
+    # gives 28, so a web round is planned for the 12 missing: 16 queries (2 per
+    # profile: 8 calls), and 18 relevant chunks' worth of pages (12 x the 1.5
+    # margin) judged (23 at 80 %) and profiled.
     by_stage = {p.stage: p.calls for p in plans}
-    assert by_stage["relevance"] == 35 + 8 and by_stage["web_queries"] == 4
-    assert by_stage["profile"] == 28 + 6 and "answer_queries" not in by_stage
+    assert by_stage["relevance"] == 35 + 23 and by_stage["web_queries"] == 8
+    assert by_stage["profile"] == 28 + 18 and "answer_queries" not in by_stage
     out = subprocess.run([sys.executable, "-m", "sftmill.cli", "plan", str(recipe)],
                          capture_output=True, text=True, timeout=120,
                          env={"COLUMNS": "160", **__import__("os").environ})
