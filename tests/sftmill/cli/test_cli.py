@@ -329,8 +329,9 @@ def test_preview_makes_a_few_records_the_shortest_way(prefect_harness, tmp_path,
 
     recipe = example_recipe(tmp_path, review={"gates": ["prompts"]})
     planned = params(recipe, preview=3).load()
-    assert planned.sizes.target_prompts == 9 and planned.sizes.max_rounds == 0
-    assert planned.sizes.max_chunks == 6 and planned.review.gates == []  # 3 profiles x 1.5 margin + 1
+    assert planned.sizes.target_prompts == 15 and planned.sizes.max_rounds == 0
+    assert planned.sizes.prompts_per_profile == 8 and planned.sizes.max_chunks == 3  # 2 profiles + 1
+    assert planned.review.gates == []
     assert planned.run_dir == tmp_path / "run" / "preview"
     llm = route_llm(monkeypatch, ScriptedLLM(schema_answers))
     result = cli("run", recipe, "--preview", "3")
@@ -338,7 +339,7 @@ def test_preview_makes_a_few_records_the_shortest_way(prefect_harness, tmp_path,
     assert "Preview: " in result.output and "scores: " in result.output
     assert "| figure | value (p10–p90) | good |" in result.output
     db = duckdb.connect(str(tmp_path / "run" / "preview" / "sftmill.duckdb"), read_only=True)
-    assert db.execute("SELECT count(*) FROM relevance").fetchone()[0] <= 6
+    assert db.execute("SELECT count(*) FROM relevance").fetchone()[0] <= 3
     assert not db.execute("SELECT count(*) FROM rejects WHERE stage = 'web_queries'").fetchone()[0]
     assert not (tmp_path / "run" / "sftmill.duckdb").exists()
-    assert len([r for r in llm.requests if "summary" in str(r.schema)]) <= 6  # profiles
+    assert len([r for r in llm.requests if "summary" in str(r.schema)]) <= 3  # profiles
