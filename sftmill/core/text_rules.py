@@ -136,10 +136,10 @@ def degenerate(text: str) -> str | None:
         mean = sum(len(w) for w in words) / len(words)
         if not low <= mean <= high:
             return f"mean word length {mean:.1f} (bounds {low:g}–{high:g})"
+    if len(words) >= MIN_WORDS_NGRAMS:  # "(a) … (b) …" in a short answer is an elision
         symbols = (text.count("#") + len(_ELLIPSIS.findall(text))) / len(words)
         if symbols > MAX_SYMBOL_RATIO:
             return f"{symbols:.2f} '#' or ellipses per word (limit {MAX_SYMBOL_RATIO})"
-    if len(words) >= MIN_WORDS_NGRAMS:
         return _ngram_shares(lowered)
     return None
 

@@ -52,7 +52,7 @@ def test_flow_runs_every_stage_with_lineage(prefect_harness, tmp_path, scripted)
 def test_rerun_sends_no_llm_call_again(prefect_harness, tmp_path, scripted):
     from sftmill.flows.prompt_flow import prompt_flow
 
-    recipe = example_recipe(tmp_path)
+    recipe = example_recipe(tmp_path, sizes={"target_prompts": 128})  # no web round
     prompt_flow(params(recipe))
     sent = len(scripted.requests)
     prompt_flow(params(recipe))  # stages come back from Prefect's cache
@@ -69,7 +69,7 @@ def test_rerun_sends_no_llm_call_again(prefect_harness, tmp_path, scripted):
 def test_refresh_recomputes_only_the_chosen_stage(prefect_harness, tmp_path, scripted):
     from sftmill.flows.prompt_flow import prompt_flow
 
-    recipe = example_recipe(tmp_path)
+    recipe = example_recipe(tmp_path, sizes={"target_prompts": 128})  # no web round
     prompt_flow(params(recipe))
     sent = len(scripted.requests)
     state = prompt_flow(params(recipe, refresh=["relevance"]), return_state=True)
@@ -187,7 +187,9 @@ def test_a_small_target_over_a_large_file_judges_only_what_it_needs(prefect_harn
     sent = dict(store.execute("SELECT stage, count(*) FROM llm_calls WHERE status = 'ok' "
                               "GROUP BY stage"))
     assert sent["relevance"] <= 300 and sent["profile"] <= 300, sent
-    assert store.count("prompts") >= 20
+    # only the profiles the target needs are made: a near duplicate among the
+    # look-alike notes' prompts is not made up for
+    assert store.count("prompts") >= 16
     judged = store.count("relevance")
     assert summarize(store).tables["chunks not judged"] == chunks - judged
     rejected = store.scalar("SELECT count(*) FROM rejects WHERE stage = 'relevance'")

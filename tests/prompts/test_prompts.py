@@ -23,7 +23,7 @@ SAMPLE = {
     "prompt_filter": dict(domain="Physics", subdomains=["QCD"], prompt="MARK"),
     "answer_queries": dict(domain="Physics", prompt="MARK", n=2),
     "answer": dict(domain="Physics", prompt="Why?", passages=["MARK passage"]),
-    "propose_subdomains": dict(domain="Physics", excerpts=["quarks.md: MARK"], n=3),
+    "propose_subdomains": dict(domain="Physics", topics=[{"words": ["quark", "hadron"], "excerpt": "MARK"}]),
     "groundedness": dict(passages=["p"], prompt="Why?", answer="MARK [1]"),
     "safety": dict(instruction="MARK", response="Because."),
     "adherence": dict(instruction="MARK", response="Because."),

@@ -136,6 +136,6 @@ def test_a_recipe_file_is_parsed_once_until_it_changes(tmp_path):
     recipe_file = example_recipe(tmp_path)
     first = load_recipe(recipe_file)
     assert load_recipe(recipe_file) is first  # the flows and subflows of a run share it
-    recipe_file.write_text(recipe_file.read_text().replace("target_prompts: 128", "target_prompts: 64"))
+    recipe_file.write_text(recipe_file.read_text().replace("target_prompts: 160", "target_prompts: 64"))
     changed = load_recipe(recipe_file)
     assert changed is not first and changed.sizes.target_prompts != first.sizes.target_prompts
