@@ -322,7 +322,7 @@ def test_an_unusable_judge_answer_is_asked_again_on_the_next_run(tmp_path, monke
 def test_server_fluency_cuts_long_texts_and_a_rejected_record_is_left_unscored(tmp_path):
     from fake_openai import FakeOpenAI
 
-    from sftmill.core.endpoints import Embedding, LLMEndpoint
+    from sftmill.core.endpoints import LLMEndpoint
 
     server = FakeOpenAI(delay_s=0.0)
     server.max_prompt_chars = 2 * 64 * 4 + 2  # fits max_tokens 64 of each part, cut at 4 chars a token
