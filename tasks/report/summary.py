@@ -145,8 +145,9 @@ def emptying_stage(store: Store) -> tuple[str, int, list[tuple[str, int]]] | Non
     rows = store.execute(
         "SELECT stage, n_in FROM stage_stats WHERE run_id = (SELECT run_id FROM stage_stats "
         "ORDER BY finished_at DESC LIMIT 1) AND n_in > 0 AND n_out = 0 ORDER BY finished_at")
+    drops = store.reject_counts() if rows else []
     for stage, n_in in rows:
-        reasons = [(r, n) for s, r, n in store.reject_counts() if s == stage]
+        reasons = [(r, n) for s, r, n in drops if s == stage]
         if reasons:
             return stage, int(n_in), sorted(reasons, key=lambda rn: (-rn[1], rn[0]))
     return None
