@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sftmill.core.errors import RecipeError
 from sftmill.core.recipe import Recipe, load_recipe, parse_recipe
+from sftmill.tasks.stages.sizing import needed_profiles
 
 Stage = Literal["collect", "chunk", "relevance", "profile", "web_queries", "search_fetch",
                 "generate", "broaden", "rephrase", "prompt_filter", "dedup", "answer_search",
@@ -94,8 +95,8 @@ def preview_of(data: dict, base: Recipe, records: int) -> None:
     sizes = data["sizes"]
     sizes["target_prompts"] = PROMPTS_PER_RECORD * records
     sizes["prompts_per_profile"] = max(sizes["prompts_per_profile"], PREVIEW_PROMPTS_PER_PROFILE)
-    per_profile = sizes["prompts_per_profile"] + sizes["broaden_per_profile"]
-    profiles = -(-sizes["target_prompts"] // per_profile)
+    profiles = needed_profiles(base.model_copy(update={"sizes": base.sizes.model_copy(update={
+        "target_prompts": sizes["target_prompts"], "prompts_per_profile": sizes["prompts_per_profile"]})}))
     sizes.update(max_chunks=profiles + 1, profile_margin=1.0, max_rounds=0)
     data["answers"]["queries_per_prompt"] = 0
     data["review"]["gates"] = []
