@@ -6,7 +6,12 @@ satisfies it, its strings drawn from the request's words so that answers
 differ) or, for free text, a sentence of passage [1] in other words, citing it.
 `/v1/embeddings` answers a batch of texts with hashed bag-of-words vectors
 (384 dimensions: texts sharing words are near, so retrieval and dedup have
-something to find) after `--embed-latency` seconds in a slot.
+something to find) after `--embed-latency` seconds in a slot.  With
+`--reasoning field` it answers as a reasoning model behind a reasoning
+parser (a trace of `--reasoning-words` words in `reasoning_content`), with
+`--reasoning think` as one without (`<think>…</think>` before the answer in
+`content`); either way the completion tokens count the trace and `stop`
+cuts the whole output, as a server does.
 
     python benchmarks/mock_openai.py --port 8011 --latency 0.2 --slots 64
 
@@ -91,7 +96,27 @@ def bag_of_words(texts: list[str], dim: int = 384):
     return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
-def make_app(latency_s: float, slots: int, embed_latency_s: float = 0.05):
+def with_reasoning(content: str, body: dict, how: str | None, words: int, rng: random.Random,
+                   ) -> tuple[dict, int]:
+    """The message and its completion tokens (40 for the answer), with a
+    trace placed as `how` says (None: no trace)."""
+    if not how:
+        return {"role": "assistant", "content": content}, 40
+    vocabulary = [w for w in content.split() if w.isalpha()] or ["think"]
+    trace = " ".join(rng.choice(vocabulary) for _ in range(words // 2)) + ".\n\n" + " ".join(
+        rng.choice(vocabulary) for _ in range(words - words // 2)) + "."
+    stop = body.get("stop") or []
+
+    def cut(text: str) -> str:
+        ends = [i for i in (text.find(s) for s in stop) if i >= 0]
+        return text[:min(ends)] if ends else text
+    if how == "think":
+        return {"role": "assistant", "content": cut(f"<think>\n{trace}\n</think>\n\n{content}")}, 40 + words
+    return {"role": "assistant", "content": cut(content), "reasoning_content": trace}, 40 + words
+
+
+def make_app(latency_s: float, slots: int, embed_latency_s: float = 0.05,
+             reasoning: str | None = None, reasoning_words: int = 200):
     from aiohttp import web
 
     slot = asyncio.Semaphore(slots)
@@ -109,12 +134,14 @@ def make_app(latency_s: float, slots: int, embed_latency_s: float = 0.05):
         rng = random.Random(zlib.crc32(user.encode()) ^ int(body.get("seed") or 0))
         words = [w.strip('.,;:"()[]') for w in user.split() if len(w) > 3][:400]
         content = json.dumps(schema_instance(schema, words, rng)) if schema else free_text(user, rng)
+        message, tokens_out = with_reasoning(content, body, reasoning, reasoning_words, rng)
         return web.json_response({
             "id": f"chatcmpl-{stats['requests']}", "object": "chat.completion",
             "model": body.get("model", "mock"),
             "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 200, "completion_tokens": 40, "total_tokens": 240}})
+                         "message": message}],
+            "usage": {"prompt_tokens": 200, "completion_tokens": tokens_out,
+                      "total_tokens": 200 + tokens_out}})
 
     async def embeddings(request: web.Request) -> web.Response:
         body = await request.json()
@@ -159,8 +186,13 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=64, help="requests in service at once")
     parser.add_argument("--embed-latency", type=float, default=0.05,
                         help="seconds per /v1/embeddings request (a batch of texts)")
+    parser.add_argument("--reasoning", choices=("field", "think"), default=None,
+                        help="answer as a reasoning model: the trace in reasoning_content "
+                        "(field) or as <think>…</think> before the answer (think)")
+    parser.add_argument("--reasoning-words", type=int, default=200, help="words per trace")
     args = parser.parse_args()
-    web.run_app(make_app(args.latency, args.slots, args.embed_latency), host=args.host, port=args.port,
+    web.run_app(make_app(args.latency, args.slots, args.embed_latency, args.reasoning,
+                         args.reasoning_words), host=args.host, port=args.port,
                 access_log=None, print=None, backlog=2048)
 
 

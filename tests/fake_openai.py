@@ -1,6 +1,7 @@
 """An OpenAI-compatible chat endpoint on 127.0.0.1 that answers like the
 scripted LLM (see fakes.schema_answers; free-text requests get a short
-plain answer), slowly, and can be taken down; `/v1/embeddings` answers with
+plain answer), slowly, and can be taken down; with `reasoning` set it answers
+as a reasoning model does (see `completion`); `/v1/embeddings` answers with
 hashed bag-of-words vectors (texts sharing words are near), listed in
 reverse order with their `index` as some servers do, as base64 when asked
 (`embedding_base64 = False`: numbers, as a server that ignores it); with `capacity` it serves at
@@ -30,7 +31,7 @@ import zlib
 
 from fakes import schema_answers
 
-from sftmill.llm.request import ChatRequest
+from sftmill.llm.request import ChatRequest, cut_at_stop
 
 
 def request_key(body: dict) -> str:
@@ -42,17 +43,41 @@ def request_key(body: dict) -> str:
         stop=tuple(body.get("stop") or ())).key(body["model"])
 
 
-def completion(body: dict) -> dict:
+def trace_of(body: dict) -> str:
+    """A reasoning model's trace for a request: two paragraphs (a blank line
+    between them, as real traces have: a stop sequence "\\n\\n" sent to the
+    server would cut it)."""
+    asked = body["messages"][-1]["content"].split("Question:")[-1].strip()[:60]
+    return (f"The user asks: {asked}. I should check what the background says first."
+            "\n\nIt supports a short answer; I will keep to it and cite it.")
+
+
+def completion(body: dict, reasoning: str | None = None) -> dict:
     """The scripted LLM's answer to a chat request body, as a completion object:
-    JSON, or text for the forms it knows."""
+    JSON, or text for the forms it knows.  `reasoning`: answer as a reasoning
+    model served with a reasoning parser does ("field": the trace in
+    `reasoning_content`) or without one ("think": `<think>…</think>` before
+    the answer in `content`); the body's `stop` then cuts the whole output,
+    trace included, as a server does."""
     schema = body["response_format"]["json_schema"]["schema"] if "response_format" in body else None
     try:
         answer = schema_answers(ChatRequest.build(body["messages"], schema=schema))
         answer = answer if isinstance(answer, str) else json.dumps(answer)
     except AssertionError:  # other free text (a response, a rewrite, a translation)
         answer = "A plain answer about " + body["messages"][-1]["content"][:80]
-    return {"object": "chat.completion", "choices": [{"message": {"content": answer}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+    message, usage = {"content": answer}, {"prompt_tokens": 10, "completion_tokens": 5}
+    if reasoning:
+        trace = trace_of(body)
+        thinking = len(trace.split())
+        usage = {"prompt_tokens": 10, "completion_tokens": 5 + thinking,
+                 "completion_tokens_details": {"reasoning_tokens": thinking}}
+        if reasoning == "think":
+            message = {"content": cut_at_stop(f"<think>\n{trace}\n</think>\n\n{answer}",
+                                              body.get("stop") or ())}
+        else:
+            message = {"content": cut_at_stop(answer, body.get("stop") or ()),
+                       "reasoning_content": trace}
+    return {"object": "chat.completion", "choices": [{"message": message}], "usage": usage}
 
 
 def echo_logprobs(body: dict) -> dict:
@@ -104,6 +129,7 @@ class FakeOpenAI:
         self.max_prompt_chars: int | None = None
         self.completion_prompts: list[str] = []
         self.batch_fail_every: int | None = None
+        self.reasoning: str | None = None  # "field" | "think": answer as a reasoning model
         self._failed_once: set[str] = set()
         self._ids = itertools.count(1)
         server = self
@@ -211,7 +237,7 @@ class FakeOpenAI:
                 server.requests += 1
                 server.keys.append(request_key(body))
                 time.sleep(delay_s)
-                self._json(completion(body))
+                self._json(completion(body, server.reasoning))
 
         self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
@@ -264,7 +290,8 @@ class FakeOpenAI:
                 with self._lock:
                     self.batch_keys.append(key)
                 out.append({**row, "response": {"status_code": 200, "request_id": row["id"],
-                                                "body": completion(line["body"])}, "error": None})
+                                                "body": completion(line["body"], self.reasoning)},
+                            "error": None})
         counts = {"total": len(lines), "completed": len(out), "failed": len(errors)}
         expired = self.batch_expire_after is not None and len(lines) > self.batch_expire_after
         files = {}

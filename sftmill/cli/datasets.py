@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from sftmill.cli.common import app, checked_curate_config, console, fail, load_checked, run_db
-from sftmill.cli.generators import check_format, check_input
+from sftmill.cli.generators import check_choice, check_format, check_input
 from sftmill.cli.output import print_summary, run_flow
 from sftmill.core.endpoints import LLMEndpoint
 from sftmill.core.errors import RecipeError
@@ -17,7 +17,7 @@ from sftmill.flows.curate_flow import curate_flow
 from sftmill.flows.mix_flow import mix_flow
 from sftmill.tasks.curation.curate import standalone_embedding, standalone_judge
 from sftmill.tasks.curation.mix import Source, check_groups, parse_weights
-from sftmill.tasks.report.export import export_files, export_jsonl
+from sftmill.tasks.report.export import REASONING, export_files, export_jsonl
 from sftmill.tasks.report.quality import dataset_quality, quality_markdown
 from sftmill.tasks.review.annotations import refresh_card
 from sftmill.tasks.review.sheets import apply_sheet, detect_format, write_sheet
@@ -103,6 +103,10 @@ def export_cmd(
                                help="openai (messages), sharegpt (conversations) or alpaca."),
     out: Path = typer.Option(None, "--out", "-o",
                              help="Output JSONL path (default RUN_DIR/dataset.<format>.jsonl)."),
+    reasoning: str = typer.Option(
+        "field", "--reasoning",
+        help="A reasoning model's trace: 'field' (reasoning_content in OpenAI messages, "
+        "thinking in ShareGPT / Alpaca), 'inline' (<think>…</think> before the answer) or 'drop'."),
 ) -> None:
     """Write a finished run's dataset in another format, with its lineage metadata.
 
@@ -110,9 +114,10 @@ def export_cmd(
     half-written file that looks complete).
     """
     check_format(format)
+    check_choice("--reasoning", reasoning, REASONING)
     store = run_db(run_dir)
     target = out or run_dir / f"dataset.{format}.jsonl"
-    n = export_jsonl(store, format, target)
+    n = export_jsonl(store, format, target, reasoning=reasoning)
     console.print(f"wrote {n} records to {target}")
 
 

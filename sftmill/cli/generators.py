@@ -87,9 +87,13 @@ def config_from_options(cls, **fields):
         fail(f"--{first['loc'][0]}: {first['msg']}".replace("_", "-"))
 
 
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        fail(f"{option}: {value!r} is not one of {', '.join(choices)}")
+
+
 def check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        fail(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    check_choice("--format", fmt, FORMATS)
 
 
 def check_input(path: Path) -> None:

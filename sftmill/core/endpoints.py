@@ -86,6 +86,18 @@ class LLMEndpoint(ServerEndpoint):
         "llama.cpp allocates.  'openai': the served model's context, if you give it; "
         "prompts are then fitted to it (fewer in-context examples) and a template that "
         "can never fit stops the run before it starts.")
+    reasoning: bool = Field(
+        default=False,
+        description="The model reasons before it answers (Qwen3, DeepSeek-R1 and its distills, "
+        "gpt-oss, …).  Its trace is kept apart from the answer either way — returned as "
+        "reasoning_content / reasoning or written as <think>…</think> before it; with this "
+        "set, stop sequences are applied by sftmill after the trace instead of being sent to "
+        "the server (the trace would meet them first), and the plan counts reasoning_tokens "
+        "per call.  max_tokens must leave room for the trace and the answer.")
+    reasoning_tokens: int = Field(
+        default=500, ge=0,
+        description="Typical tokens of one trace, for the plan and the budget's estimate "
+        "(reasoning: true).")
     n_threads: int | None = Field(
         default=None, ge=1, description="llama.cpp threads (embedded only); default: all cores."
     )
@@ -112,6 +124,9 @@ class LLMEndpoint(ServerEndpoint):
             raise ValueError("backend 'openai' needs base_url")
         if self.batch and self.backend != "openai":
             raise ValueError("batch: true needs backend 'openai' (a server with a Batch API)")
+        if self.reasoning and self.max_tokens <= self.reasoning_tokens:
+            raise ValueError(f"max_tokens {self.max_tokens} leaves no room for an answer after a "
+                             f"trace of reasoning_tokens {self.reasoning_tokens}")
         if self.batch and len(self.base_urls) != 1:
             raise ValueError("batch: true needs one base_url (a batch lives on one server)")
         return self

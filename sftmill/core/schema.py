@@ -161,7 +161,8 @@ SCHEMA: dict[str, str] = {
         citations_inferred BOOLEAN,  -- no [n] marker: cited the passage it draws on most
         model VARCHAR,
         template_version VARCHAR,
-        call_key VARCHAR
+        call_key VARCHAR,
+        reasoning VARCHAR             -- the model's trace before the answer (a reasoning model)
     """,
     "answer_checks": """
         answer_id VARCHAR PRIMARY KEY,
@@ -179,7 +180,8 @@ SCHEMA: dict[str, str] = {
         degenerate VARCHAR,      -- the degenerate-text rule it fails (null: none)
         model VARCHAR,
         template_version VARCHAR,
-        call_key VARCHAR
+        call_key VARCHAR,
+        reasoning_chars INTEGER       -- length of its trace (0: none)
     """,
     # The final SFT records (one per kept answer).
     "dataset": """
@@ -189,7 +191,8 @@ SCHEMA: dict[str, str] = {
         prompt VARCHAR,
         answer VARCHAR,
         grounded BOOLEAN,
-        metadata VARCHAR              -- JSON: lineage, models, template versions, scores
+        metadata VARCHAR,             -- JSON: lineage, models, template versions, scores
+        reasoning VARCHAR             -- the model's trace before the answer (null: none)
     """,
     "stage_stats": """
         run_id VARCHAR,
@@ -223,7 +226,8 @@ SCHEMA: dict[str, str] = {
         tokens_in INTEGER,
         tokens_out INTEGER,
         latency_s DOUBLE,
-        created_at TIMESTAMP DEFAULT current_timestamp
+        created_at TIMESTAMP DEFAULT current_timestamp,
+        reasoning VARCHAR             -- a reasoning model's trace before response_text
     """,
     # Batches submitted to a Batch API (llm/batch_api.py): written when the
     # input file is uploaded, before the batch is created, so that a killed

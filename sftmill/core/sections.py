@@ -168,6 +168,19 @@ class Search(Strict):
         return self.api_key_env or defaults.get(self.backend)
 
 
+class ReasoningChecks(Strict):
+    """Checks on a reasoning model's trace (kept apart from its answer; the
+    answer checks never see it)."""
+
+    required: bool = Field(
+        default=False, description="An answer must come with a trace: one without is dropped "
+        "(missing_reasoning).  Set it for a reasoning model whose traces you want to train on.")
+    min_chars: int = Field(default=0, ge=0, description="A shorter trace is dropped "
+                           "(reasoning_length).")
+    max_chars: int = Field(default=30000, ge=1, description="A longer trace is dropped "
+                           "(reasoning_length).")
+
+
 class Answers(Strict):
     """The answer half: extended queries, chop-n-RAG, grounded answers, checks."""
 
@@ -208,6 +221,11 @@ class Answers(Strict):
         description="Share of an answer's words inside 5-word runs found verbatim in its cited "
         "passages, at or above which it is dropped (copies_passage): a copy teaches the model "
         "to recite, not to answer.")
+    reasoning: ReasoningChecks = Field(
+        default_factory=ReasoningChecks,
+        description="A reasoning model's trace: kept per answer, checked here.  An output that "
+        "is all trace (the tokens ran out while the model reasoned) is dropped as "
+        "llm_invalid_output.")
 
 
 class Export(Strict):
@@ -221,6 +239,11 @@ class Export(Strict):
     keep_citations: bool = Field(
         default=False, description="Keep [n] markers in exported answers (the passages "
         "are in metadata either way).")
+    reasoning: Literal["field", "inline", "drop"] = Field(
+        default="field", description="Where a reasoning model's trace goes: 'field' (a "
+        "reasoning_content field of the assistant message in OpenAI messages, thinking in "
+        "ShareGPT and Alpaca), 'inline' (<think>…</think> before the answer, for trainers that "
+        "want it in the text), 'drop' (not exported; it stays in the run database).")
 
 
 class Schedule(Strict):

@@ -34,12 +34,16 @@ from sftmill.llm.request import (
     ChatRequest,
     ChatResult,
     RawCompletion,
+    cut_at_stop,
     estimate_tokens,
     next_call_id,
     parse_structured,
 )
 
 CHUNK = 500  # requests rendered, looked up in the cache and sent together
+TRACE_ONLY = ("the output ended inside the model's reasoning trace: give the endpoint "
+              "reasoning: true (stop sequences are then applied after the trace) and room for "
+              "the trace in max_tokens")
 
 
 def _releasing(reserved: Reservation, report: Callable[[int, Any], None] | None,
@@ -115,14 +119,16 @@ class LLM:
         unique = list(dict.fromkeys(keys))
         journal = self.journal  # first: a killed run's journal is replayed on first use
         found = {r["key"]: r for r in self.store.query_dicts(
-            "SELECT DISTINCT ON (key) key, response_text, tokens_in, tokens_out FROM llm_calls "
+            "SELECT DISTINCT ON (key) key, response_text, tokens_in, tokens_out, reasoning "
+            "FROM llm_calls "
             "WHERE status = 'ok' AND key IN (SELECT unnest(?::VARCHAR[]))", [unique])}
         found.update(journal.unmerged(unique))
         return found
 
     def _record(self, key: str, request: ChatRequest, status: str, *, text: str = "",
                 error: str = "", attempts: int = 0, tokens_in: int = 0,
-                tokens_out: int = 0, latency_s: float = 0.0, batch: bool = False) -> None:
+                tokens_out: int = 0, latency_s: float = 0.0, batch: bool = False,
+                reasoning: str = "") -> None:
         """Journal a finished call (a file append, no database work); a call
         answered through a Batch API is recorded with backend `<backend>-batch`."""
         if self.store is None:
@@ -138,7 +144,8 @@ class LLM:
             "call_id": next_call_id(), "key": key, "model": self.model,
             "backend": self.backend + ("-batch" if batch else ""), "stage": request.stage,
             "status": status,
-            "request_json": request_json, "response_text": text, "error": error[:2000],
+            "request_json": request_json, "response_text": text, "reasoning": reasoning,
+            "error": error[:2000],
             "attempts": attempts, "tokens_in": tokens_in, "tokens_out": tokens_out,
             "latency_s": latency_s, "created_at": datetime.datetime.now().isoformat(),
         })
@@ -151,7 +158,8 @@ class LLM:
         except ValueError as err:  # a cached answer that no longer parses
             raise LLMOutputError(f"cached answer unusable: {err}") from None
         return ChatResult(hit["response_text"], data, key, True,
-                          hit["tokens_in"] or 0, hit["tokens_out"] or 0)
+                          hit["tokens_in"] or 0, hit["tokens_out"] or 0,
+                          reasoning=hit.get("reasoning") or "")
 
     # -- one call -----------------------------------------------------------
     async def achat(self, request: ChatRequest) -> ChatResult:
@@ -171,6 +179,10 @@ class LLM:
         self.in_flight += 1
         try:
             raw = await self._raw_complete(request)
+            if request.stop:  # a reasoning model's server was not sent them (its trace has them)
+                raw.text = cut_at_stop(raw.text, request.stop)
+            if raw.reasoning and not raw.text.strip():
+                raise LLMOutputError(TRACE_ONLY)
             text, data = raw.text, None
             if request.schema is not None:
                 text, data, raw = await self._structured(request, raw)
@@ -183,8 +195,9 @@ class LLM:
         latency = raw.latency_s if raw.latency_s is not None else time.perf_counter() - started
         self._record(key, request, "ok", text=text, attempts=raw.attempts,
                      tokens_in=raw.tokens_in, tokens_out=raw.tokens_out, latency_s=latency,
-                     batch=raw.batch)
-        return ChatResult(text, data, key, False, raw.tokens_in, raw.tokens_out, latency)
+                     batch=raw.batch, reasoning=raw.reasoning)
+        return ChatResult(text, data, key, False, raw.tokens_in, raw.tokens_out, latency,
+                          raw.reasoning)
 
     async def _structured(self, request: ChatRequest, raw: RawCompletion):
         try:
@@ -205,7 +218,8 @@ class LLM:
         merged = RawCompletion(second.text, raw.tokens_in + second.tokens_in,
                                raw.tokens_out + second.tokens_out, raw.attempts + second.attempts,
                                None if raw.latency_s is None or second.latency_s is None
-                               else raw.latency_s + second.latency_s)
+                               else raw.latency_s + second.latency_s,
+                               reasoning=second.reasoning)
         try:
             return second.text, parse_structured(second.text, request.schema), merged
         except ValueError as err:

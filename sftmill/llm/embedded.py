@@ -20,7 +20,7 @@ from sftmill.core.endpoints import LLMEndpoint
 from sftmill.core.store import Store
 from sftmill.llm.base import LLM
 from sftmill.llm.errors import LLMOutputError
-from sftmill.llm.request import ChatRequest, RawCompletion
+from sftmill.llm.request import ChatRequest, RawCompletion, split_reasoning
 
 DEFAULT_MODEL = "smollm2-135m"
 _GGUF_IN_WHEEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -147,7 +147,7 @@ class EmbeddedLLM(LLM):
                     top_p=request.top_p,
                     max_tokens=request.max_tokens,
                     seed=request.seed,
-                    stop=list(request.stop) or None,
+                    stop=None if self.endpoint.reasoning else list(request.stop) or None,
                     frequency_penalty=request.frequency_penalty,
                     **kwargs,
                 )
@@ -155,9 +155,10 @@ class EmbeddedLLM(LLM):
                 raise LLMOutputError(f"llama.cpp rejected the request: {err}") from None
             latency = time.perf_counter() - started
         usage = out.get("usage") or {}
-        return RawCompletion(out["choices"][0]["message"]["content"] or "",
-                             int(usage.get("prompt_tokens") or 0),
-                             int(usage.get("completion_tokens") or 0), latency_s=latency)
+        text, reasoning = split_reasoning(out["choices"][0]["message"]["content"] or "")
+        return RawCompletion(text, int(usage.get("prompt_tokens") or 0),
+                             int(usage.get("completion_tokens") or 0), latency_s=latency,
+                             reasoning=reasoning)
 
     async def _raw_complete(self, request: ChatRequest) -> RawCompletion:
         return await asyncio.to_thread(self._complete_sync, request)

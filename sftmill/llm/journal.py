@@ -31,7 +31,7 @@ import orjson
 
 from sftmill.core.store import JOURNAL, LEDGER, MERGING, Store
 
-CACHED_FIELDS = ("key", "response_text", "tokens_in", "tokens_out")
+CACHED_FIELDS = ("key", "response_text", "tokens_in", "tokens_out", "reasoning")
 
 
 class CallJournal:
@@ -74,7 +74,7 @@ class CallJournal:
                 self._ledger.write(line)
                 self._ledger.flush()
             if row["status"] == "ok":  # what the cache needs, not the whole row
-                self._done[row["key"]] = {k: row[k] for k in CACHED_FIELDS}
+                self._done[row["key"]] = {k: row.get(k) for k in CACHED_FIELDS}
 
     def count_hit(self, stage: str, model: str) -> None:
         with self._lock:

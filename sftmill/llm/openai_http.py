@@ -358,7 +358,7 @@ class OpenAIChatLLM(LLM):
             "max_tokens": request.max_tokens,
             "seed": request.seed,
         }
-        if request.stop:
+        if request.stop and not self.endpoint.reasoning:  # (a trace would hit them: cut after it)
             body["stop"] = list(request.stop)
         if request.frequency_penalty:
             body["frequency_penalty"] = request.frequency_penalty

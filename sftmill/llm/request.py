@@ -114,6 +114,7 @@ class RawCompletion:
     # the backend knows it; else the call's whole time, waits included.
     latency_s: float | None = None
     batch: bool = False  # answered through a Batch API (recorded as such, priced as such)
+    reasoning: str = ""  # the model's reasoning before the answer (`split_reasoning`)
 
 
 @dataclass
@@ -123,8 +124,9 @@ class ChatResult:
     key: str = ""
     cached: bool = False
     tokens_in: int = 0
-    tokens_out: int = 0
+    tokens_out: int = 0  # reasoning tokens included, as the OpenAI API counts them
     latency_s: float = 0.0
+    reasoning: str = ""  # the model's reasoning before `text`, kept apart from it
 
 
 _CALL_IDS = itertools.count()
@@ -188,13 +190,48 @@ def estimate_tokens(messages: Sequence[dict[str, str]]) -> int:
     return sum(len(m["content"]) // 3 + 8 for m in messages)
 
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def split_reasoning(content: str, reasoning: str = "") -> tuple[str, str]:
+    """(answer, reasoning) of a model's output: the trace a server returns
+    apart (`reasoning_content` from vLLM's and SGLang's reasoning parsers and
+    DeepSeek's API, `reasoning` from newer vLLM and Ollama) and a
+    `<think>…</think>` block that opens the content (Qwen3, the R1 distills
+    on a server without a reasoning parser; also a bare `…</think>` when the
+    chat template opened the block).  A block that never closes (the token
+    budget ran out while the model reasoned) is all trace: the answer is
+    empty and the trace is the output as it stands, its opening tag kept."""
+    text = content
+    stripped = text.lstrip()
+    inline = ""
+    if stripped.startswith(THINK_OPEN):
+        body, closed, rest = stripped[len(THINK_OPEN):].partition(THINK_CLOSE)
+        inline, text = (body, rest) if closed else (stripped, "")
+    elif THINK_CLOSE in text and THINK_OPEN not in text:
+        inline, _, text = text.partition(THINK_CLOSE)
+    trace = "\n\n".join(t.strip() for t in (reasoning, inline) if t and t.strip())
+    return text.strip() if inline or reasoning else text, trace
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the first of the stop sequences, as a server cuts it."""
+    ends = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return text[:min(ends)] if ends else text
+
+
 def completion_of(payload: dict[str, Any], attempts: int = 1, latency_s: float | None = None,
                   batch: bool = False) -> RawCompletion:
-    """The text and usage of a chat-completion object (online or a batch line's body)."""
+    """The text, reasoning and usage of a chat-completion object (online or a
+    batch line's body)."""
     try:
-        text = payload["choices"][0]["message"]["content"] or ""
+        message = payload["choices"][0]["message"]
+        content = message["content"] or ""
     except (KeyError, IndexError, TypeError) as err:
         raise LLMOutputError(f"malformed completion payload: {err!r}") from None
+    text, reasoning = split_reasoning(
+        content, message.get("reasoning_content") or message.get("reasoning") or "")
     usage = payload.get("usage") or {}
     return RawCompletion(text, int(usage.get("prompt_tokens") or 0),
-                         int(usage.get("completion_tokens") or 0), attempts, latency_s, batch)
+                         int(usage.get("completion_tokens") or 0), attempts, latency_s, batch,
+                         reasoning)

@@ -4,7 +4,11 @@ Formats (one JSON object per line):
     openai    {"messages": [{"role": "user", …}, {"role": "assistant", …}], "metadata": {…}}
     sharegpt  {"conversations": [{"from": "human", …}, {"from": "gpt", …}], "metadata": {…}}
     alpaca    {"instruction": …, "input": "", "output": …, "metadata": {…}}
-plus a Parquet file with one row per record.  Every record's metadata
+plus a Parquet file with one row per record.  A reasoning model's trace
+(`reasoning`) goes, by `export.reasoning`, into a field of the assistant
+message (`field`: `reasoning_content` in OpenAI messages, as vLLM, DeepSeek and
+the Qwen3 chat template name it; `thinking` in ShareGPT and Alpaca), inline
+before the answer as `<think>…</think>` (`inline`), or nowhere (`drop`).  Every record's metadata
 carries its lineage: source document URI, chunk ID, profile, the queries that
 brought web sources in, the cited passages and URLs, model names, template
 versions and scores.  Files are written to a temporary name, flushed and
@@ -27,17 +31,27 @@ from sftmill.tasks.stage_task import StageResult, StageTimer, stage_task
 
 STAGE = "export"
 FORMATS = ("openai", "sharegpt", "alpaca")
+REASONING = ("field", "inline", "drop")
 
 
-def to_record(fmt: str, prompt: str, answer: str, metadata: dict) -> dict:
+def to_record(fmt: str, prompt: str, answer: str, metadata: dict, reasoning: str | None = None,
+              how: str = "field") -> dict:
+    """One exported record; `reasoning`, the answer's trace, placed as `how` says."""
+    trace: dict = {}
+    if reasoning and how == "inline":
+        answer = f"<think>\n{reasoning}\n</think>\n\n{answer}"
+    elif reasoning and how == "field":
+        trace = {"reasoning_content" if fmt == "openai" else "thinking": reasoning}
+    elif how not in REASONING:
+        raise ValueError(f"unknown reasoning placement {how!r}; choose one of {', '.join(REASONING)}")
     if fmt == "openai":
         return {"messages": [{"role": "user", "content": prompt},
-                             {"role": "assistant", "content": answer}], "metadata": metadata}
+                             {"role": "assistant", "content": answer, **trace}], "metadata": metadata}
     if fmt == "sharegpt":
         return {"conversations": [{"from": "human", "value": prompt},
-                                  {"from": "gpt", "value": answer}], "metadata": metadata}
+                                  {"from": "gpt", "value": answer, **trace}], "metadata": metadata}
     if fmt == "alpaca":
-        return {"instruction": prompt, "input": "", "output": answer, "metadata": metadata}
+        return {"instruction": prompt, "input": "", "output": answer, **trace, "metadata": metadata}
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
@@ -46,11 +60,13 @@ def dataset_rows(store: Store) -> list[dict]:
     return reviewed_rows(store)
 
 
-def export_jsonl(store: Store, fmt: str, out: Path, rows: list[dict] | None = None) -> int:
+def export_jsonl(store: Store, fmt: str, out: Path, rows: list[dict] | None = None,
+                 reasoning: str = "field") -> int:
     """One compact JSON object per line, UTF-8 (orjson: 12,345 records
     encoded in 0.17 s against 0.71 s with the json module)."""
     rows = dataset_rows(store) if rows is None else rows
-    write_atomic(out, (orjson.dumps(to_record(fmt, r["prompt"], r["answer"], orjson.loads(r["metadata"])),
+    write_atomic(out, (orjson.dumps(to_record(fmt, r["prompt"], r["answer"], orjson.loads(r["metadata"]),
+                                              r.get("reasoning"), reasoning),
                                     option=orjson.OPT_APPEND_NEWLINE) for r in rows))
     return len(rows)
 
@@ -60,19 +76,20 @@ def export_parquet(store: Store, out: Path, rows: list[dict] | None = None) -> i
     import pyarrow.parquet as pq
 
     rows = dataset_rows(store) if rows is None else rows
-    table = pa.table({k: [r[k] for r in rows] for k in
-                      ("record_id", "prompt_id", "answer_id", "prompt", "answer", "grounded", "metadata")})
+    table = pa.table({k: [r.get(k) for r in rows] for k in
+                      ("record_id", "prompt_id", "answer_id", "prompt", "answer", "grounded", "metadata",
+                       "reasoning")})
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
     write_atomic(out, [buffer.getvalue().to_pybytes()])
     return len(rows)
 
 
-def export_files(store: Store, fmt: str, out_dir: Path) -> int:
+def export_files(store: Store, fmt: str, out_dir: Path, reasoning: str = "field") -> int:
     """`dataset.jsonl` in `fmt` and `dataset.parquet` in `out_dir`; and
     `preferences.jsonl` when the run made preference pairs (`tasks.preferences`)."""
     rows = dataset_rows(store)  # read once for both files
-    n = export_jsonl(store, fmt, out_dir / "dataset.jsonl", rows)
+    n = export_jsonl(store, fmt, out_dir / "dataset.jsonl", rows, reasoning)
     export_parquet(store, out_dir / "dataset.parquet", rows)
     pairs = out_dir / "preferences.jsonl"
     if export_pairs(store, pairs) == 0:
@@ -83,7 +100,7 @@ def export_files(store: Store, fmt: str, out_dir: Path) -> int:
 def export_run(store: Store, recipe: Recipe) -> int:
     if not recipe.export.preference_pairs:  # pairs of an earlier run with them on
         write_pairs(store, [])
-    return export_files(store, recipe.export.format, recipe.run_dir)
+    return export_files(store, recipe.export.format, recipe.run_dir, recipe.export.reasoning)
 
 
 @stage_task("export", recipe=("export", "output_dir"), cached=False, reads=("dataset",))

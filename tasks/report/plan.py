@@ -7,7 +7,9 @@ follow the stages' own sizing rules — relevance waves (`relevance.next_wave`,
 at the prior keep rate, or the rate a run database already shows), profiles
 per needed profile, prompts per profile — and the tokens are the template's
 own text plus the chunk, passages or prompt each call carries, and a typical
-answer length per stage (capped by the endpoint's `max_tokens`).  Web
+answer length per stage, plus a reasoning model's typical trace
+(`reasoning_tokens` of an endpoint with `reasoning: true`), capped by the
+endpoint's `max_tokens`.  Web
 rounds are planned when the corpus falls short of the profiles the target
 needs (queries at a prior profile per query, their pages judged and
 profiled like the corpus), the extended answer search for a prior share of
@@ -168,7 +170,8 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
         if calls <= 0:
             continue
         tokens_in = round(calls * (template_tokens(template) + carried))
-        tokens_out = round(calls * min(endpoint.max_tokens, out))
+        thinks = endpoint.reasoning_tokens if endpoint.reasoning else 0  # a trace before each answer
+        tokens_out = round(calls * min(endpoint.max_tokens, out + thinks))
         model = model_name(endpoint)
         batch = endpoint.batch and calls >= endpoint.batch_min
         plans.append(StagePlan(stage, model, calls, tokens_in, tokens_out,

@@ -121,6 +121,8 @@ SETTING_FOR_REASON = {
     "not_self_contained": "a more capable {generator}",
     "malformed_prompt": "a more capable {generator}",
     "refusal": "a more capable {generator} (or curation.refusals.patterns)",
+    "missing_reasoning": "answers.reasoning.required (a generator that reasons: llm.generator.reasoning)",
+    "reasoning_length": "answers.reasoning.min_chars / max_chars",
 }
 
 

@@ -29,7 +29,12 @@ thresholds and writes the `dataset` table; reject reasons: too_short,
 too_long, degenerate, truncated, echoes_prompt, off_topic_answer (embedding cosine with
 its prompt under `answers.min_prompt_similarity`), refusal, invalid_citation,
 no_citations, copies_passage (`answers.max_copied_share`), not_self_contained,
-low_lexical_support, not_grounded, llm_invalid_output.
+low_lexical_support, not_grounded, llm_invalid_output; and for a reasoning
+model's trace, which the LLM layer keeps apart from the answer (every check
+above sees the answer alone): missing_reasoning (`answers.reasoning.required`),
+reasoning_length (`answers.reasoning.min_chars` / `max_chars`).  An output
+that is all trace (the tokens ran out, or a stop sequence met, before the
+answer) is the LLM layer's llm_invalid_output, with what to set.
 """
 
 from __future__ import annotations
@@ -166,7 +171,8 @@ def answer_row(prompt: dict, found: list[dict], result: ChatResult, recipe: Reci
         "text": text, "grounded": bool(found),
         "cited_chunk_ids": [found[i - 1]["chunk_id"] for i in numbers if 1 <= i <= len(found)],
         "cited_numbers": numbers, "citations_inferred": inferred and bool(numbers),
-        "model": model, "template_version": template_version, "call_key": result.key}
+        "model": model, "template_version": template_version, "call_key": result.key,
+        "reasoning": result.reasoning or None}
 
 
 JUDGE_OFF = "judge off (answers.min_groundedness: 0)"
@@ -202,7 +208,8 @@ def cheap_checks(answer: dict, found: list[str], cited: list[str], recipe: Recip
         "citations_valid": citations_valid(answer["cited_numbers"], len(found)),
         "lexical_support": None,
         "groundedness": None, "judge_reason": None if judge_on else JUDGE_OFF, "model": None,
-        "template_version": None, "call_key": None}
+        "template_version": None, "call_key": None,
+        "reasoning_chars": len(answer.get("reasoning") or "")}
 
 
 def worth_judging(check: dict, grounded: bool, recipe: Recipe) -> bool:
@@ -213,6 +220,7 @@ def worth_judging(check: dict, grounded: bool, recipe: Recipe) -> bool:
             and not check["refusal"] and not check["truncated"] and not check["echoes_prompt"]
             and not check["degenerate"] and not check["self_reference"]
             and check["copied_share"] < recipe.answers.max_copied_share
+            and not trace_reason(check, recipe)
             and recipe.answers.min_chars <= check["n_chars"])
 
 
@@ -378,9 +386,20 @@ class ChecksAhead:
                 self.drained = self.queue.get() is None
 
 
+def trace_reason(check: dict, recipe: Recipe) -> str | None:
+    """What is wrong with an answer's reasoning trace (None: nothing)."""
+    cfg, chars = recipe.answers.reasoning, check.get("reasoning_chars") or 0
+    if not chars:
+        return "missing_reasoning" if cfg.required else None
+    return None if cfg.min_chars <= chars <= cfg.max_chars else "reasoning_length"
+
+
 def reject_reason(check: dict, grounded: bool, recipe: Recipe) -> str | None:
     """Why an answer is dropped under the recipe's thresholds (None: kept)."""
     cfg = recipe.answers
+    trace = trace_reason(check, recipe)
+    if trace:
+        return trace
     if check["n_chars"] < cfg.min_chars:
         return "too_short"
     if check["n_chars"] > cfg.max_chars:
@@ -424,7 +443,7 @@ def decide(store: Store, recipe: Recipe) -> int:
         "coalesce(k.truncated, false) AS truncated, "
         "coalesce(k.echoes_prompt, false) AS echoes_prompt, k.prompt_similarity, "
         "k.citations_valid, k.model AS judge_model, len(a.cited_numbers) > 0 AS cited, "
-        "k.degenerate, k.copied_share, k.self_reference, "
+        "k.degenerate, k.copied_share, k.self_reference, k.reasoning_chars, "
         "p.text AS prompt "
         "FROM answers a JOIN answer_checks k USING (answer_id) JOIN answerable_prompts p USING (prompt_id) "
         "ORDER BY a.prompt_id, a.answer_id")
@@ -435,6 +454,7 @@ def decide(store: Store, recipe: Recipe) -> int:
         if reason:
             detail = {"not_grounded": row["judge_reason"], "llm_invalid_output": row["judge_reason"],
                       "degenerate": row["degenerate"], "not_self_contained": row["self_reference"],
+                      "reasoning_length": f"a trace of {row['reasoning_chars']} characters",
                       "copies_passage": f"{row['copied_share']:.0%} copied from its cited passages"
                       if row["copied_share"] is not None else None}.get(reason) or ""
             dropped.append((row["answer_id"], reason, detail, row["groundedness"]))
@@ -448,7 +468,7 @@ def decide(store: Store, recipe: Recipe) -> int:
         records.append({"record_id": content_id(row["prompt_id"], row["answer_id"]),
                         "prompt_id": row["prompt_id"], "answer_id": row["answer_id"],
                         "prompt": row["prompt"], "answer": answer, "grounded": row["grounded"],
-                        "metadata": metadata})
+                        "metadata": metadata, "reasoning": row["reasoning"]})
     return store.replace_rows("dataset", records)
 
 

@@ -203,3 +203,52 @@ def test_retry_after_parsing():
     assert retry_after_seconds(None) is None
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert retry_after_seconds("soon") is None
+
+
+@pytest.mark.parametrize("message", [
+    {"content": "Six.", "reasoning_content": "Up, down, strange,\n\ncharm, bottom, top."},
+    {"content": "Six.", "reasoning": "Up, down, strange,\n\ncharm, bottom, top."},
+    {"content": "<think>\nUp, down, strange,\n\ncharm, bottom, top.\n</think>\n\nSix."},
+    {"content": "Up, down, strange,\n\ncharm, bottom, top.\n</think>\n\nSix."},  # template opened it
+])
+def test_a_reasoning_trace_is_kept_apart_from_the_answer_and_cached(tmp_path, message):
+    seen = []
+
+    def handler(r):
+        seen.append(r.body)
+        return reply(200, {"choices": [{"message": message}],
+                           "usage": {"prompt_tokens": 12, "completion_tokens": 40}})
+
+    store = Store.open(tmp_path / "run.duckdb")
+    llm = make(handler, store, reasoning=True, max_tokens=1024)
+    asked = ChatRequest.build(request().message_dicts(), stop=("\n\n",), max_tokens=1024)
+    result = llm.chat(asked)
+    assert (result.text, result.reasoning) == ("Six.", "Up, down, strange,\n\ncharm, bottom, top.")
+    assert "stop" not in seen[0]  # the server would cut the trace at its blank line
+    again = llm.chat(asked)
+    assert len(seen) == 1 and again.cached
+    assert (again.text, again.reasoning, again.tokens_out) == ("Six.", result.reasoning, 40)
+
+
+def test_stop_sequences_cut_the_answer_after_the_trace_and_structured_answers_parse():
+    answers = iter([{"content": "<think>Plan.\n\nMore.</think>Six quarks.\n\n[2] Next source"},
+                    {"content": "<think>Counting.</think>\n" + '{"answer": "six"}'}])
+    llm = make(lambda r: reply(200, {"choices": [{"message": next(answers)}]}),
+               reasoning=True, max_tokens=1024)
+    text = llm.chat(ChatRequest.build(request().message_dicts(), stop=("\n\n", "\n["),
+                                      max_tokens=1024))
+    assert (text.text, text.reasoning) == ("Six quarks.", "Plan.\n\nMore.")
+    assert llm.chat(request()).data == {"answer": "six"}
+
+
+def test_an_output_that_is_all_trace_is_an_error_that_says_what_to_set():
+    for message in ({"content": "<think>\nThe user asks"},  # cut by a stop or max_tokens
+                    {"content": "", "reasoning_content": "The user asks"}):
+        llm = make(lambda r, m=message: reply(200, {"choices": [{"message": m}]}))
+        with pytest.raises(LLMOutputError, match="reasoning: true"):
+            llm.chat(request())
+
+
+def test_a_reasoning_endpoint_needs_room_for_its_answer():
+    with pytest.raises(ValueError, match="leaves no room for an answer"):
+        LLMEndpoint(reasoning=True, max_tokens=400, reasoning_tokens=500)

@@ -87,3 +87,17 @@ def test_curation_judges_and_preference_pairs_are_planned_per_record(tmp_path):
     records = plans["answer"]
     assert plans["curate_adherence"] == records and "curate_safety" not in plans
     assert plans["negative_answer"] == plans["negative_check"] == records
+
+
+def test_a_reasoning_generator_is_planned_with_its_traces(tmp_path):
+    server = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "g",
+              "max_tokens": 2048}
+    plain = load_recipe(example_recipe(tmp_path / "plain", llm={"generator": server}))
+    thinking = load_recipe(example_recipe(tmp_path / "thinking", llm={"generator": {
+        **server, "reasoning": True, "reasoning_tokens": 700}}))
+    before, after = ({p.stage: p for p in plan_stages(r, chunks=10_000, chunk_tokens=300)}
+                     for r in (plain, thinking))
+    for stage in ("answer", "profile", "generate"):  # every generator call thinks first
+        assert after[stage].calls == before[stage].calls
+        assert after[stage].tokens_out == before[stage].tokens_out + 700 * before[stage].calls
+    assert after["relevance"].tokens_out == before["relevance"].tokens_out  # the judge does not
