@@ -97,6 +97,14 @@ def schema_answers(request: ChatRequest):
         passage = text.split('"""', 2)[1] if text.count('"""') >= 2 else ""
         about = whole_sentences(" ".join(passage.split()), 160).rstrip(".") or "quarks bind"
         return f"{opening} ({tag}) {about[0].lower()}{about[1:]}? It is because of colour."
+    if "personas" in props:
+        return {"personas": [f"a reader of kind {i} ({tag})" for i in range(n_items("personas"))]}
+    if set(props) == {"level", "reason"}:  # difficulty: by the question's first words
+        asked = text.split('"""')[1].strip().lower() if text.count('"""') >= 2 else text.lower()
+        level = ("multi_step" if "compare" in asked or "happens when" in asked
+                 else "explain" if asked.startswith(("why", "how", "explain", "describe"))
+                 else "recall")
+        return {"level": level, "reason": "scripted level"}
     if set(props) == {"score", "reason"}:
         off = any(w in text.lower() for w in OFF_TOPIC)
         return {"score": 1 if off else 5, "reason": "scripted judgement"}
@@ -129,6 +137,7 @@ def schema_answers(request: ChatRequest):
 LLM_USERS = ("sftmill.llm.backends", "sftmill.llm.map",
              "sftmill.tasks.stages.profile", "sftmill.tasks.stages.web", "sftmill.tasks.stages.generate",
              "sftmill.tasks.stages.rephrase", "sftmill.tasks.stages.rag", "sftmill.tasks.stages.answer",
+             "sftmill.tasks.stages.conditions",
              "sftmill.tasks.generators.evol", "sftmill.tasks.generators.augment",
              "sftmill.tasks.generators.templates",
              "sftmill.tasks.curation.checks.judges", "sftmill.tasks.curation.preferences")

@@ -26,11 +26,13 @@ from sftmill.core.sections import (
     Answers,
     Budget,
     Chunking,
+    Difficulty,
     Domain,
     Export,
     Generation,
     InputSource,
     Limits,
+    Personas,
     Price,
     Review,
     Schedule,
@@ -80,6 +82,10 @@ class Recipe(Strict):
         "`embedding`.")
     sizes: Sizes = Field(default_factory=Sizes)
     generation: Generation = Field(default_factory=Generation)
+    personas: Personas = Field(default_factory=Personas,
+                               description="Who the prompts are written as; none by default.")
+    difficulty: Difficulty = Field(default_factory=Difficulty,
+                                   description="Target shares of prompt difficulty; none by default.")
     chunking: Chunking = Field(default_factory=Chunking)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     limits: Limits = Field(default_factory=Limits)

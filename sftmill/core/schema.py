@@ -111,6 +111,23 @@ SCHEMA: dict[str, str] = {
         task_type VARCHAR,
         model VARCHAR,
         template_version VARCHAR,
+        call_key VARCHAR,
+        persona VARCHAR,              -- who it was written as (recipe `personas`)
+        difficulty VARCHAR            -- the level it was asked for (recipe `difficulty`)
+    """,
+    # The personas of the run and their target shares (source: recipe | generated | use_case).
+    "personas": """
+        persona VARCHAR PRIMARY KEY,
+        share DOUBLE,
+        source VARCHAR
+    """,
+    # The judge's difficulty level of a prompt (recipe `difficulty.judge`).
+    "prompt_difficulty": """
+        prompt_id VARCHAR PRIMARY KEY,
+        level VARCHAR,
+        reason VARCHAR,
+        model VARCHAR,
+        template_version VARCHAR,
         call_key VARCHAR
     """,
     "prompt_scores": """
@@ -133,7 +150,9 @@ SCHEMA: dict[str, str] = {
         subdomain VARCHAR,
         task_type VARCHAR,
         quality DOUBLE,
-        n_near_duplicates INTEGER
+        n_near_duplicates INTEGER,
+        persona VARCHAR,
+        difficulty VARCHAR            -- the level it was asked for
     """,
     # The answer half.
     "answer_queries": """

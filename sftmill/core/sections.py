@@ -107,6 +107,83 @@ class Generation(Strict):
         return self
 
 
+class Persona(Strict):
+    name: str = Field(min_length=3, description="Who writes the prompts, e.g. 'an undergraduate "
+                      "preparing for an exam'.")
+    share: float | None = Field(default=None, ge=0, le=1,
+                                description="Target share of prompts (none: an equal part of "
+                                "what the others leave).")
+
+
+class Personas(Strict):
+    """Who the prompts are written as: each generation call is told to write
+    as one persona, spread to the target shares; the persona travels in the
+    records' metadata.  None given and `generate: 0`: no personas."""
+
+    given: list[Persona] = Field(
+        default_factory=list, description="The personas; in YAML `personas:` may also be the "
+        "list itself, of names or {name, share}.")
+    generate: int = Field(
+        default=0, ge=0, le=50,
+        description="Personas the generator drafts from the domain's and the profiles' use "
+        "cases (one call), in equal shares, when none are given.")
+    answer_register: bool = Field(
+        default=False, description="Also tell the answer who asks, so it is written for them.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_list_is_given(cls, data):
+        if isinstance(data, list):
+            data = {"given": data}
+        if isinstance(data, dict) and isinstance(data.get("given"), list):
+            data = {**data, "given": [{"name": p} if isinstance(p, str) else p
+                                      for p in data["given"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _shares_fit(self) -> "Personas":
+        if self.given and self.generate:
+            raise ValueError("give personas or generate: N, not both")
+        names = [p.name for p in self.given]
+        if len(set(names)) != len(names):
+            raise ValueError("a persona is listed twice")
+        if sum(p.share or 0 for p in self.given) > 1.0001:
+            raise ValueError("persona shares add up to more than 1")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.given or self.generate)
+
+
+# The difficulty levels a prompt is written (and judged) at, easiest first.
+DIFFICULTY_LEVELS = ("recall", "explain", "multi_step")
+
+
+class Difficulty(Strict):
+    """How hard the prompts are: each generation call is told a level, spread
+    to the target shares; the judge then says which level each prompt is
+    (`judge`), and the card and the quality report show target against actual."""
+
+    levels: dict[Literal["recall", "explain", "multi_step"], float] = Field(
+        default_factory=dict,
+        description="Target share per level: recall (one fact the text states), explain (why or "
+        "how something works), multi_step (reasoning over several facts: combine, compare, "
+        "work out a consequence).  Empty: no difficulty.")
+    judge: bool = Field(default=True, description="The judge says each kept prompt's level "
+                        "(a call per prompt); the record's difficulty is the judged one.")
+
+    @model_validator(mode="after")
+    def _shares(self) -> "Difficulty":
+        if self.levels and not 0.999 <= sum(self.levels.values()) <= 1.001:
+            raise ValueError(f"difficulty shares add up to {sum(self.levels.values()):g}, not 1")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.levels)
+
+
 class Chunking(Strict):
     max_tokens: int = Field(
         default=384,

@@ -40,6 +40,7 @@ from sftmill.tasks.report.summary import (
 )
 from sftmill.tasks.review.annotations import review_section
 from sftmill.tasks.stage_task import StageResult, StageTimer, stage_task
+from sftmill.tasks.stages.conditions import condition_targets
 from sftmill.tasks.stages.sizing import target_shares
 
 STAGE = "card"
@@ -304,7 +305,7 @@ def write_card(store: Store, recipe: Recipe) -> Path:
         "and `sftmill.duckdb` with every intermediate table.",
         "## Stages", _stages_table(summary),
         "## Dropped, by reason", _drops_table(summary),
-        *quality_section(store, run_dir, recipe.embedding, target_shares(recipe)),
+        *quality_section(store, run_dir, recipe.embedding, condition_targets(store, recipe)),
         *subdomain_section(shares),
         *curation_section(store, run_dir / "plots"),
         *review_section(store),
@@ -349,7 +350,8 @@ def publish_artifacts(summary, card_text: str) -> None:
 
 
 @stage_task("card", recipe=("domain", "sizes", "generation", "thresholds", "llm", "search", "answers", "embedding",
-                            "curation", "export", "prices"), cached=False, reads=("dataset",))
+                            "curation", "export", "prices", "personas", "difficulty"),
+            cached=False, reads=("dataset",))
 def dataset_card(recipe: Recipe, exported: StageResult) -> StageResult:
     store = Store.open(exported.out.db_path)
     timer = StageTimer(store, STAGE)

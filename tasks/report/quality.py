@@ -126,12 +126,29 @@ def difficulty(records: list[QualityRecord], endpoint: LLMEndpoint, seed: int = 
     return [round(x, 4) for x in scores if x is not None]
 
 
-def quality_report(records: list[QualityRecord], targets: dict[str, float] | None = None,
+# The ways records are spread, and where each record's metadata says which it is.
+GROUPS = (("subdomain", "profile.subdomain"), ("task_type", "record.task_type"),
+          ("persona", "record.persona"), ("difficulty", "record.difficulty"))
+
+
+def group_targets(raw: dict | None) -> dict[str, dict[str, float]]:
+    """Target shares by group (subdomain, persona, difficulty) as a report
+    keeps them; a report that kept only subdomains' shares, flat, is read as such."""
+    if not raw:
+        return {}
+    if any(isinstance(v, (int, float)) for v in raw.values()):
+        return {"subdomain": dict(raw)}
+    return {k: dict(v) for k, v in raw.items() if v}
+
+
+def quality_report(records: list[QualityRecord], targets: dict[str, dict[str, float]] | None = None,
                    embed: Callable[[list[str]], np.ndarray] | None = None, seed: int = 0,
                    ifd: list[float] | None = None) -> dict:
     """The report as a JSON-ready dict: `figures` (key, label, value, spread,
-    what good looks like), `shares` (subdomains and task types against
-    targets) and `openings`."""
+    what good looks like), `shares` (subdomains, task types, personas and
+    difficulty levels, against their `targets` where the recipe set them)
+    and `openings`."""
+    targets = group_targets(targets)
     prompts = [r.prompt for r in records]
     answers = [r.answer for r in records]
     figures = [_figure("records", "records", len(records), "the recipe's target")]
@@ -208,10 +225,10 @@ def quality_report(records: list[QualityRecord], targets: dict[str, float] | Non
                                "or loosely tied); above 1 it misleads", percentiles(ifd),
                                f"{len(ifd)} measured, {sum(x > 1 for x in ifd)} above 1"))
     shares = {}
-    for name, path in (("subdomain", "profile.subdomain"), ("task_type", "record.task_type")):
+    for name, path in GROUPS:
         found = Counter(_get(r.metadata, path) for r in records)
         if set(found) != {None}:
-            wanted = targets if name == "subdomain" and targets else {}
+            wanted = (targets or {}).get(name) or {}
             shares[name] = [{"group": g or "(none)", "records": n, "actual": round(n / len(records), 3),
                              "target": wanted.get(g)} for g, n in sorted(
                                  found.items(), key=lambda kv: str(kv[0]))]
@@ -219,9 +236,10 @@ def quality_report(records: list[QualityRecord], targets: dict[str, float] | Non
                              for g, t in wanted.items() if g not in found]
             if wanted:
                 gap = max(abs(s["actual"] - (s["target"] or 0)) for s in shares[name])
-                figures.append(_figure("subdomain_gap", "largest gap between a subdomain's share "
-                                       "and its target", round(gap, 3), "under 0.1; a subdomain at "
-                                       "0 with relevant texts is a gap to fill"))
+                figures.append(_figure(f"{name}_gap", f"largest gap between a {name}'s share "
+                                       "and its target", round(gap, 3), "under 0.1" + (
+                                           "; a subdomain at 0 with relevant texts is a gap to fill"
+                                           if name == "subdomain" else "")))
     return {"figures": figures, "shares": shares,
             "openings": [{"opening": o, "share": round(n / len(prompts), 3)} for o, n in openings]}
 
@@ -278,7 +296,7 @@ def run_records(store: Store) -> list[QualityRecord]:
 
 
 def quality_section(store: Store, run_dir: Path, embedding: Embedding,
-                    targets: dict[str, float] | None = None) -> list[str]:
+                    targets: dict[str, dict[str, float]] | None = None) -> list[str]:
     """Write `quality.json` into the run folder; return the card's section."""
     report = quality_report(run_records(store), targets, Embedder(embedding, store).embed)
     report["targets"] = targets or {}
@@ -293,7 +311,7 @@ def dataset_quality(path: Path, ifd_model: LLMEndpoint | None = None) -> dict:
     Raises RecipeError for a path that holds neither."""
     targets = None
     if path.is_dir():
-        targets = (read_quality(path / QUALITY_FILE) or {}).get("targets") or None
+        targets = group_targets((read_quality(path / QUALITY_FILE) or {}).get("targets"))
         path = path / "dataset.jsonl"
     items, _skipped = read_items(path)
     records = [QualityRecord(i.instruction, i.response, i.source.get("earlier") or {}) for i in items]

@@ -117,7 +117,9 @@ def passages_by_prompt(store: Store) -> dict[str, list[dict]]:
 
 
 def write_answers(store: Store, recipe: Recipe) -> tuple[int, int]:
-    prompts = store.query_dicts("SELECT prompt_id, text FROM answerable_prompts ORDER BY prompt_id")
+    prompts = store.query_dicts("SELECT prompt_id, text, persona FROM answerable_prompts "
+                                "ORDER BY prompt_id")
+    register = recipe.personas.answer_register  # the answer is written for the persona
     passages = passages_by_prompt(store)
     todo = []
     store.execute("DELETE FROM rejects WHERE stage = ? AND reason = 'no_supporting_passage'",
@@ -140,7 +142,8 @@ def write_answers(store: Store, recipe: Recipe) -> tuple[int, int]:
     try:
         results = llm_map(llm, endpoint, template, todo,
                           lambda item: {"domain": recipe.domain.name, "prompt": item[0]["text"],
-                                        "passages": [x["text"] for x in item[1]]},
+                                        "passages": [x["text"] for x in item[1]],
+                                        "persona": item[0]["persona"] if register else None},
                           stage=ANSWER_STAGE, seed=recipe.seed,
                           temperature=recipe.answers.temperature, stop=PARAGRAPH_END,
                           frequency_penalty=recipe.answers.frequency_penalty,
@@ -472,7 +475,7 @@ def decide(store: Store, recipe: Recipe) -> int:
     return store.replace_rows("dataset", records)
 
 
-@stage_task("answer", recipe=("domain", "llm", "answers", "embedding", "seed"),
+@stage_task("answer", recipe=("domain", "llm", "answers", "personas", "embedding", "seed"),
             templates=(ANSWER_STAGE,), reads=("retrievals",), writes=("answers",))
 def answer(recipe: Recipe, retrieved: StageResult) -> StageResult:
     store = Store.open(retrieved.out.db_path)

@@ -252,7 +252,8 @@ def dedup_prompts(store: Store, recipe: Recipe) -> tuple[int, int]:
     keep = [{"prompt_id": r["prompt_id"], "text": r["text"], "origin": r["origin"],
              "parent_id": r["parent_id"], "profile_id": r["profile_id"], "chunk_id": r["chunk_id"],
              "doc_id": r["doc_id"], "subdomain": r["subdomain"], "task_type": r["task_type"],
-             "quality": r["quality"], "n_near_duplicates": groups[i]}
+             "quality": r["quality"], "n_near_duplicates": groups[i],
+             "persona": r.get("persona"), "difficulty": r.get("difficulty")}
             for i, r in enumerate(rows) if i not in removed]
     store.replace_rows("prompts", keep)
     return len(rows), len(keep)

@@ -22,6 +22,7 @@ from sftmill.llm.backends import make_llm
 from sftmill.llm.map import answered, llm_map, whole_items
 from sftmill.prompts import exact_items, load_template, with_schema
 from sftmill.tasks.stage_task import StageResult, StageTimer, stage_task
+from sftmill.tasks.stages.conditions import ASKS, assign, choose_personas
 from sftmill.tasks.stages.sizing import allocate, needed_profiles, target_shares
 
 GENERATE_STAGE = "generate"
@@ -45,11 +46,13 @@ def select_profiles(profiles: list[dict], recipe: Recipe) -> list[dict]:
 
 
 def prompt_row(text: str, origin: str, parent_id: str, profile_id: str, task_type: str,
-               model: str, template_version: str, call_key: str) -> dict:
+               model: str, template_version: str, call_key: str,
+               persona: str | None = None, difficulty: str | None = None) -> dict:
     text = " ".join(text.split())
     return {"prompt_id": content_id(text.lower()), "text": text, "origin": origin,
             "parent_id": parent_id, "profile_id": profile_id, "task_type": task_type,
-            "model": model, "template_version": template_version, "call_key": call_key}
+            "model": model, "template_version": template_version, "call_key": call_key,
+            "persona": persona, "difficulty": difficulty}
 
 
 TOKENS_PER_PROMPT = 48  # a request is one or two sentences; more is a model rambling on
@@ -133,17 +136,20 @@ def opening_requests(profiles: list[dict], openings: list[str], n: int) -> list[
             for i, p in enumerate(profiles) for j in range(n)]
 
 
-def generate_from_openings(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
+def generate_from_openings(store: Store, recipe: Recipe, profiles: list[dict],
+                           personas: dict[str, float]) -> int:
     """One short call per prompt, each told the opening to begin with
-    (a nudge: a question that begins otherwise is kept too)."""
+    (a nudge: a question that begins otherwise is kept too), and its
+    persona and difficulty when the recipe has them."""
     n = recipe.sizes.prompts_per_profile
     template = load_template("generate_opening")
     endpoint = recipe.llm.generator
     llm = make_llm(endpoint, store)
     items = opening_requests(profiles, recipe.generation.openings, n)
+    told = dict(zip(((p["profile_id"], j) for p, j, _o in items), assign(recipe, personas, len(items))))
     results = llm_map(llm, endpoint, template, items,
                       lambda it: {"text": it[0]["chunk_text"], "topic": topic_of(it[0]),
-                                  "opening": it[2]},
+                                  "opening": it[2], **asked(*told[it[0]["profile_id"], it[1]])},
                       stage=GENERATE_STAGE, seed=recipe.seed, max_tokens=TOKENS_PER_PROMPT,
                       stop=("\n",))
 
@@ -161,14 +167,21 @@ def generate_from_openings(store: Store, recipe: Recipe, profiles: list[dict]) -
                 continue
             rows.append(prompt_row(text, "generated", profile["profile_id"], profile["profile_id"],
                                    opening_task_type(text), llm.model, template.version,
-                                   result.key))
+                                   result.key, *told[profile["profile_id"], item[1]]))
     store.insert("candidate_prompts", rows)
     return len(rows)
 
 
+def asked(persona: str | None, level: str | None) -> dict:
+    """A generation template's persona and difficulty variables (none when unset)."""
+    return {"persona": persona, "difficulty": ASKS[level] if level else None}
+
+
 def generate_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
+    personas = choose_personas(store, recipe)
     if recipe.generation.openings:
-        return generate_from_openings(store, recipe, profiles)
+        return generate_from_openings(store, recipe, profiles, personas)
+    told = dict(zip((p["profile_id"] for p in profiles), assign(recipe, personas, len(profiles))))
     n = recipe.sizes.prompts_per_profile
     base = load_template("generate")
     # 1..n prompts: a small model that rambles past the token budget keeps the
@@ -180,13 +193,14 @@ def generate_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
     results = llm_map(llm, endpoint, template, profiles,
                       lambda p: {"domain": recipe.domain.name, "profile": p, "text": p["chunk_text"],
                                  "topic": topic_of(p), "n": n, "task_types": TASK_TYPES,
-                                 "use_cases": recipe.domain.use_cases},
+                                 "use_cases": recipe.domain.use_cases,
+                                 **asked(*told[p["profile_id"]])},
                       stage=GENERATE_STAGE, seed=recipe.seed, max_tokens=budget)
     rows = []
     for profile, result in answered(store, GENERATE_STAGE, results, lambda p: p["profile_id"]):
         rows += [prompt_row(item["prompt"], "generated", profile["profile_id"],
                             profile["profile_id"], item["task_type"], llm.model,
-                            template.version, result.key)
+                            template.version, result.key, *told[profile["profile_id"]])
                  for item in whole_items(result, "prompts", budget)]
     store.insert("candidate_prompts", rows)
     return len(rows)
@@ -220,8 +234,10 @@ def broaden_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
     return len(rows)
 
 
-@stage_task("generate", recipe=("domain", "llm", "sizes", "generation", "seed"),
-            templates=("generate", "generate_opening"), reads=("profiles",), writes=("candidate_prompts",))
+@stage_task("generate", recipe=("domain", "llm", "sizes", "generation", "personas", "difficulty",
+                                  "seed"),
+            templates=("generate", "generate_opening", "personas"), reads=("profiles",),
+            writes=("candidate_prompts", "personas"))
 def generate(recipe: Recipe, profiles: StageResult) -> StageResult:
     store = Store.open(profiles.out.db_path)
     timer = StageTimer(store, GENERATE_STAGE)

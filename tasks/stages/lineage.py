@@ -18,6 +18,16 @@ def _keyed(store: Store, sql: str, ids: Iterable[str], key: str) -> dict[str, di
     return {r[key]: r for r in store.query_dicts(sql, [ids])} if ids else {}
 
 
+def conditions(prompt: dict, judged: dict | None) -> dict:
+    """A record's persona and difficulty, where the recipe asked for them:
+    `difficulty` is the judge's level (else the one asked for), `difficulty_asked` the one asked for."""
+    out = {"persona": prompt["persona"]} if prompt.get("persona") else {}
+    asked, level = prompt.get("difficulty"), (judged or {}).get("level")
+    if asked or level:
+        out.update(difficulty=level or asked, difficulty_asked=asked)
+    return out
+
+
 def build_metadata(store: Store, recipe: Recipe, rows: list[dict]) -> list[str]:
     """JSON lineage of each kept answer (`rows` join answers, checks and
     prompts), looked up with one query per table for the whole batch."""
@@ -33,6 +43,8 @@ def build_metadata(store: Store, recipe: Recipe, rows: list[dict]) -> list[str]:
                      (p.get("doc_id") for p in prompts.values()), "doc_id")
     prompt_reviews = _keyed(store, f"SELECT * FROM prompt_reviews WHERE prompt_id {in_ids}",
                             pids, "prompt_id")
+    judged_levels = _keyed(store, f"SELECT prompt_id, level FROM prompt_difficulty WHERE prompt_id {in_ids}",
+                           pids, "prompt_id")
     relevance = _keyed(store, f"SELECT chunk_id, score FROM relevance WHERE chunk_id {in_ids}",
                        (p.get("chunk_id") for p in prompts.values()), "chunk_id")
     retrieved: dict[str, list[dict]] = {}
@@ -81,6 +93,7 @@ def build_metadata(store: Store, recipe: Recipe, rows: list[dict]) -> list[str]:
                        "copied_share": row.get("copied_share")},
             "recipe": recipe_meta,
         }
+        meta["record"].update(conditions(prompt, judged_levels.get(row["prompt_id"])))
         reviewed = prompt_reviews.get(row["prompt_id"])
         if reviewed:  # the prompt gate's decision; an edited prompt keeps its original here
             meta["prompt_review"] = {"decision": reviewed["decision"], "note": reviewed["note"],

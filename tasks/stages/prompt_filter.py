@@ -7,7 +7,9 @@ cut off) or `degenerate` (`sftmill.core.text_rules`); the judge scores every oth
 with a reason, and `thresholds.prompt_quality` decides.  A threshold of 0
 turns the judge off (every prompt would pass: its calls would buy nothing).
 Rejects: those five, `low_prompt_quality` (irrelevant, meaningless or
-wrong, with the judge's reason and score), `llm_invalid_output`.
+wrong, with the judge's reason and score), `llm_invalid_output`.  With
+`difficulty` in the recipe, the judge then says each passing prompt's level
+(`prompt_difficulty`; it decides nothing here).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sftmill.core.text import STOPWORDS, tokens
 from sftmill.core.text_rules import degenerate, malformed_prompt, presupposes_source
 from sftmill.llm.map import judge_into, record_low_scores
 from sftmill.tasks.stage_task import StageResult, StageTimer, stage_task
+from sftmill.tasks.stages.conditions import DIFFICULTY_STAGE, judge_difficulty
 from sftmill.tasks.stages.dedup import search_ahead
 from sftmill.tasks.stages.rephrase import REPLACED
 
@@ -91,20 +94,32 @@ def score_prompts(store: Store, recipe: Recipe) -> int:
 
 def decide(store: Store, threshold: float) -> int:
     record_low_scores(store, STAGE, "prompt_scores", "prompt_id", threshold, "low_prompt_quality")
-    return int(store.scalar(
-        "SELECT count(*) FROM prompt_scores WHERE score >= ? AND prompt_id NOT IN "
-        f"({REPLACED}) AND prompt_id NOT IN (SELECT item_id FROM rejects WHERE stage = '{STAGE}' "
-        "AND reason IN (SELECT unnest(?)))", [threshold, list(CHEAP_REASONS)]))
+    return len(passed(store, threshold))
+
+
+def passed(store: Store, threshold: float) -> list[tuple[str, str]]:
+    """(prompt_id, text) of the candidates that pass the filter."""
+    return [tuple(r) for r in store.execute(
+        "SELECT c.prompt_id, c.text FROM candidate_prompts c JOIN prompt_scores s USING (prompt_id) "
+        f"WHERE s.score >= ? AND c.prompt_id NOT IN ({REPLACED}) AND c.prompt_id NOT IN "
+        f"(SELECT item_id FROM rejects WHERE stage = '{STAGE}' AND reason IN (SELECT unnest(?))) "
+        "ORDER BY c.prompt_id", [threshold, list(CHEAP_REASONS)])]
 
 
 @stage_task("prompt_filter",
-            recipe=("domain", "llm", "thresholds", "embedding", "dedup_embedding", "seed"),
-            templates=(TEMPLATE,), reads=("candidate_prompts",), writes=("prompt_scores",))
+            recipe=("domain", "llm", "thresholds", "embedding", "dedup_embedding", "difficulty",
+                    "seed"),
+            templates=(TEMPLATE, DIFFICULTY_STAGE), reads=("candidate_prompts",),
+            writes=("prompt_scores", "prompt_difficulty"))
 def prompt_filter(recipe: Recipe, candidates: StageResult) -> StageResult:
     store = Store.open(candidates.out.db_path)
     timer = StageTimer(store, STAGE)
     asked = score_prompts(store, recipe)
     kept = decide(store, recipe.thresholds.prompt_quality)
+    leveled = 0
+    if recipe.difficulty.enabled and recipe.difficulty.judge:  # the level of what passed
+        leveled = judge_difficulty(store, recipe, passed(store, recipe.thresholds.prompt_quality))
     n_in = store.scalar(f"SELECT count(*) FROM candidate_prompts WHERE prompt_id NOT IN ({REPLACED})")
     return timer.done(store.ref("prompt_scores", "prompt_id"), int(n_in),
-                      kept, f"{asked} prompts sent to the judge")
+                      kept, f"{asked} prompts sent to the judge"
+                      + (f", {leveled} judged for difficulty" if leveled else ""))

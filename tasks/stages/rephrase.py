@@ -121,7 +121,8 @@ def rephrase_prompts(store: Store, recipe: Recipe) -> tuple[int, int]:
                 continue
             variants = [chosen]
         new = [prompt_row(v, "rephrased", parent["prompt_id"], parent["profile_id"],
-                          parent["task_type"], llm.model, template.version, result.key)
+                          parent["task_type"], llm.model, template.version, result.key,
+                          parent.get("persona"), parent.get("difficulty"))
                for v in variants]
         rows += new
         if not keep_both:

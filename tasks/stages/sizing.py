@@ -11,17 +11,22 @@ from collections import defaultdict
 from sftmill.core.recipe import Recipe
 
 
-def target_shares(recipe: Recipe) -> dict[str, float]:
-    """Subdomain → target share; subdomains without a share split what is left."""
-    subs = recipe.domain.subdomains
-    if not subs:
+def split_shares(named: list[tuple[str, float | None]]) -> dict[str, float]:
+    """Name → target share, summing to 1: those without a share split what
+    the others leave (subdomains, personas)."""
+    if not named:
         return {}
-    fixed = sum(s.share for s in subs if s.share is not None)
-    free = [s for s in subs if s.share is None]
+    fixed = sum(share for _name, share in named if share is not None)
+    free = [name for name, share in named if share is None]
     rest = (1.0 - fixed) / len(free) if free else 0.0
-    shares = {s.name: (s.share if s.share is not None else rest) for s in subs}
+    shares = {name: (share if share is not None else rest) for name, share in named}
     total = sum(shares.values()) or 1.0
     return {k: v / total for k, v in shares.items()}
+
+
+def target_shares(recipe: Recipe) -> dict[str, float]:
+    """Subdomain → target share; subdomains without a share split what is left."""
+    return split_shares([(s.name, s.share) for s in recipe.domain.subdomains])
 
 
 def allocate(n: int, shares: dict[str, float], available: dict[str, int]) -> dict[str, int]:

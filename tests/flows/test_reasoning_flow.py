@@ -1,7 +1,8 @@
 """A reasoning model behind the pipeline: its trace, returned apart
 (`reasoning_content`) or written as `<think>…</think>` before the answer, is
 kept apart from the answer, never seen by the answer checks, and exported
-as a field, inline or not at all."""
+as a field, inline or not at all.  Personas and difficulty against the same
+server."""
 
 import json
 import subprocess
@@ -33,16 +34,20 @@ def exported(run_dir, name="dataset.jsonl"):
     return [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
 
 
+# Personas and difficulty ride along: the same server, their calls thinking too.
+CONDITIONS = {"personas": {"generate": 2}, "difficulty": {"levels": {"recall": 0.5, "explain": 0.5}}}
+
+
 @pytest.fixture(scope="module")
 def runs(prefect_harness, tmp_path_factory):
     """The same recipe against the server answering with `reasoning_content`
-    and with `<think>` blocks."""
+    and with `<think>` blocks (personas drafted and difficulty judged by it too)."""
     out = {}
     for mode in ("field", "think"):
         server = FakeOpenAI(delay_s=0.0)
         server.reasoning = mode
         try:
-            out[mode] = run_against(server, tmp_path_factory.mktemp(mode))
+            out[mode] = run_against(server, tmp_path_factory.mktemp(mode), **CONDITIONS)
         finally:
             server.close()
     return out
@@ -116,3 +121,13 @@ def test_a_required_trace_drops_answers_without_one(prefect_harness, tmp_path):
     assert store.count("answers") > 0 and store.count("dataset") == 0
     assert store.execute("SELECT DISTINCT reason FROM rejects WHERE stage = 'answer_checks'") == [
         ("missing_reasoning",)]
+
+
+def test_personas_and_difficulty_from_a_server_reach_the_records(runs):
+    store = db(runs["field"])
+    personas = {p for (p,) in store.execute("SELECT persona FROM personas")}
+    assert len(personas) == 2
+    assert store.count("prompt_difficulty") > 0
+    for record in exported(runs["field"]):
+        meta = record["metadata"]["record"]
+        assert meta["persona"] in personas and meta["difficulty"] in ("recall", "explain", "multi_step")
