@@ -42,7 +42,8 @@ from sftmill.tasks.stages.sizing import (
 
 # Typical answer tokens per call (the endpoint's max_tokens caps them).
 TYPICAL_OUT = {"relevance": 40, "profile": 90, "generate": 40, "broaden": 48, "rephrase": 40,
-               "prompt_filter": 40, "answer_queries": 16, "answer": 300, "answer_checks": 60}
+               "prompt_filter": 40, "answer_queries": 16, "answer": 300, "answer_checks": 60,
+               "personas": 16, "difficulty": 30}
 PROMPT_TOKENS = 30  # a prompt
 PROFILE_TOKENS = 80  # a profile (domain, subdomain, topic, use case, summary)
 QUERY_TOKENS = 12  # a search query
@@ -146,6 +147,12 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
          TYPICAL_OUT["broaden"] * sizes.broaden_per_profile),
         ("rephrase", gen, "rephrase", rephrased, PROMPT_TOKENS,
          TYPICAL_OUT["rephrase"] * sizes.rephrasings_per_prompt),
+        ("personas", gen, "personas", 1 if recipe.personas.generate else 0, PROFILE_TOKENS,
+         TYPICAL_OUT["personas"] * recipe.personas.generate),
+        ("difficulty", judge, "difficulty",
+         math.ceil(candidates * prompt_keep_rate)
+         if recipe.difficulty.enabled and recipe.difficulty.judge else 0,
+         PROMPT_TOKENS, TYPICAL_OUT["difficulty"]),
         ("prompt_filter", judge, "prompt_filter",
          candidates if recipe.thresholds.prompt_quality > 0 else 0, PROMPT_TOKENS,
          TYPICAL_OUT["prompt_filter"]),

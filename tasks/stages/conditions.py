@@ -74,6 +74,12 @@ def from_use_case(use_case: str) -> str:
     return "someone " + (text[0].lower() + text[1:] if text[:2] != text[:2].upper() else text)
 
 
+def as_phrase(persona: str) -> str:
+    """A drafted persona as it reads inside a sentence: "An undergraduate …" → "an undergraduate …"."""
+    text = " ".join(persona.split()).rstrip(".")
+    return text[0].lower() + text[1:] if text[:1].isupper() and text[1:2].islower() else text
+
+
 def draft_personas(store: Store, recipe: Recipe, n: int) -> list[tuple[str, str]]:
     """(persona, source) × n: the generator's, topped up from the use cases."""
     cases = use_cases(store, recipe) or [f"learning about {recipe.domain.name}"]
@@ -83,7 +89,7 @@ def draft_personas(store: Store, recipe: Recipe, n: int) -> list[tuple[str, str]
     results = llm_map(make_llm(endpoint, store), endpoint, template, [PERSONAS_STAGE],
                       lambda _item: {"domain": recipe.domain.name, "use_cases": cases, "n": n},
                       stage=PERSONAS_STAGE, seed=recipe.seed)
-    drafted = [" ".join(p.split()).rstrip(".") for _item, result in
+    drafted = [as_phrase(p) for _item, result in
                answered(store, PERSONAS_STAGE, results, lambda item: item)
                for p in result.data["personas"]]
     out = [(p, "generated") for p in dict.fromkeys(p for p in drafted if len(p.split()) >= 2)][:n]

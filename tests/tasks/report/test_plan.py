@@ -101,3 +101,12 @@ def test_a_reasoning_generator_is_planned_with_its_traces(tmp_path):
         assert after[stage].calls == before[stage].calls
         assert after[stage].tokens_out == before[stage].tokens_out + 700 * before[stage].calls
     assert after["relevance"].tokens_out == before["relevance"].tokens_out  # the judge does not
+
+
+def test_drafted_personas_and_the_difficulty_judge_are_planned(tmp_path):
+    recipe = load_recipe(example_recipe(tmp_path, personas={"generate": 4},
+                                        difficulty={"levels": {"recall": 0.5, "explain": 0.5}}))
+    plans = {p.stage: p for p in plan_stages(recipe, chunks=10_000, chunk_tokens=300)}
+    assert plans["personas"].calls == 1
+    # the example's generator writes one prompt a call, and its filter keeps every prompt
+    assert plans["difficulty"].calls == plans["generate"].calls > 0
