@@ -20,13 +20,14 @@ from sftmill.tasks.report.card import dataset_card, pyplot
 from sftmill.tasks.report.export import export
 from sftmill.tasks.stage_task import StageResult
 from sftmill.tasks.stages.answer import answer, answer_checks
+from sftmill.tasks.stages.conversation import conversation
 from sftmill.tasks.stages.rag import extended_search, retrieve
 
 
 @flow(name="sftmill-answers", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def answer_flow(params: RunParams) -> list[StageResult]:
     """(Prompt review gate) → extended queries → chop-n-RAG retrieval →
-    grounded answers → answer checks → curation → (answer review gate) →
+    grounded answers → answer checks → (conversations) → curation → (answer review gate) →
     export → dataset card.  A gate still waiting for reviewers ends the flow
     there (a served run pauses at it instead)."""
     with local_recipe(params.recipe_path) as path:  # on object storage: its run folder synced here
@@ -51,8 +52,12 @@ def answer_flow_stages(params: RunParams) -> list[StageResult]:
     when_waiting("sftmill-answer-flow-preload", [pyplot, *models_to_load(recipe.curation)])
     answers = stage(answer, "answer", r)(recipe, retrieved)
     dataset = stage(answer_checks, "answer_checks", r)(recipe, answers)
+    done += [passages, retrieved, answers, dataset]
+    if recipe.conversations.enabled or store.scalar("SELECT count(*) FROM dataset WHERE turns IS NOT NULL"):
+        dataset = stage(conversation, "conversation", r)(recipe, dataset)  # (or clears earlier turns)
+        done.append(dataset)
     curated = stage(curate, "curate", r)(recipe, dataset)
-    done += [passages, retrieved, answers, dataset, curated]
+    done.append(curated)
     if "answers" in recipe.review.gates:
         done.append(pass_gate(recipe, "answers", params.review, curated))
         if done[-1].note == "waiting":

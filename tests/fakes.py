@@ -85,6 +85,12 @@ def schema_answers(request: ChatRequest):
                                   {"label": "lepton", "input": f"other sample {tag}"}]}
         return {"instances": [{"input": "", "output": f"An explanation ({tag})."},
                               {"input": "same", "output": "same"}]}  # output equals input
+    if request.schema is None and "Write the user's next message" in text:  # a follow-up
+        said = text.rsplit("Expert: ", 1)[-1].split("\n", 1)[0]
+        about = " ".join(w for w in said.split() if len(w) > 3 and w.isalpha())[:60] or "gluons"
+        return f"Could you give an example of {about.lower()} in a real experiment ({tag})?"
+    if set(props) == {"consistent", "reason"}:
+        return {"consistent": "CONTRADICT" not in text, "reason": "scripted consistency"}
     if request.schema is None and ("Request:" in text or "Question:" in text):  # an answer (plain text)
         if "Background:" not in text:
             return f"Without sources: quarks are confined by gluons ({tag})."
@@ -137,7 +143,7 @@ def schema_answers(request: ChatRequest):
 LLM_USERS = ("sftmill.llm.backends", "sftmill.llm.map",
              "sftmill.tasks.stages.profile", "sftmill.tasks.stages.web", "sftmill.tasks.stages.generate",
              "sftmill.tasks.stages.rephrase", "sftmill.tasks.stages.rag", "sftmill.tasks.stages.answer",
-             "sftmill.tasks.stages.conditions",
+             "sftmill.tasks.stages.conditions", "sftmill.tasks.stages.conversation",
              "sftmill.tasks.generators.evol", "sftmill.tasks.generators.augment",
              "sftmill.tasks.generators.templates",
              "sftmill.tasks.curation.checks.judges", "sftmill.tasks.curation.preferences")

@@ -26,6 +26,7 @@ from sftmill.core.sections import (
     Answers,
     Budget,
     Chunking,
+    Conversations,
     Difficulty,
     Domain,
     Export,
@@ -86,6 +87,9 @@ class Recipe(Strict):
                                description="Who the prompts are written as; none by default.")
     difficulty: Difficulty = Field(default_factory=Difficulty,
                                    description="Target shares of prompt difficulty; none by default.")
+    conversations: Conversations = Field(
+        default_factory=Conversations,
+        description="Grounded multi-turn conversations; none by default.")
     chunking: Chunking = Field(default_factory=Chunking)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     limits: Limits = Field(default_factory=Limits)

@@ -211,7 +211,22 @@ SCHEMA: dict[str, str] = {
         answer VARCHAR,
         grounded BOOLEAN,
         metadata VARCHAR,             -- JSON: lineage, models, template versions, scores
-        reasoning VARCHAR             -- the model's trace before the answer (null: none)
+        reasoning VARCHAR,            -- the model's trace before the answer (null: none)
+        turns VARCHAR                 -- JSON: a conversation's later turns (user, assistant, reasoning)
+    """,
+    # A conversation's follow-up turns (recipe `conversations`), kept or dropped.
+    "turns": """
+        record_id VARCHAR,
+        turn INTEGER,                 -- the user's turn: 2, 3, … (1 is the record's prompt)
+        kind VARCHAR,                 -- deeper | example | challenge | neighbour
+        user_text VARCHAR,
+        answer VARCHAR,               -- with its [n] markers
+        reasoning VARCHAR,
+        cited_chunk_ids VARCHAR[],
+        groundedness DOUBLE,
+        kept BOOLEAN,
+        reason VARCHAR,               -- why it was dropped (null: kept)
+        PRIMARY KEY (record_id, turn)
     """,
     "stage_stats": """
         run_id VARCHAR,

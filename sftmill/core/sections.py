@@ -184,6 +184,47 @@ class Difficulty(Strict):
         return bool(self.levels)
 
 
+# How a conversation's user may follow up an answer.
+FOLLOW_UP_KINDS = ("deeper", "example", "challenge", "neighbour")
+
+
+class Conversations(Strict):
+    """Grounded multi-turn conversations: after a record's answer passes its
+    checks, the user follows up, and each follow-up gets its own retrieval,
+    grounded answer with citations and checks."""
+
+    share: float = Field(default=0.0, ge=0, le=1,
+                         description="Share of the kept records that become conversations (0: none).")
+    turns: tuple[int, int] = Field(
+        default=(2, 3), description="[min, max] user turns a conversation aims for, its first "
+        "included; each draws its length in the range.  A conversation is exported up to its "
+        "last turn that passed its checks.")
+    follow_ups: list[Literal["deeper", "example", "challenge", "neighbour"]] = Field(
+        default_factory=lambda: list(FOLLOW_UP_KINDS),
+        description="Kinds of follow-up, spread equally: deeper (into what was just said), "
+        "example (asks for one), challenge (doubts a claim), neighbour (a nearby topic).")
+    max_similarity: float = Field(
+        default=0.9, gt=0, le=1,
+        description="A follow-up whose embedding cosine with an earlier user turn of its "
+        "conversation reaches this repeats it (repeated_turn).")
+    consistency_judge: bool = Field(
+        default=False, description="The judge also checks each follow-up's answer against "
+        "the conversation's earlier answers (contradicts_earlier); a call per turn.")
+
+    @model_validator(mode="after")
+    def _turns(self) -> "Conversations":
+        low, high = self.turns
+        if not 2 <= low <= high <= 8:
+            raise ValueError(f"turns [{low}, {high}]: need 2 <= min <= max <= 8")
+        if not self.follow_ups:
+            raise ValueError("follow_ups is empty")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.share > 0
+
+
 class Chunking(Strict):
     max_tokens: int = Field(
         default=384,

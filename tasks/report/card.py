@@ -41,6 +41,7 @@ from sftmill.tasks.report.summary import (
 from sftmill.tasks.review.annotations import review_section
 from sftmill.tasks.stage_task import StageResult, StageTimer, stage_task
 from sftmill.tasks.stages.conditions import condition_targets
+from sftmill.tasks.stages.conversation import conversation_section
 from sftmill.tasks.stages.sizing import target_shares
 
 STAGE = "card"
@@ -307,6 +308,7 @@ def write_card(store: Store, recipe: Recipe) -> Path:
         "## Dropped, by reason", _drops_table(summary),
         *quality_section(store, run_dir, recipe.embedding, condition_targets(store, recipe)),
         *subdomain_section(shares),
+        *conversation_section(store),
         *curation_section(store, run_dir / "plots"),
         *review_section(store),
         "## Lengths (characters)", _lengths_table(prompt_lengths, answer_lengths),

@@ -4,6 +4,8 @@ Formats (one JSON object per line):
     openai    {"messages": [{"role": "user", …}, {"role": "assistant", …}], "metadata": {…}}
     sharegpt  {"conversations": [{"from": "human", …}, {"from": "gpt", …}], "metadata": {…}}
     alpaca    {"instruction": …, "input": "", "output": …, "metadata": {…}}
+A conversation (`turns`) has all its turns in `messages` / `conversations`;
+in Alpaca its last turn, the earlier ones in `history` (LLaMA-Factory's form).
 plus a Parquet file with one row per record.  A reasoning model's trace
 (`reasoning`) goes, by `export.reasoning`, into a field of the assistant
 message (`field`: `reasoning_content` in OpenAI messages, as vLLM, DeepSeek and
@@ -34,25 +36,38 @@ FORMATS = ("openai", "sharegpt", "alpaca")
 REASONING = ("field", "inline", "drop")
 
 
-def to_record(fmt: str, prompt: str, answer: str, metadata: dict, reasoning: str | None = None,
-              how: str = "field") -> dict:
-    """One exported record; `reasoning`, the answer's trace, placed as `how` says."""
-    trace: dict = {}
-    if reasoning and how == "inline":
-        answer = f"<think>\n{reasoning}\n</think>\n\n{answer}"
-    elif reasoning and how == "field":
-        trace = {"reasoning_content" if fmt == "openai" else "thinking": reasoning}
-    elif how not in REASONING:
+def placed(fmt: str, answer: str, reasoning: str | None, how: str) -> tuple[str, dict]:
+    """(the answer's text, extra fields of its message): its trace placed as `how` says."""
+    if how not in REASONING:
         raise ValueError(f"unknown reasoning placement {how!r}; choose one of {', '.join(REASONING)}")
+    if reasoning and how == "inline":
+        return f"<think>\n{reasoning}\n</think>\n\n{answer}", {}
+    if reasoning and how == "field":
+        return answer, {"reasoning_content" if fmt == "openai" else "thinking": reasoning}
+    return answer, {}
+
+
+def to_record(fmt: str, prompt: str, answer: str, metadata: dict, reasoning: str | None = None,
+              how: str = "field", turns: list[dict] = ()) -> dict:
+    """One exported record; `reasoning`, the answer's trace, placed as `how`
+    says; `turns`, a conversation's later turns ({user, assistant, reasoning}),
+    after the first (Alpaca: the last turn, the earlier ones in `history`, as
+    LLaMA-Factory reads it)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    exchanges = [(prompt, *placed(fmt, answer, reasoning, how))] + [
+        (t["user"], *placed(fmt, t["assistant"], t.get("reasoning"), how)) for t in turns]
     if fmt == "openai":
-        return {"messages": [{"role": "user", "content": prompt},
-                             {"role": "assistant", "content": answer, **trace}], "metadata": metadata}
+        return {"messages": [m for user, text, trace in exchanges for m in (
+            {"role": "user", "content": user}, {"role": "assistant", "content": text, **trace})],
+            "metadata": metadata}
     if fmt == "sharegpt":
-        return {"conversations": [{"from": "human", "value": prompt},
-                                  {"from": "gpt", "value": answer, **trace}], "metadata": metadata}
-    if fmt == "alpaca":
-        return {"instruction": prompt, "input": "", "output": answer, **trace, "metadata": metadata}
-    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        return {"conversations": [m for user, text, trace in exchanges for m in (
+            {"from": "human", "value": user}, {"from": "gpt", "value": text, **trace})],
+            "metadata": metadata}
+    (user, text, trace), earlier = exchanges[-1], exchanges[:-1]
+    return {"instruction": user, "input": "", "output": text, **trace,
+            **({"history": [[u, t] for u, t, _ in earlier]} if earlier else {}), "metadata": metadata}
 
 
 def dataset_rows(store: Store) -> list[dict]:
@@ -66,7 +81,8 @@ def export_jsonl(store: Store, fmt: str, out: Path, rows: list[dict] | None = No
     encoded in 0.17 s against 0.71 s with the json module)."""
     rows = dataset_rows(store) if rows is None else rows
     write_atomic(out, (orjson.dumps(to_record(fmt, r["prompt"], r["answer"], orjson.loads(r["metadata"]),
-                                              r.get("reasoning"), reasoning),
+                                              r.get("reasoning"), reasoning,
+                                              orjson.loads(r.get("turns") or "[]")),
                                     option=orjson.OPT_APPEND_NEWLINE) for r in rows))
     return len(rows)
 
@@ -78,7 +94,7 @@ def export_parquet(store: Store, out: Path, rows: list[dict] | None = None) -> i
     rows = dataset_rows(store) if rows is None else rows
     table = pa.table({k: [r.get(k) for r in rows] for k in
                       ("record_id", "prompt_id", "answer_id", "prompt", "answer", "grounded", "metadata",
-                       "reasoning")})
+                       "reasoning", "turns")})
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
     write_atomic(out, [buffer.getvalue().to_pybytes()])

@@ -141,6 +141,27 @@ def group_targets(raw: dict | None) -> dict[str, dict[str, float]]:
     return {k: dict(v) for k, v in raw.items() if v}
 
 
+def conversation_figures(records: list[QualityRecord]) -> list[dict]:
+    """Turns per conversation and the judge's groundedness per follow-up turn
+    (none when no record is a conversation)."""
+    turns = [t for r in records if (t := _get(r.metadata, "conversation.turns"))]
+    if not turns:
+        return []
+    out = [_figure("turns_per_conversation", "user turns per conversation", float(np.mean(turns)),
+                   "the recipe's conversations.turns", percentiles(turns),
+                   f"{len(turns)} of {len(records)} records are conversations")]
+    by_turn: dict[int, list[float]] = {}
+    for r in records:
+        for f in _get(r.metadata, "conversation.follow_ups") or []:
+            if f.get("groundedness") is not None:
+                by_turn.setdefault(f["turn"], []).append(f["groundedness"])
+    for turn, values in sorted(by_turn.items()):
+        out.append(_figure(f"groundedness_turn_{turn}", f"judge's groundedness of turn {turn}'s answers",
+                           float(np.median(values)), "0.75 or more, like the first turn's",
+                           percentiles(values), f"{len(values)} scored"))
+    return out
+
+
 def quality_report(records: list[QualityRecord], targets: dict[str, dict[str, float]] | None = None,
                    embed: Callable[[list[str]], np.ndarray] | None = None, seed: int = 0,
                    ifd: list[float] | None = None) -> dict:
@@ -224,7 +245,12 @@ def quality_report(records: list[QualityRecord], targets: dict[str, dict[str, fl
                                "a spread of 0.5–0.95: near 1 the instruction barely helps (hard, "
                                "or loosely tied); above 1 it misleads", percentiles(ifd),
                                f"{len(ifd)} measured, {sum(x > 1 for x in ifd)} above 1"))
+    figures += conversation_figures(records)
     shares = {}
+    kinds = Counter(f.get("kind") for r in records for f in _get(r.metadata, "conversation.follow_ups") or [])
+    if kinds:
+        shares["follow_up_kind"] = [{"group": k, "records": n, "actual": round(n / sum(kinds.values()), 3),
+                                     "target": None} for k, n in sorted(kinds.items())]
     for name, path in GROUPS:
         found = Counter(_get(r.metadata, path) for r in records)
         if set(found) != {None}:
