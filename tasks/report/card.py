@@ -352,7 +352,7 @@ def publish_artifacts(summary, card_text: str) -> None:
 
 
 @stage_task("card", recipe=("domain", "sizes", "generation", "thresholds", "llm", "search", "answers", "embedding",
-                            "curation", "export", "prices", "personas", "difficulty"),
+                            "curation", "export", "prices", "personas", "difficulty", "conversations"),
             cached=False, reads=("dataset",))
 def dataset_card(recipe: Recipe, exported: StageResult) -> StageResult:
     store = Store.open(exported.out.db_path)

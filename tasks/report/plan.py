@@ -43,7 +43,7 @@ from sftmill.tasks.stages.sizing import (
 # Typical answer tokens per call (the endpoint's max_tokens caps them).
 TYPICAL_OUT = {"relevance": 40, "profile": 90, "generate": 40, "broaden": 48, "rephrase": 40,
                "prompt_filter": 40, "answer_queries": 16, "answer": 300, "answer_checks": 60,
-               "personas": 16, "difficulty": 30}
+               "personas": 16, "difficulty": 30, "follow_up": 30}
 PROMPT_TOKENS = 30  # a prompt
 PROFILE_TOKENS = 80  # a profile (domain, subdomain, topic, use case, summary)
 QUERY_TOKENS = 12  # a search query
@@ -134,6 +134,8 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
         searched = math.ceil(prompts * (1.0 if answers.search_below >= 1 else weak_share))
     passages = recipe.answers.top_k * chunk_tokens
     answer_out = min(gen.max_tokens, TYPICAL_OUT["answer"])
+    convs = recipe.conversations  # every turn of the chosen share planned as if it passed
+    follow_ups = math.ceil(prompts * convs.share * (sum(convs.turns) / 2 - 1)) if convs.enabled else 0
     # (stage, endpoint, template, calls, input tokens a call carries, answer tokens)
     rows = [
         ("relevance", judge, "relevance", judged, chunk_tokens, TYPICAL_OUT["relevance"]),
@@ -167,6 +169,16 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
            prompts if curation.enabled and getattr(curation, name).enabled else 0,
            PROMPT_TOKENS + answer_out, TYPICAL_OUT["answer_checks"])
           for name in ("safety", "adherence")),
+        # Conversations: per follow-up turn, the user's message, its answer and its judge.
+        ("follow_up", gen, "follow_up", follow_ups, PROMPT_TOKENS + answer_out, TYPICAL_OUT["follow_up"]),
+        ("follow_up_answer", gen, "answer", follow_ups, PROMPT_TOKENS * 2 + answer_out + passages,
+         answer_out),
+        ("follow_up_checks", judge, "groundedness",
+         follow_ups if recipe.answers.min_groundedness > 0 else 0,
+         PROMPT_TOKENS + passages + answer_out, TYPICAL_OUT["answer_checks"]),
+        ("follow_up_consistency", judge, "consistency",
+         follow_ups if recipe.conversations.consistency_judge else 0, answer_out * 2,
+         TYPICAL_OUT["answer_checks"]),
         ("negative_answer", gen, "answer", prompts if recipe.export.preference_pairs else 0,
          PROMPT_TOKENS, answer_out),
         ("negative_check", judge, "groundedness", prompts if recipe.export.preference_pairs else 0,

@@ -65,6 +65,7 @@ from sftmill.tasks.stages.rag import top_passages
 
 STAGE = "conversation"
 FOLLOW_UP, FOLLOW_UP_ANSWER, FOLLOW_UP_CHECKS = "follow_up", "follow_up_answer", "follow_up_checks"
+CONSISTENCY = "follow_up_consistency"
 
 # What each kind of follow-up asks of the user's next message.
 KINDS = {"deeper": "a question that goes deeper into one thing the expert just said",
@@ -246,7 +247,7 @@ class Conversations:
         for x, result in llm_map(self.judge, self.recipe.llm.judge, load_template("consistency"), asked,
                                  lambda x: {"earlier": [strip_markers(t[1]) for t in x[0]["turns"]],
                                             "answer": strip_markers(x[3])},
-                                 stage=FOLLOW_UP_CHECKS, seed=self.recipe.seed):
+                                 stage=CONSISTENCY, seed=self.recipe.seed):
             if not isinstance(result, LLMOutputError) and not result.data["consistent"]:
                 out[x[0]["record_id"]] = result.data["reason"]
         return out

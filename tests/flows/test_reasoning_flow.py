@@ -34,8 +34,9 @@ def exported(run_dir, name="dataset.jsonl"):
     return [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
 
 
-# Personas and difficulty ride along: the same server, their calls thinking too.
-CONDITIONS = {"personas": {"generate": 2}, "difficulty": {"levels": {"recall": 0.5, "explain": 0.5}}}
+# Personas, difficulty and conversations ride along: the same server, their calls thinking too.
+CONDITIONS = {"personas": {"generate": 2}, "difficulty": {"levels": {"recall": 0.5, "explain": 0.5}},
+              "conversations": {"share": 0.5, "turns": [2, 3]}}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_both_forms_export_the_same_answers_with_the_trace_beside_them(runs):
     assert field and len(field) == len(think)
     for a, b in zip(field, think):
         assert a["messages"] == b["messages"]
-        user, assistant = a["messages"]
+        assistant = a["messages"][1]
         assert "<think>" not in assistant["content"] and "</think>" not in assistant["content"]
         assert assistant["reasoning_content"].startswith("The user asks:")
         assert "\n\n" in assistant["reasoning_content"]  # the whole trace, not cut at a stop
@@ -131,3 +132,14 @@ def test_personas_and_difficulty_from_a_server_reach_the_records(runs):
     for record in exported(runs["field"]):
         meta = record["metadata"]["record"]
         assert meta["persona"] in personas and meta["difficulty"] in ("recall", "explain", "multi_step")
+
+
+def test_conversations_from_a_server_keep_a_trace_per_assistant_turn(runs):
+    records = exported(runs["field"])
+    multi = [r for r in records if len(r["messages"]) > 2]
+    assert multi
+    for record in multi:
+        assistants = [m for m in record["messages"] if m["role"] == "assistant"]
+        assert len(assistants) == record["metadata"]["conversation"]["turns"]
+        assert all(m["reasoning_content"].startswith("The user asks:") for m in assistants)
+        assert all("think>" not in m["content"] for m in record["messages"])

@@ -110,3 +110,13 @@ def test_drafted_personas_and_the_difficulty_judge_are_planned(tmp_path):
     assert plans["personas"].calls == 1
     # the example's generator writes one prompt a call, and its filter keeps every prompt
     assert plans["difficulty"].calls == plans["generate"].calls > 0
+
+
+def test_conversations_are_planned_per_follow_up_turn(tmp_path):
+    recipe = load_recipe(example_recipe(tmp_path, conversations={
+        "share": 0.5, "turns": [2, 4], "consistency_judge": True}, answers={"min_groundedness": 0.5}))
+    plans = {p.stage: p for p in plan_stages(recipe, chunks=10_000, chunk_tokens=300)}
+    turns = math.ceil(plans["answer"].calls * 0.5 * 2)  # (2 + 4) / 2 - 1 follow-ups per conversation
+    for stage in ("follow_up", "follow_up_answer", "follow_up_checks", "follow_up_consistency"):
+        assert plans[stage].calls == turns
+    assert plans["follow_up_answer"].tokens_in > plans["answer"].tokens_in / plans["answer"].calls * turns
