@@ -85,10 +85,11 @@ def schema_answers(request: ChatRequest):
                                   {"label": "lepton", "input": f"other sample {tag}"}]}
         return {"instances": [{"input": "", "output": f"An explanation ({tag})."},
                               {"input": "same", "output": "same"}]}  # output equals input
-    if request.schema is None and "Write the user's next message" in text:  # a follow-up
+    if request.schema is None and "Write the next question" in text:  # a follow-up
         said = text.rsplit("Expert: ", 1)[-1].split("\n", 1)[0]
         about = " ".join(w for w in said.split() if len(w) > 3 and w.isalpha())[:60] or "gluons"
-        return f"Could you give an example of {about.lower()} in a real experiment ({tag})?"
+        opening = text.split('beginning with "', 1)[1].split('"', 1)[0]
+        return f"{opening} {about.lower()} in a real experiment ({tag})?"
     if set(props) == {"consistent", "reason"}:
         return {"consistent": "CONTRADICT" not in text, "reason": "scripted consistency"}
     if request.schema is None and ("Request:" in text or "Question:" in text):  # an answer (plain text)

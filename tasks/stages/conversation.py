@@ -4,10 +4,11 @@ passages of the run's corpus.
 
 For each turn after the first, for every conversation still open:
 
-1. the generator writes the user's next message given the conversation so
+1. the generator writes the user's next question given the conversation so
    far, told its kind (`conversations.follow_ups`: deeper, example,
-   challenge, neighbour — spread equally, shuffled with the seed) and the
-   persona of the first prompt if it had one;
+   challenge, neighbour — spread equally, shuffled with the seed), how to
+   begin it, and the persona of the first prompt if it had one; the question
+   is taken from the reply as in generation (`generate.opening_prompt`);
 2. the follow-up passes the prompt filter's checks that need no judge
    (`vague_prompt`, `not_self_contained`, …) and must not repeat an earlier
    user turn of its conversation (embedding cosine under
@@ -60,6 +61,7 @@ from sftmill.tasks.stages.answer import (
     worth_judging,
 )
 from sftmill.tasks.stages.conditions import spread
+from sftmill.tasks.stages.generate import opening_prompt
 from sftmill.tasks.stages.prompt_filter import cheap_reject
 from sftmill.tasks.stages.rag import top_passages
 
@@ -67,12 +69,14 @@ STAGE = "conversation"
 FOLLOW_UP, FOLLOW_UP_ANSWER, FOLLOW_UP_CHECKS = "follow_up", "follow_up_answer", "follow_up_checks"
 CONSISTENCY = "follow_up_consistency"
 
-# What each kind of follow-up asks of the user's next message.
-KINDS = {"deeper": "a question that goes deeper into one thing the expert just said",
-         "example": "a request for a concrete example of what the expert just explained",
-         "challenge": "a doubt about one claim the expert made, asking whether it is really so "
-                      "and why",
-         "neighbour": "a question about a neighbouring topic of the same subject"}
+# What each kind of follow-up asks of the user's next question, and how it
+# begins (told its opening, a small model writes a question instead of
+# narrating the conversation, as in generation).
+KINDS = {"deeper": ("one that goes deeper into something the expert just said", "Why"),
+         "example": ("one that asks for a concrete example of what the expert explained",
+                     "Can you give an example of"),
+         "challenge": ("one that doubts a claim the expert made", "Is it really true that"),
+         "neighbour": ("one about a neighbouring topic of the same subject", "How")}
 
 
 def chosen(record_ids: list[str], recipe: Recipe) -> dict[str, int]:
@@ -88,13 +92,21 @@ def chosen(record_ids: list[str], recipe: Recipe) -> dict[str, int]:
     return out
 
 
-def follow_up_text(reply: str) -> str:
-    """The user's message in a reply: its first line, a speaker label and quotes taken off."""
-    line = next((ln for ln in reply.strip().splitlines() if ln.strip()), "")
-    head, sep, rest = line.partition(":")
-    if sep and head.strip().lower() in ("user", "the user", "student", "message", "next message"):
-        line = rest
-    return " ".join(line.split()).strip("\"'“” ")
+OPENINGS = [opening for _kind, opening in KINDS.values()]
+
+
+def follow_up_question(reply: str, opening: str) -> str | None:
+    """The question in a follow-up reply: the first line that holds one once a
+    short lead-in ("The next question:", "One question:") is taken off
+    (`generate.opening_prompt` reads each line); None when no line does."""
+    for line in reply.splitlines():
+        head, sep, rest = line.partition(": ")
+        if sep and len(head.split()) <= 4 and rest.strip():
+            line = rest
+        question = opening_prompt(line, opening, OPENINGS)
+        if question:
+            return question
+    return None
 
 
 def repeats(vector: np.ndarray, earlier: list[np.ndarray], limit: float) -> float | None:
@@ -131,17 +143,19 @@ class Conversations:
         endpoint = self.recipe.llm.generator
         results = llm_map(self.generator, endpoint, load_template(FOLLOW_UP), convs,
                           lambda c: {"domain": self.recipe.domain.name, "persona": c["persona"],
-                                     "history": self.history(c), "kind": KINDS[kinds[c["record_id"]]]},
-                          stage=FOLLOW_UP, seed=self.recipe.seed + turn, max_tokens=64, stop=("\n",))
+                                     "history": self.history(c), "kind": KINDS[kinds[c["record_id"]]][0],
+                                     "opening": KINDS[kinds[c["record_id"]]][1]},
+                          stage=FOLLOW_UP, seed=self.recipe.seed + turn, max_tokens=64,
+                          stop=("\n\n",))
         written = []
         for conv, result in results:
             kind = kinds[conv["record_id"]]
             if isinstance(result, LLMOutputError):
                 self.drop(conv, turn, kind, result.reason, str(result))
                 continue
-            text = follow_up_text(result.text)
+            text = follow_up_question(result.text, KINDS[kind][1])
             found = cheap_reject(text, self.recipe.thresholds.max_prompt_chars) if text else (
-                "vague_prompt", "no message in the reply")
+                "llm_invalid_output", f"no question in the reply: {result.text[:200]}")
             if found:
                 self.drop(conv, turn, kind, found[0], f"{found[1]}: {text}", user_text=text)
             else:
@@ -287,11 +301,14 @@ def write_turns(store: Store, recipe: Recipe, convs: list[dict]) -> None:
     `conversation` in its metadata); every other row has none."""
     rows = {r["record_id"]: r for r in store.query_dicts("SELECT record_id, metadata FROM dataset")}
     keep = recipe.export.keep_citations
+    grown = {c["record_id"]: c["turns"][1:] for c in convs}
     updates = []
     for rid, row in rows.items():
         meta = orjson.loads(row["metadata"] or "{}")
-        meta.pop("conversation", None)
-        later = next((c["turns"][1:] for c in convs if c["record_id"] == rid), [])
+        had = meta.pop("conversation", None)
+        later = grown.get(rid, [])
+        if not later and not had:
+            continue  # nothing to write or to clear
         turns = None
         if later:
             turns = orjson.dumps([{"user": user, "assistant": reply if keep else strip_markers(reply),
@@ -319,9 +336,8 @@ def conversation_section(store: Store) -> list[str]:
                              "ORDER BY record_id, turn")
     if not rows:
         return []
-    reached: Counter[int] = Counter()
-    for rid in {r["record_id"] for r in rows}:
-        reached[1 + sum(1 for r in rows if r["record_id"] == rid and r["kept"])] += 1
+    kept_turns = Counter(r["record_id"] for r in rows if r["kept"])
+    reached = Counter(1 + kept_turns[rid] for rid in {r["record_id"] for r in rows})
     table = []
     for turn in sorted({r["turn"] for r in rows}):
         at = [r for r in rows if r["turn"] == turn]

@@ -56,7 +56,7 @@ def test_a_follow_up_gets_its_own_retrieval_and_the_conversation_so_far(conversa
     assert answers
     text = answers[0].messages[-1][1]
     assert text.index("Earlier in this conversation:") < text.index("Background:") < text.index(
-        "Question: Could you give an example")
+        "Question: ") and "in a real experiment" in text.split("Question: ")[1]
     assert {r.stage for r in llm.requests} >= {"follow_up", "follow_up_answer", "follow_up_checks"}
 
 
