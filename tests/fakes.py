@@ -95,10 +95,13 @@ def schema_answers(request: ChatRequest):
     if request.schema is None and ("Request:" in text or "Question:" in text):  # an answer (plain text)
         if "Background:" not in text:
             return f"Without sources: quarks are confined by gluons ({tag})."
-        first = text.split("[1] ", 1)[1].split("\n", 1)[0]
+        # a follow-up in a conversation draws on its second passage, as the first
+        # turn drew on the first (else it would say the same again)
+        n = 2 if "Earlier in this conversation:" in text and "\n[2] " in text else 1
+        first = text.split(f"[{n}] ", 1)[1].split("\n", 1)[0]
         words = whole_sentences(first, 300).split()  # in its own words: no 5-word run copied
         return " ".join(f"{w} so" if i % 4 == 3 and i < len(words) - 1 else w
-                        for i, w in enumerate(words)) + " [1]"
+                        for i, w in enumerate(words)) + f" [{n}]"
     if request.schema is None and 'beginning with "' in text:  # a prompt told its opening
         opening = text.split('beginning with "', 1)[1].split('"', 1)[0]
         passage = text.split('"""', 2)[1] if text.count('"""') >= 2 else ""

@@ -204,7 +204,7 @@ class Conversations(Strict):
         description="Kinds of follow-up, spread equally: deeper (into what was just said), "
         "example (asks for one), challenge (doubts a claim), neighbour (a nearby topic).")
     max_similarity: float = Field(
-        default=0.9, gt=0, le=1,
+        default=0.85, gt=0, le=1,
         description="A follow-up whose embedding cosine with an earlier user turn of its "
         "conversation reaches this repeats it (repeated_turn).")
     consistency_judge: bool = Field(

@@ -19,7 +19,9 @@ For each turn after the first, for every conversation still open:
    far before them, and the answer goes through the same checks as a
    first answer (`answer.cheap_checks`, lexical support, the groundedness
    judge, `answer.reject_reason`) and, with `conversations.consistency_judge`,
-   the judge's check against the earlier answers (`contradicts_earlier`).
+   the judge's check against the earlier answers (`contradicts_earlier`); an
+   answer that says again what an earlier one said (`answers.max_copied_share`
+   of its words in 5-word runs of the earlier answers) is a `repeated_turn`.
 
 A turn that fails ends its conversation: it is exported up to its last turn
 that passed.  Every turn, kept or dropped with its reason, is in the `turns`
@@ -44,6 +46,7 @@ from sftmill.core.markdown import markdown_table
 from sftmill.core.recipe import Recipe
 from sftmill.core.schema import KEPT_DATASET
 from sftmill.core.store import Store
+from sftmill.core.text_rules import copied_share
 from sftmill.embed.embedder import Embedder
 from sftmill.llm.backends import make_llm
 from sftmill.llm.errors import LLMOutputError
@@ -222,6 +225,11 @@ class Conversations:
                                   "prompt": text, "cited_numbers": numbers,
                                   "reasoning": result.reasoning}, passages, cited, recipe)
             check.update(cited=bool(numbers), lexical_support=lexical_support(reply, cited) if cited else 0.0)
+            said = copied_share(reply, [strip_markers(t[1]) for t in conv["turns"]])
+            if said >= recipe.answers.max_copied_share:  # says again what was said: adds nothing
+                self.drop(conv, turn, kind, "repeated_turn", f"{said:.0%} of its answer repeats an "
+                          f"earlier answer: {reply}", user_text=text, answer=reply)
+                continue
             checked.append((conv, text, found, reply, result.reasoning, numbers, check))
         self.judge_and_keep(checked, turn, kinds)
 
