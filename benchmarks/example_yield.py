@@ -3,13 +3,19 @@ coverage, the commonest opening before and after rephrasing, and the run's
 wall-clock time — the figures a new user sees on a first run.
 
     python benchmarks/example_yield.py [RECIPE]      # default: data/example/recipe.yaml
+    python benchmarks/example_yield.py --set 'conversations={share: 0.3, turns: [2, 3]}'
+    python benchmarks/example_yield.py --set 'personas={generate: 3}' \
+        --set 'difficulty={levels: {recall: 0.4, explain: 0.4, multi_step: 0.2}}'
 
-Runs `sftmill run` on a copy of the recipe whose output goes to a fresh
-temporary folder (nothing cached), then reads the run database.
+Runs `sftmill run` on a copy of the recipe (with `--set SECTION=YAML`
+sections replaced) whose output goes to a fresh temporary folder (nothing
+cached), then reads the run database: with conversations also the user turns
+they reached and their drops, with personas and difficulty their spread.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -22,10 +28,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(recipe_path: Path) -> None:
+def main(recipe_path: Path, sections: dict) -> None:
     import duckdb
 
-    data = yaml.safe_load(recipe_path.read_text())
+    data = {**yaml.safe_load(recipe_path.read_text()), **sections}
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         data["output_dir"] = str(run_dir)
@@ -49,12 +55,32 @@ def main(recipe_path: Path) -> None:
         drops = con.execute("SELECT stage, reason, count(*) FROM rejects GROUP BY ALL "
                             "ORDER BY 3 DESC").fetchall()
         calls = con.execute("SELECT count(*) FROM llm_calls WHERE status = 'ok'").fetchone()[0]
+        extra = {}
+        if "conversations" in sections:
+            extra["turns_reached"] = dict(con.execute(
+                "SELECT n, count(*) FROM (SELECT 1 + count(*) FILTER (WHERE kept) AS n FROM turns "
+                "GROUP BY record_id) GROUP BY n ORDER BY n").fetchall())
+            extra["turn_drops"] = [f"turn {t} {r} {n}" for t, r, n in con.execute(
+                "SELECT turn, reason, count(*) FROM turns WHERE NOT kept GROUP BY ALL ORDER BY 1, 3 DESC")]
+        if "personas" in sections:
+            extra["personas"] = dict(con.execute(
+                "SELECT p.persona, count(*) FROM dataset d JOIN prompts p USING (prompt_id) GROUP BY ALL"))
+        if "difficulty" in sections:
+            extra["difficulty_asked_judged"] = [f"{a} -> {j}: {n}" for a, j, n in con.execute(
+                "SELECT p.difficulty, coalesce(l.level, '-'), count(*) FROM dataset d JOIN prompts p "
+                "USING (prompt_id) LEFT JOIN prompt_difficulty l USING (prompt_id) GROUP BY ALL "
+                "ORDER BY 1, 2")]
         con.close()
     print(json.dumps({"exit_code": proc.returncode, "seconds": round(seconds), "records": records,
                       "records_by_subdomain": subs, "llm_calls": calls,
                       "opening_share": json.loads(openings[0]) if openings else None,
-                      "drops": [f"{s}/{r} {n}" for s, r, n in drops]}, indent=1))
+                      "drops": [f"{s}/{r} {n}" for s, r, n in drops], **extra}, indent=1))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "data" / "example" / "recipe.yaml")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe", nargs="?", type=Path, default=ROOT / "data" / "example" / "recipe.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION=YAML",
+                        help="replace a section of the recipe, e.g. 'personas={generate: 3}'")
+    args = parser.parse_args()
+    main(args.recipe, {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)})

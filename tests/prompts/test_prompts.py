@@ -43,9 +43,14 @@ SAMPLE = {
     "paraphrase_response": dict(instruction="Why?", text="MARK", n=2),
     "translate": dict(text="MARK", language="French"),
     "template_slot_values": dict(domain="Physics", description="MARK", n=3, examples=["quark"]),
+    "personas": dict(domain="Physics", use_cases=["MARK revision"], n=3),
+    "difficulty": dict(domain="Physics", prompt="MARK"),
+    "follow_up": dict(domain="Physics", persona=None, history=[("Why?", "MARK")], kind="deeper",
+                      opening="Why"),
+    "consistency": dict(answer="MARK", earlier=["Before."]),
 }
 # Templates whose answer is free text (an instruction, a response, a grounded answer, a translation).
-PLAIN_TEXT = {"respond", "translate", "answer", "generate_opening", *(n for n in SAMPLE if n.startswith("evol_") and n != "evol_equal")}
+PLAIN_TEXT = {"respond", "translate", "answer", "generate_opening", "follow_up", *(n for n in SAMPLE if n.startswith("evol_") and n != "evol_equal")}
 
 
 def test_answer_template_without_passages_says_so():
