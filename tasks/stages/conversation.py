@@ -71,6 +71,8 @@ from sftmill.tasks.stages.rag import top_passages
 STAGE = "conversation"
 FOLLOW_UP, FOLLOW_UP_ANSWER, FOLLOW_UP_CHECKS = "follow_up", "follow_up_answer", "follow_up_checks"
 CONSISTENCY = "follow_up_consistency"
+TURN_COLUMNS = ("record_id", "turn", "kind", "user_text", "answer", "reasoning", "cited_chunk_ids",
+                "groundedness", "kept", "reason")
 
 # What each kind of follow-up asks of the user's next question, and how it
 # begins (told its opening, a small model writes a question instead of
@@ -130,12 +132,17 @@ class Conversations:
         self.chunk_vectors = self.embedder.embed([c["text"] for c in self.chunks])
         self.generator = make_llm(recipe.llm.generator, store)
         self.judge = make_llm(recipe.llm.judge, store)
-        self.rows: list[dict] = []  # the `turns` rows written so far
+        self.rows: list[dict] = []  # the `turns` rows made so far
+        self.drops: list[tuple[str, str, str, None]] = []  # and the `rejects` of those dropped
+
+    def add(self, conv: dict, turn: int, kind: str, reason: str | None, **row) -> None:
+        """A `turns` row: every column, kept when it has no reason."""
+        self.rows.append({**dict.fromkeys(TURN_COLUMNS), **row, "record_id": conv["record_id"],
+                          "turn": turn, "kind": kind, "kept": reason is None, "reason": reason})
 
     def drop(self, conv: dict, turn: int, kind: str, reason: str, detail: str, **row) -> None:
-        self.rows.append({"record_id": conv["record_id"], "turn": turn, "kind": kind, "kept": False,
-                          "reason": reason, **row})
-        self.store.reject(STAGE, f"{conv['record_id']}#{turn}", reason, detail[:500])
+        self.add(conv, turn, kind, reason, **row)
+        self.drops.append((f"{conv['record_id']}#{turn}", reason, detail[:500], None))
         conv["open"] = False
 
     def history(self, conv: dict) -> list[tuple[str, str]]:
@@ -258,8 +265,7 @@ class Conversations:
                 detail = check.get("judge_reason") or contradicted.get(conv["record_id"]) or reply
                 self.drop(conv, turn, kind, reason, f"{detail}", **row)
                 continue
-            self.rows.append({"record_id": conv["record_id"], "turn": turn, "kind": kind,
-                              "kept": True, "reason": None, **row})
+            self.add(conv, turn, kind, None, **row)
             conv["turns"].append((text, reply, reasoning, kind, found, numbers, check["groundedness"]))
 
     def contradictions(self, checked: list[tuple]) -> dict[str, str]:
@@ -300,6 +306,7 @@ def extend_conversations(store: Store, recipe: Recipe) -> tuple[int, int]:
             kinds = {c["record_id"]: k for c, k in zip(live, labels)}
             work.answer(work.retrieve(work.ask_follow_ups(live, turn, kinds)), turn, kinds)
         store.insert("turns", work.rows)
+        store.reject_many(STAGE, work.drops)
     write_turns(store, recipe, convs)
     return len(convs), sum(len(c["turns"]) - 1 for c in convs)
 
