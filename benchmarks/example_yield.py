@@ -64,12 +64,13 @@ def main(recipe_path: Path, sections: dict) -> None:
                 "SELECT turn, reason, count(*) FROM turns WHERE NOT kept GROUP BY ALL ORDER BY 1, 3 DESC")]
         if "personas" in sections:
             extra["personas"] = dict(con.execute(
-                "SELECT p.persona, count(*) FROM dataset d JOIN prompts p USING (prompt_id) GROUP BY ALL"))
+                "SELECT p.persona, count(*) FROM dataset d JOIN prompts p USING (prompt_id) GROUP BY ALL"
+            ).fetchall())
         if "difficulty" in sections:
             extra["difficulty_asked_judged"] = [f"{a} -> {j}: {n}" for a, j, n in con.execute(
                 "SELECT p.difficulty, coalesce(l.level, '-'), count(*) FROM dataset d JOIN prompts p "
                 "USING (prompt_id) LEFT JOIN prompt_difficulty l USING (prompt_id) GROUP BY ALL "
-                "ORDER BY 1, 2")]
+                "ORDER BY 1, 2").fetchall()]
         con.close()
     print(json.dumps({"exit_code": proc.returncode, "seconds": round(seconds), "records": records,
                       "records_by_subdomain": subs, "llm_calls": calls,
