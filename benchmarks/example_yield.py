@@ -55,27 +55,35 @@ def main(recipe_path: Path, sections: dict) -> None:
         drops = con.execute("SELECT stage, reason, count(*) FROM rejects GROUP BY ALL "
                             "ORDER BY 3 DESC").fetchall()
         calls = con.execute("SELECT count(*) FROM llm_calls WHERE status = 'ok'").fetchone()[0]
-        extra = {}
-        if "conversations" in sections:
-            extra["turns_reached"] = dict(con.execute(
-                "SELECT n, count(*) FROM (SELECT 1 + count(*) FILTER (WHERE kept) AS n FROM turns "
-                "GROUP BY record_id) GROUP BY n ORDER BY n").fetchall())
-            extra["turn_drops"] = [f"turn {t} {r} {n}" for t, r, n in con.execute(
-                "SELECT turn, reason, count(*) FROM turns WHERE NOT kept GROUP BY ALL ORDER BY 1, 3 DESC")]
-        if "personas" in sections:
-            extra["personas"] = dict(con.execute(
-                "SELECT p.persona, count(*) FROM dataset d JOIN prompts p USING (prompt_id) GROUP BY ALL"
-            ).fetchall())
-        if "difficulty" in sections:
-            extra["difficulty_asked_judged"] = [f"{a} -> {j}: {n}" for a, j, n in con.execute(
-                "SELECT p.difficulty, coalesce(l.level, '-'), count(*) FROM dataset d JOIN prompts p "
-                "USING (prompt_id) LEFT JOIN prompt_difficulty l USING (prompt_id) GROUP BY ALL "
-                "ORDER BY 1, 2").fetchall()]
+        extra = extras(con, sections)
         con.close()
     print(json.dumps({"exit_code": proc.returncode, "seconds": round(seconds), "records": records,
                       "records_by_subdomain": subs, "llm_calls": calls,
                       "opening_share": json.loads(openings[0]) if openings else None,
                       "drops": [f"{s}/{r} {n}" for s, r, n in drops], **extra}, indent=1))
+
+
+def extras(con, sections: dict) -> dict:
+    """With conversations: the user turns they reached and the turns' drops;
+    with personas and difficulty: records per persona, and level asked → judged."""
+    extra = {}
+    if "conversations" in sections:
+        extra["turns_reached"] = dict(con.execute(
+            "SELECT n, count(*) FROM (SELECT 1 + count(*) FILTER (WHERE kept) AS n FROM turns "
+            "GROUP BY record_id) GROUP BY n ORDER BY n").fetchall())
+        extra["turn_drops"] = [f"turn {t} {r} {n}" for t, r, n in con.execute(
+            "SELECT turn, reason, count(*) FROM turns WHERE NOT kept GROUP BY ALL ORDER BY 1, 3 DESC"
+        ).fetchall()]
+    if "personas" in sections:
+        extra["personas"] = dict(con.execute(
+            "SELECT p.persona, count(*) FROM dataset d JOIN prompts p USING (prompt_id) GROUP BY ALL"
+        ).fetchall())
+    if "difficulty" in sections:
+        extra["difficulty_asked_judged"] = [f"{a} -> {j}: {n}" for a, j, n in con.execute(
+            "SELECT p.difficulty, coalesce(l.level, '-'), count(*) FROM dataset d JOIN prompts p "
+            "USING (prompt_id) LEFT JOIN prompt_difficulty l USING (prompt_id) GROUP BY ALL "
+            "ORDER BY 1, 2").fetchall()]
+    return extra
 
 
 if __name__ == "__main__":
