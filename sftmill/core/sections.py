@@ -3,7 +3,7 @@ any work starts.  Endpoints and curation have modules of their own."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -157,7 +157,8 @@ class Personas(Strict):
 
 
 # The difficulty levels a prompt is written (and judged) at, easiest first.
-DIFFICULTY_LEVELS = ("recall", "explain", "multi_step")
+DifficultyLevel = Literal["recall", "explain", "multi_step"]
+DIFFICULTY_LEVELS = get_args(DifficultyLevel)
 
 
 class Difficulty(Strict):
@@ -165,7 +166,7 @@ class Difficulty(Strict):
     to the target shares; the judge then says which level each prompt is
     (`judge`), and the card and the quality report show target against actual."""
 
-    levels: dict[Literal["recall", "explain", "multi_step"], float] = Field(
+    levels: dict[DifficultyLevel, float] = Field(
         default_factory=dict,
         description="Target share per level: recall (one fact the text states), explain (why or "
         "how something works), multi_step (reasoning over several facts: combine, compare, "
@@ -185,7 +186,8 @@ class Difficulty(Strict):
 
 
 # How a conversation's user may follow up an answer.
-FOLLOW_UP_KINDS = ("deeper", "example", "challenge", "neighbour")
+FollowUpKind = Literal["deeper", "example", "challenge", "neighbour"]
+FOLLOW_UP_KINDS = get_args(FollowUpKind)
 
 
 class Conversations(Strict):
@@ -199,7 +201,7 @@ class Conversations(Strict):
         default=(2, 3), description="[min, max] user turns a conversation aims for, its first "
         "included; each draws its length in the range.  A conversation is exported up to its "
         "last turn that passed its checks.")
-    follow_ups: list[Literal["deeper", "example", "challenge", "neighbour"]] = Field(
+    follow_ups: list[FollowUpKind] = Field(
         default_factory=lambda: list(FOLLOW_UP_KINDS),
         description="Kinds of follow-up, spread equally: deeper (into what was just said), "
         "example (asks for one), challenge (doubts a claim), neighbour (a nearby topic).")

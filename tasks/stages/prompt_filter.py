@@ -92,9 +92,10 @@ def score_prompts(store: Store, recipe: Recipe) -> int:
                           store, recipe, [r["prompt_id"] for r in ahead], [r["text"] for r in ahead]))
 
 
-def decide(store: Store, threshold: float) -> int:
+def decide(store: Store, threshold: float) -> list[tuple[str, str]]:
+    """Record the low scores as drops; (prompt_id, text) of those that pass."""
     record_low_scores(store, STAGE, "prompt_scores", "prompt_id", threshold, "low_prompt_quality")
-    return len(passed(store, threshold))
+    return passed(store, threshold)
 
 
 def passed(store: Store, threshold: float) -> list[tuple[str, str]]:
@@ -118,8 +119,8 @@ def prompt_filter(recipe: Recipe, candidates: StageResult) -> StageResult:
     kept = decide(store, recipe.thresholds.prompt_quality)
     leveled = 0
     if recipe.difficulty.enabled and recipe.difficulty.judge:  # the level of what passed
-        leveled = judge_difficulty(store, recipe, passed(store, recipe.thresholds.prompt_quality))
+        leveled = judge_difficulty(store, recipe, kept)
     n_in = store.scalar(f"SELECT count(*) FROM candidate_prompts WHERE prompt_id NOT IN ({REPLACED})")
     return timer.done(store.ref("prompt_scores", "prompt_id"), int(n_in),
-                      kept, f"{asked} prompts sent to the judge"
+                      len(kept), f"{asked} prompts sent to the judge"
                       + (f", {leveled} judged for difficulty" if leveled else ""))
