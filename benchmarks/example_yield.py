@@ -6,6 +6,7 @@ wall-clock time — the figures a new user sees on a first run.
     python benchmarks/example_yield.py --set 'conversations={share: 0.3, turns: [2, 3]}'
     python benchmarks/example_yield.py --set 'personas={generate: 3}' \
         --set 'difficulty={levels: {recall: 0.4, explain: 0.4, multi_step: 0.2}}'
+    python benchmarks/example_yield.py --set 'difficulty={evolve_share: 0.3}'
 
 Runs `sftmill run` on a copy of the recipe (with `--set SECTION=YAML`
 sections replaced) whose output goes to a fresh temporary folder (nothing
@@ -65,7 +66,8 @@ def main(recipe_path: Path, sections: dict) -> None:
 
 def extras(con, sections: dict) -> dict:
     """With conversations: the user turns they reached and the turns' drops;
-    with personas and difficulty: records per persona, and level asked → judged."""
+    with personas and difficulty: records per persona, level asked → judged, and
+    records whose prompt was rewritten harder."""
     extra = {}
     if "conversations" in sections:
         extra["turns_reached"] = dict(con.execute(
@@ -83,6 +85,9 @@ def extras(con, sections: dict) -> dict:
             "SELECT p.difficulty, coalesce(l.level, '-'), count(*) FROM dataset d JOIN prompts p "
             "USING (prompt_id) LEFT JOIN prompt_difficulty l USING (prompt_id) GROUP BY ALL "
             "ORDER BY 1, 2").fetchall()]
+        extra["evolved_records"] = con.execute(
+            "SELECT count(*) FROM dataset d JOIN prompts p USING (prompt_id) "
+            "WHERE p.origin = 'evolved'").fetchone()[0]
     return extra
 
 

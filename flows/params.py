@@ -14,7 +14,7 @@ from sftmill.core.recipe import Recipe, load_recipe, parse_recipe
 from sftmill.tasks.stages.sizing import needed_profiles
 
 Stage = Literal["collect", "chunk", "relevance", "profile", "web_queries", "search_fetch",
-                "generate", "broaden", "rephrase", "prompt_filter", "dedup", "answer_search",
+                "generate", "broaden", "rephrase", "evolve", "prompt_filter", "dedup", "answer_search",
                 "retrieve", "answer", "answer_checks", "curate", "preferences"]
 
 

@@ -16,6 +16,7 @@ from sftmill.tasks.stage_task import StageResult
 from sftmill.tasks.stages.chunk import chunk
 from sftmill.tasks.stages.collect import collect, inputs_fingerprint
 from sftmill.tasks.stages.dedup import dedup
+from sftmill.tasks.stages.evolve import evolve
 from sftmill.tasks.stages.generate import broaden, generate
 from sftmill.tasks.stages.profile import profile
 from sftmill.tasks.stages.prompt_filter import prompt_filter
@@ -40,7 +41,7 @@ def judge_and_profile(recipe, chunks: StageResult, r: list[str]) -> list[StageRe
 def prompt_flow(params: RunParams) -> list[StageResult]:
     """Collect → chunk → (relevance → profile)* in waves until the target has
     its chunks → (web queries → search and fetch → chunk → relevance →
-    profile)* → generate → broaden → rephrase →
+    profile)* → generate → broaden → rephrase → evolve (a share made harder) →
     filter → near-duplicate removal."""
     with local_recipe(params.recipe_path) as path:  # on object storage: its run folder synced here
         return prompt_flow_stages(params.model_copy(update={"recipe_path": path}))
@@ -70,6 +71,7 @@ def prompt_flow_stages(params: RunParams) -> list[StageResult]:
     generated = stage(generate, "generate", r)(recipe, profiles)
     broadened = stage(broaden, "broaden", r)(recipe, generated)
     rephrased = stage(rephrase, "rephrase", r)(recipe, broadened)
-    filtered = stage(prompt_filter, "prompt_filter", r)(recipe, rephrased)
+    evolved = stage(evolve, "evolve", r)(recipe, rephrased)
+    filtered = stage(prompt_filter, "prompt_filter", r)(recipe, evolved)
     kept = stage(dedup, "dedup", r)(recipe, filtered)
-    return done + [generated, broadened, rephrased, filtered, kept]
+    return done + [generated, broadened, rephrased, evolved, filtered, kept]

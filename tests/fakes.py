@@ -102,6 +102,9 @@ def schema_answers(request: ChatRequest):
         words = whole_sentences(first, 300).split()  # in its own words: no 5-word run copied
         return " ".join(f"{w} so" if i % 4 == 3 and i < len(words) - 1 else w
                         for i, w in enumerate(words)) + f" [{n}]"
+    if request.schema is None and text.startswith("Make this instruction a bit harder"):  # evolve
+        instruction = text.rsplit("Instruction:\n", 1)[1].strip().rstrip("?.")
+        return f"{instruction}, and how does this compare with the case of free quarks ({tag})?"
     if request.schema is None and 'beginning with "' in text:  # a prompt told its opening
         opening = text.split('beginning with "', 1)[1].split('"', 1)[0]
         passage = text.split('"""', 2)[1] if text.count('"""') >= 2 else ""
@@ -146,7 +149,8 @@ def schema_answers(request: ChatRequest):
 
 LLM_USERS = ("sftmill.llm.backends", "sftmill.llm.map",
              "sftmill.tasks.stages.profile", "sftmill.tasks.stages.web", "sftmill.tasks.stages.generate",
-             "sftmill.tasks.stages.rephrase", "sftmill.tasks.stages.rag", "sftmill.tasks.stages.answer",
+             "sftmill.tasks.stages.rephrase", "sftmill.tasks.stages.evolve", "sftmill.tasks.stages.rag",
+             "sftmill.tasks.stages.answer",
              "sftmill.tasks.stages.conditions", "sftmill.tasks.stages.conversation",
              "sftmill.tasks.generators.evol", "sftmill.tasks.generators.augment",
              "sftmill.tasks.generators.templates",
@@ -159,6 +163,10 @@ def route_llm(monkeypatch, llm: ScriptedLLM) -> ScriptedLLM:
         llm.store = store
         return llm
 
+    import importlib
+
+    for module in LLM_USERS:  # imported before any is patched, so none binds the patched one
+        importlib.import_module(module)
     for module in LLM_USERS:
         monkeypatch.setattr(f"{module}.make_llm", make)
     return llm

@@ -134,6 +134,8 @@ class Recipe(Strict):
         return [("llm.judge", judge, "relevance", chunk), ("llm.generator", gen, "profile", chunk),
                 ("llm.generator", gen, "web_queries", 0), ("llm.generator", gen, generate, chunk),
                 ("llm.generator", gen, "broaden", 0), ("llm.generator", gen, "rephrase", 0),
+                *(("llm.generator", gen, f"evol_{op}", 0)
+                  for op in (self.difficulty.evolve_operations if self.difficulty.evolve_share else ())),
                 ("llm.judge", judge, "prompt_filter", 0),
                 ("llm.generator", gen, "answer_queries", 0),
                 ("llm.generator", gen, "answer", passages),

@@ -105,7 +105,7 @@ SCHEMA: dict[str, str] = {
     "candidate_prompts": """
         prompt_id VARCHAR PRIMARY KEY,
         text VARCHAR,
-        origin VARCHAR,               -- generated | broadened | rephrased
+        origin VARCHAR,               -- generated | broadened | rephrased | evolved
         parent_id VARCHAR,            -- profile (generated, broadened) or prompt (rephrased)
         profile_id VARCHAR,
         task_type VARCHAR,

@@ -160,6 +160,14 @@ class Personas(Strict):
 DifficultyLevel = Literal["recall", "explain", "multi_step"]
 DIFFICULTY_LEVELS = get_args(DifficultyLevel)
 
+# Evol-Instruct's operations (Xu et al., 2023): the in-depth ones make an
+# instruction harder, `breadth` writes a new one on a rarer topic.
+DepthOperation = Literal["add_constraints", "deepen", "concretize", "increase_reasoning",
+                         "complicate_input"]
+DEPTH_OPERATIONS = get_args(DepthOperation)
+EvolOperation = Literal[DepthOperation, "breadth"]
+EVOL_OPERATIONS = get_args(EvolOperation)
+
 
 class Difficulty(Strict):
     """How hard the prompts are: each generation call is told a level, spread
@@ -173,6 +181,14 @@ class Difficulty(Strict):
         "work out a consequence).  Empty: no difficulty.")
     judge: bool = Field(default=True, description="The judge says each kept prompt's level "
                         "(a call per prompt); the record's difficulty is the judged one.")
+    evolve_share: float = Field(
+        default=0.0, ge=0, le=1, description="Share of the prompts rewritten harder by one of "
+        "Evol-Instruct's in-depth operations before the filter (easiest asked level first); "
+        "a rewrite replaces its original.  0: none.")
+    evolve_operations: tuple[DepthOperation, ...] = Field(
+        default=("add_constraints", "deepen", "concretize", "increase_reasoning"), min_length=1,
+        description="The operations drawn from, one per prompt (complicate_input adds an input "
+        "such as a table, which the corpus cannot ground: not drawn unless listed).")
 
     @model_validator(mode="after")
     def _shares(self) -> "Difficulty":

@@ -138,11 +138,16 @@ class Rates:
         return self.line(time.monotonic()) if self.sent else ""
 
 
+def truncated(result: ChatResult, limit: int) -> bool:
+    """The answer stopped because it reached the token budget."""
+    return result.tokens_out >= limit
+
+
 def whole_items(result: ChatResult, field: str, limit: int) -> list:
     """The list `field` of a structured answer without its last item when the
     answer ran into the token budget (that item was cut off and repaired)."""
     items = list(result.data[field])
-    return items[:-1] if result.tokens_out >= limit and items else items
+    return items[:-1] if truncated(result, limit) and items else items
 
 
 def record_fit(store, stage: str, key: str, kept: list[tuple[int, int]]) -> None:

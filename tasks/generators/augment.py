@@ -33,9 +33,9 @@ from sftmill.core.recipe import GeneratorConfig
 from sftmill.core.store import Store
 from sftmill.embed.embedder import Embedder
 from sftmill.llm.backends import make_llm
-from sftmill.llm.map import answered, llm_map
+from sftmill.llm.map import answered, llm_map, truncated
 from sftmill.prompts import exact_items, load_template, with_schema
-from sftmill.tasks.generators.respond import respond, truncated
+from sftmill.tasks.generators.respond import respond
 from sftmill.tasks.sources.pairs import SCHEMA as INPUT_SCHEMA
 from sftmill.tasks.stage_task import StageResult, StageTimer, stage_task
 

@@ -12,10 +12,12 @@ eliminator drops a failed evolution with its reason (in `rejects`, stage
 `evol_r<round>`):
     empty_evolution         nothing came back
     truncated_evolution     the rewrite used the whole token budget
-    copies_template_words   it repeats words of the evolution prompt
-                            ("given prompt", "rewritten prompt", …)
+    copies_template_words   it repeats words of the evolution prompt (a run of
+                            four of its words, "given prompt", "this method" …)
     no_information_gain     identical to its parent, or the judge LLM finds
                             the two equal (`prompts/evol_equal`)
+    not_a_request           the parent was a question or a request and the
+                            rewrite is neither (the model answered it)
     near_duplicate          embedding cosine ≥ `dedup_cosine` with an
                             instruction of another lineage (FAISS, as in
                             the prompt flow's dedup)
@@ -32,33 +34,25 @@ The dataset holds the evolved pairs of rounds 1..M (and, with
 from __future__ import annotations
 
 import json
-import random
-import re
-from typing import Literal
 
 from pydantic import Field
 
 from sftmill.core.endpoints import Embedding, LLMEndpoint
 from sftmill.core.ids import content_id
 from sftmill.core.recipe import GeneratorConfig
+from sftmill.core.sections import EVOL_OPERATIONS, EvolOperation
 from sftmill.core.store import Store
 from sftmill.embed.embedder import Embedder
 from sftmill.llm.backends import make_llm
-from sftmill.llm.map import answered, llm_map
+from sftmill.llm.map import answered, llm_map, truncated
 from sftmill.prompts import load_template
-from sftmill.tasks.generators.respond import respond, truncated
+from sftmill.tasks.generators.respond import respond
 from sftmill.tasks.sources.pairs import SCHEMA as INPUT_SCHEMA
 from sftmill.tasks.stage_task import StageResult, StageTimer, stage_task
 from sftmill.tasks.stages.dedup import new_near_duplicates
+from sftmill.tasks.stages.evolve import evolution_problem, fixed_text, pick_operation
 
 STAGE = "evol"
-DEPTH = ("add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input")
-OPERATIONS = DEPTH + ("breadth",)
-Operation = Literal["add_constraints", "deepen", "concretize", "increase_reasoning",
-                    "complicate_input", "breadth"]
-TEMPLATE_WORDS_RE = re.compile(
-    r"(given|rewritten|created|original|new) (prompt|instruction)\b|#\s*(the )?(given|rewritten|"
-    r"created) prompt\s*#", re.IGNORECASE)
 
 SCHEMA = {
     "evol_items": """
@@ -83,7 +77,7 @@ class EvolConfig(GeneratorConfig):
     input_path: str = Field(description="Plain instructions (.txt, one per line) or JSONL "
                             "(Alpaca, prompt/response, OpenAI messages, ShareGPT, an earlier export).")
     rounds: int = Field(default=4, ge=1, le=20, description="Evolution rounds M.")
-    operations: tuple[Operation, ...] = Field(default=OPERATIONS, min_length=1,
+    operations: tuple[EvolOperation, ...] = Field(default=EVOL_OPERATIONS, min_length=1,
                                               description="Operations drawn from, uniformly.")
     judge_info_gain: bool = Field(default=True, description="Ask the judge LLM whether an "
                                   "evolution equals its parent (identical text is always dropped).")
@@ -100,28 +94,6 @@ class EvolConfig(GeneratorConfig):
         if self.judge_info_gain:
             steps.append(("judge", self.judge, "evol_equal", 0))
         return steps + super().llm_templates()
-
-
-def pick_operation(cfg: EvolConfig, parent_id: str, round_no: int) -> str:
-    rng = random.Random(content_id(cfg.seed, parent_id, round_no))
-    return rng.choice(cfg.operations)
-
-
-def _normal(text: str) -> str:
-    return " ".join(text.lower().split()).strip(" .?!")
-
-
-def evolution_problem(parent: str, text: str, was_truncated: bool) -> str | None:
-    """The eliminator's textual checks (the judge's is separate)."""
-    if not text.strip():
-        return "empty_evolution"
-    if was_truncated:
-        return "truncated_evolution"
-    if TEMPLATE_WORDS_RE.search(text):
-        return "copies_template_words"
-    if _normal(text) == _normal(parent):
-        return "no_information_gain"
-    return None
 
 
 def seed_inputs(store: Store) -> None:
@@ -158,10 +130,12 @@ def evolve(store: Store, cfg: EvolConfig, llm, parents: list[dict], round_no: in
     call key) for the rewrites that pass the textual checks."""
     by_op: dict[str, list[dict]] = {}
     for parent in parents:
-        by_op.setdefault(pick_operation(cfg, parent["item_id"], round_no), []).append(parent)
+        by_op.setdefault(pick_operation(cfg.seed, cfg.operations, parent["item_id"], round_no),
+                         []).append(parent)
     out = []
     for op, group in sorted(by_op.items()):
         template = load_template(f"evol_{op}")
+        own_words = fixed_text(template)
         results = llm_map(llm, cfg.generator, template, group,
                           lambda p: {"instruction": p["instruction"]},
                           stage=f"{STAGE}_r{round_no}_{op}", seed=cfg.seed + round_no)
@@ -170,7 +144,7 @@ def evolve(store: Store, cfg: EvolConfig, llm, parents: list[dict], round_no: in
                                            lambda p, op=op: content_id(p["item_id"], round_no, op)):
                 text = result.text.strip()
                 problem = evolution_problem(parent["instruction"], text,
-                                            truncated(result, cfg.generator.max_tokens))
+                                            truncated(result, cfg.generator.max_tokens), own_words)
                 if problem:
                     _drop(drops, parent, op, round_no, problem, text)
                 else:

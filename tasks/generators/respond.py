@@ -17,14 +17,8 @@ from typing import Sequence
 from sftmill.core.endpoints import LLMEndpoint
 from sftmill.core.text import STOPWORDS, ends_mid_sentence, tokens
 from sftmill.core.text_rules import refusal
-from sftmill.llm.map import answered, llm_map
-from sftmill.llm.request import ChatResult
+from sftmill.llm.map import answered, llm_map, truncated
 from sftmill.prompts import load_template
-
-
-def truncated(result: ChatResult, limit: int) -> bool:
-    """The answer stopped because it reached the token budget."""
-    return result.tokens_out >= limit
 
 
 def response_problem(text: str, was_truncated: bool, min_words: int = 3) -> str | None:

@@ -43,7 +43,7 @@ from sftmill.tasks.stages.sizing import (
 # Typical answer tokens per call (the endpoint's max_tokens caps them).
 TYPICAL_OUT = {"relevance": 40, "profile": 90, "generate": 40, "broaden": 48, "rephrase": 40,
                "prompt_filter": 40, "answer_queries": 16, "answer": 300, "answer_checks": 60,
-               "personas": 16, "difficulty": 30, "follow_up": 30}
+               "personas": 16, "difficulty": 30, "follow_up": 30, "evolve": 48}
 PROMPT_TOKENS = 30  # a prompt
 PROFILE_TOKENS = 80  # a profile (domain, subdomain, topic, use case, summary)
 QUERY_TOKENS = 12  # a search query
@@ -127,6 +127,7 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
         rephrased = math.ceil(candidates * REPHRASED_SHARE)
     else:
         rephrased = 0
+    evolved = math.ceil(candidates * recipe.difficulty.evolve_share)  # a rewrite per chosen prompt
     prompts = min(sizes.target_prompts, math.ceil(candidates * prompt_keep_rate))
     answers, curation = recipe.answers, recipe.curation
     searched = 0  # prompts given extended search queries: the weakly supported share
@@ -149,6 +150,7 @@ def plan_stages(recipe: Recipe, chunks: int, chunk_tokens: float,
          TYPICAL_OUT["broaden"] * sizes.broaden_per_profile),
         ("rephrase", gen, "rephrase", rephrased, PROMPT_TOKENS,
          TYPICAL_OUT["rephrase"] * sizes.rephrasings_per_prompt),
+        ("evolve", gen, "evol_deepen", evolved, PROMPT_TOKENS, TYPICAL_OUT["evolve"]),
         ("personas", gen, "personas", 1 if recipe.personas.generate else 0, PROFILE_TOKENS,
          TYPICAL_OUT["personas"] * recipe.personas.generate),
         ("difficulty", judge, "difficulty",

@@ -2,7 +2,7 @@
 `prompts` table: the prompt flow's output.
 
 Prompts are embedded (normalised, so inner product = cosine) and put in
-priority order: generated before broadened before rephrased, then higher
+priority order: generated before broadened before rephrased before evolved, then higher
 judge score, then prompt ID.  Walking that order, each prompt that is still
 in keeps itself and removes every later prompt at cosine ≥ the recipe's
 `thresholds.dedup_cosine`, so each group of near-duplicates keeps one
@@ -40,7 +40,7 @@ REDUCED = 64  # dimensions of the candidate pass
 CELL_SIZE = 250  # rows per cell on average
 PROBES = 8  # cells each row is compared with
 MARGIN = 0.15  # candidate pass keeps reduced cosine ≥ threshold − MARGIN
-ORIGIN_RANK = {"generated": 0, "broadened": 1, "rephrased": 2}
+ORIGIN_RANK = {"generated": 0, "broadened": 1, "rephrased": 2, "evolved": 3}
 
 
 def similar_pairs(vectors: np.ndarray, threshold: float, first: int = 0,

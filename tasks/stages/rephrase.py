@@ -136,8 +136,9 @@ def rephrase_prompts(store: Store, recipe: Recipe) -> tuple[int, int]:
     return len(todo), len(rows)
 
 
-# The originals that a variant replaced: later stages leave them out.
-REPLACED = "SELECT item_id FROM rejects WHERE stage = 'rephrase' AND reason = 'rephrased'"
+# The originals that a variant or a harder rewrite (`evolve`) replaced: later stages leave them out.
+REPLACED = ("SELECT item_id FROM rejects WHERE (stage = 'rephrase' AND reason = 'rephrased') "
+            "OR (stage = 'evolve' AND reason = 'evolved')")
 
 
 def forward_texts(store: Store) -> list[str]:

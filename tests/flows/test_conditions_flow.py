@@ -21,7 +21,8 @@ def test_records_carry_persona_and_difficulty_and_the_card_shows_their_spread(
 
     llm = route_llm(monkeypatch, ScriptedLLM(schema_answers))
     recipe = example_recipe(tmp_path, personas={"generate": 3, "answer_register": True},
-                            difficulty={"levels": LEVELS}, search={"backend": "none"})
+                            difficulty={"levels": LEVELS, "evolve_share": 0.3},
+                            search={"backend": "none"})
     pipeline(params(recipe))
     run = tmp_path / "run"
     store = Store.open(run / "sftmill.duckdb")
@@ -39,6 +40,12 @@ def test_records_carry_persona_and_difficulty_and_the_card_shows_their_spread(
         meta = record["metadata"]["record"]
         assert meta["persona"] in personas
         assert meta["difficulty_asked"] in LEVELS and meta["difficulty"] in LEVELS
+    # a share was rewritten harder (Evol-Instruct in depth), each rewrite asked one level up
+    evolved = [r["metadata"]["record"] for r in records if r["metadata"]["record"]["origin"] == "evolved"]
+    assert evolved and all(m["difficulty_asked"] in ("explain", "multi_step") for m in evolved)
+    assert store.scalar("SELECT count(*) FROM rejects WHERE stage = 'evolve' AND reason = 'evolved'") \
+        == store.scalar("SELECT count(*) FROM candidate_prompts WHERE origin = 'evolved'") > 0
+    assert any(r.stage.startswith("evolve_") for r in llm.requests)
     judged = dict(store.execute("SELECT prompt_id, level FROM prompt_difficulty"))
     assert {r["metadata"]["record"]["difficulty"] for r in records} <= set(judged.values())
     answers = [r for r in llm.requests if r.stage == "answer"]

@@ -8,22 +8,12 @@ import pytest
 from fakes import ScriptedLLM, route_llm, user_text
 
 from sftmill.core.endpoints import LLMEndpoint
+from sftmill.core.sections import EVOL_OPERATIONS
 from sftmill.core.store import Store
-from sftmill.tasks.generators.evol import OPERATIONS, EvolConfig, evolution_problem
+from sftmill.tasks.generators.evol import EvolConfig
 from sftmill.tasks.generators.respond import response_problem
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def test_evolution_checks():
-    assert evolution_problem("Explain spin.", "", False) == "empty_evolution"
-    assert evolution_problem("Explain spin.", "Explain spin in two ways.", True) == "truncated_evolution"
-    assert evolution_problem("Explain spin.", "#Rewritten Prompt#: Explain spin.", False) \
-        == "copies_template_words"
-    assert evolution_problem("Explain spin.", "The given prompt asks to explain spin.", False) \
-        == "copies_template_words"
-    assert evolution_problem("Explain spin.", "explain  spin", False) == "no_information_gain"
-    assert evolution_problem("Explain spin.", "Explain spin with one worked example.", False) is None
 
 
 def test_response_checks():
@@ -105,7 +95,7 @@ def test_evol_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatch):
     assert first["metadata"]["parent_id"] == first["metadata"]["root_id"]
     assert second["instruction"].endswith("Give one more example. Give one more example.")
     assert len(second["metadata"]["evolution_path"]) == 2
-    assert set(second["metadata"]["evolution_path"]) <= set(OPERATIONS)
+    assert set(second["metadata"]["evolution_path"]) <= set(EVOL_OPERATIONS)
     assert second["metadata"]["source"] == {"file": "instructions.txt", "line": 1}
     assert second["output"].startswith("A full answer")
     card = (tmp_path / "evol" / "card.md").read_text()

@@ -26,7 +26,7 @@ def test_flow_runs_every_stage_with_lineage(prefect_harness, tmp_path, scripted)
     stages = [r.stage for r in results]
     assert stages == ["collect", "chunk", "relevance", "profile", "web_queries", "search_fetch",
                       "chunk#2", "relevance#2", "profile#2", "generate", "broaden", "rephrase",
-                      "prompt_filter", "dedup"]
+                      "evolve", "prompt_filter", "dedup"]
     store = Store.open(tmp_path / "run" / "sftmill.duckdb")
     web_docs = store.query_dicts("SELECT * FROM documents WHERE source_kind = 'web'")
     assert {Path(d["uri"]).name for d in web_docs} >= {"top-quark.html", "lattice-qcd.html"}

@@ -35,7 +35,8 @@ def exported(run_dir, name="dataset.jsonl"):
 
 
 # Personas, difficulty and conversations ride along: the same server, their calls thinking too.
-CONDITIONS = {"personas": {"generate": 2}, "difficulty": {"levels": {"recall": 0.5, "explain": 0.5}},
+CONDITIONS = {"personas": {"generate": 2},
+              "difficulty": {"levels": {"recall": 0.5, "explain": 0.5}, "evolve_share": 0.3},
               "conversations": {"share": 0.5, "turns": [2, 3]}}
 
 
@@ -134,6 +135,8 @@ def test_personas_and_difficulty_from_a_server_reach_the_records(runs):
     for record in exported(runs["field"]):
         meta = record["metadata"]["record"]
         assert meta["persona"] in personas and meta["difficulty"] in ("recall", "explain", "multi_step")
+    evolved = [r for r in exported(runs["field"]) if r["metadata"]["record"]["origin"] == "evolved"]
+    assert evolved and all("free quarks" in r["messages"][0]["content"] for r in evolved)
 
 
 def test_conversations_from_a_server_keep_a_trace_per_assistant_turn(runs):

@@ -110,6 +110,10 @@ def test_drafted_personas_and_the_difficulty_judge_are_planned(tmp_path):
     assert plans["personas"].calls == 1
     # the example's generator writes one prompt a call, and its filter keeps every prompt
     assert plans["difficulty"].calls == plans["generate"].calls > 0
+    assert "evolve" not in plans
+    evolving = load_recipe(example_recipe(tmp_path / "evolve", difficulty={"evolve_share": 0.25}))
+    plans = {p.stage: p for p in plan_stages(evolving, chunks=10_000, chunk_tokens=300)}
+    assert plans["evolve"].calls == math.ceil(plans["generate"].calls * 0.25)
 
 
 def test_conversations_are_planned_per_follow_up_turn(tmp_path):
