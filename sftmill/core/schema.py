@@ -106,7 +106,7 @@ SCHEMA: dict[str, str] = {
         prompt_id VARCHAR PRIMARY KEY,
         text VARCHAR,
         origin VARCHAR,               -- generated | broadened | rephrased | evolved
-        parent_id VARCHAR,            -- profile (generated, broadened) or prompt (rephrased)
+        parent_id VARCHAR,            -- profile (generated, broadened) or prompt (rephrased, evolved)
         profile_id VARCHAR,
         task_type VARCHAR,
         model VARCHAR,
