@@ -30,6 +30,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from sftmill.core.ids import content_id
+from sftmill.core.progress import stage_started
 from sftmill.core.recipe import Recipe
 from sftmill.core.store import Store, TableRef
 from sftmill.llm.budget import BudgetExceeded
@@ -145,6 +146,7 @@ def declared(fn: Callable, name: str, sections: tuple[str, ...], reads: tuple[st
             elif table_of(value) not in (None, *reads):
                 raise UndeclaredTable(f"{reader} is handed table {table_of(value)!r} ({key}) "
                                       f"but reads only {', '.join(reads) or 'none'}")
+        stage_started(name)
         result = fn(*bound.args, **bound.kwargs)
         if isinstance(result, StageResult) and result.out.table not in (*writes, *reads):
             raise UndeclaredTable(f"{reader} hands on table {result.out.table!r} "

@@ -1,14 +1,20 @@
 """What every command shares: the Typer app, the console, one-line failures, the run
-database claimed by this process, recipes loaded and checked, and progress bars."""
+database claimed by this process, recipes loaded and checked, and progress (bars on a terminal,
+lines in a log)."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
+from typing import Iterator
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sftmill.core.errors import RecipeError
+from sftmill.core.progress import PrefectReporter, set_reporter
 from sftmill.core.recipe import DB_FILE, load_curate_config, load_recipe, output_dir_problem
 from sftmill.core.store import Store, StoreBusyError
 from sftmill.tasks.curation.checks.decontam import check_benchmarks
@@ -24,6 +30,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+if not console.is_terminal:  # a log file: text and tables as wide as they are, not cut at 80
+    console.soft_wrap, console.width = True, 1000
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -66,6 +74,9 @@ class RichReporter:
     def __init__(self, progress):
         self.progress = progress
 
+    def started(self, stage: str) -> None:
+        pass  # a stage with work to count gets its bar
+
     def start(self, stage: str, total: int):
         return self.progress.add_task(stage, total=total, stage=stage)
 
@@ -91,3 +102,32 @@ def checked_curate_config(path: Path | None):
     except RecipeError as err:
         fail(str(err))
     return cfg
+
+
+class LineReporter(PrefectReporter):
+    """Progress as timestamped lines on standard error, for a log file, CI or
+    a scheduler (rich's bars draw only at the end when there is no terminal)."""
+
+    def emit(self, handle, text: str) -> None:
+        console.print(f"{time.strftime('%H:%M:%S')} {text}", highlight=False, soft_wrap=True,
+                      markup=False)
+
+
+@contextlib.contextmanager
+def showing_progress() -> Iterator[None]:
+    """Progress of the flow run inside: bars on a terminal, else lines."""
+    if not console.is_terminal:
+        previous = set_reporter(LineReporter())
+        try:
+            yield
+        finally:
+            set_reporter(previous)
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as bars:
+        previous = set_reporter(RichReporter(bars))
+        try:
+            yield
+        finally:
+            set_reporter(previous)
+

@@ -7,12 +7,10 @@ import json
 import time
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sftmill.cli.common import RichReporter, claim, console, fail
+from sftmill.cli.common import claim, console, fail, showing_progress
 from sftmill.core.errors import RecipeError
-from sftmill.core.progress import set_reporter
 from sftmill.core.recipe import DB_FILE
 from sftmill.core.schema import KEPT_DATASET
 from sftmill.core.store import Store
@@ -47,8 +45,8 @@ def print_summary(store, run_id: str | None, elapsed: float | None = None,
         llm = Table(title="LLM calls", title_justify="left")
         for col in ("stage", "model", *(["plan"] if planned else []), "sent", "hits",
                     "errors", "tokens in", "tokens out", "s", *(["cost"] if planned else [])):
-            llm.add_column(col, no_wrap=col == "stage",  # stage names whole
-                           max_width=14 if col == "model" else None)
+            llm.add_column(col, no_wrap=col == "stage",  # stage names whole; on a terminal
+                           max_width=14 if col == "model" and console.is_terminal else None)
         for r in s.llm:
             llm.add_row(r["stage"], r["model"], *([or_dash(r["planned"])] if planned else []),
                         str(r["sent"]), str(r["cache_hits"]), str(r["errors"]),
@@ -162,13 +160,8 @@ def run_flow(kind: str, out: Path, start, templates=(), embeddings=()) -> None:
     store.execute("DELETE FROM meta WHERE key = 'stopped_early'")
     preload(embeddings)
     started = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as bars:
-        previous = set_reporter(RichReporter(bars))
-        try:
-            state = start()
-        finally:
-            set_reporter(previous)
+    with showing_progress():
+        state = start()
     print_summary(store, str(state.state_details.flow_run_id))
     if not state.is_completed():
         fail(f"run failed: {state.message}. Rerun the same command to resume.", code=1)

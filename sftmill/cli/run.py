@@ -9,13 +9,11 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sftmill.cli.common import RichReporter, app, claim, console, fail, load_checked
+from sftmill.cli.common import app, claim, console, fail, load_checked, showing_progress
 from sftmill.cli.output import print_plan, print_preview, print_summary
 from sftmill.cli.scaffold import field_docs, propose_subdomains, render_recipe
 from sftmill.core.endpoints import LLMEndpoint
-from sftmill.core.progress import set_reporter
 from sftmill.core.store import Store
 from sftmill.embed.models import preload
 from sftmill.flows.params import RunParams
@@ -88,13 +86,8 @@ def run(
         logging.getLogger(name).addFilter(without_budget_stops)
     started = time.perf_counter()
     console.print(f"sftmill: running recipe [bold]{checked.name}[/] → {checked.run_dir.resolve()}")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as bars:
-        previous = set_reporter(RichReporter(bars))
-        try:
-            state = pipeline(params, return_state=True)
-        finally:
-            set_reporter(previous)
+    with showing_progress():
+        state = pipeline(params, return_state=True)
     run_id = str(state.state_details.flow_run_id)
 
     targets = target_shares(checked)

@@ -1,24 +1,33 @@
 """Progress reporting for long stages.
 
 Stage code calls `progress(stage, total)` and `.advance()`; what is shown
-depends on the reporter installed: the CLI installs a rich progress display,
-everywhere else progress goes to the Prefect run logger (or Python logging)
-every 10 %.
+depends on the reporter installed: the CLI installs a rich progress display
+on a terminal, and lines on standard error otherwise; everywhere else
+progress goes to the Prefect run logger (or Python logging).  Lines: one when
+a stage starts (`stage_started`, called by every stage task), one when its
+work is counted, then at most one every `LOG_EVERY_S` seconds (done / total,
+the stage's live status such as requests/s, an ETA), and one when it ends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
+import time
 from typing import Iterator, Protocol
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 
+# Seconds between two progress lines of one stage (SFTMILL_PROGRESS_SECONDS sets it).
+LOG_EVERY_S = float(os.environ.get("SFTMILL_PROGRESS_SECONDS") or 15)
+
 
 class Reporter(Protocol):
+    def started(self, stage: str) -> None: ...
     def start(self, stage: str, total: int) -> object: ...
     def advance(self, handle: object, n: int = 1) -> None: ...
     def status(self, handle: object, text: str) -> None: ...  # a live line, e.g. rates
@@ -33,32 +42,64 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("sftmill")
 
 
+def clock(seconds: float) -> str:
+    """4 s, 3 min 20 s, 1 h 05 min."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def progress_line(handle: dict, now: float) -> str:
+    """stage: done/total (percent) · status · ETA."""
+    done, total = handle["done"], handle["total"]
+    elapsed = now - handle["started"]
+    parts = [f"{handle['stage']}: {done}/{total} ({100 * done // max(1, total)}%)"]
+    if handle["status"]:
+        parts.append(handle["status"])
+    if 0 < done < total:
+        parts.append(f"ETA {clock(elapsed / done * (total - done))}")
+    return " · ".join(parts)
+
+
 class LogReporter:
-    def __init__(self) -> None:
+    """Progress as log lines, at most one per stage every `every` seconds."""
+
+    def __init__(self, every: float = LOG_EVERY_S) -> None:
         self._lock = threading.Lock()
+        self.every = every
+
+    def emit(self, handle: dict | None, text: str) -> None:
+        (handle["logger"] if handle else run_logger()).info("%s", text)
+
+    def started(self, stage: str) -> None:
+        self.emit(None, f"{stage}: started")
 
     def start(self, stage: str, total: int) -> object:
-        logger = run_logger()
-        logger.info("%s: %d items", stage, total)
-        return {"stage": stage, "total": total, "done": 0, "logged": 0, "status": "",
-                "logger": logger}
+        now = time.monotonic()
+        handle = {"stage": stage, "total": total, "done": 0, "status": "", "logger": run_logger(),
+                  "started": now, "logged": now}
+        self.emit(handle, f"{stage}: {total} items")
+        return handle
 
     def advance(self, handle: object, n: int = 1) -> None:
+        now = time.monotonic()
         with self._lock:
             handle["done"] += n
-            total = max(1, handle["total"])
-            tenth = handle["done"] * 10 // total
-            if tenth > handle["logged"]:
-                handle["logged"] = tenth
-                status = f" ({handle['status']})" if handle["status"] else ""
-                handle["logger"].info("%s: %d/%d%s", handle["stage"], handle["done"],
-                                      handle["total"], status)
+            if now - handle["logged"] < self.every or handle["done"] >= handle["total"]:
+                return
+            handle["logged"] = now
+        self.emit(handle, progress_line(handle, now))
 
     def status(self, handle: object, text: str) -> None:
         handle["status"] = text
 
     def finish(self, handle: object, note: str = "") -> None:
-        run_logger().info("%s: done %s", handle["stage"], note)
+        took = clock(time.monotonic() - handle["started"])
+        self.emit(handle, f"{handle['stage']}: {handle['done']}/{handle['total']} done in {took}"
+                  + (f" ({note})" if note else ""))
 
 
 class PrefectReporter(LogReporter):
@@ -116,6 +157,11 @@ class _Handle:
 
     def status(self, text: str) -> None:
         self._reporter.status(self._token, text)
+
+
+def stage_started(stage: str) -> None:
+    """Say that a stage begins its work (not for a stage taken from the cache)."""
+    _reporter.started(stage)
 
 
 @contextlib.contextmanager
