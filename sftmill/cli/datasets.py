@@ -18,6 +18,7 @@ from sftmill.flows.mix_flow import mix_flow
 from sftmill.tasks.curation.curate import standalone_embedding, standalone_judge
 from sftmill.tasks.curation.mix import Source, check_groups, parse_weights
 from sftmill.tasks.report.export import REASONING, export_files, export_jsonl
+from sftmill.tasks.report.handoff import TRAINERS, hand_off
 from sftmill.tasks.report.quality import dataset_quality, quality_markdown
 from sftmill.tasks.review.annotations import refresh_card
 from sftmill.tasks.review.sheets import apply_sheet, detect_format, write_sheet
@@ -107,6 +108,10 @@ def export_cmd(
         "field", "--reasoning",
         help="A reasoning model's trace: 'field' (reasoning_content in OpenAI messages, "
         "thinking in ShareGPT / Alpaca), 'inline' (<think>…</think> before the answer) or 'drop'."),
+    trainer: str = typer.Option(
+        None, "--for", help="Ready for a trainer, in RUN_DIR (or --out, a folder): 'llama-factory' "
+        "(ShareGPT records and dataset_info.json: use the folder as dataset_dir) or 'trl' "
+        "(OpenAI messages and train_trl.py, a fine-tuning script for TRL's SFTTrainer)."),
 ) -> None:
     """Write a finished run's dataset in another format, with its lineage metadata.
 
@@ -115,7 +120,14 @@ def export_cmd(
     """
     check_format(format)
     check_choice("--reasoning", reasoning, REASONING)
+    if trainer is not None:
+        check_choice("--for", trainer, TRAINERS)
     store = run_db(run_dir)
+    if trainer is not None:
+        folder = out or run_dir
+        for path in hand_off(store, trainer, folder, run_dir.resolve().name, reasoning):
+            console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+        return
     target = out or run_dir / f"dataset.{format}.jsonl"
     n = export_jsonl(store, format, target, reasoning=reasoning)
     console.print(f"wrote {n} records to {target}")

@@ -380,6 +380,12 @@ class Export(Strict):
         "reasoning_content field of the assistant message in OpenAI messages, thinking in "
         "ShareGPT and Alpaca), 'inline' (<think>…</think> before the answer, for trainers that "
         "want it in the text), 'drop' (not exported; it stays in the run database).")
+    license: str = Field(
+        default="other", description="The dataset's license in its card, as the Hugging Face "
+        "Hub names them (apache-2.0, cc-by-4.0, mit …); 'other' until you choose one that "
+        "your sources and your generator's terms allow.")
+    language: list[str] = Field(default_factory=lambda: ["en"], min_length=1,
+                                description="ISO 639-1 codes of the records' language, for the card.")
 
 
 class Schedule(Strict):

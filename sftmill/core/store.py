@@ -54,8 +54,13 @@ class Store:
     _open_lock = threading.Lock()
     _before_close_all: list[Callable[[], None]] = []
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
         self.path = str(Path(path).resolve())
+        self.read_only = read_only
+        if read_only:  # a finished run, as it is: no table made or changed
+            self._con = duckdb.connect(self.path, read_only=True)
+            self._lock = threading.RLock()
+            return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._con = duckdb.connect(self.path)
@@ -81,6 +86,19 @@ class Store:
             return store
 
     @classmethod
+    def reader(cls, path: str | Path) -> "Store":
+        """A read-only store of an existing run database (not shared, not
+        closed by `close_all`: close it with `close`).  Fails while another
+        process writes to it."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no run database at {path}")
+        return cls(path, read_only=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    @classmethod
     def before_close_all(cls, hook: Callable[[], None]) -> None:
         """Run `hook` whenever `close_all` is about to close the stores (once per hook)."""
         if hook not in cls._before_close_all:
@@ -100,7 +118,10 @@ class Store:
 
     def ensure_tables(self, schema: dict[str, str]) -> None:
         """Create missing tables; add columns a newer sftmill declares to an
-        older run database's tables (so an old run folder can be resumed)."""
+        older run database's tables (so an old run folder can be resumed).
+        A read-only store is left as it is."""
+        if self.read_only:
+            return
         with self._lock:
             for name, columns in schema.items():
                 self._con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")

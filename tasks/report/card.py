@@ -1,5 +1,6 @@
-"""Answer step 6 — the dataset card: `card.md` in the run folder, with PNG
-plots it embeds (`plots/subdomains.png`, `plots/lengths.png`).
+"""Answer step 6 — the dataset card: `card.md` in the run folder (and the same
+as `README.md`, with the YAML header the Hugging Face Hub reads: `core.hub`),
+with PNG plots it embeds (`plots/subdomains.png`, `plots/lengths.png`).
 
 Contents: counts in/out per stage with reject reasons, subdomain
 distribution against the recipe's targets, prompt and answer length
@@ -22,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
 from sftmill.core.endpoints import Embedding
-from sftmill.core.files import write_atomic
+from sftmill.core.hub import write_card_files
 from sftmill.core.markdown import markdown_table
 from sftmill.core.recipe import Recipe
 from sftmill.core.schema import KEPT_DATASET
@@ -261,9 +262,8 @@ def write_generator_card(store: Store, run_dir: Path, fmt: str) -> Path:
     parts += ["## Lengths (characters)", _lengths_table(prompt_lengths, answer_lengths),
               "## LLM usage (tokens and time per stage and model)", _llm_table(summary),
               "## Plots", *[f"![{name}](plots/{name})" for name in plots]]
-    card = run_dir / "card.md"
     text = "\n\n".join(parts) + "\n"
-    write_atomic(card, [text.encode()])
+    card = write_card_files(run_dir, text, f"sftmill {generator} run")
     publish_artifacts(summary, text)
     return card
 
@@ -322,9 +322,8 @@ def write_card(store: Store, recipe: Recipe) -> Path:
         parts.insert(-2, f'Most common opening: "{w0}" in {s0:.0%} of prompts before rephrasing, '
                          f'"{w1}" in {s1:.0%} after.')
     parts[3:3] = _samples_section(store) or ["## Samples", empty_run_hint(store)]
-    card = run_dir / "card.md"
     text = "\n\n".join(parts) + "\n"
-    write_atomic(card, [text.encode()])
+    card = write_card_files(run_dir, text, recipe.name, recipe.export.license, recipe.export.language)
     publish_artifacts(summary, text)
     return card
 

@@ -6,7 +6,8 @@ Formats (one JSON object per line):
     alpaca    {"instruction": …, "input": "", "output": …, "metadata": {…}}
 A conversation (`turns`) has all its turns in `messages` / `conversations`;
 in Alpaca its last turn, the earlier ones in `history` (LLaMA-Factory's form).
-plus a Parquet file with one row per record.  A reasoning model's trace
+plus a Parquet file with one row per record (its `messages` column is the
+conversation as TRL and the Hugging Face Hub read it).  A reasoning model's trace
 (`reasoning`) goes, by `export.reasoning`, into a field of the assistant
 message (`field`: `reasoning_content` in OpenAI messages, as vLLM, DeepSeek and
 the Qwen3 chat template name it; `thinking` in ShareGPT and Alpaca), inline
@@ -87,14 +88,27 @@ def export_jsonl(store: Store, fmt: str, out: Path, rows: list[dict] | None = No
     return len(rows)
 
 
-def export_parquet(store: Store, out: Path, rows: list[dict] | None = None) -> int:
+def export_parquet(store: Store, out: Path, rows: list[dict] | None = None,
+                   reasoning: str = "field") -> int:
+    """One row per record: its IDs, prompt, answer, metadata (JSON), the
+    answer's trace, a conversation's later turns (JSON), and `messages` (the
+    whole conversation as role/content pairs, what TRL's SFTTrainer and the
+    Hub's viewer read; a trace there only when `reasoning` is inline)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = dataset_rows(store) if rows is None else rows
-    table = pa.table({k: [r.get(k) for r in rows] for k in
-                      ("record_id", "prompt_id", "answer_id", "prompt", "answer", "grounded", "metadata",
-                       "reasoning", "turns")})
+    text = ("record_id", "prompt_id", "answer_id", "prompt", "answer")
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    schema = pa.schema([*((k, pa.string()) for k in text), ("grounded", pa.bool_()),
+                        ("metadata", pa.string()), ("reasoning", pa.string()), ("turns", pa.string()),
+                        ("messages", pa.list_(message))])
+    how = "inline" if reasoning == "inline" else "drop"
+    messages = [[{"role": m["role"], "content": m["content"]} for m in to_record(
+        "openai", r["prompt"], r["answer"], {}, r.get("reasoning"), how,
+        orjson.loads(r.get("turns") or "[]"))["messages"]] for r in rows]
+    columns = {k: [r.get(k) for r in rows] for k in schema.names if k != "messages"}
+    table = pa.table({**columns, "messages": messages}, schema=schema)
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
     write_atomic(out, [buffer.getvalue().to_pybytes()])
@@ -106,7 +120,7 @@ def export_files(store: Store, fmt: str, out_dir: Path, reasoning: str = "field"
     `preferences.jsonl` when the run made preference pairs (`tasks.preferences`)."""
     rows = dataset_rows(store)  # read once for both files
     n = export_jsonl(store, fmt, out_dir / "dataset.jsonl", rows, reasoning)
-    export_parquet(store, out_dir / "dataset.parquet", rows)
+    export_parquet(store, out_dir / "dataset.parquet", rows, reasoning)
     pairs = out_dir / "preferences.jsonl"
     if export_pairs(store, pairs) == 0:
         pairs.unlink()  # no pairs, no file (an earlier run's would mislead)

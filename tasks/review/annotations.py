@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
-from sftmill.core.files import write_atomic
+from sftmill.core.hub import split_header, write_card_files
 from sftmill.core.markdown import markdown_table
 from sftmill.core.schema import KEPT_DATASET
 from sftmill.core.store import Store
@@ -249,12 +249,12 @@ def refresh_card(card: Path, store: Store) -> bool:
         return False
 
     kept, skipping = [], False
-    for block in card.read_text(encoding="utf-8").split("\n\n"):
+    for block in split_header(card.read_text(encoding="utf-8"))[1].split("\n\n"):
         if block.startswith("## "):
             skipping = block.startswith("## Human review")
         if not skipping:
             kept.append(block.rstrip("\n"))
     at = next((i for i, b in enumerate(kept) if b.startswith("## Lengths")), len(kept))
     kept[at:at] = review_section(store)
-    write_atomic(card, ["\n\n".join(kept).encode("utf-8") + b"\n"])
+    write_card_files(card.parent, "\n\n".join(kept) + "\n")
     return True

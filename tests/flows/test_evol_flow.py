@@ -8,6 +8,7 @@ import pytest
 from fakes import ScriptedLLM, route_llm, user_text
 
 from sftmill.core.endpoints import LLMEndpoint
+from sftmill.core.hub import split_header
 from sftmill.core.sections import EVOL_OPERATIONS
 from sftmill.core.store import Store
 from sftmill.tasks.generators.evol import EvolConfig
@@ -98,8 +99,9 @@ def test_evol_flow_with_scripted_llm(prefect_harness, tmp_path, monkeypatch):
     assert set(second["metadata"]["evolution_path"]) <= set(EVOL_OPERATIONS)
     assert second["metadata"]["source"] == {"file": "instructions.txt", "line": 1}
     assert second["output"].startswith("A full answer")
-    card = (tmp_path / "evol" / "card.md").read_text()
-    assert card.startswith("# Dataset card: evol-instruct run")
+    header, card = split_header((tmp_path / "evol" / "card.md").read_text())
+    assert card.startswith("# Dataset card: evol-instruct run") and header["configs"]
+    assert (tmp_path / "evol" / "README.md").read_text() == (tmp_path / "evol" / "card.md").read_text()
     assert "## Records by round and operation" in card and "| evol_r2 | 6 | 1 |" in card
     assert "copies_template_words" in card
 

@@ -8,6 +8,7 @@ from fakes import ScriptedLLM, route_llm, schema_answers
 
 from sftmill.core.endpoints import LLMEndpoint
 from sftmill.core.errors import RecipeError
+from sftmill.core.hub import split_header
 from sftmill.core.store import Store
 from sftmill.tasks.generators.self_instruct import SelfInstructConfig, load_seeds, sample_examples
 
@@ -56,7 +57,8 @@ def test_self_instruct_flow_with_scripted_llm(prefect_harness, tmp_path, monkeyp
     records = [json.loads(line) for line in (tmp_path / "si" / "dataset.jsonl").read_text().splitlines()]
     assert records and all(r["metadata"]["generator"] == "self-instruct" for r in records)
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in records)
-    card = (tmp_path / "si" / "card.md").read_text()
+    header, card = split_header((tmp_path / "si" / "card.md").read_text())
+    assert header["pretty_name"] == "sftmill self-instruct run"
     assert card.startswith("# Dataset card: self-instruct run") and "## Records by round" in card
     assert (tmp_path / "si" / "plots" / "lengths.png").is_file()
 
