@@ -32,7 +32,7 @@ from sftmill.flows.pipeline import pipeline
 from sftmill.tasks.preflight import preflight
 from sftmill.tasks.report.export import to_record
 from sftmill.tasks.report.quality import QUALITY_FILE, read_quality
-from sftmill.tasks.review.annotations import reviewed_rows
+from sftmill.tasks.report.viewer import exported_rows, table_names
 
 
 @dataclass
@@ -81,7 +81,7 @@ def load(run_dir: str | Path) -> RunData:
     store = Store.reader(run_dir / DB_FILE)
     try:
         records = []
-        for row in reviewed_rows(store):
+        for row in exported_rows(store, table_names(store)):
             metadata = json.loads(row["metadata"] or "{}")
             turns = json.loads(row.get("turns") or "[]")
             exported = to_record("openai", row["prompt"], row["answer"] or "", metadata,

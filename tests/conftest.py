@@ -37,6 +37,31 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="session")
+def api_run(prefect_harness, tmp_path_factory):
+    """A finished run folder made through the Python API (`sftmill.run`)
+    against the local OpenAI-compatible test server: conversations, drops,
+    citations; the license and language of its card set in the recipe."""
+    from examples import example_recipe
+    from fake_openai import FakeOpenAI
+
+    import sftmill
+
+    tmp = tmp_path_factory.mktemp("handoff")
+    server = FakeOpenAI(delay_s=0.0)
+    try:
+        endpoint = {"backend": "openai", "base_url": server.url, "model": "fake"}
+        recipe = example_recipe(tmp, llm={"generator": endpoint, "judge": endpoint},
+                                search={"backend": "none"}, sizes={"target_prompts": 60},
+                                conversations={"share": 0.5, "turns": [2, 2]},
+                                export={"license": "cc-by-4.0", "language": ["en"]})
+        made = sftmill.run(recipe, target_prompts=40)
+    finally:
+        server.close()
+    assert made == tmp / "run"
+    return made
+
+
 BUCKET = "sftmill-test"
 
 

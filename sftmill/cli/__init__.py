@@ -10,7 +10,7 @@ from sftmill.cli import prefect_env  # noqa: F401
 from sftmill.cli.common import app, console
 
 # The command groups register their commands on `app` as they are imported, in this order in --help.
-from sftmill.cli import run, serve, generators, datasets  # noqa: F401
+from sftmill.cli import run, serve, generators, datasets, view  # noqa: F401
 # isort: on
 
 

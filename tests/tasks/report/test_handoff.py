@@ -11,32 +11,12 @@ import sys
 import pytest
 import yaml
 from examples import example_recipe
-from fake_openai import FakeOpenAI
 
 from sftmill.core.hub import size_category, split_header
 
 
-@pytest.fixture(scope="module")
-def run_dir(prefect_harness, tmp_path_factory):
-    """A run made through the Python API (`sftmill.run`)."""
-    import sftmill
-
-    tmp = tmp_path_factory.mktemp("handoff")
-    server = FakeOpenAI(delay_s=0.0)
-    try:
-        endpoint = {"backend": "openai", "base_url": server.url, "model": "fake"}
-        recipe = example_recipe(tmp, llm={"generator": endpoint, "judge": endpoint},
-                                search={"backend": "none"}, sizes={"target_prompts": 60},
-                                conversations={"share": 0.5, "turns": [2, 2]},
-                                export={"license": "cc-by-4.0", "language": ["en"]})
-        made = sftmill.run(recipe, target_prompts=40)
-    finally:
-        server.close()
-    assert made == tmp / "run"
-    return made
-
-
-def test_the_python_api_loads_records_rejects_and_quality(run_dir, tmp_path):
+def test_the_python_api_loads_records_rejects_and_quality(api_run, tmp_path):
+    run_dir = api_run
     import sftmill
     from sftmill.core.errors import RecipeError
 
@@ -63,7 +43,8 @@ def records(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_load_dataset_reads_the_run_folder_as_it_is(run_dir, monkeypatch):
+def test_load_dataset_reads_the_run_folder_as_it_is(api_run, monkeypatch):
+    run_dir = api_run
     import datasets
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -99,7 +80,8 @@ def sftmill(*args):
     return done
 
 
-def test_export_for_llama_factory_writes_its_dataset_info(run_dir):
+def test_export_for_llama_factory_writes_its_dataset_info(api_run):
+    run_dir = api_run
     done = sftmill("export", run_dir, "--for", "llama-factory")
     assert done.returncode == 0, done.stderr
     info = json.loads((run_dir / "dataset_info.json").read_text())
@@ -116,7 +98,8 @@ def test_export_for_llama_factory_writes_its_dataset_info(run_dir):
         assert all(t[tags["content_tag"]] for t in turns)
 
 
-def test_export_for_trl_writes_messages_and_a_training_script(run_dir):
+def test_export_for_trl_writes_messages_and_a_training_script(api_run):
+    run_dir = api_run
     import datasets
 
     out = run_dir.parent / "for-trl"
