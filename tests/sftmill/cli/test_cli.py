@@ -84,6 +84,7 @@ def test_review_sample_then_apply_rewrites_the_export(tmp_path):
     import csv
     import json
 
+    from sftmill.core.hub import split_header
     from sftmill.core.schema import SCHEMA
     from sftmill.core.store import Store
 
@@ -94,6 +95,8 @@ def test_review_sample_then_apply_rewrites_the_export(tmp_path):
                               "prompt": f"Q{i}?", "answer": f"A{i}.", "grounded": False,
                               "metadata": "{}"} for i in range(3)])
     (run / "dataset.jsonl").write_text(json.dumps({"conversations": []}) + "\n")  # a sharegpt export
+    (run / "card.md").write_text("---\nlicense: mit\npretty_name: physics\n---\n\n# Dataset card\n\n"
+                                 "## Lengths (characters)\n")
     assert cli("review", "sample", run, "--n", "3").exit_code == 0
     sheet = run / "review.csv"
     rows = list(csv.DictReader(sheet.open()))
@@ -107,10 +110,17 @@ def test_review_sample_then_apply_rewrites_the_export(tmp_path):
     assert "applied 1 decisions (reject 1)" in " ".join(result.output.split())
     records = [json.loads(x) for x in (run / "dataset.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all("conversations" in r for r in records)
+    # the card's Hub header follows the new export and keeps its license
+    header, body = split_header((run / "README.md").read_text())
+    assert (run / "README.md").read_text() == (run / "card.md").read_text()
+    assert header["license"] == "mit" and header["pretty_name"] == "physics"
+    assert header["dataset_info"]["splits"] == [{"name": "train", "num_examples": 2}]
+    assert body.startswith("# Dataset card") and "## Human review" in body
     assert cli("review", "apply", run, tmp_path / "none.csv").exit_code == 2
 
 
 def test_a_run_folder_held_by_another_process_is_one_line_error(tmp_path):
+    from sftmill.core.hub import split_header
     from sftmill.core.schema import SCHEMA
     from sftmill.core.store import Store
 
