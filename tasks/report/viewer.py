@@ -34,9 +34,9 @@ from sftmill.tasks.review.annotations import reviewed_rows
 FACETS = ("subdomain", "task_type", "persona", "difficulty", "origin", "stage", "reason")
 PAGE_SIZE = 50
 # Where a dropped item's text is, by the table its ID belongs to (the tables a run has).
+# (A dropped answer shows its prompt and itself.)
 ITEM_TEXT = (("dataset", "record_id", "prompt"), ("candidate_prompts", "prompt_id", "text"),
-             ("answers", "answer_id", "text"), ("chunks", "chunk_id", "text"),
-             ("documents", "doc_id", "uri"))
+             ("chunks", "chunk_id", "text"), ("documents", "doc_id", "uri"))
 
 
 @dataclass
@@ -86,16 +86,24 @@ def rejected_rows(store: Store, tables: set[str]) -> list[dict]:
         if table in tables:
             joins.append(f"LEFT JOIN {table} t{i} ON t{i}.{key} = r.item_id")
             texts.append(f"t{i}.{column}")
+    answer = "NULL"
+    if {"answers", "candidate_prompts"} <= tables:
+        joins.append("LEFT JOIN answers a ON a.answer_id = r.item_id "
+                     "LEFT JOIN candidate_prompts ap ON ap.prompt_id = a.prompt_id")
+        texts.insert(0, "ap.text")
+        answer = "a.text"
     text = f"coalesce({', '.join(texts)})" if texts else "NULL"
-    rows = store.query_dicts(f"SELECT r.stage, r.item_id, r.reason, r.detail, r.score, {text} AS text "
-                             f"FROM rejects r {' '.join(joins)} ORDER BY r.stage, r.reason, r.item_id")
+    rows = store.query_dicts(f"SELECT r.stage, r.item_id, r.reason, r.detail, r.score, {text} AS text, "
+                             f"{answer} AS answer FROM rejects r {' '.join(joins)} "
+                             "ORDER BY r.stage, r.reason, r.item_id")
     if "reviews" in tables:  # records a reviewer rejected
         rows += store.query_dicts(
             "SELECT 'review' AS stage, v.record_id AS item_id, 'rejected_by_reviewer' AS reason, "
-            "coalesce(v.note, '') AS detail, NULL AS score, d.prompt AS text FROM reviews v "
+            "coalesce(v.note, '') AS detail, NULL AS score, d.prompt AS text, d.answer FROM reviews v "
             "LEFT JOIN dataset d USING (record_id) WHERE v.decision = 'reject'")
     return [{"kind": "rejected", "id": r["item_id"], "stage": r["stage"], "reason": r["reason"],
-             "detail": r["detail"] or "", "prompt": r["text"] or "", "answer": "", "messages": [],
+             "detail": r["detail"] or "", "prompt": r["text"] or "", "answer": r["answer"] or "",
+             "messages": [],
              "subdomain": None, "task_type": None, "persona": None, "difficulty": None,
              "origin": None, "scores": {} if r["score"] is None else {"score": r["score"]},
              "review": "reject" if r["stage"] == "review" else None, "metadata": {}}

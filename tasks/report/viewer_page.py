@@ -155,7 +155,11 @@ function show(r, run) {
   const d = document.getElementById("detail");
   d.style.display = "block";
   const parts = [el("h3", {}, r.kind === "kept" ? `Record ${r.id}` : `Rejected at ${r.stage}: ${r.reason}`)];
-  if (r.kind === "rejected") parts.push(el("p", {}, el("b", {}, "Item: "), r.prompt || r.id), el("p", {}, el("b", {}, "Why: "), r.detail || r.reason));
+  if (r.kind === "rejected") {
+    parts.push(el("p", {}, el("b", {}, "Item: "), r.prompt || r.id));
+    if (r.answer) parts.push(el("div", {class: "msg assistant"}, r.answer));
+    parts.push(el("p", {}, el("b", {}, "Why: "), r.detail || r.reason));
+  }
   for (const m of r.messages) {
     if (m.reasoning_content) parts.push(el("div", {class: "msg trace"}, "thinking: " + m.reasoning_content));
     parts.push(el("div", {class: "msg " + m.role}, m.content));

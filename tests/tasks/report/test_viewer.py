@@ -59,3 +59,13 @@ def test_a_rejected_item_carries_its_text_from_the_table_its_id_belongs_to(tmp_p
     assert rejected["zz"]["prompt"] == "" and rejected["zz"]["detail"] == "cut off"
     assert view.summary["kept"] == 0 and view.summary["rejected"] == 2
     assert view.summary["facets"]["reason"] == ["truncated", "vague_prompt"]
+
+
+def test_a_dropped_answer_shows_its_prompt_and_itself(tmp_path):
+    store = Store.open(tmp_path / "sftmill.duckdb")
+    store.insert("candidate_prompts", [{"prompt_id": "p1", "text": "Why are quarks confined?"}])
+    store.insert("answers", [{"answer_id": "a1", "prompt_id": "p1", "text": "[1] Copied passage text."}])
+    store.reject("answer_checks", "a1", "copies_passage", "0.95 of its words in 5-word runs")
+    Store.close_all()
+    (dropped,) = [r for r in load_run(tmp_path).rows if r["kind"] == "rejected"]
+    assert (dropped["prompt"], dropped["answer"]) == ("Why are quarks confined?", "[1] Copied passage text.")
