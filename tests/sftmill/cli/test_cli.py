@@ -120,7 +120,6 @@ def test_review_sample_then_apply_rewrites_the_export(tmp_path):
 
 
 def test_a_run_folder_held_by_another_process_is_one_line_error(tmp_path):
-    from sftmill.core.hub import split_header
     from sftmill.core.schema import SCHEMA
     from sftmill.core.store import Store
 
