@@ -1,13 +1,15 @@
 """Embedding for near-duplicate removal at a million texts: which model?
 
-    python benchmarks/embedding_candidates.py [--n 20000] [--skip-dask] [--skip-onnx]
+    python benchmarks/embedding_candidates.py [--n 20000] [--skip-dask] [--skip-onnx] [--agree-n 2000]
 
 Candidates, all from the bundled all-MiniLM-L6-v2 (no download):
   minilm       sentence-transformers on torch, in this process (sftmill's default)
   minilm-dask  the same model on a Dask LocalCluster of 2 single-thread
                workers through prefect-dask (`embedding.runner: dask`)
-  onnx-int8    MiniLM exported to ONNX and dynamically quantised to int8,
-               run by ONNX Runtime (needs `pip install onnxruntime onnx`)
+  onnx-fp32    MiniLM exported to ONNX (torch.onnx), run by ONNX Runtime on
+               2 threads, batches of 64 sorted by length
+               (needs `pip install onnxruntime onnx`)
+  onnx-int8    the same, dynamically quantised to int8
   static       `static:all-MiniLM-L6-v2`, a static token-embedding model
                distilled from MiniLM by sftmill (sftmill/embed/models.py,
                `static_model`: the model2vec recipe — each vocabulary token
@@ -21,7 +23,10 @@ paragraph: hit@1 and hit@3 among all paragraphs) and near-duplicate
 separation (a sentence against a lightly edited copy — a word dropped,
 two words swapped, case and punctuation changed — versus against the other
 sentences of its document: ROC AUC of the cosine, and the share of edited
-copies above the highest cosine of 99 % of the non-duplicate pairs).
+copies above the highest cosine of 99 % of the non-duplicate pairs); and
+agreement with sftmill's default vectors (the cosine of each text's vector
+to MiniLM's on torch, over the first `--agree-n` texts: min, 1st percentile,
+mean; the static model has other dimensions, so none).
 Prints one JSON line per candidate.
 """
 
@@ -102,7 +107,7 @@ def quality(embed, paragraphs) -> dict:
             "dup_pairs": len(pos)}
 
 
-def onnx_int8_embed(workdir: Path):
+def onnx_embed(workdir: Path, int8: bool):
     import onnxruntime as ort
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -112,7 +117,7 @@ def onnx_int8_embed(workdir: Path):
 
     model = SentenceTransformer(resolve_model("all-MiniLM-L6-v2"), device="cpu")
     tok, hf = model.tokenizer, model[0].auto_model
-    fp32, int8 = workdir / "minilm.onnx", workdir / "minilm-int8.onnx"
+    fp32, quantised = workdir / "minilm.onnx", workdir / "minilm-int8.onnx"
     sample = tok(["a short example sentence"], return_tensors="pt")
     names = ["input_ids", "attention_mask", "token_type_ids"]
     class Encoder(torch.nn.Module):  # positional inputs, the last hidden state out
@@ -127,10 +132,12 @@ def onnx_int8_embed(workdir: Path):
     torch.onnx.export(Encoder().eval(), tuple(sample[n] for n in names), str(fp32), input_names=names,
                       output_names=["hidden"], dynamo=False, opset_version=17,
                       dynamic_axes={n: {0: "b", 1: "t"} for n in names + ["hidden"]})
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    if int8:
+        quantize_dynamic(str(fp32), str(quantised), weight_type=QuantType.QInt8)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
-    session = ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(quantised if int8 else fp32), options,
+                                   providers=["CPUExecutionProvider"])
 
     def embed(texts: list[str]) -> np.ndarray:
         out = []
@@ -147,16 +154,22 @@ def onnx_int8_embed(workdir: Path):
     return embed
 
 
-def measure(name: str, make, texts, paragraphs) -> dict:
+def measure(name: str, make, texts, paragraphs, reference: np.ndarray | None = None) -> dict:
     started = time.perf_counter()
     embed = make()
     embed(texts[:64])  # load and warm up
     ready = time.perf_counter() - started
     started = time.perf_counter()
-    embed(texts)
+    vectors = embed(texts)
     seconds = time.perf_counter() - started
+    agreement = {}
+    if reference is not None and vectors.shape[1] == reference.shape[1]:
+        cos = (vectors[:len(reference)] * reference).sum(1)
+        agreement = {"agreement_min": round(float(cos.min()), 4),
+                     "agreement_p1": round(float(np.percentile(cos, 1)), 4),
+                     "agreement_mean": round(float(cos.mean()), 4)}
     return {"candidate": name, "n": len(texts), "start_s": round(ready, 1), "seconds": round(seconds, 1),
-            "texts_per_s": round(len(texts) / seconds, 1), **quality(embed, paragraphs)}
+            "texts_per_s": round(len(texts) / seconds, 1), **agreement, **quality(embed, paragraphs)}
 
 
 def main() -> None:
@@ -166,6 +179,8 @@ def main() -> None:
     parser.add_argument("--skip-minilm", action="store_true")
     parser.add_argument("--skip-dask", action="store_true")
     parser.add_argument("--skip-onnx", action="store_true")
+    parser.add_argument("--agree-n", type=int, default=2000,
+                        help="texts whose vectors are compared with MiniLM's on torch")
     args = parser.parse_args()
     import tempfile
 
@@ -175,22 +190,26 @@ def main() -> None:
 
     paragraphs = corpus_paragraphs()
     texts = prompt_texts(args.n, paragraphs)
+    reference = encode(Embedding(), texts[:args.agree_n])  # sftmill's default vectors
     if not args.skip_minilm:
-        print(json.dumps(measure("minilm", lambda: lambda t: encode(Embedding(), t), texts, paragraphs)), flush=True)
+        print(json.dumps(measure("minilm", lambda: lambda t: encode(Embedding(), t), texts, paragraphs,
+                                 reference)), flush=True)
     if not args.skip_dask:
         from prefect.testing.utilities import prefect_test_harness
 
         with prefect_test_harness(server_startup_timeout=180):
             config = Embedding(runner="dask", dask_workers=2)
             print(json.dumps(measure("minilm-dask", lambda: lambda t: Embedder(config).embed(t),
-                                     texts, paragraphs)), flush=True)
-    if not args.skip_onnx:
+                                     texts, paragraphs, reference)), flush=True)
+    for name, int8 in (("onnx-fp32", False), ("onnx-int8", True)):
+        if args.skip_onnx:
+            break
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                print(json.dumps(measure("onnx-int8", lambda: onnx_int8_embed(Path(tmp)), texts, paragraphs)),
-                      flush=True)
+                print(json.dumps(measure(name, lambda tmp=tmp, int8=int8: onnx_embed(Path(tmp), int8),
+                                         texts, paragraphs, reference)), flush=True)
         except Exception as exc:  # noqa: BLE001 — a missing package or an export that fails
-            print(json.dumps({"candidate": "onnx-int8", "skipped": f"{type(exc).__name__}: {exc}"}), flush=True)
+            print(json.dumps({"candidate": name, "skipped": f"{type(exc).__name__}: {exc}"}), flush=True)
     print(json.dumps(measure("static", lambda: lambda t: encode(Embedding(model="static:all-MiniLM-L6-v2"), t),
                              prompt_texts(args.static_n, paragraphs), paragraphs)), flush=True)
 
