@@ -30,9 +30,8 @@ from sftmill.core.store import Store
 from sftmill.flows.params import RunParams
 from sftmill.flows.pipeline import pipeline
 from sftmill.tasks.preflight import preflight
-from sftmill.tasks.report.export import to_record
 from sftmill.tasks.report.quality import QUALITY_FILE, read_quality
-from sftmill.tasks.report.viewer import exported_rows, table_names
+from sftmill.tasks.report.viewer import exported_rows, kept_row, table_names
 
 
 @dataclass
@@ -80,15 +79,8 @@ def load(run_dir: str | Path) -> RunData:
     run_dir = Path(run_dir)
     store = Store.reader(run_dir / DB_FILE)
     try:
-        records = []
-        for row in exported_rows(store, table_names(store)):
-            metadata = json.loads(row["metadata"] or "{}")
-            turns = json.loads(row.get("turns") or "[]")
-            exported = to_record("openai", row["prompt"], row["answer"] or "", metadata,
-                                 row.get("reasoning"), "field", turns)
-            records.append({"record_id": row["record_id"], "prompt": row["prompt"],
-                            "answer": row["answer"], "messages": exported["messages"],
-                            "metadata": metadata})
+        records = [{"record_id": r["id"], **{k: r[k] for k in ("prompt", "answer", "messages", "metadata")}}
+                   for r in map(kept_row, exported_rows(store, table_names(store)))]
         rejects = store.query_dicts("SELECT stage, item_id, reason, detail, score FROM rejects "
                                     "ORDER BY stage, reason, item_id")
     finally:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sftmill.core.errors import RecipeError
-from sftmill.core.progress import PrefectReporter, set_reporter
+from sftmill.core.progress import LogReporter, set_reporter
 from sftmill.core.recipe import DB_FILE, load_curate_config, load_recipe, output_dir_problem
 from sftmill.core.store import Store, StoreBusyError
 from sftmill.tasks.curation.checks.decontam import check_benchmarks
@@ -104,7 +104,7 @@ def checked_curate_config(path: Path | None):
     return cfg
 
 
-class LineReporter(PrefectReporter):
+class LineReporter(LogReporter):
     """Progress as timestamped lines on standard error, for a log file, CI or
     a scheduler (rich's bars draw only at the end when there is no terminal)."""
 
@@ -116,18 +116,15 @@ class LineReporter(PrefectReporter):
 @contextlib.contextmanager
 def showing_progress() -> Iterator[None]:
     """Progress of the flow run inside: bars on a terminal, else lines."""
-    if not console.is_terminal:
-        previous = set_reporter(LineReporter())
+    with contextlib.ExitStack() as stack:
+        if console.is_terminal:
+            reporter = RichReporter(stack.enter_context(Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=console)))
+        else:
+            reporter = LineReporter()
+        previous = set_reporter(reporter)
         try:
             yield
         finally:
             set_reporter(previous)
-        return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as bars:
-        previous = set_reporter(RichReporter(bars))
-        try:
-            yield
-        finally:
-            set_reporter(previous)
-

@@ -96,12 +96,12 @@ def write_card_files(run_dir: Path, body: str, pretty_name: str | None = None,
     """`card.md` and `README.md`: the header (for the folder's Parquet file as
     it is now) and `body`.  Names left None keep the current card's (a card
     refreshed after a review keeps its recipe's license)."""
-    old = run_dir / CARD_FILES[0]
-    known = split_header(old.read_text(encoding="utf-8"))[0] if old.is_file() else {}
+    card = run_dir / CARD_FILES[0]
+    known = split_header(card.read_text(encoding="utf-8"))[0] if card.is_file() else {}
     header = card_header(run_dir, pretty_name or known.get("pretty_name") or run_dir.name,
                          license or known.get("license") or "other",
                          language or known.get("language") or ["en"])
     data = (header + body).encode("utf-8")
     for name in CARD_FILES:
         write_atomic(run_dir / name, [data])
-    return old
+    return card

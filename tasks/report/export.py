@@ -104,9 +104,8 @@ def export_parquet(store: Store, out: Path, rows: list[dict] | None = None,
                         ("metadata", pa.string()), ("reasoning", pa.string()), ("turns", pa.string()),
                         ("messages", pa.list_(message))])
     how = "inline" if reasoning == "inline" else "drop"
-    messages = [[{"role": m["role"], "content": m["content"]} for m in to_record(
-        "openai", r["prompt"], r["answer"], {}, r.get("reasoning"), how,
-        orjson.loads(r.get("turns") or "[]"))["messages"]] for r in rows]
+    messages = [to_record("openai", r["prompt"], r["answer"], {}, r.get("reasoning"), how,
+                          orjson.loads(r.get("turns") or "[]"))["messages"] for r in rows]
     columns = {k: [r.get(k) for r in rows] for k in schema.names if k != "messages"}
     table = pa.table({**columns, "messages": messages}, schema=schema)
     buffer = pa.BufferOutputStream()
