@@ -70,8 +70,8 @@ def handler(views: list[RunView]) -> type[BaseHTTPRequestHandler]:
 
 
 def static_page(views: list[RunView]) -> str:
-    return page_html({"runs": [{"summary": v.summary, "passages": v.passages,
-                                "rows": [{k: x for k, x in r.items() if k != "_text"} for r in v.rows]}
+    """Every row in the page (the browser adds the search text, `searchable` is not run here)."""
+    return page_html({"runs": [{"summary": v.summary, "passages": v.passages, "rows": v.rows}
                                for v in views]})
 
 

@@ -20,6 +20,7 @@ browser over the rows embedded in it.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,13 +129,10 @@ def _citations(meta: dict) -> list[dict]:
 
 def summary_of(rows: list[dict], quality: dict | None, name: str) -> dict:
     kept = [r for r in rows if r["kind"] == "kept"]
-    drops: dict[str, int] = {}
-    for r in rows:
-        if r["kind"] == "rejected":
-            drops[f"{r['stage']} / {r['reason']}"] = drops.get(f"{r['stage']} / {r['reason']}", 0) + 1
+    drops = Counter(f"{r['stage']} / {r['reason']}" for r in rows if r["kind"] == "rejected")
     facets = {f: sorted({str(r[f]) for r in rows if r[f] is not None}) for f in FACETS}
     return {"name": name, "kept": len(kept), "rejected": len(rows) - len(kept),
-            "drops": sorted(drops.items(), key=lambda kv: -kv[1]), "facets": facets,
+            "drops": drops.most_common(), "facets": facets,
             "scores": sorted({k for r in rows for k in r["scores"]}),
             "reviews": {d: sum(1 for r in kept if r["review"] == d) for d in ("accept", "edit")},
             "figures": [{k: f.get(k) for k in ("key", "label", "value", "good")}
