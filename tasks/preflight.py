@@ -14,6 +14,7 @@ from sftmill.llm.backends import make_llm, model_name, preflight_endpoint
 from sftmill.llm.openai_http import check_reachable
 from sftmill.prompts import load_template
 from sftmill.tasks.curation.checks.decontam import check_benchmarks
+from sftmill.tasks.curation.checks.fluency import fluency_unavailable
 from sftmill.tasks.sources.documents import expand_source
 
 
@@ -99,6 +100,9 @@ def preflight(recipe: Recipe) -> None:
             if model not in recipe.prices:
                 raise RecipeError(f"budget.max_cost: no price for llm.{role}'s model {model!r} "
                                   "(add it under prices: input and output per million tokens)")
+    fluency = recipe.curation.fluency
+    if recipe.curation.enabled and fluency.enabled and (problem := fluency_unavailable(fluency.model)):
+        raise RecipeError(f"curation.fluency: {problem}")
     check_templates_fit(recipe.llm_templates())
     check_benchmarks(recipe.curation.decontamination)
 

@@ -6,6 +6,7 @@ flow tests share one `prefect_test_harness` per session (it takes ~12 s).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -95,6 +96,12 @@ def prefect_server(tmp_path_factory):
     proc, api = start_server(tmp_path_factory.mktemp("prefect-server-home"), timeout_s=240)
     yield api
     stop_group(proc)
+
+
+# Perplexities from the embedded model need llama-cpp-python (the `fluency` extra).
+needs_fluency_extra = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason="embedded perplexities need llama-cpp-python: pip install -e '.[fluency]'")
 
 
 def free_port() -> int:

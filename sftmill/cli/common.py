@@ -18,6 +18,7 @@ from sftmill.core.progress import LogReporter, set_reporter
 from sftmill.core.recipe import DB_FILE, load_curate_config, load_recipe, output_dir_problem
 from sftmill.core.store import Store, StoreBusyError
 from sftmill.tasks.curation.checks.decontam import check_benchmarks
+from sftmill.tasks.curation.checks.fluency import fluency_unavailable
 from sftmill.tasks.preflight import preflight
 
 app = typer.Typer(
@@ -99,6 +100,8 @@ def checked_curate_config(path: Path | None):
     try:
         cfg = load_curate_config(path)
         check_benchmarks(cfg.decontamination, "config")
+        if cfg.fluency.enabled and (problem := fluency_unavailable(cfg.fluency.model)):
+            raise RecipeError(f"config: fluency: {problem}")
     except RecipeError as err:
         fail(str(err))
     return cfg

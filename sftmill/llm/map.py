@@ -143,11 +143,15 @@ def truncated(result: ChatResult, limit: int) -> bool:
     return result.tokens_out >= limit
 
 
-def whole_items(result: ChatResult, field: str, limit: int) -> list:
+def whole_items(result: ChatResult, field: str, limit: int) -> tuple[list, Any]:
     """The list `field` of a structured answer without its last item when the
-    answer ran into the token budget (that item was cut off and repaired)."""
+    answer ran into the token budget (that item was cut off and repaired),
+    and that cut item (None when the answer ended by itself): a stage records
+    it as a drop."""
     items = list(result.data[field])
-    return items[:-1] if truncated(result, limit) and items else items
+    if truncated(result, limit) and items:
+        return items[:-1], items[-1]
+    return items, None
 
 
 def record_fit(store, stage: str, key: str, kept: list[tuple[int, int]]) -> None:

@@ -197,13 +197,25 @@ def generate_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
                                  **asked(*told[p["profile_id"]])},
                       stage=GENERATE_STAGE, seed=recipe.seed, max_tokens=budget)
     rows = []
-    for profile, result in answered(store, GENERATE_STAGE, results, lambda p: p["profile_id"]):
-        rows += [prompt_row(item["prompt"], "generated", profile["profile_id"],
-                            profile["profile_id"], item["task_type"], llm.model,
-                            template.version, result.key, *told[profile["profile_id"]])
-                 for item in whole_items(result, "prompts", budget)]
+    with store.drops(GENERATE_STAGE) as drops:
+        for profile, result in answered(store, GENERATE_STAGE, results, lambda p: p["profile_id"]):
+            items = finished_prompts(drops, profile["profile_id"], result, budget)
+            rows += [prompt_row(item["prompt"], "generated", profile["profile_id"],
+                                profile["profile_id"], item["task_type"], llm.model,
+                                template.version, result.key, *told[profile["profile_id"]])
+                     for item in items]
     store.insert("candidate_prompts", rows)
     return len(rows)
+
+
+def finished_prompts(drops, profile_id: str, result, limit: int) -> list[dict]:
+    """The prompts of a list answer that it finished; the one the token
+    budget cut off is a drop (`truncated`, item `<profile_id>:cut`)."""
+    items, cut = whole_items(result, "prompts", limit)
+    if cut is not None:
+        drops.add(f"{profile_id}:cut", "truncated",
+                  f"the answer used its {limit} tokens; cut off: {str(cut.get('prompt', cut))[:300]}")
+    return items
 
 
 def broaden_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
@@ -225,11 +237,13 @@ def broaden_prompts(store: Store, recipe: Recipe, profiles: list[dict]) -> int:
                                  "profile": p, "examples": examples[p["profile_id"]][:3], "n": n},
                       stage=BROADEN_STAGE, seed=recipe.seed)
     rows = []
-    for profile, result in answered(store, BROADEN_STAGE, results, lambda p: p["profile_id"]):
-        rows += [prompt_row(item["prompt"], "broadened", profile["profile_id"],
-                            profile["profile_id"], "broadened", llm.model, template.version,
-                            result.key)
-                 for item in whole_items(result, "prompts", endpoint.max_tokens)]
+    with store.drops(BROADEN_STAGE) as drops:
+        for profile, result in answered(store, BROADEN_STAGE, results, lambda p: p["profile_id"]):
+            items = finished_prompts(drops, profile["profile_id"], result, endpoint.max_tokens)
+            rows += [prompt_row(item["prompt"], "broadened", profile["profile_id"],
+                                profile["profile_id"], "broadened", llm.model, template.version,
+                                result.key)
+                     for item in items]
     store.insert("candidate_prompts", rows)
     return len(rows)
 

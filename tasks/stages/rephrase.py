@@ -113,7 +113,7 @@ def rephrase_prompts(store: Store, recipe: Recipe) -> tuple[int, int]:
                       stage=STAGE, seed=recipe.seed)
     rows, replaced, failed = [], [], []
     for parent, result in answered(store, STAGE, results, lambda p: p["prompt_id"]):
-        variants = whole_items(result, "variants", endpoint.max_tokens)
+        variants, _cut = whole_items(result, "variants", endpoint.max_tokens)  # the original stays
         if not keep_both:
             chosen = pick_variant(variants, parent["text"], avoid)
             if chosen is None:  # the original goes on unchanged

@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
+from conftest import needs_fluency_extra
 from fake_openai import FakeOpenAI
 from prefect_homes import served_env
 
@@ -62,6 +63,7 @@ def scores(db: Path) -> dict:
     return {"scores": {(r, c): s for r, c, s in rows}, "meta": meta, "drops": drops}
 
 
+@needs_fluency_extra
 @pytest.mark.real_model
 @pytest.mark.parametrize("kind", ["pipeline", "evol"])
 def test_curate_an_export_then_change_a_threshold(tmp_path, kind):

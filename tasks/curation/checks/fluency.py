@@ -3,9 +3,10 @@ given the instruction, under a language model — exp of the mean negative
 log-probability of its tokens.  Gibberish, broken encodings and word salad
 score in the hundreds or thousands; plain prose in the tens.
 
-The embedded llama.cpp model computes it offline (one forward pass per
-record over instruction + blank line + response, with logits for every
-position); an OpenAI-compatible server that returns prompt log-probs (the
+The embedded model computes it offline through llama-cpp-python (one
+forward pass per record over instruction + blank line + response, with
+logits for every position; the `fluency` extra, as llama.cpp's server gives
+no log-probs of a prompt's tokens); an OpenAI-compatible server that returns prompt log-probs (the
 completions API with `echo: true, logprobs: 0`, as vLLM and llama.cpp's
 server do) computes it the same way.  Texts are cut to `max_tokens` tokens
 each (for a server, to `CHARS_PER_TOKEN` characters a token before sending,
@@ -15,6 +16,8 @@ left unscored with the reason, and the stage goes on."""
 from __future__ import annotations
 
 import asyncio
+import atexit
+import importlib.util
 import math
 import threading
 from typing import TYPE_CHECKING
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sftmill.core.progress import progress
-from sftmill.llm.embedded import _LOAD_LOCK, _load, default_threads, model_label, resolve_gguf
+from sftmill.llm.embedded import default_threads, model_label, resolve_gguf
 from sftmill.llm.errors import LLMOutputError
 from sftmill.llm.loop import run_sync
 from sftmill.llm.openai_http import ServerClient
@@ -36,6 +39,44 @@ if TYPE_CHECKING:
 SEPARATOR = "\n\n"
 CHARS_PER_TOKEN = 4  # a server's text is cut to max_tokens * this many characters per part
 _LOCK = threading.Lock()  # one forward pass at a time on the shared model
+_MODELS: dict[tuple[str, int, int], object] = {}
+MISSING = ("embedded perplexities need llama-cpp-python (pip install 'sftmill[fluency]'; it "
+           "compiles llama.cpp, 5-8 min on 2 cores), or point curation.fluency.model at a "
+           "server whose /completions returns prompt logprobs")
+
+
+class FluencyModelMissing(Exception):
+    pass
+
+
+def fluency_unavailable(endpoint: "LLMEndpoint") -> str | None:
+    """Why perplexities cannot be computed with this endpoint (None: they can)."""
+    if endpoint.backend == "embedded" and importlib.util.find_spec("llama_cpp") is None:
+        return MISSING
+    return None
+
+
+def scoring_model(path: str, n_ctx: int, n_threads: int):
+    """llama-cpp-python's model with logits for every position (one per process)."""
+    key = (path, n_ctx, n_threads)
+    with _LOCK:
+        if key not in _MODELS:
+            try:
+                from llama_cpp import Llama
+            except ImportError:
+                raise FluencyModelMissing(MISSING) from None
+            _MODELS[key] = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False,
+                                 logits_all=True)
+            if len(_MODELS) == 1:
+                atexit.register(_close_models)
+        return _MODELS[key]
+
+
+def _close_models() -> None:
+    # Closing before interpreter teardown avoids llama.cpp's noisy __del__.
+    for model in _MODELS.values():
+        model.close()
+    _MODELS.clear()
 
 
 def basis(endpoint: "LLMEndpoint", max_tokens: int) -> str:
@@ -63,9 +104,8 @@ Perplexities = tuple[float | None, float | None, str]  # instruction, response, 
 
 def embedded_perplexities(endpoint: "LLMEndpoint", records: list[Record],
                           max_tokens: int) -> list[Perplexities]:
-    with _LOAD_LOCK:
-        llama = _load(str(resolve_gguf(endpoint.model)), 2 * max_tokens + 8,
-                      endpoint.n_threads or default_threads(), logits_all=True)
+    llama = scoring_model(str(resolve_gguf(endpoint.model)), 2 * max_tokens + 8,
+                          endpoint.n_threads or default_threads())
     out = []
     with progress("fluency", len(records)) as bar:
         for r in records:

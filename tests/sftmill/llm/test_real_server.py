@@ -1,6 +1,7 @@
 """The HTTP backend against a real OpenAI-compatible server on 127.0.0.1:
-llama-cpp-python's own server with the same GGUF, behind a small proxy
-that can answer 503 or be down for a moment."""
+llama.cpp's own server (llama-server, from the xllamacpp wheel) with the same
+GGUF in another process, behind a small proxy that can answer 503 or be down
+for a moment."""
 
 import http.server
 import subprocess
@@ -25,13 +26,22 @@ SCHEMA = {"type": "object",
           "required": ["answer", "count"], "additionalProperties": False}
 
 
+SERVE = """
+import sys, threading, xllamacpp
+params = xllamacpp.CommonParams()
+params.model.path, params.hostnames, params.port = sys.argv[1], ["127.0.0.1"], int(sys.argv[2])
+params.n_ctx, params.model_alias, params.verbosity = 2048, {"smollm2"}, 0
+server = xllamacpp.Server(params)
+threading.Event().wait()
+"""
+
+
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     port = free_port()
     log = (tmp_path_factory.mktemp("llama-server") / "server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_gguf("smollm2-135m")),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2"],
+        [sys.executable, "-c", SERVE, str(resolve_gguf("smollm2-135m")), str(port)],
         stdout=log, stderr=subprocess.STDOUT)  # a pipe would fill up and stall the server
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -42,11 +52,11 @@ def llama_server(tmp_path_factory):
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
-            pytest.fail(f"llama_cpp.server exited with {proc.returncode}; log in {log.name}")
+            pytest.fail(f"llama-server exited with {proc.returncode}; log in {log.name}")
         time.sleep(0.3)
     else:
         proc.kill()
-        pytest.fail("llama_cpp.server did not start within 120 s")
+        pytest.fail("llama-server did not start within 120 s")
     yield url
     proc.terminate()
     proc.wait(timeout=30)
@@ -107,7 +117,7 @@ class FlakyProxy:
 
 def endpoint(port: int) -> LLMEndpoint:
     return LLMEndpoint(backend="openai", base_url=f"http://127.0.0.1:{port}/v1", model="smollm2",
-                       structured_output="json_object", temperature=0.2, max_tokens=60,
+                       temperature=0.2, max_tokens=60,
                        max_retries=6, timeout_s=60)
 
 

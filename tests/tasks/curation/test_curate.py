@@ -4,6 +4,7 @@ one it must drop; thresholds re-decide from stored scores."""
 import json
 
 import pytest
+from conftest import needs_fluency_extra
 from fakes import ScriptedLLM, route_llm, user_text
 
 from sftmill.core.curation import Curation
@@ -159,6 +160,7 @@ def test_rules_follow_the_config():
     assert ("adherence", "low_adherence") not in checks
 
 
+@needs_fluency_extra
 @pytest.mark.real_model
 def test_fluency_with_the_real_embedded_model(tmp_path):
     word_salad = ("xq zvv plorf grbl kwa?",

@@ -95,6 +95,37 @@ def test_generation_with_openings_drops_replies_that_begin_otherwise(tmp_path, m
     assert drops[0][2] == "no question in the reply: I'll suggest something."
 
 
+def test_a_list_cut_off_by_the_token_budget_keeps_its_finished_prompts_and_records_the_cut_one(
+        tmp_path, monkeypatch):
+    from fakes import ScriptedLLM, route_llm
+
+    from sftmill.core.store import Store
+    from sftmill.llm.request import RawCompletion
+    from sftmill.tasks.stages.generate import generate_prompts
+
+    class Rambling(ScriptedLLM):  # every answer uses the whole budget
+        async def _raw_complete(self, request):
+            raw = await super()._raw_complete(request)
+            return RawCompletion(raw.text, tokens_in=10, tokens_out=request.max_tokens)
+
+    items = {"p0": [{"task_type": "question", "prompt": "What binds quarks?"},
+                    {"task_type": "question", "prompt": "Why are gluons massless while the"}],
+             "p1": [{"task_type": "question", "prompt": "How do quarks combine into the"}]}
+    route_llm(monkeypatch, Rambling(lambda req: {"prompts": items["p1" if "Text 1" in str(req.messages)
+                                                                   else "p0"]}))
+    r = recipe(tmp_path, [], per_profile=2)
+    r = r.model_copy(update={"generation": r.generation.model_copy(update={"openings": []})})
+    store = Store.open(tmp_path / "run.duckdb")
+    profiles = [{"profile_id": f"p{i}", "chunk_text": f"Text {i} about gluons.", "heading": "Gluons",
+                 "topic": "gluons", "use_case": ""} for i in range(2)]
+    made = generate_prompts(store, r, profiles)
+    assert made == 1, store.execute("SELECT * FROM rejects")
+    assert store.execute("SELECT text FROM candidate_prompts") == [("What binds quarks?",)]
+    drops = store.execute("SELECT item_id, reason, detail FROM rejects WHERE stage = 'generate' ORDER BY 1")
+    assert [d[:2] for d in drops] == [("p0:cut", "truncated"), ("p1:cut", "truncated")]
+    assert drops[0][2].endswith("cut off: Why are gluons massless while the")
+
+
 @pytest.mark.real_model
 @pytest.mark.parametrize("openings", [[], ["What is", "Why do"]])
 def test_both_generation_modes_with_the_real_embedded_model(tmp_path, openings):
@@ -120,4 +151,4 @@ def test_both_generation_modes_with_the_real_embedded_model(tmp_path, openings):
     assert len(rows) + len(drops) >= 2  # every call ended as prompts or a recorded drop
     assert rows, "the real model wrote no usable prompt"
     assert all(row["model"].startswith("llama.cpp:") and len(row["text"].split()) >= 3 for row in rows)
-    assert {reason for (reason,) in drops} <= {"llm_invalid_output"}
+    assert {reason for (reason,) in drops} <= {"llm_invalid_output", "truncated"}
