@@ -8,7 +8,7 @@ ratio to the bare client.
     python benchmarks/llm_throughput.py [--items 4000] [--concurrency 64 256]
                                         [--latency 0.2] [--adaptive]
     python benchmarks/llm_throughput.py --whole-run 20000 [--concurrency 64]
-                                        [--served-embeddings]
+                                        [--default-embeddings | --served-embeddings]
 
 `--whole-run N` instead runs `sftmill run` end to end against the mock on a
 generated corpus with `target_prompts: N` and prints, per stage, the calls
@@ -18,7 +18,9 @@ wall time over its LLM time.  It also measures the bare client against the
 same mock first and prints the wall time over the bare client's time for the
 same calls (calls ÷ the bare client's requests/s): the denominator the stage
 ratios use, which folds in what this machine's 2 cores lose to the mock and
-the client sharing them.  With `--served-embeddings` the recipe's
+the client sharing them.  `--default-embeddings` (the default) keeps the
+recipe's embedder, MiniLM in process on this CPU, as a user who sets
+nothing has it; the output counts the texts it embedded.  With `--served-embeddings` the recipe's
 embeddings come from the mock's `/v1/embeddings` (as from a TEI or vLLM
 embedding server) instead of MiniLM on this machine's CPU, and their server
 time counts in the LLM time (requests × 0.05 s ÷ concurrency).  With
@@ -234,6 +236,8 @@ def whole_run(url: str, target: int, concurrency: int, latency: float, adaptive:
             "FROM stage_stats s JOIN llm_calls c ON c.stage = s.stage AND c.status = 'ok' "
             "GROUP BY s.stage, s.finished_at, s.seconds").fetchall()}
         records = con.execute("SELECT count(*) FROM dataset").fetchone()[0]
+        embedded_here = con.execute("SELECT count(*) FROM embeddings WHERE model NOT LIKE "
+                                    "'openai:%'").fetchone()[0]
         prompts = con.execute("SELECT count(*) FROM prompts").fetchone()[0]
         con.close()
         if keep is not None:  # the run folder and its recipe, to look into afterwards
@@ -254,7 +258,8 @@ def whole_run(url: str, target: int, concurrency: int, latency: float, adaptive:
             "prefect_home": "warm" if warm_prefect else "cold", "wall_s": round(wall, 1), "llm_time_s": round(sum(llm_time.values()), 1),
             "wall_over_llm_time": round(wall / max(1e-9, sum(llm_time.values())), 2), **bare,
             "stages_s": stages, "calls": calls, "stage_llm_time_s": llm_time,
-            "straggler_share": tails, "before_after_llm_s": around, "texts_embedded_by_server": served.get("embedded", 0)}
+            "straggler_share": tails, "before_after_llm_s": around, "texts_embedded_by_server": served.get("embedded", 0),
+            "texts_embedded_on_this_cpu": embedded_here}
 
 
 def main() -> None:
@@ -269,8 +274,12 @@ def main() -> None:
     parser.add_argument("--adaptive", action="store_true")
     parser.add_argument("--port", type=int, default=8012)
     parser.add_argument("--whole-run", type=int, metavar="TARGET_PROMPTS")
-    parser.add_argument("--served-embeddings", action="store_true",
-                        help="whole run: embeddings from the mock's /v1/embeddings, not local MiniLM")
+    embeddings = parser.add_mutually_exclusive_group()
+    embeddings.add_argument("--default-embeddings", action="store_true",
+                            help="whole run: the recipe's default embedder, MiniLM on this CPU "
+                            "(the default case, named)")
+    embeddings.add_argument("--served-embeddings", action="store_true",
+                            help="whole run: embeddings from the mock's /v1/embeddings, not local MiniLM")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="whole run: copy the run (recipe, corpus, run folder) to DIR")
     parser.add_argument("--cold-prefect", action="store_true",

