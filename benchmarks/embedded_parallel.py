@@ -1,9 +1,10 @@
 """Calls per second of the embedded model (SmolLM2-135M in llama.cpp, in
 process) by how many sequences it decodes together (the endpoint's
 `parallel`), on requests shaped like the example's: the profile template
-(JSON schema, ~250 prompt tokens, ~100 generated) and the answer template
-(three passages, ~450 prompt tokens, plain text) over paragraphs of the
-bundled corpus.  No cache: every request is computed.
+(JSON schema, ~250 prompt tokens, ~100 generated), an answer (three
+passages, ~450 prompt tokens, plain text) and an opening question (four
+short questions per passage, adjacent, as generation sends them) over
+paragraphs of the bundled corpus.  No cache: every request is computed.
 
     python benchmarks/embedded_parallel.py [--calls 24] [--parallel 1 2 4 8]
 
@@ -40,6 +41,13 @@ def requests(kind: str, texts: list[str]) -> list[ChatRequest]:
             domain="Particle physics", subdomains=["Quarks and hadrons"], use_cases=["exam revision"],
             heading="", text=t), schema=template.schema, max_tokens=200, seed=i, temperature=0.7)
             for i, t in enumerate(texts)]
+    if kind == "opening":  # four short questions per passage, adjacent (as generation sends them)
+        return [ChatRequest.build([
+            {"role": "system", "content": "You write one question a student would ask."},
+            {"role": "user", "content": f"Passage:\n{texts[i // 4]}\n\nWrite one question about "
+                                        f"the passage, beginning with \"{o}\"."}],
+            max_tokens=40, seed=i, temperature=0.7, stop=("\n",))
+            for i, o in enumerate(["What is", "Why do", "How does", "Explain"] * (len(texts) // 4))]
     passages = "\n\n".join(f"[{k}] {t}" for k, t in enumerate(texts[:3], 1))
     return [ChatRequest.build([
         {"role": "system", "content": "Answer from the passages; cite them as [n]."},
@@ -64,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=24)
     parser.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--kinds", nargs="+", default=["profile", "answer"])
+    parser.add_argument("--kinds", nargs="+", default=["profile", "answer", "opening"])
     args = parser.parse_args()
     for kind in args.kinds:
         base = None

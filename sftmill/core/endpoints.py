@@ -102,10 +102,11 @@ class LLMEndpoint(ServerEndpoint):
         default=None, ge=1, description="llama.cpp threads (embedded only); default: all cores."
     )
     parallel: int = Field(
-        default=4, ge=1, le=64,
+        default=2, ge=1, le=64,
         description="Embedded only: sequences llama.cpp decodes together in one batch (its "
         "server's continuous batching), each with a context of n_ctx; a stage keeps this many "
-        "calls in flight.  1: one call at a time.")
+        "calls in flight.  1: one call at a time.  On 2 cores, 2 was faster than 1 for every "
+        "kind of call and 4 slower for JSON and short ones (benchmarks/embedded_parallel.py).")
     batch: bool = Field(
         default=False,
         description="'openai' only: send each stage's requests through the server's Batch API "

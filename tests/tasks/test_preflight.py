@@ -19,3 +19,18 @@ def test_a_benchmark_without_questions_stops_the_pipeline_before_work(tmp_path):
     with pytest.raises(RecipeError, match=r"^curation\.decontamination\.benchmarks\[0\]: no question "
                        r"could be read from .*eval\.jsonl \(fields tried: question"):
         preflight(recipe)
+
+
+def test_embedded_perplexities_without_llama_cpp_python_stop_before_work(tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llama_cpp" else find_spec(name, *a))
+    (tmp_path / "a.txt").write_text("Quarks are bound by gluons.")
+    recipe = parse_recipe({"name": "t", "output_dir": "run", "inputs": [{"path": "a.txt"}],
+                           "search": {"backend": "none"}, "domain": {"name": "Physics"},
+                           "curation": {"fluency": {"enabled": True}}}, tmp_path)
+    with pytest.raises(RecipeError, match=r"^curation\.fluency: embedded perplexities need "
+                       r"llama-cpp-python \(pip install 'sftmill\[fluency\]'"):
+        preflight(recipe)

