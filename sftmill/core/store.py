@@ -10,6 +10,7 @@ fingerprint of its IDs) between each other, never DataFrames.
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
 import uuid
 from contextlib import contextmanager
@@ -110,7 +111,10 @@ class Store:
         after the hooks registered with `before_close_all` (the LLM call
         journals move into their tables there)."""
         for hook in list(cls._before_close_all):
-            hook()
+            try:
+                hook()
+            except OSError as err:  # a full disk: what the hook could not move stays for the next run
+                logging.getLogger(__name__).warning("closing the run databases: %s", err)
         with cls._open_lock:
             for store in cls._open.values():
                 store._con.close()

@@ -27,7 +27,13 @@ import orjson
 from sftmill.core.store import Store
 from sftmill.core.warmup import start_waiting_work
 from sftmill.llm.budget import Reservation, budget_of
-from sftmill.llm.errors import LLMError, LLMOutputError, LLMUnavailableError, PromptTooLong
+from sftmill.llm.errors import (
+    CallNotRecorded,
+    LLMError,
+    LLMOutputError,
+    LLMUnavailableError,
+    PromptTooLong,
+)
 from sftmill.llm.journal import CallJournal
 from sftmill.llm.loop import heap_set_aside, run_sync, submit, wait_for
 from sftmill.llm.request import (
@@ -140,15 +146,19 @@ class LLM:
              **({"stop": list(request.stop)} if request.stop else {}),
              **({"frequency_penalty": request.frequency_penalty} if request.frequency_penalty else {})},
         ).decode()
-        self.journal.append({
-            "call_id": next_call_id(), "key": key, "model": self.model,
-            "backend": self.backend + ("-batch" if batch else ""), "stage": request.stage,
-            "status": status,
-            "request_json": request_json, "response_text": text, "reasoning": reasoning,
-            "error": error[:2000],
-            "attempts": attempts, "tokens_in": tokens_in, "tokens_out": tokens_out,
-            "latency_s": latency_s, "created_at": datetime.datetime.now().isoformat(),
-        })
+        try:
+            self.journal.append({
+                "call_id": next_call_id(), "key": key, "model": self.model,
+                "backend": self.backend + ("-batch" if batch else ""), "stage": request.stage,
+                "status": status,
+                "request_json": request_json, "response_text": text, "reasoning": reasoning,
+                "error": error[:2000],
+                "attempts": attempts, "tokens_in": tokens_in, "tokens_out": tokens_out,
+                "latency_s": latency_s, "created_at": datetime.datetime.now().isoformat(),
+            })
+        except OSError as err:
+            raise CallNotRecorded(f"could not write a finished call to {self.journal.path} "
+                                  f"({err.strerror or err}); no more calls are sent") from err
 
     def _from_cache(self, key: str, request: ChatRequest, hit: dict[str, Any]) -> ChatResult:
         if self.store is not None:

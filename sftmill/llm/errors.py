@@ -27,3 +27,10 @@ class LLMUnavailableError(LLMError):
     """The endpoint could not be reached after all retries, or refused us
     (401/403/404).  Raised out of the task so Prefect's retry takes over;
     calls that succeeded before it are already cached."""
+
+
+class CallNotRecorded(LLMUnavailableError):
+    """A finished call could not be written to the run's call journal (a
+    full disk, say).  Like an endpoint that is gone, it stops the batch:
+    nothing more is sent whose answer could not be kept; what was written
+    before it is cached, so the rerun pays only for the rest."""

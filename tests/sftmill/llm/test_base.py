@@ -189,6 +189,52 @@ def test_unavailable_endpoint_fails_the_batch_after_caching_the_successes(tmp_pa
     assert sent_before == 4
 
 
+def test_a_full_disk_stops_the_sending_and_the_rerun_pays_only_for_the_rest(tmp_path, monkeypatch):
+    """The journal's write fails (ENOSPC) from the 6th finished call on:
+    nothing more is sent than the calls already in flight, the batch fails
+    with a one-line reason, and the five written calls are not paid again."""
+    import errno
+
+    from sftmill.llm.errors import CallNotRecorded
+    from sftmill.llm.journal import CallJournal
+
+    store = Store.open(tmp_path / "run.duckdb")
+    written = []
+    append = CallJournal.append
+
+    def filling(self, row):
+        if len(written) >= 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        append(self, row)
+        written.append(row["key"])
+
+    monkeypatch.setattr(CallJournal, "append", filling)
+    llm = ScriptedLLM(lambda r: {"score": 1}, store)  # 4 in flight at most
+    with pytest.raises(CallNotRecorded, match=r"could not write a finished call to .*calls\.jsonl "
+                       r"\(No space left on device\); no more calls are sent"):
+        llm.chat_many([req(f"item {i}") for i in range(40)])
+    assert len(llm.requests) <= 5 + 1 + llm.max_concurrency  # the written, the failed, those in flight
+    monkeypatch.setattr(CallJournal, "append", append)  # space again
+    retry = ScriptedLLM(lambda r: {"score": 1}, store)
+    retry.chat_many([req(f"item {i}") for i in range(40)])
+    assert len(retry.requests) == 35
+    assert store.scalar("SELECT count(*) FROM llm_calls WHERE status = 'ok'") == 40
+
+
+def test_a_failing_hook_at_close_leaves_one_warning_not_a_traceback(tmp_path, caplog):
+    Store.open(tmp_path / "run.duckdb")
+
+    def full():
+        raise OSError(28, "No space left on device")
+
+    Store.before_close_all(full)
+    try:
+        Store.close_all()
+    finally:
+        Store._before_close_all.remove(full)
+    assert any("No space left on device" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("text", ["", "   ", "[]", "null"])
 def test_parse_structured_rejects_empty_answers(text):
     with pytest.raises(ValueError):
