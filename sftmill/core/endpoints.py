@@ -102,11 +102,13 @@ class LLMEndpoint(ServerEndpoint):
         default=None, ge=1, description="llama.cpp threads (embedded only); default: all cores."
     )
     parallel: int = Field(
-        default=2, ge=1, le=64,
+        default=1, ge=1, le=64,
         description="Embedded only: sequences llama.cpp decodes together in one batch (its "
         "server's continuous batching), each with a context of n_ctx; a stage keeps this many "
-        "calls in flight.  1: one call at a time.  On 2 cores, 2 was faster than 1 for every "
-        "kind of call and 4 slower for JSON and short ones (benchmarks/embedded_parallel.py).")
+        "calls in flight.  1 (the default): one call at a time, the same answers for the same "
+        "seed run after run.  Above 1 an answer depends on which calls shared its batch (the "
+        "arithmetic differs), so reruns of a fresh run differ; on 2 cores, 2 was 1.03-1.15x "
+        "faster and 4 slower for JSON and short calls (benchmarks/embedded_parallel.py).")
     batch: bool = Field(
         default=False,
         description="'openai' only: send each stage's requests through the server's Batch API "
