@@ -1,10 +1,11 @@
 """What every command shares: the Typer app, the console, one-line failures, the run
-database claimed by this process, recipes loaded and checked, and progress (bars on a terminal,
-lines in a log)."""
+database claimed by this process, recipes loaded and checked, progress (bars on a terminal,
+lines in a log), and tracebacks kept out of the console (in the run's log file)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from pathlib import Path
 from typing import Iterator
@@ -131,3 +132,48 @@ def showing_progress() -> Iterator[None]:
             yield
         finally:
             set_reporter(previous)
+
+
+RUN_LOG = "sftmill.log"
+
+
+class FirstLines(logging.Formatter):
+    """A console formatter's output without tracebacks: each record in its own lines only."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+@contextlib.contextmanager
+def tracebacks_to(log: Path) -> Iterator[None]:
+    """While a command runs: the console's log lines lose their tracebacks,
+    and every warning and error goes, traceback and all, to `log` (a write
+    that fails there, a full disk say, is dropped: it must not print one)."""
+    root = logging.getLogger()
+    to_file = logging.FileHandler(log, delay=True, encoding="utf-8")
+    to_file.setLevel(logging.WARNING)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    to_file.handleError = lambda record: None
+    consoles = [h for h in root.handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    formats = [h.formatter for h in consoles]
+    for handler in consoles:
+        handler.setFormatter(FirstLines(handler.formatter))
+    root.addHandler(to_file)
+    try:
+        yield
+    finally:
+        root.removeHandler(to_file)
+        to_file.close()
+        for handler, fmt in zip(consoles, formats):
+            handler.setFormatter(fmt)
+

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import typer
 
-from sftmill.cli.common import app, claim, console, fail, load_checked, showing_progress
+from sftmill.cli.common import (
+    RUN_LOG,
+    app,
+    claim,
+    console,
+    fail,
+    load_checked,
+    showing_progress,
+    tracebacks_to,
+)
 from sftmill.cli.output import print_plan, print_preview, print_summary
 from sftmill.cli.scaffold import field_docs, propose_subdomains, render_recipe
 from sftmill.core.endpoints import LLMEndpoint
@@ -86,7 +95,8 @@ def run(
         logging.getLogger(name).addFilter(without_budget_stops)
     started = time.perf_counter()
     console.print(f"sftmill: running recipe [bold]{checked.name}[/] → {checked.run_dir.resolve()}")
-    with showing_progress():
+    log = checked.run_dir.resolve() / RUN_LOG
+    with showing_progress(), tracebacks_to(log):
         state = pipeline(params, return_state=True)
     run_id = str(state.state_details.flow_run_id)
 
@@ -98,7 +108,7 @@ def run(
         if stop:
             fail(stop, code=1)
         fail(f"run failed: {state.message}. Finished stages and LLM calls are kept; "
-              "run the same command again to resume.", code=1)
+             f"run the same command again to resume (details in {log}).", code=1)
     if preview:
         print_preview(store, checked.run_dir.resolve(), preview, time.perf_counter() - started)
         Store.close_all()
