@@ -47,8 +47,10 @@ def run(recipe: Path, env: dict) -> dict:
 
 
 def records(run_dir: Path) -> list[str]:
+    """The records' conversations (their metadata name the run's folder)."""
     path = run_dir / "dataset.jsonl"
-    return sorted(path.read_text().splitlines()) if path.exists() else []
+    lines = path.read_text().splitlines() if path.exists() else []
+    return sorted(json.dumps(json.loads(line)["messages"]) for line in lines)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ fingerprint of its IDs) between each other, never DataFrames.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
 import uuid
@@ -191,7 +192,8 @@ class Store:
                 self.insert(table, rows)
                 self._con.execute("COMMIT")
             except BaseException:
-                self._con.execute("ROLLBACK")
+                with contextlib.suppress(duckdb.Error):  # a COMMIT that failed has rolled back
+                    self._con.execute("ROLLBACK")
                 raise
         return len(rows)
 

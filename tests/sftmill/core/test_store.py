@@ -1,3 +1,5 @@
+import pytest
+
 from sftmill.core.ids import content_id
 from sftmill.core.store import Store
 
@@ -64,3 +66,31 @@ def test_replace_rows_swaps_the_table_or_leaves_it_as_it_was(tmp_path):
     with pytest.raises(Exception):
         store.replace_rows("meta", [{"key": "d", "no_such_column": "x"}])
     assert store.execute("SELECT key FROM meta") == [("c",)]  # rolled back, not emptied
+
+
+def test_a_commit_that_fails_raises_its_own_error_not_the_rollbacks(tmp_path):
+    """A full disk fails the COMMIT, which rolls the transaction back itself:
+    the error seen is the disk's, not "cannot rollback - no transaction"."""
+    import duckdb
+
+    store = Store.open(tmp_path / "run.duckdb")
+    real = store._con
+
+    class FullDisk:
+        def execute(self, sql, *args):
+            if sql == "COMMIT":
+                real.execute("ROLLBACK")
+                raise duckdb.IOException("could not write: No space left on device")
+            return real.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    store._con = FullDisk()
+    try:
+        with pytest.raises(duckdb.IOException, match="No space left on device"):
+            store.replace_rows("rejects", [{"stage": "s", "item_id": "a", "reason": "r",
+                                            "detail": "", "score": None}])
+    finally:
+        store._con = real
+    assert store.count("rejects") == 0
