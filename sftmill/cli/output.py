@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from sftmill.cli.common import claim, console, fail, showing_progress
+from sftmill.cli.common import RUN_LOG, claim, console, fail, showing_progress, tracebacks_to
 from sftmill.core.errors import RecipeError
 from sftmill.core.recipe import DB_FILE
 from sftmill.core.schema import KEPT_DATASET
@@ -160,11 +160,13 @@ def run_flow(kind: str, out: Path, start, templates=(), embeddings=()) -> None:
     store.execute("DELETE FROM meta WHERE key = 'stopped_early'")
     preload(embeddings)
     started = time.perf_counter()
-    with showing_progress():
+    log = out.resolve() / RUN_LOG
+    with showing_progress(), tracebacks_to(log):
         state = start()
     print_summary(store, str(state.state_details.flow_run_id))
     if not state.is_completed():
-        fail(f"run failed: {state.message}. Rerun the same command to resume.", code=1)
+        fail(f"run failed: {state.message}. Rerun the same command to resume (details in {log}).",
+             code=1)
 
     records = kept_count(store)
     stopped = store.get_meta("stopped_early")
