@@ -154,10 +154,12 @@ class FirstLines(logging.Formatter):
 
 
 @contextlib.contextmanager
-def tracebacks_to(log: Path) -> Iterator[None]:
+def tracebacks_to(run_dir: Path) -> Iterator[Path]:
     """While a command runs: the console's log lines lose their tracebacks,
-    and every warning and error goes, traceback and all, to `log` (a write
-    that fails there, a full disk say, is dropped: it must not print one)."""
+    and every warning and error goes, traceback and all, to `sftmill.log` in
+    `run_dir`, the path yielded (a write that fails there, a full disk say, is
+    dropped: it must not print one)."""
+    log = run_dir.resolve() / RUN_LOG
     root = logging.getLogger()
     to_file = logging.FileHandler(log, delay=True, encoding="utf-8")
     to_file.setLevel(logging.WARNING)
@@ -170,7 +172,7 @@ def tracebacks_to(log: Path) -> Iterator[None]:
         handler.setFormatter(FirstLines(handler.formatter))
     root.addHandler(to_file)
     try:
-        yield
+        yield log
     finally:
         root.removeHandler(to_file)
         to_file.close()

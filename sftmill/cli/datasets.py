@@ -216,7 +216,7 @@ def quality(
                              "embedded model (or --ifd-server), two forward passes per record "
                              "on a sample of 200 (~1 s a record on 2 cores)."),
     ifd_server: str = typer.Option(None, "--ifd-server", help="An OpenAI-compatible server "
-                                   "whose /completions returns prompt logprobs (vLLM, llama.cpp), "
+                                   "whose /completions returns prompt logprobs (vLLM), "
                                    "as URL or URL#MODEL, for --ifd."),
 ) -> None:
     """Print a dataset's quality report, or compare two datasets.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from sftmill.cli.common import RUN_LOG, claim, console, fail, showing_progress, tracebacks_to
+from sftmill.cli.common import claim, console, fail, showing_progress, tracebacks_to
 from sftmill.core.errors import RecipeError
 from sftmill.core.recipe import DB_FILE
 from sftmill.core.schema import KEPT_DATASET
@@ -160,8 +160,7 @@ def run_flow(kind: str, out: Path, start, templates=(), embeddings=()) -> None:
     store.execute("DELETE FROM meta WHERE key = 'stopped_early'")
     preload(embeddings)
     started = time.perf_counter()
-    log = out.resolve() / RUN_LOG
-    with showing_progress(), tracebacks_to(log):
+    with showing_progress(), tracebacks_to(out) as log:
         state = start()
     print_summary(store, str(state.state_details.flow_run_id))
     if not state.is_completed():

@@ -11,7 +11,6 @@ from pathlib import Path
 import typer
 
 from sftmill.cli.common import (
-    RUN_LOG,
     app,
     claim,
     console,
@@ -95,8 +94,7 @@ def run(
         logging.getLogger(name).addFilter(without_budget_stops)
     started = time.perf_counter()
     console.print(f"sftmill: running recipe [bold]{checked.name}[/] → {checked.run_dir.resolve()}")
-    log = checked.run_dir.resolve() / RUN_LOG
-    with showing_progress(), tracebacks_to(log):
+    with showing_progress(), tracebacks_to(checked.run_dir) as log:
         state = pipeline(params, return_state=True)
     run_id = str(state.state_details.flow_run_id)
 

@@ -87,7 +87,7 @@ class Fluency(Strict):
         default_factory=LLMEndpoint,
         description="The language model whose perplexity is measured: the embedded model "
         "(default), or an 'openai' server whose /completions returns prompt logprobs "
-        "(echo), as vLLM and llama.cpp's server do.")
+        "(echo), as vLLM does (llama.cpp's server returns none).")
     max_instruction_perplexity: float = Field(
         default=3000, gt=1, description="Instructions above this are dropped (low_fluency); "
         "short ones run high, so this bound is loose.")

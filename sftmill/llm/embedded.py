@@ -149,9 +149,7 @@ class EmbeddedLLM(LLM):
     def _complete_sync(self, request: ChatRequest) -> RawCompletion:
         body = {"messages": request.message_dicts(), "temperature": request.temperature,
                 "top_p": request.top_p, "max_tokens": request.max_tokens,
-                "frequency_penalty": request.frequency_penalty}
-        if request.seed is not None:
-            body["seed"] = request.seed
+                "frequency_penalty": request.frequency_penalty, "seed": request.seed}
         if request.stop and not self.endpoint.reasoning:
             body["stop"] = list(request.stop)
         if request.schema is not None:

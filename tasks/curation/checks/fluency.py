@@ -3,12 +3,12 @@ given the instruction, under a language model — exp of the mean negative
 log-probability of its tokens.  Gibberish, broken encodings and word salad
 score in the hundreds or thousands; plain prose in the tens.
 
-The embedded model computes it offline through llama-cpp-python (one
-forward pass per record over instruction + blank line + response, with
-logits for every position; the `fluency` extra, as llama.cpp's server gives
-no log-probs of a prompt's tokens); an OpenAI-compatible server that returns prompt log-probs (the
-completions API with `echo: true, logprobs: 0`, as vLLM and llama.cpp's
-server do) computes it the same way.  Texts are cut to `max_tokens` tokens
+The embedded model computes it offline through llama-cpp-python (the
+`fluency` extra: one forward pass per record over instruction + blank line +
+response, with logits for every position); an OpenAI-compatible server that
+returns a prompt's log-probs (the completions API with `echo: true,
+logprobs: 0`, as vLLM does; llama.cpp's own server returns none) computes it
+the same way.  Texts are cut to `max_tokens` tokens
 each (for a server, to `CHARS_PER_TOKEN` characters a token before sending,
 so a long record never passes its context); a record the server rejects is
 left unscored with the reason, and the stage goes on."""
