@@ -9,7 +9,9 @@ it with `mount -o remount`).  Against `mock_openai.py` (0.2 s a request, its
 own process; embeddings from it too, so that the run is quick), on a
 generated corpus: 1. an uninterrupted run on the ordinary disk (the calls a
 run needs, its records); 2. the same recipe with its run folder on the small
-tmpfs: exit code, console lines, tracebacks on the console, the last line;
+tmpfs: exit code, console lines, tracebacks on the console, the last line
+(a disk too small for a first chunk of calls stops at the preflight; a
+larger one at the chunk that cannot fit, or at the first failed write);
 3. the tmpfs grown to 1 GB and the same command again.  Calls paid twice =
 chat requests of 2. and 3. minus those of 1.; the records of 3. are compared
 with those of 1.
@@ -90,6 +92,7 @@ def main() -> None:
             before = chat_requests(url)
             uninterrupted = run(whole, env)
             needed = chat_requests(url) - before
+            whole_mb = sum(f.stat().st_size for f in (tmp / "whole").rglob("*") if f.is_file()) / 2**20
 
             disk = tmp / "disk"
             disk.mkdir()
@@ -114,6 +117,7 @@ def main() -> None:
         server.wait()
     print(json.dumps({"size_mb": args.size_mb, "target": args.target,
                       "concurrency": args.concurrency, "uninterrupted": uninterrupted,
+                      "uninterrupted_folder_mb": round(whole_mb, 1),
                       "calls_needed": needed, "full_disk_run": full, "calls_first": first,
                       "rerun": rerun, "calls_rerun": second,
                       "calls_paid_twice": first + second - needed,

@@ -8,14 +8,19 @@ import socket
 from urllib.parse import urlsplit
 
 from sftmill.core.errors import RecipeError
+from sftmill.core.files import space_problem
 from sftmill.core.recipe import Recipe
 from sftmill.embed.models import model_available
 from sftmill.llm.backends import make_llm, model_name, preflight_endpoint
+from sftmill.llm.base import CHUNK, DISK_RESERVE, worst_case_bytes
 from sftmill.llm.openai_http import check_reachable
 from sftmill.prompts import load_template
 from sftmill.tasks.curation.checks.decontam import check_benchmarks
 from sftmill.tasks.curation.checks.fluency import fluency_unavailable
 from sftmill.tasks.sources.documents import expand_source
+from sftmill.tasks.stages.chunk import CHARS_PER_TOKEN
+
+TEMPLATE_CHARS = 2_000  # a stage prompt's own text, about
 
 
 def _check_table_columns(recipe: Recipe) -> None:
@@ -105,6 +110,19 @@ def preflight(recipe: Recipe) -> None:
         raise RecipeError(f"curation.fluency: {problem}")
     check_templates_fit(recipe.llm_templates())
     check_benchmarks(recipe.curation.decontamination)
+    check_disk_space(recipe)
+
+
+def check_disk_space(recipe: Recipe) -> None:
+    """The output folder's disk holds at least a first chunk of calls at
+    their worst (a passage each, the longest answer) beside the database's
+    room; each chunk is checked again before it is sent."""
+    max_tokens = max(recipe.llm.generator.max_tokens, recipe.llm.judge.max_tokens)
+    prompt_chars = TEMPLATE_CHARS + round(CHARS_PER_TOKEN * recipe.chunking.max_tokens)
+    need = DISK_RESERVE + CHUNK * worst_case_bytes(prompt_chars, max_tokens)
+    problem = space_problem(recipe.run_dir, need, f"a run's first {CHUNK} calls")
+    if problem:
+        raise RecipeError(f"output_dir: {problem}")
 
 
 def dask_reachable(address: str | None) -> str | None:

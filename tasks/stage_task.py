@@ -33,7 +33,7 @@ from sftmill.core.ids import content_id
 from sftmill.core.progress import stage_started
 from sftmill.core.recipe import Recipe
 from sftmill.core.store import Store, TableRef
-from sftmill.llm.budget import BudgetExceeded
+from sftmill.llm.errors import RunStop
 from sftmill.prompts import load_template
 
 STAGE_RETRIES = 2
@@ -164,8 +164,9 @@ def table_of(value: Any) -> str | None:
 
 
 def _worth_retrying(_task, _task_run, state) -> bool:
-    """A stage stopped by the budget fails at once: a retry would stop again."""
-    return not isinstance(state.result(raise_on_failure=False), BudgetExceeded)
+    """A stage stopped by the budget or the disk's free space fails at once:
+    a retry would stop again."""
+    return not isinstance(state.result(raise_on_failure=False), RunStop)
 
 
 def current_run_id() -> str:

@@ -26,7 +26,7 @@ from sftmill.core.store import Store
 from sftmill.embed.models import preload
 from sftmill.flows.params import RunParams
 from sftmill.flows.pipeline import pipeline
-from sftmill.llm.budget import budget_message, without_budget_stops
+from sftmill.llm.errors import run_stop_sentence, without_run_stops
 from sftmill.tasks.curation.curate import kept_count
 from sftmill.tasks.report.summary import empty_run_hint
 from sftmill.tasks.review.gate import pending_gate
@@ -91,7 +91,7 @@ def run(
     store = claim(checked.db_path)
     preload([checked.embedding, checked.dedup_embedding, checked.curation.embedding])
     for name in ("prefect.flow_runs", "prefect.task_runs"):
-        logging.getLogger(name).addFilter(without_budget_stops)
+        logging.getLogger(name).addFilter(without_run_stops)
     started = time.perf_counter()
     console.print(f"sftmill: running recipe [bold]{checked.name}[/] → {checked.run_dir.resolve()}")
     with showing_progress(), tracebacks_to(checked.run_dir) as log:
@@ -102,7 +102,7 @@ def run(
     if not state.is_completed():
         print_summary(store, run_id, targets=targets, recipe=checked)
 
-        stop = budget_message(state.message)
+        stop = run_stop_sentence(state.message)
         if stop:
             fail(stop, code=1)
         fail(f"run failed: {state.message}. Finished stages and LLM calls are kept; "

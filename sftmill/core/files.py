@@ -1,8 +1,9 @@
-"""Files a run hands on are written whole or not at all."""
+"""Files a run hands on are written whole or not at all, and the room there is for them."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -22,3 +23,23 @@ def write_atomic(path: Path, chunks: Iterable[bytes]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds `path` (or, before it
+    exists, its nearest existing folder)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def space_problem(folder: Path, need: int, what: str) -> str | None:
+    """None when `folder`'s disk has `need` bytes free; else one sentence
+    naming the folder, the space and `what` needs it."""
+    free = free_bytes(folder)
+    if free >= need:
+        return None
+    return (f"disk space: {folder} has {free / 2**20:.1f} MB free; {what} could need "
+            f"{need / 2**20:.1f} MB. Finished work is kept: free some space and run the same "
+            "command again to go on")

@@ -20,15 +20,18 @@ import asyncio
 import datetime
 import gc
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import orjson
 
+from sftmill.core.files import space_problem
 from sftmill.core.store import Store
 from sftmill.core.warmup import start_waiting_work
 from sftmill.llm.budget import Reservation, budget_of
 from sftmill.llm.errors import (
     CallNotRecorded,
+    DiskSpaceShort,
     LLMError,
     LLMOutputError,
     LLMUnavailableError,
@@ -47,6 +50,13 @@ from sftmill.llm.request import (
 )
 
 CHUNK = 500  # requests rendered, looked up in the cache and sent together
+# The room a call's record can take on the run folder's disk: the request
+# and its longest answer, written three times (the journal's line, the
+# llm_calls row, DuckDB's write-ahead log), plus room for the database's
+# checkpoint and a stage's own rows.
+COPIES_PER_CALL = 3
+BYTES_PER_TOKEN = 6  # an answer token's worst case in UTF-8 JSON
+DISK_RESERVE = 8 * 2**20
 TRACE_ONLY = ("the output ended inside the model's reasoning trace: give the endpoint "
               "reasoning: true (stop sequences are then applied after the trace) and room for "
               "the trace in max_tokens")
@@ -60,6 +70,11 @@ def _releasing(reserved: Reservation, report: Callable[[int, Any], None] | None,
         if report is not None:
             report(i, result)
     return done
+
+
+def worst_case_bytes(prompt_chars: int, max_tokens: int) -> int:
+    """What recording a call could take on disk, at its longest answer."""
+    return COPIES_PER_CALL * (prompt_chars + BYTES_PER_TOKEN * max_tokens + 512)
 
 
 class LLM:
@@ -301,21 +316,37 @@ class LLM:
         keys = [r.key(self.model) for r in requests]
         return keys, self.cached(keys)
 
-    def _within(self, budget, chunk: Sequence[ChatRequest],
-                ) -> tuple[tuple[list[str], dict[str, dict[str, Any]]], Reservation | None]:
-        """Raise `BudgetExceeded` when the chunk's uncached requests, at their
-        worst (estimated prompt + max_tokens), could pass the run's budget
-        with what is spent and what is in flight; else reserve that worst
-        case and return the chunk's `look_up` (made after the journal's
-        merge) and the reservation."""
-        self.journal.merge()  # what was spent so far, all of it in llm_calls
+    def _before_sending(self, budget, chunk: Sequence[ChatRequest], in_flight: int = 0,
+                        ) -> tuple[tuple[list[str], dict[str, dict[str, Any]]], Reservation | None, int]:
+        """The chunk's `look_up`, once its uncached requests, at their worst
+        (longest answers), are known to fit: on the run folder's disk beside
+        the `in_flight` bytes that earlier chunks may still write
+        (`DiskSpaceShort` if not; else the chunk's own worst bytes are
+        returned last) and, with a budget, within what is left
+        of it with what is spent and in flight (`BudgetExceeded` if not; else
+        that worst case is reserved and returned)."""
+        if self.store is None:
+            return self.look_up(chunk), None, 0
+        if budget is not None:
+            self.journal.merge()  # what was spent so far, all of it in llm_calls
         keys, hits = looked_up = self.look_up(chunk)
-        todo = {i: (self.count_tokens(r.message_dicts()), r.max_tokens)
-                for i, (r, key) in enumerate(zip(chunk, keys)) if key not in hits}
+        todo = [i for i, key in enumerate(keys) if key not in hits]
         if not todo:
-            return looked_up, None
-        return looked_up, budget.reserve(self.store, self.model, chunk[next(iter(todo))].stage,
-                                         todo, batch=self.batched)
+            return looked_up, None, 0
+        stage = chunk[todo[0]].stage
+        worst = sum(worst_case_bytes(len(orjson.dumps(chunk[i].message_dicts())), chunk[i].max_tokens)
+                    for i in todo)
+        problem = space_problem(Path(self.store.path).parent, DISK_RESERVE + in_flight + worst,
+                                f"the next {len(todo)} {stage or 'LLM'} calls"
+                                + (" (with calls in flight)" if in_flight else ""))
+        if problem:
+            raise DiskSpaceShort(problem)
+        if budget is None:
+            return looked_up, None, worst
+        return looked_up, budget.reserve(
+            self.store, self.model, stage,
+            {i: (self.count_tokens(chunk[i].message_dicts()), chunk[i].max_tokens) for i in todo},
+            batch=self.batched), worst
 
     def chat_chunks(self, chunks: Iterable[Sequence[ChatRequest]],
                     on_result: Callable[[int, ChatResult | Exception], None] | None = None,
@@ -335,21 +366,22 @@ class LLM:
             if self.store is not None:
                 self.journal.merge()
         futures, offset, stopped = [], 0, None
+        worst_bytes: list[int] = []  # each chunk's, while it may still be writing
         reservations: list[Reservation] = []
         for chunk in chunks:
-            looked_up, reserved = None, None
-            if budget is not None:
-                try:
-                    looked_up, reserved = self._within(budget, chunk)
-                except LLMError as err:  # what is in flight finishes and is kept
-                    stopped = err
-                    break
+            in_flight = sum(b for b, f in zip(worst_bytes, futures) if not f.done())
+            try:
+                looked_up, reserved, worst = self._before_sending(budget, chunk, in_flight)
+            except LLMError as err:  # what is in flight finishes and is kept
+                stopped = err
+                break
             report = on_result and (lambda i, r, base=offset: on_result(base + i, r))
             if reserved is not None:  # each request's worst case is freed as it ends
                 reservations.append(reserved)
                 report = _releasing(reserved, report)
             # keys and cache look-up here, not on the loop, where they would hold up every call
-            futures.append(submit(self.achat_many(chunk, report, looked_up or self.look_up(chunk))))
+            futures.append(submit(self.achat_many(chunk, report, looked_up)))
+            worst_bytes.append(worst)
             gc.freeze()  # the chunk's requests, as the next is rendered
             if offset == 0:
                 start_waiting_work()  # (sftmill.core.warmup) loading what later stages need

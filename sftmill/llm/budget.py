@@ -18,13 +18,12 @@ every finished call is answered from the cache.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sftmill.core.sections import Price
-from sftmill.llm.errors import LLMError
+from sftmill.llm.errors import RunStop
 
 if TYPE_CHECKING:
     from sftmill.core.recipe import Recipe
@@ -34,8 +33,10 @@ if TYPE_CHECKING:
 META_KEY = "budget"
 
 
-class BudgetExceeded(LLMError):
+class BudgetExceeded(RunStop):
     """Sending the next requests would pass the run's budget."""
+
+    marker = "budget reached:"
 
 
 _LOCK = threading.Lock()  # one check-and-reserve at a time, across the process's LLM threads
@@ -143,20 +144,3 @@ def budget_of(store: "Store | None") -> Budget | None:
     data = json.loads(raw)
     return Budget(data["max_cost"], data["max_tokens"],
                   {m: Price(**p) for m, p in data["prices"].items()})
-
-
-def without_budget_stops(record: logging.LogRecord) -> bool:
-    """A logging filter for Prefect's run loggers under `sftmill run`: the
-    failed task and flow runs of a budget stop are not logged (no ERROR
-    lines, no traceback: it is not a crash); the command ends with the
-    stop's one line, and the runs' states in Prefect still say why."""
-    if record.exc_info and isinstance(record.exc_info[1], BudgetExceeded):
-        return False
-    return BudgetExceeded.__name__ not in record.getMessage()
-
-
-def budget_message(text: str | None) -> str | None:
-    """The budget stop's own sentence inside a failed run's message, if any."""
-    if text and "budget reached:" in text:
-        return text[text.index("budget reached:"):].rstrip(".") + "."
-    return None

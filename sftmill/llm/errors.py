@@ -3,6 +3,8 @@ there (LLMUnavailableError)."""
 
 from __future__ import annotations
 
+import logging
+
 
 class LLMError(Exception):
     """Base of LLM-layer errors."""
@@ -34,3 +36,37 @@ class CallNotRecorded(LLMUnavailableError):
     full disk, say).  Like an endpoint that is gone, it stops the batch:
     nothing more is sent whose answer could not be kept; what was written
     before it is cached, so the rerun pays only for the rest."""
+
+
+class RunStop(LLMError):
+    """The run stopped before sending more calls, for a reason a retry would
+    meet again (the budget, the disk's free space).  The calls in flight
+    finish and are kept; the message is one sentence for the console and
+    begins with the subclass's `marker`."""
+
+    marker = ""
+
+
+class DiskSpaceShort(RunStop):
+    """The run folder's disk has no room for the next chunk's worst case."""
+
+    marker = "disk space:"
+
+
+def run_stop_sentence(text: str | None) -> str | None:
+    """A run stop's own sentence inside a failed run's message, if any."""
+    for cls in RunStop.__subclasses__():
+        if text and cls.marker and cls.marker in text:
+            return text[text.index(cls.marker):].rstrip(".") + "."
+    return None
+
+
+def without_run_stops(record: logging.LogRecord) -> bool:
+    """A logging filter for Prefect's run loggers under `sftmill run`: the
+    failed task and flow runs of a run stop are not logged (no ERROR lines,
+    no traceback: it is not a crash); the command ends with the stop's one
+    line, and the runs' states in Prefect still say why."""
+    if record.exc_info and isinstance(record.exc_info[1], RunStop):
+        return False
+    message = record.getMessage()
+    return not any(cls.__name__ in message for cls in RunStop.__subclasses__())

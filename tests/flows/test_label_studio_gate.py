@@ -20,19 +20,24 @@ from fakes import ScriptedLLM, route_llm, schema_answers
 from sftmill.core.store import Store
 
 VERSION = "1.23.2"
+# Label Studio 1.23.2 asks for sentry-sdk>=2.16 and fails to start under
+# sentry-sdk 3 (an option 3.0 removed); .ci/run installs the same pins.
+PINS = f"label-studio=={VERSION} sentry-sdk<3"
 TOKEN = "sftmill-test-token"
 pytestmark = pytest.mark.server
 
 
 def label_studio_venv() -> Path:
     """Label Studio's own venv (SFTMILL_LABEL_STUDIO_VENV, or a cache folder),
-    made on first use: pip install takes a few minutes."""
+    made on first use or when its pins changed: pip install takes a few minutes."""
     venv = Path(os.environ.get("SFTMILL_LABEL_STUDIO_VENV")
                 or Path.home() / ".cache" / "sftmill-tests" / f"label-studio-{VERSION}")
-    if not (venv / "bin" / "label-studio").exists():
+    marker = venv / "sftmill-pins"
+    if not marker.exists() or marker.read_text().strip() != PINS:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
-                        f"label-studio=={VERSION}"], check=True, timeout=1800)
+                        *PINS.split()], check=True, timeout=1800)
+        marker.write_text(PINS + "\n")
     return venv
 
 

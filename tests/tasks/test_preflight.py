@@ -34,3 +34,15 @@ def test_embedded_perplexities_without_llama_cpp_python_stop_before_work(tmp_pat
     with pytest.raises(RecipeError, match=r"^curation\.fluency: embedded perplexities need "
                        r"llama-cpp-python \(pip install 'sftmill\[fluency\]'"):
         preflight(recipe)
+
+
+def test_an_output_folder_without_room_for_a_first_chunk_stops_before_work(tmp_path, monkeypatch):
+    import sftmill.core.files as files
+
+    monkeypatch.setattr(files, "free_bytes", lambda path: 2**20)
+    (tmp_path / "a.txt").write_text("Quarks are bound by gluons.")
+    recipe = parse_recipe({"name": "t", "output_dir": "run", "inputs": [{"path": "a.txt"}],
+                           "search": {"backend": "none"}, "domain": {"name": "Physics"}}, tmp_path)
+    with pytest.raises(RecipeError, match=r"^output_dir: disk space: .*run has 1\.0 MB free; a run's "
+                       r"first 500 calls could need \d+\.\d MB\. Finished work is kept"):
+        preflight(recipe)

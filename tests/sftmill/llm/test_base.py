@@ -221,6 +221,42 @@ def test_a_full_disk_stops_the_sending_and_the_rerun_pays_only_for_the_rest(tmp_
     assert store.scalar("SELECT count(*) FROM llm_calls WHERE status = 'ok'") == 40
 
 
+def test_a_chunk_whose_worst_case_cannot_fit_on_the_disk_is_not_sent(tmp_path, monkeypatch):
+    """Before each chunk, its uncached calls at their longest answers (and
+    the chunks still in flight) must fit on the run folder's disk: the
+    second chunk finds too little room and stops the batch in one sentence,
+    the first chunk's calls are kept; with room again only the second is
+    sent, and a chunk answered from the cache needs no room at all."""
+    import sftmill.core.files as files
+    from sftmill.llm.base import DISK_RESERVE
+    from sftmill.llm.errors import DiskSpaceShort
+
+    free = {"bytes": 10 * 2**30}
+    monkeypatch.setattr(files, "free_bytes", lambda path: free["bytes"])
+    store = Store.open(tmp_path / "run.duckdb")
+
+    def chunks():
+        yield [req(f"item {i}") for i in range(3)]
+        free["bytes"] = DISK_RESERVE + 1000  # the first chunk filled the disk
+        yield [req(f"item {i}") for i in range(3, 6)]
+
+    llm = ScriptedLLM(lambda r: {"score": 1}, store)
+    with pytest.raises(DiskSpaceShort, match=r"^disk space: .* has 8\.0 MB free; the next 3 LLM "
+                       r"calls(?: \(with calls in flight\))? could need 8\.\d MB\. Finished work is kept"):
+        llm.chat_chunks(chunks())
+    assert len(llm.requests) == 3
+    assert store.scalar("SELECT count(*) FROM llm_calls WHERE status = 'ok'") == 3
+
+    free["bytes"] = 10 * 2**30
+    retry = ScriptedLLM(lambda r: {"score": 1}, store)
+    retry.chat_many([req(f"item {i}") for i in range(6)])
+    assert len(retry.requests) == 3
+    free["bytes"] = 0
+    again = ScriptedLLM(lambda r: {"score": 1}, store)
+    assert len(again.chat_many([req(f"item {i}") for i in range(6)])) == 6
+    assert again.requests == []
+
+
 def test_a_failing_hook_at_close_leaves_one_warning_not_a_traceback(tmp_path, caplog):
     Store.open(tmp_path / "run.duckdb")
 
