@@ -22,37 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
-import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 import yaml
 from http_clients import start_server
-from llm_throughput import sentence
-
-
-def chat_requests(url: str) -> int:
-    stats = json.loads(urllib.request.urlopen(url.rsplit("/v1", 1)[0] + "/stats").read())
-    return stats["requests"] - stats.get("embed_requests", 0)
-
-
-def run(recipe: Path, env: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "sftmill.cli", "run", str(recipe)],
-                          capture_output=True, text=True, env=env)
-    console = (proc.stdout + proc.stderr).splitlines()
-    return {"exit": proc.returncode, "console_lines": len(console),
-            "tracebacks": sum("Traceback (most recent call last)" in line for line in console),
-            "last_line": console[-1] if console else ""}
-
-
-def records(run_dir: Path) -> list[str]:
-    """The records' conversations (their metadata name the run's folder)."""
-    path = run_dir / "dataset.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return sorted(json.dumps(json.loads(line)["messages"]) for line in lines)
+from mock_run import mock_recipe, records, run_cli, server_stats, write_corpus
 
 
 def main() -> None:
@@ -69,29 +45,15 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            rng = random.Random(3)
-            corpus = tmp / "corpus"
-            corpus.mkdir()
-            for f in range(args.target // 40):
-                (corpus / f"notes_{f:03d}.txt").write_text("\n\n".join(
-                    "\n".join(sentence(rng, 14) for _ in range(9)) for _ in range(10)))
-            endpoint = {"backend": "openai", "base_url": url, "model": "mock",
-                        "max_concurrency": args.concurrency, "adaptive_concurrency": False,
-                        "max_tokens": 200}
-            base = {"name": "full-disk", "inputs": [{"path": str(corpus)}],
-                    "domain": {"name": "Particle physics"}, "search": {"backend": "none"},
-                    "llm": {"generator": endpoint, "judge": {**endpoint, "temperature": 0.0}},
-                    "embedding": {"backend": "openai", "base_url": url, "model": "mock",
-                                  "batch_size": 64, "max_concurrency": 8},
-                    "sizes": {"target_prompts": args.target, "max_rounds": 0},
-                    "thresholds": {"prompt_quality": 0.5}}
+            base = mock_recipe(url, write_corpus(tmp / "corpus", args.target), args.target,
+                               args.concurrency, name="full-disk")
             env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"),
                    "PREFECT_LOGGING_LEVEL": "WARNING"}
             whole = tmp / "whole.yaml"
             whole.write_text(yaml.safe_dump({**base, "output_dir": str(tmp / "whole")}))
-            before = chat_requests(url)
-            uninterrupted = run(whole, env)
-            needed = chat_requests(url) - before
+            before = server_stats(url)["chat"]
+            uninterrupted = run_cli(whole, env)
+            needed = server_stats(url)["chat"] - before
             whole_mb = sum(f.stat().st_size for f in (tmp / "whole").rglob("*") if f.is_file()) / 2**20
 
             disk = tmp / "disk"
@@ -101,13 +63,13 @@ def main() -> None:
             try:
                 small = tmp / "small.yaml"
                 small.write_text(yaml.safe_dump({**base, "output_dir": str(disk / "run")}))
-                before = chat_requests(url)
-                full = run(small, env)
-                first = chat_requests(url) - before
+                before = server_stats(url)["chat"]
+                full = run_cli(small, env)
+                first = server_stats(url)["chat"] - before
                 subprocess.run(["mount", "-o", "remount,size=1g", str(disk)], check=True)
-                before = chat_requests(url)
-                rerun = run(small, env)
-                second = chat_requests(url) - before
+                before = server_stats(url)["chat"]
+                rerun = run_cli(small, env)
+                second = server_stats(url)["chat"] - before
                 same = records(disk / "run") == records(tmp / "whole")
                 n_records = len(records(disk / "run"))
             finally:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import json
 import random
 import time
@@ -120,15 +121,26 @@ def make_app(latency_s: float, slots: int, embed_latency_s: float = 0.05,
     from aiohttp import web
 
     slot = asyncio.Semaphore(slots)
-    stats = {"requests": 0, "started": time.monotonic()}
+    # requests: answered (chat and embeddings); in_flight: chat requests not
+    # answered yet; repeats: chat requests whose body was answered before
+    stats = {"requests": 0, "in_flight": 0, "repeats": 0, "started": time.monotonic()}
+    answered: set[bytes] = set()  # digests of the chat bodies answered
 
     async def chat(request: web.Request) -> web.Response:
-        body = await request.json()
+        raw = await request.read()
+        body = json.loads(raw)
         fmt = body.get("response_format") or {}
         schema = (fmt.get("json_schema") or {}).get("schema") or fmt.get("schema")
-        async with slot:
-            await asyncio.sleep(latency_s)
+        stats["in_flight"] += 1
+        try:
+            async with slot:
+                await asyncio.sleep(latency_s)
+        finally:
+            stats["in_flight"] -= 1
         stats["requests"] += 1
+        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        stats["repeats"] += digest in answered
+        answered.add(digest)
         user = next((m["content"] for m in reversed(body.get("messages", []))
                      if m.get("role") == "user"), "")
         rng = random.Random(zlib.crc32(user.encode()) ^ int(body.get("seed") or 0))
