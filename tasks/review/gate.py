@@ -14,6 +14,12 @@ holds the annotations and how they resolve).
 A gate is opened once per run folder (`review_gates`), so a rerun finds
 the same project or sheet; once closed, reruns pass it.  The flow decides
 when to close (`flows/review.py`).
+
+A Label Studio that does not answer (or answers 5xx) when the gate opens
+or pulls leaves the gate waiting, with the reason in its status line; the
+next run, or a served run's next pull, goes on where it stopped: the
+sample is drawn and recorded before the project is made, the project's ID
+as soon as it exists, and only the tasks it lacks are imported.
 """
 
 from __future__ import annotations
@@ -35,7 +41,13 @@ from sftmill.tasks.review.annotations import (
     apply_record_reviews,
     record_annotations,
 )
-from sftmill.tasks.review.label_studio import LabelStudioClient, answer_config, prompt_config, read_annotation
+from sftmill.tasks.review.label_studio import (
+    LabelStudioClient,
+    LabelStudioError,
+    answer_config,
+    prompt_config,
+    read_annotation,
+)
 from sftmill.tasks.review.sheets import SHEET_REVIEWER, read_sheet, write_csv
 from sftmill.tasks.stage_task import StageResult, StageTimer, stage_task
 
@@ -58,6 +70,7 @@ GATE_SCHEMA = {
     """,
 }
 NOUN = {"prompts": "prompts", "answers": "records"}
+UNREACHABLE = "review_gate_unreachable/"  # meta key prefix: why the tool did not answer
 SHEET_COLUMNS = {
     "prompts": ("item_id", "decision", "prompt", "subdomain", "task_type", "edited_prompt",
                 "note", "reviewer"),
@@ -75,15 +88,19 @@ class GateStatus:
     n_reviewed: int        # items with as many reviewers as wanted
     n_annotations: int
     outcome: str | None    # None while open
+    unreachable: str | None = None  # why the tool did not answer at the last open or pull
 
     @property
     def complete(self) -> bool:
         return self.n_reviewed >= self.n_items
 
     def line(self) -> str:
-        where = ("Label Studio project " if self.tool == "label_studio" else "sheet ") + self.location
+        where = ("Label Studio project " if self.tool == "label_studio" else "sheet ") + (
+            self.location or "(not made yet)")
+        down = (f"; {self.unreachable} — nothing is lost, the gate goes on when it answers"
+                if self.unreachable else "")
         return (f"review gate '{self.gate}': {self.n_reviewed} of {self.n_items} "
-                f"{NOUN[self.gate]} reviewed ({self.n_annotations} annotations) — {where}")
+                f"{NOUN[self.gate]} reviewed ({self.n_annotations} annotations) — {where}{down}")
 
 
 def sample_size(n: int, sample: int | float | str) -> int:
@@ -134,43 +151,57 @@ def open_gate(store: Store, recipe: Recipe, gate: str) -> GateStatus:
         rng = random.Random(f"{recipe.review.seed}/{gate}")
         picked = sorted(rng.sample(items, sample_size(len(items), recipe.review.sample)),
                         key=lambda r: r["item_id"])
-        project_id, location = None, ""
-        if not picked:
-            pass
-        elif recipe.review.tool == "csv":
+        location = ""
+        if picked and recipe.review.tool == "csv":
             sheet = recipe.run_dir / "review" / f"{gate}.csv"
             write_csv(sheet, SHEET_COLUMNS[gate], picked)
             location = str(sheet)
-        else:
-            client = _client(recipe)
-            try:
-                project_id = client.create_project(
-                    f"{recipe.name}: {gate}", prompt_config() if gate == "prompts" else answer_config(),
-                    description=f"sftmill review gate '{gate}' of run {recipe.run_dir}",
-                    reviewers_per_item=recipe.review.reviewers_per_item)
-                client.import_tasks(project_id, [{"data": item} for item in picked])
-                location = client.project_link(project_id)
-            finally:
-                client.close()
         store.insert("review_items", [{"gate": gate, "item_id": p["item_id"]} for p in picked])
-        store.insert("review_gates", [{"gate": gate, "tool": recipe.review.tool,
-                                       "project_id": project_id, "location": location,
-                                       "n_items": len(picked)}])
+        store.insert("review_gates", [{"gate": gate, "tool": recipe.review.tool, "project_id": None,
+                                       "location": location, "n_items": len(picked)}])
         if not picked:
             store.execute("UPDATE review_gates SET closed_at = current_timestamp, outcome = 'empty' "
                           "WHERE gate = ?", [gate])
+        row = _gate_row(store, gate)
+    if row["tool"] == "label_studio" and not row["location"] and row["outcome"] is None:
+        _make_project(store, recipe, gate, row["project_id"])
     return status(store, recipe, gate)
+
+
+def _make_project(store: Store, recipe: Recipe, gate: str, project_id: int | None) -> None:
+    """The gate's Label Studio project with a task per sampled item: made
+    once (its ID recorded at once), then given the tasks it lacks."""
+    items = {i["item_id"]: i for i in gate_items(store, gate)}
+    picked = [items[i] for (i,) in store.execute(
+        "SELECT item_id FROM review_items WHERE gate = ? ORDER BY item_id", [gate])]
+    client = _client(recipe)
+    try:
+        if project_id is None:
+            project_id = client.create_project(
+                f"{recipe.name}: {gate}", prompt_config() if gate == "prompts" else answer_config(),
+                description=f"sftmill review gate '{gate}' of run {recipe.run_dir}",
+                reviewers_per_item=recipe.review.reviewers_per_item)
+            store.execute("UPDATE review_gates SET project_id = ? WHERE gate = ?", [project_id, gate])
+        present = {(t.get("data") or {}).get("item_id") for t in client.tasks(project_id)}
+        missing = [{"data": item} for item in picked if item["item_id"] not in present]
+        if missing:
+            client.import_tasks(project_id, missing)
+        store.execute("UPDATE review_gates SET location = ? WHERE gate = ?",
+                      [client.project_link(project_id), gate])
+    finally:
+        client.close()
 
 
 def status(store: Store, recipe: Recipe, gate: str) -> GateStatus:
     row = _gate_row(store, gate)
+    unreachable = store.get_meta(UNREACHABLE + gate) if row["outcome"] is None else None
     wanted = recipe.review.reviewers_per_item
     n_reviewed, n_annotations = store.execute(
         "SELECT count(*) FILTER (WHERE n >= ?), coalesce(sum(n), 0) FROM (SELECT a.item_id, "
         "count(*) AS n FROM review_annotations a JOIN review_items i USING (gate, item_id) "
         "WHERE a.gate = ? GROUP BY a.item_id)", [wanted, gate])[0]
     return GateStatus(gate, row["tool"], row["location"] or "", row["n_items"], int(n_reviewed),
-                      int(n_annotations), row["outcome"])
+                      int(n_annotations), row["outcome"], unreachable or None)
 
 
 def pull_gate(store: Store, recipe: Recipe, gate: str) -> GateStatus:
@@ -233,11 +264,22 @@ def close_gate(store: Store, recipe: Recipe, gate: str, outcome: str) -> GateSta
 def advance(store: Store, recipe: Recipe, gate: str, choice: str) -> GateStatus:
     """Open the gate if needed, pull what reviewers did, and close it when
     `choice` says so: `use` (the reviews so far), `skip` (none), `wait`
-    (only once every sampled item has its reviewers)."""
-    state = open_gate(store, recipe, gate)
-    if state.outcome:
-        return state
-    state = pull_gate(store, recipe, gate)
+    (only once every sampled item has its reviewers).  A Label Studio that
+    does not answer leaves the gate waiting (`use` too, not to lose reviews
+    it cannot read; `skip` needs no answer)."""
+    try:
+        state = open_gate(store, recipe, gate)
+        if state.outcome:
+            return state
+        state = pull_gate(store, recipe, gate)
+    except LabelStudioError as err:
+        if not err.unreachable:
+            raise
+        store.set_meta(UNREACHABLE + gate, str(err))
+        if choice == "skip":  # (the sample is recorded before Label Studio is asked)
+            return close_gate(store, recipe, gate, "skipped")
+        return status(store, recipe, gate)
+    store.set_meta(UNREACHABLE + gate, "")
     if choice == "skip":
         return close_gate(store, recipe, gate, "skipped")
     if choice == "use" or state.complete:

@@ -23,7 +23,13 @@ SCALE_LABELS = {"style": "Style", "domain_fit": "Domain fit", "context_relevance
 
 
 class LabelStudioError(RuntimeError):
-    """Label Studio refused or could not be reached (one line, no token)."""
+    """Label Studio refused or could not be reached (one line, no token).
+    `unreachable`: no answer, or a server error (5xx) — a gate waits for it
+    to come back; a refusal (4xx: a bad token, say) is the recipe's problem."""
+
+    def __init__(self, message: str, unreachable: bool = False):
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 def _decision(to_name: str) -> str:
@@ -142,12 +148,13 @@ class LabelStudioClient:
             try:
                 response = self._http.request(method, path, headers=headers, **kwargs)
             except httpx.HTTPError as err:
-                raise LabelStudioError(f"Label Studio at {self.url}: {type(err).__name__}: {err}") from None
+                raise LabelStudioError(f"Label Studio at {self.url}: {type(err).__name__}: {err}",
+                                       unreachable=True) from None
             if response.status_code == 401 and auth and _is_jwt(self._token) and attempt == 0:
                 continue  # the short-lived access token expired: renew once
             if response.status_code >= 400:
                 raise LabelStudioError(f"Label Studio {method} {path}: HTTP {response.status_code}: "
-                                       f"{response.text[:300]}")
+                                       f"{response.text[:300]}", unreachable=response.status_code >= 500)
             return response.json() if response.content else None
         raise AssertionError("unreachable")
 

@@ -159,3 +159,66 @@ def test_prompt_gate_in_label_studio(label_studio, prefect_harness, tmp_path, mo
     assert "## Human review: prompts" in card
     assert "6 prompts reviewed by 2 reviewer(s) (8 annotations)" in card
     assert "Agreement: 2 prompts had two reviewers or more; 50% unanimous" in card
+
+
+def test_a_gate_waits_while_label_studio_is_down_and_goes_on_when_it_is_back(
+        label_studio, prefect_harness, tmp_path, monkeypatch):
+    """Label Studio down as the gate opens: the run stops at the gate with
+    one line saying so, the sample already drawn; back up: the project is
+    made once, with its tasks.  Down again as the gate pulls, even with
+    --review use: still waiting, no review lost; back: the reviews apply."""
+    from sftmill.flows.pipeline import pipeline
+    from sftmill.tasks.review.gate import pending_gate
+    from sftmill.tasks.review.label_studio import LabelStudioClient, choices_result
+
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("LABEL_STUDIO_URL", down)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    route_llm(monkeypatch, ScriptedLLM(schema_answers))
+    recipe = example_recipe(tmp_path, review={"gates": ["prompts"], "sample": 3, "tool": "label_studio"})
+    db = tmp_path / "run" / "sftmill.duckdb"
+
+    def gate_line(choice: str = "wait") -> str:
+        results = pipeline(params(recipe, review=choice))
+        assert results[-1].stage == "review_prompts" and results[-1].note == "waiting"
+        store = Store.open(db)
+        line = pending_gate(store, params(recipe).load()).line()
+        Store.close_all()
+        return line
+
+    line = gate_line()
+    assert line.startswith("review gate 'prompts': 0 of 3 prompts reviewed (0 annotations) — "
+                           "Label Studio project (not made yet); Label Studio at " + down)
+    assert "ConnectError" in line and line.endswith("nothing is lost, the gate goes on when it answers")
+    store = Store.open(db)
+    assert store.execute("SELECT project_id, n_items FROM review_gates") == [(None, 3)]
+    sampled = [i for (i,) in store.execute("SELECT item_id FROM review_items ORDER BY 1")]
+    assert store.count("answers") == 0
+    Store.close_all()
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio)
+    line = gate_line()
+    store = Store.open(db)
+    project_id = store.scalar("SELECT project_id FROM review_gates")
+    Store.close_all()
+    assert line.endswith(f"Label Studio project {label_studio}/projects/{project_id}/data")
+    gate_line()  # a rerun neither makes another project nor imports the tasks again
+    client = LabelStudioClient(label_studio, TOKEN)
+    tasks = client.tasks(project_id)
+    assert sorted(t["data"]["item_id"] for t in tasks) == sampled
+    for task in tasks:
+        client.annotate(task["id"], choices_result("reject", "prompt"))
+    client.close()
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", down)
+    line = gate_line("use")  # would go on with the reviews so far: it cannot read them, it waits
+    assert "0 of 3 prompts reviewed" in line and "ConnectError" in line
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio)
+    results = pipeline(params(recipe))
+    gate = next(r for r in results if r.stage == "review_prompts")
+    assert (gate.n_in, gate.n_out, gate.note) == (3, 3, "reviewed")
+    store = Store.open(db)
+    assert store.execute("SELECT item_id FROM rejects WHERE stage = 'prompt_review' ORDER BY 1") \
+        == [(i,) for i in sampled]
+    assert store.count("answers") > 0
