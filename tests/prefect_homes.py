@@ -24,14 +24,15 @@ from conftest import free_port, stop_group
 _SERVER: tuple[subprocess.Popen, str] | None = None
 
 
-def start_server(home: Path, *options: str, timeout_s: float = 300) -> tuple[subprocess.Popen, str]:
-    """`prefect server start` on a free port with its home and log in `home`;
-    the process (its own session: stop it with `stop_group`) and its API URL
-    once `/health` answers."""
+def start_server(home: Path, *options: str, timeout_s: float = 300,
+                 port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` on `port` (default: a free one) with its home
+    and log in `home`; the process (its own session: stop it with
+    `stop_group`) and its API URL once `/health` answers."""
     import httpx
 
-    port = free_port()
-    log = (home / "server.log").open("wb")
+    port = port or free_port()
+    log = (home / "server.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
          str(port), *options],
