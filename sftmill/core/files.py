@@ -10,8 +10,12 @@ from typing import Iterable
 
 
 def write_atomic(path: Path, chunks: Iterable[bytes]) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    """Write to a temporary file beside `path`, fsync, then rename over it
+    (a failed write, a full disk say, leaves `path` as it was and removes
+    its temporary file; one a killed process left is removed here)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.partial"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
