@@ -385,9 +385,8 @@ class OpenAIChatLLM(LLM):
 
         requests = [r for chunk in chunks for r in chunk]
         budget = budget_of(self.store)
-        # the whole stage, before a batch is paid for
-        (keys, hits), reserved = (self._within(budget, requests) if budget is not None and requests
-                                  else (self.look_up(requests), None))
+        # the whole stage, before a batch is paid for: the budget and the disk's room
+        (keys, hits), reserved, _ = self._before_sending(budget, requests)
         todo = {key: request for key, request in zip(keys, requests)
                 if key not in hits and key not in self._answered and not self.prompt_too_long(request)}
         try:

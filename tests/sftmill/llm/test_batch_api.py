@@ -155,3 +155,23 @@ def test_batch_needs_one_openai_server():
         LLMEndpoint(batch=True)
     with pytest.raises(ValidationError, match="needs one base_url"):
         LLMEndpoint(backend="openai", base_url=["http://a/v1", "http://b/v1"], batch=True)
+
+
+def test_a_batch_that_could_pass_the_budget_or_the_disk_is_never_submitted(server, tmp_path, monkeypatch):
+    """The whole stage is checked before a batch is paid for: the run's
+    token budget, then the room on the run folder's disk."""
+    import json
+
+    import sftmill.core.files as files
+    from sftmill.llm.budget import BudgetExceeded
+    from sftmill.llm.errors import DiskSpaceShort
+
+    llm = llm_for(server, tmp_path / "run.duckdb")
+    llm.store.set_meta("budget", json.dumps({"max_cost": None, "max_tokens": 100, "prices": {}}))
+    with pytest.raises(BudgetExceeded, match=r"before 30 more relevance calls"):
+        llm.chat_many(requests())
+    llm.store.execute("DELETE FROM meta WHERE key = 'budget'")
+    monkeypatch.setattr(files, "free_bytes", lambda path: 2**20)
+    with pytest.raises(DiskSpaceShort, match=r"^disk space: .* has 1\.0 MB free; the next 30 relevance calls"):
+        llm.chat_many(requests())
+    assert server.batches == {} and server.keys == []
