@@ -156,6 +156,7 @@ def open_gate(store: Store, recipe: Recipe, gate: str) -> GateStatus:
             sheet = recipe.run_dir / "review" / f"{gate}.csv"
             write_csv(sheet, SHEET_COLUMNS[gate], picked)
             location = str(sheet)
+        store.execute("DELETE FROM review_items WHERE gate = ?", [gate])  # a kill's leftovers
         store.insert("review_items", [{"gate": gate, "item_id": p["item_id"]} for p in picked])
         store.insert("review_gates", [{"gate": gate, "tool": recipe.review.tool, "project_id": None,
                                        "location": location, "n_items": len(picked)}])
