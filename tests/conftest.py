@@ -150,8 +150,8 @@ def _close_stores():
 # (by their longest calls, slowest first).
 SLOW_FIRST = ["test_sharded_pool.py", "test_self_instruct_flow.py", "test_batch_run.py",
               "test_budget.py", "test_label_studio_gate.py", "test_curate_cli.py",
-              "test_server_retry.py", "test_kill_resume.py", "test_prompt_flow.py",
-              "test_answer_flow.py", "test_remote.py", "test_dask_runner.py"]
+              "test_server_retry.py", "test_server_restart.py", "test_kill_resume.py",
+              "test_prompt_flow.py", "test_answer_flow.py", "test_remote.py", "test_dask_runner.py"]
 
 
 def pytest_collection_modifyitems(config, items):
