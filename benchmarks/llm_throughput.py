@@ -48,17 +48,9 @@ import urllib.request
 from pathlib import Path
 
 from http_clients import run_aiohttp, start_server
+from mock_run import WORDS, sentence, server_stats
 
 EMBED_LATENCY = 0.05  # mock_openai.py's default seconds per /v1/embeddings request
-
-WORDS = ("quark gluon hadron meson baryon proton neutron colour charge confinement lattice "
-         "asymptotic freedom jet collider detector scattering parton flavour strange charm "
-         "bottom top up down lepton boson coupling vacuum plasma nucleus spin isospin").split()
-
-
-def sentence(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
-
 
 def recipe_for(url: str, concurrency: int, adaptive: bool, run_dir: Path):
     from sftmill.core.recipe import parse_recipe
@@ -244,7 +236,7 @@ def whole_run(url: str, target: int, concurrency: int, latency: float, adaptive:
             import shutil
 
             shutil.copytree(tmp, keep, dirs_exist_ok=True)
-        served = json.loads(urllib.request.urlopen(url.rsplit("/v1", 1)[0] + "/stats").read())
+        served = server_stats(url)
     llm_time = {s: round(n * latency / concurrency, 1) for s, n in calls.items()}
     if served.get("embed_requests"):  # their server time counts as the server's
         llm_time["embeddings"] = round(served["embed_requests"] * EMBED_LATENCY / concurrency, 1)

@@ -1,7 +1,7 @@
 """Shared by the benchmarks that run `sftmill run` as a user does against
-`mock_openai.py`: a generated corpus, a recipe whose generator, judge and
-embeddings all point at the mock, the server's counters, one CLI run and
-its records."""
+`mock_openai.py`: generated physics-like text and a corpus of it, a recipe
+whose generator, judge and embeddings all point at the mock, the server's
+counters, one CLI run and its records."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from llm_throughput import sentence
+WORDS = ("quark gluon hadron meson baryon proton neutron colour charge confinement lattice "
+         "asymptotic freedom jet collider detector scattering parton flavour strange charm "
+         "bottom top up down lepton boson coupling vacuum plasma nucleus spin isospin").split()
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
 
 
 def write_corpus(folder: Path, target: int, seed: int = 3) -> Path:
